@@ -1,0 +1,209 @@
+"""Versioned messages that cross NATS or the data plane, and how to encode them.
+
+Every message is a pydantic model at the edge (``extra="forbid"``, strict types) with a
+``schema`` literal naming its version. Encoding uses :func:`canonical_json` and
+:func:`signing.sign`; decoding goes through :mod:`byoc_agent.protocol.verify`.
+Golden files in ``tests/unit/protocol/golden`` pin these shapes.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JOB_TYP = "corral-job+json"
+RESULT_TYP = "corral-result+json"
+EVENT_TYP = "corral-event+json"
+HEARTBEAT_TYP = "corral-heartbeat+json"
+SANDBOX_TOKEN_TYP = "corral-sandbox-token+json"
+
+JOB_SCHEMA = "corral.job/v1"
+RESULT_SCHEMA = "corral.result/v1"
+EVENT_SCHEMA = "corral.event/v1"
+HEARTBEAT_SCHEMA = "corral.heartbeat/v1"
+SANDBOX_TOKEN_SCHEMA = "corral.sandbox-token/v1"
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{2,63}$"
+_ID_RE = re.compile(ID_PATTERN)
+
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+
+MAX_ENV_VARS = 128
+MAX_ENV_VALUE = 8192
+
+
+def is_id(text: str) -> bool:
+    return bool(_ID_RE.match(text))
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class JobKind(StrEnum):
+    CREATE_SANDBOX = "create_sandbox"
+    KILL_SANDBOX = "kill_sandbox"
+    SET_TIMEOUT = "set_timeout"
+
+
+class CreateSandboxBody(_Wire):
+    kind: Literal["create_sandbox"] = "create_sandbox"
+    sandbox_id: Id
+    template: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+    cpu: Annotated[int, Field(ge=1, le=64)]
+    memory_mb: Annotated[int, Field(ge=128, le=262144)]
+    timeout_s: Annotated[int, Field(ge=1, le=86400)]
+    env: Annotated[dict[EnvName, Annotated[str, Field(max_length=MAX_ENV_VALUE)]], Field(
+        max_length=MAX_ENV_VARS
+    )] = Field(default_factory=dict)
+    isolation: Literal["gvisor", "microvm"] = "gvisor"
+
+
+class KillSandboxBody(_Wire):
+    kind: Literal["kill_sandbox"] = "kill_sandbox"
+    sandbox_id: Id
+
+
+class SetTimeoutBody(_Wire):
+    kind: Literal["set_timeout"] = "set_timeout"
+    sandbox_id: Id
+    timeout_s: Annotated[int, Field(ge=1, le=86400)]
+
+
+JobBody = Annotated[
+    CreateSandboxBody | KillSandboxBody | SetTimeoutBody, Field(discriminator="kind")
+]
+
+
+class Job(_Wire):
+    """What the control plane asks one agent to do. Signed by a control-plane key."""
+
+    schema_: Literal["corral.job/v1"] = Field(JOB_SCHEMA, alias="schema")
+    job_id: Id
+    tenant_id: Id
+    agent_id: Id
+    iat: Annotated[int, Field(ge=0)]
+    exp: Annotated[int, Field(ge=0)]
+    seq: Annotated[int, Field(ge=1)]
+    body: JobBody
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    DELIVERED = "delivered"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class SandboxState(StrEnum):
+    """Sandbox states as both sides record them. Transitions: see runtimes/base.py."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    KILLED = "killed"
+    TIMED_OUT = "timed_out"
+    FAILED = "failed"
+
+
+TERMINAL_STATES = frozenset({SandboxState.KILLED, SandboxState.TIMED_OUT, SandboxState.FAILED})
+
+
+class WireError(_Wire):
+    code: str
+    message: Annotated[str, Field(max_length=2000)]
+
+
+class SandboxReport(_Wire):
+    """Metadata about one sandbox that the agent may tell the control plane (allow-listed)."""
+
+    sandbox_id: Id
+    state: SandboxState
+    started_at: float | None = None
+    ended_at: float | None = None
+    end_reason: str | None = None
+
+
+class JobResult(_Wire):
+    """The agent's answer to one job. Signed by the agent's enrolled key."""
+
+    schema_: Literal["corral.result/v1"] = Field(RESULT_SCHEMA, alias="schema")
+    job_id: Id
+    tenant_id: Id
+    agent_id: Id
+    status: Literal["succeeded", "failed", "rejected"]
+    at: float
+    sandbox: SandboxReport | None = None
+    error: WireError | None = None
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+class SandboxEvent(_Wire):
+    """A state change the agent observed on its own (timeout, exit). Signed by the agent."""
+
+    schema_: Literal["corral.event/v1"] = Field(EVENT_SCHEMA, alias="schema")
+    event_id: Id
+    tenant_id: Id
+    agent_id: Id
+    at: float
+    sandbox: SandboxReport
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+class Capacity(_Wire):
+    cpu_total: int
+    cpu_free: int
+    memory_mb_total: int
+    memory_mb_free: int
+    sandboxes: int
+
+
+class Heartbeat(_Wire):
+    """Sent by the agent every few seconds on core NATS. Signed by the agent."""
+
+    schema_: Literal["corral.heartbeat/v1"] = Field(HEARTBEAT_SCHEMA, alias="schema")
+    agent_id: Id
+    tenant_id: Id
+    at: float
+    version: str
+    data_plane_url: str
+    runtimes: list[str]
+    templates: list[str]
+    capacity: Capacity
+    running: list[Id] = Field(default_factory=list, max_length=10000)
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+class Scope(StrEnum):
+    EXEC = "exec"
+    FILES = "files"
+
+
+class SandboxToken(_Wire):
+    """Grants the SDK direct data-plane access to one sandbox. Signed by the control plane."""
+
+    schema_: Literal["corral.sandbox-token/v1"] = Field(SANDBOX_TOKEN_SCHEMA, alias="schema")
+    tenant_id: Id
+    agent_id: Id
+    sandbox_id: Id
+    scopes: list[Scope]
+    iat: int
+    exp: int
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+def to_json_bytes(model: BaseModel) -> bytes:
+    """Canonical payload bytes for a wire model (aliases, sorted keys, no spaces)."""
+    from byoc_agent.protocol.signing import canonical_json
+
+    return canonical_json(model.model_dump(mode="json", by_alias=True))

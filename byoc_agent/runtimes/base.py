@@ -1,0 +1,178 @@
+"""The ``Runtime`` contract every sandbox backend implements (gVisor, QEMU microvm, Firecracker).
+
+Sandbox lifecycle as the agent drives it::
+
+                create()                 destroy(reason=killed)
+    (none) ─────────────► RUNNING ─────────────────────────────► KILLED
+                 │           │  ╲
+     create fails│           │   ╲ deadline passed: destroy(reason=timed_out)
+                 ▼           │    ╲──────────────────────────────► TIMED_OUT
+               FAILED ◄──────┘ init process died on its own
+
+Terminal states never change again. ``recover()`` reattaches to a RUNNING sandbox
+after the agent restarts, from the opaque :class:`SandboxHandle` it saved right after
+``create()``; sandboxes keep running while the agent is down.
+
+Why a ``Protocol``: runtimes live in separate modules with their own binaries
+(runsc, qemu, firecracker) and must not share a base class's hidden state; the
+contract suite in ``tests/integration/runtimes`` checks behaviour instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from byoc_agent.protocol.messages import SandboxState
+
+ALLOWED_TRANSITIONS: Mapping[SandboxState, frozenset[SandboxState]] = {
+    SandboxState.PENDING: frozenset(
+        {SandboxState.RUNNING, SandboxState.FAILED, SandboxState.KILLED}
+    ),
+    SandboxState.RUNNING: frozenset(
+        {SandboxState.KILLED, SandboxState.TIMED_OUT, SandboxState.FAILED}
+    ),
+    SandboxState.KILLED: frozenset(),
+    SandboxState.TIMED_OUT: frozenset(),
+    SandboxState.FAILED: frozenset(),
+}
+
+
+def can_transition(src: SandboxState, dst: SandboxState) -> bool:
+    return dst in ALLOWED_TRANSITIONS[src]
+
+
+class EndReason(StrEnum):
+    """Why a sandbox stopped: a closed set (metric labels, billing columns)."""
+
+    KILLED = "killed"
+    TIMED_OUT = "timed_out"
+    EXITED = "exited"
+    CREATE_FAILED = "create_failed"
+    LOST = "lost"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    sandbox_id: str
+    tenant_id: str
+    template: str
+    cpu: int
+    memory_mb: int
+    timeout_s: int
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxHandle:
+    """What the agent saves to reattach after a restart. ``data`` is the runtime's own."""
+
+    sandbox_id: str
+    runtime: str
+    created_at: float
+    data: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecRequest:
+    """One command. ``cmd`` runs under ``/bin/sh -c``; env adds to the sandbox's env."""
+
+    cmd: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    stdin: bytes | None = None
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Stdout:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stderr:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    exit_code: int
+    timed_out: bool = False
+
+
+ExecEvent = Stdout | Stderr | Exit
+
+
+class FileType(StrEnum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    name: str
+    path: str
+    type: FileType
+    size: int
+    mode: int
+    mtime: float
+
+
+class Liveness(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    MISSING = "missing"
+
+
+class Runtime(Protocol):
+    """A sandbox backend. All methods are safe to call concurrently for different sandboxes."""
+
+    name: str
+
+    async def create(self, spec: SandboxSpec) -> SandboxHandle:
+        """Start a sandbox from ``spec.template``; returns once a command can run in it.
+
+        Raises TemplateNotFoundError, InvalidArgumentError, CapacityError.
+        """
+        ...
+
+    async def recover(self, handle: SandboxHandle) -> Liveness:
+        """Reattach after an agent restart; reports whether the sandbox is still alive."""
+        ...
+
+    async def inspect(self, handle: SandboxHandle) -> Liveness: ...
+
+    def exec(self, handle: SandboxHandle, request: ExecRequest) -> AsyncIterator[ExecEvent]:
+        """Run a command; yields Stdout/Stderr chunks as they come, then exactly one Exit.
+
+        Raises SandboxNotRunningError if the sandbox is gone.
+        """
+        ...
+
+    async def write_file(self, handle: SandboxHandle, path: str, data: bytes) -> None:
+        """Create or replace a file (parents are created)."""
+        ...
+
+    async def read_file(self, handle: SandboxHandle, path: str) -> bytes:
+        """Raises FileNotFoundInSandboxError."""
+        ...
+
+    async def list_dir(self, handle: SandboxHandle, path: str) -> list[FileInfo]:
+        """Raises FileNotFoundInSandboxError."""
+        ...
+
+    async def remove(self, handle: SandboxHandle, path: str) -> None:
+        """Remove a file or a directory tree. Raises FileNotFoundInSandboxError."""
+        ...
+
+    async def make_dir(self, handle: SandboxHandle, path: str) -> None:
+        """Create a directory and its parents; an existing directory is fine."""
+        ...
+
+    async def destroy(self, handle: SandboxHandle) -> None:
+        """Stop the sandbox and free everything it held. Idempotent."""
+        ...
