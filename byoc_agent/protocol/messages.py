@@ -18,13 +18,13 @@ JOB_TYP = "corral-job+json"
 RESULT_TYP = "corral-result+json"
 EVENT_TYP = "corral-event+json"
 HEARTBEAT_TYP = "corral-heartbeat+json"
-SANDBOX_TOKEN_TYP = "corral-sandbox-token+json"
+SANDBOX_TOKEN_TYP = "corral-sandbox-token+json"  # noqa: S105 (a type name, not a secret)
 
 JOB_SCHEMA = "corral.job/v1"
 RESULT_SCHEMA = "corral.result/v1"
 EVENT_SCHEMA = "corral.event/v1"
 HEARTBEAT_SCHEMA = "corral.heartbeat/v1"
-SANDBOX_TOKEN_SCHEMA = "corral.sandbox-token/v1"
+SANDBOX_TOKEN_SCHEMA = "corral.sandbox-token/v1"  # noqa: S105 (a schema name)
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{2,63}$"
 _ID_RE = re.compile(ID_PATTERN)
@@ -82,7 +82,7 @@ JobBody = Annotated[
 class Job(_Wire):
     """What the control plane asks one agent to do. Signed by a control-plane key."""
 
-    schema_: Literal["corral.job/v1"] = Field(JOB_SCHEMA, alias="schema")
+    schema_: Literal["corral.job/v1"] = Field("corral.job/v1", alias="schema")
     job_id: Id
     tenant_id: Id
     agent_id: Id
@@ -133,7 +133,7 @@ class SandboxReport(_Wire):
 class JobResult(_Wire):
     """The agent's answer to one job. Signed by the agent's enrolled key."""
 
-    schema_: Literal["corral.result/v1"] = Field(RESULT_SCHEMA, alias="schema")
+    schema_: Literal["corral.result/v1"] = Field("corral.result/v1", alias="schema")
     job_id: Id
     tenant_id: Id
     agent_id: Id
@@ -148,7 +148,7 @@ class JobResult(_Wire):
 class SandboxEvent(_Wire):
     """A state change the agent observed on its own (timeout, exit). Signed by the agent."""
 
-    schema_: Literal["corral.event/v1"] = Field(EVENT_SCHEMA, alias="schema")
+    schema_: Literal["corral.event/v1"] = Field("corral.event/v1", alias="schema")
     event_id: Id
     tenant_id: Id
     agent_id: Id
@@ -169,7 +169,7 @@ class Capacity(_Wire):
 class Heartbeat(_Wire):
     """Sent by the agent every few seconds on core NATS. Signed by the agent."""
 
-    schema_: Literal["corral.heartbeat/v1"] = Field(HEARTBEAT_SCHEMA, alias="schema")
+    schema_: Literal["corral.heartbeat/v1"] = Field("corral.heartbeat/v1", alias="schema")
     agent_id: Id
     tenant_id: Id
     at: float
@@ -191,7 +191,7 @@ class Scope(StrEnum):
 class SandboxToken(_Wire):
     """Grants the SDK direct data-plane access to one sandbox. Signed by the control plane."""
 
-    schema_: Literal["corral.sandbox-token/v1"] = Field(SANDBOX_TOKEN_SCHEMA, alias="schema")
+    schema_: Literal["corral.sandbox-token/v1"] = Field("corral.sandbox-token/v1", alias="schema")
     tenant_id: Id
     agent_id: Id
     sandbox_id: Id

@@ -98,16 +98,14 @@ class Audience:
     tenant_id: str
 
 
-def verify_job(
-    message: bytes,
-    *,
-    keyring: Keyring,
-    audience: Audience,
-    replay: ReplayGuard,
-    now: float | None = None,
-) -> messages.Job:
-    """Verify a job envelope completely. Raises EnvelopeRejectedError; never acts."""
+def verify_signed_job(message: bytes, *, keyring: Keyring) -> messages.Job:
+    """Size, shape, kid, signature and schema. Anything that fails here is untrusted."""
     _, job = verify_model(message, typ=messages.JOB_TYP, model=messages.Job, keyring=keyring)
+    return job
+
+
+def check_job_claims(job: messages.Job, *, audience: Audience, now: float | None = None) -> None:
+    """Audience, tenant and time window of an authentic job."""
     ids: Mapping[str, str] = {"job_id": job.job_id, "agent_id": job.agent_id}
     if job.agent_id != audience.agent_id:
         raise EnvelopeRejectedError(
@@ -124,6 +122,11 @@ def verify_job(
         raise EnvelopeRejectedError(
             RejectReason.NOT_YET_VALID, f"job issued in the future ({job.iat})", **ids
         )
+
+
+def check_job_order(job: messages.Job, *, replay: ReplayGuard) -> None:
+    """Replay (job id already applied) and order (seq above the last applied)."""
+    ids: Mapping[str, str] = {"job_id": job.job_id, "agent_id": job.agent_id}
     if replay.seen(job.job_id):
         raise EnvelopeRejectedError(RejectReason.REPLAYED, "job id already applied", **ids)
     last = replay.last_seq()
@@ -131,4 +134,18 @@ def verify_job(
         raise EnvelopeRejectedError(
             RejectReason.SEQ_NOT_INCREASING, f"seq {job.seq} is not above {last}", **ids
         )
+
+
+def verify_job(
+    message: bytes,
+    *,
+    keyring: Keyring,
+    audience: Audience,
+    replay: ReplayGuard,
+    now: float | None = None,
+) -> messages.Job:
+    """Verify a job envelope completely. Raises EnvelopeRejectedError; never acts."""
+    job = verify_signed_job(message, keyring=keyring)
+    check_job_claims(job, audience=audience, now=now)
+    check_job_order(job, replay=replay)
     return job

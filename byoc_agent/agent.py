@@ -1,0 +1,463 @@
+"""The agent's main loop: verify jobs, run them against a ``Runtime``, report signed results.
+
+Ordering that keeps the agent honest across crashes:
+
+1. verify the job completely (signature, claims, replay, order) — nothing happens before;
+2. record it as *accepted* (job id + seq), durably — the replay guard is now armed;
+3. execute idempotently (a create for a sandbox that exists returns the existing one);
+4. store the signed result in the outbox and mark the job *done*;
+5. ack the JetStream message; the outbox publisher sends the result until the stream acks.
+
+A redelivered job that is *done* is answered again from its stored result (no second
+execution); one that is only *accepted* (the agent died mid-way) is re-executed, which is
+safe because every handler is idempotent. Shutdown never kills sandboxes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from byoc_agent import __version__
+from byoc_agent.protocol import messages, signing, subjects, verify
+from byoc_agent.protocol.errors import (
+    CapacityError,
+    CorralError,
+    EnvelopeRejectedError,
+    ErrorCode,
+    RejectReason,
+    SandboxNotFoundError,
+    SandboxNotRunningError,
+)
+from byoc_agent.protocol.messages import SandboxReport, SandboxState
+from byoc_agent.runtimes.base import (
+    EndReason,
+    Liveness,
+    Runtime,
+    SandboxHandle,
+    SandboxSpec,
+)
+from byoc_agent.state import AgentIdentity, AgentStateStore, SandboxRecord
+from byoc_agent.transport.nats import IncomingJob, NatsAgentTransport, TransportUnavailable
+
+log = structlog.get_logger(__name__)
+
+# Rejections after which the job is known to be authentic and addressed to us, so the
+# control plane can be told (it tracks the job as "rejected").
+_ANSWERABLE = frozenset(
+    {
+        RejectReason.WRONG_TENANT,
+        RejectReason.EXPIRED,
+        RejectReason.NOT_YET_VALID,
+        RejectReason.SEQ_NOT_INCREASING,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    data_plane_url: str
+    cpu_total: int
+    memory_mb_total: int
+    heartbeat_interval_s: float = 5.0
+    reaper_interval_s: float = 0.5
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        identity: AgentIdentity,
+        signing_key: signing.SigningKey,
+        keyring: verify.Keyring,
+        state: AgentStateStore,
+        runtime: Runtime,
+        transport: NatsAgentTransport,
+        config: AgentConfig,
+        templates: Callable[[], list[str]] = list,
+    ) -> None:
+        self.identity = identity
+        self.signing_key = signing_key
+        self.keyring = keyring
+        self.state = state
+        self.runtime = runtime
+        self.transport = transport
+        self.config = config
+        self._templates = templates
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._outbox_wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.audience = verify.Audience(agent_id=identity.agent_id, tenant_id=identity.tenant_id)
+        self.log = log.bind(agent_id=identity.agent_id, tenant_id=identity.tenant_id)
+
+    # ------------------------------------------------------------------ run
+    async def run(self) -> None:
+        """Recover sandboxes, then serve jobs until cancelled."""
+        await self.recover()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._job_loop())
+            tg.create_task(self._outbox_loop())
+            tg.create_task(self._heartbeat_loop())
+            tg.create_task(self._reaper_loop())
+
+    async def recover(self) -> None:
+        """Reattach to sandboxes that were running before a restart; finish cut-off jobs."""
+        for rec in self.state.sandboxes(SandboxState.RUNNING):
+            try:
+                alive = await self.runtime.recover(rec.handle)
+            except CorralError as e:
+                self.log.warning("recover_failed", sandbox_id=rec.sandbox_id, error=str(e))
+                alive = Liveness.MISSING
+            if alive is Liveness.RUNNING:
+                self.log.info("sandbox_reattached", sandbox_id=rec.sandbox_id)
+            else:
+                await self.publish_event(await self._end(rec, SandboxState.FAILED, EndReason.LOST))
+
+    # ------------------------------------------------------------------ jobs
+    async def _job_loop(self) -> None:
+        async for incoming in self.transport.jobs():
+            outcome = await self.accept(incoming.data)
+            if outcome is None:
+                await self._ack(incoming)
+                continue
+            job = outcome
+            task = asyncio.create_task(self._execute_and_ack(job, incoming))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _ack(self, incoming: IncomingJob) -> None:
+        try:
+            await incoming.ack()
+        except (TimeoutError, Exception) as e:  # transport handler: never let an ack kill us
+            self.log.warning("ack_failed", error=str(e))
+
+    async def accept(self, data: bytes) -> messages.Job | None:
+        """Verify one job. Returns it if it should be executed now; None if it was
+        rejected or already answered (the reason is logged; nothing was executed)."""
+        try:
+            job = verify.verify_signed_job(data, keyring=self.keyring)
+        except EnvelopeRejectedError as e:
+            self.log.warning("job_rejected", reason=e.reason.value, detail=e.message, **e.fields)
+            return None
+        jlog = self.log.bind(job_id=job.job_id, seq=job.seq, kind=job.body.kind)
+        try:
+            verify.check_job_claims(job, audience=self.audience)
+        except EnvelopeRejectedError as e:
+            jlog.warning("job_rejected", reason=e.reason.value, detail=e.message)
+            if e.reason in _ANSWERABLE:
+                self._answer_rejected(job, e)
+            return None
+        applied = self.state.applied(job.job_id)
+        if applied is not None:
+            if applied.status == "done" and applied.result is not None:
+                jlog.warning(
+                    "job_rejected", reason=RejectReason.REPLAYED.value,
+                    detail="job id already applied; answered from the stored result",
+                )
+                self.state.enqueue(
+                    _result_msg_id(job.job_id),
+                    subjects.results(self.identity.tenant_id, self.identity.agent_id),
+                    applied.result,
+                )
+                self._outbox_wakeup.set()
+                return None
+            jlog.info("job_resumed", detail="accepted before a restart; executing idempotently")
+            return job
+        try:
+            verify.check_job_order(job, replay=self.state)
+        except EnvelopeRejectedError as e:
+            jlog.warning("job_rejected", reason=e.reason.value, detail=e.message)
+            self._answer_rejected(job, e)
+            return None
+        self.state.accept_job(job.job_id, job.seq)
+        return job
+
+    async def _execute_and_ack(self, job: messages.Job, incoming: IncomingJob) -> None:
+        await self.execute(job)
+        await self._ack(incoming)
+
+    async def execute(self, job: messages.Job) -> messages.JobResult:
+        """Run an accepted job and store its signed result in the outbox."""
+        body = job.body
+        jlog = self.log.bind(job_id=job.job_id, sandbox_id=body.sandbox_id, kind=body.kind)
+        async with self._locks[body.sandbox_id]:
+            try:
+                if isinstance(body, messages.CreateSandboxBody):
+                    report = await self._create(job.job_id, body)
+                elif isinstance(body, messages.KillSandboxBody):
+                    report = await self._kill(body.sandbox_id)
+                else:
+                    report = await self._set_timeout(body.sandbox_id, body.timeout_s)
+                result = self._result(job, "succeeded", sandbox=report)
+                jlog.info("job_succeeded", state=report.state.value)
+            except CorralError as e:
+                jlog.warning("job_failed", code=e.code.value, error=e.message)
+                result = self._result(
+                    job, "failed", error=messages.WireError(code=e.code.value, message=e.message)
+                )
+            except Exception as e:  # transport-level handler: report, never crash the loop
+                jlog.exception("job_crashed")
+                result = self._result(
+                    job,
+                    "failed",
+                    error=messages.WireError(
+                        code=ErrorCode.INTERNAL.value, message=f"agent error: {type(e).__name__}"
+                    ),
+                )
+        data = signing.sign(self.signing_key, messages.RESULT_TYP, messages.to_json_bytes(result))
+        self.state.enqueue(
+            _result_msg_id(job.job_id),
+            subjects.results(self.identity.tenant_id, self.identity.agent_id),
+            data,
+        )
+        self.state.finish_job(job.job_id, data)
+        self._outbox_wakeup.set()
+        return result
+
+    def _answer_rejected(self, job: messages.Job, e: EnvelopeRejectedError) -> None:
+        if job.agent_id != self.identity.agent_id:
+            return
+        result = self._result(
+            job, "rejected",
+            error=messages.WireError(code=ErrorCode.REJECTED.value, message=e.message[:2000]),
+        )
+        data = signing.sign(self.signing_key, messages.RESULT_TYP, messages.to_json_bytes(result))
+        self.state.enqueue(
+            _result_msg_id(job.job_id) + "-rejected",
+            subjects.results(self.identity.tenant_id, self.identity.agent_id),
+            data,
+        )
+        self._outbox_wakeup.set()
+
+    def _result(
+        self,
+        job: messages.Job,
+        status: str,
+        *,
+        sandbox: SandboxReport | None = None,
+        error: messages.WireError | None = None,
+    ) -> messages.JobResult:
+        return messages.JobResult.model_validate(
+            {
+                "schema": messages.RESULT_SCHEMA,
+                "job_id": job.job_id,
+                "tenant_id": self.identity.tenant_id,
+                "agent_id": self.identity.agent_id,
+                "status": status,
+                "at": time.time(),
+                "sandbox": sandbox,
+                "error": error,
+            }
+        )
+
+    # ------------------------------------------------------------ handlers
+    async def _create(self, job_id: str, body: messages.CreateSandboxBody) -> SandboxReport:
+        existing = self.state.get_sandbox(body.sandbox_id)
+        if existing is not None:
+            return _report(existing)
+        free_cpu, free_mem, _ = self.free_capacity()
+        if body.cpu > free_cpu or body.memory_mb > free_mem:
+            raise CapacityError(
+                f"agent has {free_cpu} vCPU and {free_mem} MiB free; "
+                f"sandbox asks {body.cpu} vCPU and {body.memory_mb} MiB",
+                job_id=job_id,
+            )
+        spec = SandboxSpec(
+            sandbox_id=body.sandbox_id,
+            tenant_id=self.identity.tenant_id,
+            template=body.template,
+            cpu=body.cpu,
+            memory_mb=body.memory_mb,
+            timeout_s=body.timeout_s,
+            env=dict(body.env),
+        )
+        handle = await self.runtime.create(spec)
+        now = time.time()
+        rec = SandboxRecord(
+            sandbox_id=body.sandbox_id,
+            tenant_id=self.identity.tenant_id,
+            handle=handle,
+            state=SandboxState.RUNNING,
+            cpu=body.cpu,
+            memory_mb=body.memory_mb,
+            template=body.template,
+            started_at=now,
+            deadline=now + body.timeout_s,
+        )
+        self.state.put_sandbox(rec)
+        return _report(rec)
+
+    async def _kill(self, sandbox_id: str) -> SandboxReport:
+        rec = self.state.get_sandbox(sandbox_id)
+        if rec is None:
+            raise SandboxNotFoundError(f"sandbox {sandbox_id} is not on this agent")
+        if rec.state is not SandboxState.RUNNING:
+            return _report(rec)
+        return _report(await self._end(rec, SandboxState.KILLED, EndReason.KILLED))
+
+    async def _set_timeout(self, sandbox_id: str, timeout_s: int) -> SandboxReport:
+        rec = self.state.get_sandbox(sandbox_id)
+        if rec is None:
+            raise SandboxNotFoundError(f"sandbox {sandbox_id} is not on this agent")
+        if rec.state is not SandboxState.RUNNING:
+            raise SandboxNotRunningError(f"sandbox {sandbox_id} is {rec.state.value}")
+        rec = dataclasses.replace(rec, deadline=time.time() + timeout_s)
+        self.state.put_sandbox(rec)
+        return _report(rec)
+
+    async def _end(
+        self, rec: SandboxRecord, state: SandboxState, reason: EndReason
+    ) -> SandboxRecord:
+        """Destroy a sandbox and record how it ended (before the slow teardown finishes,
+        the record already says it is no longer running, so no new exec gets in)."""
+        ended = dataclasses.replace(
+            rec, state=state, ended_at=time.time(), end_reason=reason.value
+        )
+        self.state.put_sandbox(ended)
+        try:
+            await self.runtime.destroy(rec.handle)
+        except CorralError as e:
+            self.log.warning("destroy_failed", sandbox_id=rec.sandbox_id, error=str(e))
+        self.log.info("sandbox_ended", sandbox_id=rec.sandbox_id, reason=reason.value)
+        return ended
+
+    # ------------------------------------------------------------ data plane access
+    def running_handle(self, sandbox_id: str) -> SandboxHandle:
+        rec = self.state.get_sandbox(sandbox_id)
+        if rec is None:
+            raise SandboxNotFoundError(f"sandbox {sandbox_id} is not on this agent")
+        if rec.state is not SandboxState.RUNNING:
+            raise SandboxNotRunningError(
+                f"sandbox {sandbox_id} is {rec.state.value}; create a new sandbox"
+            )
+        return rec.handle
+
+    def free_capacity(self) -> tuple[int, int, int]:
+        running = self.state.sandboxes(SandboxState.RUNNING)
+        cpu = self.config.cpu_total - sum(r.cpu for r in running)
+        mem = self.config.memory_mb_total - sum(r.memory_mb for r in running)
+        return cpu, mem, len(running)
+
+    # ------------------------------------------------------------ background loops
+    async def _reaper_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reaper_interval_s)
+            await self.reap_expired()
+
+    async def reap_expired(self) -> None:
+        now = time.time()
+        for rec in self.state.sandboxes(SandboxState.RUNNING):
+            if rec.deadline > now:
+                continue
+            async with self._locks[rec.sandbox_id]:
+                current = self.state.get_sandbox(rec.sandbox_id)
+                if current is None or current.state is not SandboxState.RUNNING:
+                    continue
+                if current.deadline > time.time():
+                    continue
+                ended = await self._end(current, SandboxState.TIMED_OUT, EndReason.TIMED_OUT)
+                await self.publish_event(ended)
+
+    async def _outbox_loop(self) -> None:
+        while True:
+            sent_all = await self.flush_outbox()
+            self._outbox_wakeup.clear()
+            if not sent_all:
+                await asyncio.sleep(0.5)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._outbox_wakeup.wait()
+
+    async def flush_outbox(self) -> bool:
+        for msg_id, subject, data in self.state.pending_outbox():
+            try:
+                await self.transport.publish_durable(subject, data, msg_id)
+            except TransportUnavailable as e:
+                self.log.warning("outbox_publish_failed", error=str(e))
+                return False
+            self.state.outbox_done(msg_id)
+        return True
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self.transport.publish_heartbeat(self.heartbeat())
+            except TransportUnavailable as e:
+                self.log.warning("heartbeat_failed", error=str(e))
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+
+    def heartbeat(self) -> bytes:
+        cpu, mem, n = self.free_capacity()
+        hb = messages.Heartbeat.model_validate(
+            {
+                "schema": messages.HEARTBEAT_SCHEMA,
+                "agent_id": self.identity.agent_id,
+                "tenant_id": self.identity.tenant_id,
+                "at": time.time(),
+                "version": __version__,
+                "data_plane_url": self.config.data_plane_url,
+                "runtimes": [self.runtime.name],
+                "templates": self._templates(),
+                "capacity": {
+                    "cpu_total": self.config.cpu_total,
+                    "cpu_free": max(cpu, 0),
+                    "memory_mb_total": self.config.memory_mb_total,
+                    "memory_mb_free": max(mem, 0),
+                    "sandboxes": n,
+                },
+                "running": [r.sandbox_id for r in self.state.sandboxes(SandboxState.RUNNING)],
+            }
+        )
+        return signing.sign(self.signing_key, messages.HEARTBEAT_TYP, messages.to_json_bytes(hb))
+
+    async def publish_event(self, rec: SandboxRecord) -> None:
+        event = messages.SandboxEvent.model_validate(
+            {
+                "schema": messages.EVENT_SCHEMA,
+                "event_id": f"evt-{uuid.uuid4().hex}",
+                "tenant_id": self.identity.tenant_id,
+                "agent_id": self.identity.agent_id,
+                "at": time.time(),
+                "sandbox": _report(rec),
+            }
+        )
+        data = signing.sign(self.signing_key, messages.EVENT_TYP, messages.to_json_bytes(event))
+        self.state.enqueue(
+            event.event_id,
+            subjects.events(self.identity.tenant_id, self.identity.agent_id),
+            data,
+        )
+        self._outbox_wakeup.set()
+
+    async def drain(self) -> None:
+        """Let in-flight jobs finish (bounded); sandboxes keep running."""
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(TimeoutError, TransportUnavailable):
+            async with asyncio.timeout(5):
+                await self.flush_outbox()
+
+
+def _result_msg_id(job_id: str) -> str:
+    return f"result-{job_id}"
+
+
+def _report(rec: SandboxRecord) -> SandboxReport:
+    return SandboxReport(
+        sandbox_id=rec.sandbox_id,
+        state=rec.state,
+        started_at=rec.started_at,
+        ended_at=rec.ended_at,
+        end_reason=rec.end_reason,
+    )

@@ -1,0 +1,225 @@
+"""Durable agent state in a local SQLite file (WAL, synchronous=FULL).
+
+The replay guard lives here so that a job applied before a restart is still refused
+(or answered from its stored result) after it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from byoc_agent.protocol.messages import SandboxState
+from byoc_agent.runtimes.base import SandboxHandle
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS identity (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    agent_id TEXT NOT NULL, tenant_id TEXT NOT NULL, kid TEXT NOT NULL, nats_url TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS control_plane_keys (
+    kid TEXT PRIMARY KEY, public_key TEXT NOT NULL, status TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS applied_jobs (
+    job_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, status TEXT NOT NULL, result BLOB
+);
+CREATE TABLE IF NOT EXISTS sandboxes (
+    sandbox_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, runtime TEXT NOT NULL,
+    handle TEXT NOT NULL, state TEXT NOT NULL, cpu INTEGER NOT NULL, memory_mb INTEGER NOT NULL,
+    template TEXT NOT NULL, started_at REAL NOT NULL, deadline REAL NOT NULL,
+    ended_at REAL, end_reason TEXT
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    msg_id TEXT PRIMARY KEY, subject TEXT NOT NULL, data BLOB NOT NULL,
+    created INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentIdentity:
+    agent_id: str
+    tenant_id: str
+    kid: str
+    nats_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedJob:
+    job_id: str
+    seq: int
+    status: str  # "accepted" (executing) or "done" (result stored)
+    result: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxRecord:
+    sandbox_id: str
+    tenant_id: str
+    handle: SandboxHandle
+    state: SandboxState
+    cpu: int
+    memory_mb: int
+    template: str
+    started_at: float
+    deadline: float
+    ended_at: float | None = None
+    end_reason: str | None = None
+
+
+class AgentStateStore:
+    """Thread-safe; every write is committed before the call returns."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # identity -------------------------------------------------------------
+    def identity(self) -> AgentIdentity | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT agent_id, tenant_id, kid, nats_url FROM identity WHERE id = 1"
+            ).fetchone()
+        return AgentIdentity(*row) if row else None
+
+    def save_identity(self, ident: AgentIdentity) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO identity VALUES (1, ?, ?, ?, ?)",
+                (ident.agent_id, ident.tenant_id, ident.kid, ident.nats_url),
+            )
+
+    # control-plane keys ---------------------------------------------------
+    def control_plane_keys(self) -> list[tuple[str, str, str]]:
+        with self._lock:
+            return list(self._db.execute("SELECT kid, public_key, status FROM control_plane_keys"))
+
+    def replace_control_plane_keys(self, keys: list[tuple[str, str, str]]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM control_plane_keys")
+            self._db.executemany("INSERT INTO control_plane_keys VALUES (?, ?, ?)", keys)
+            self._db.execute("COMMIT")
+
+    # replay guard ---------------------------------------------------------
+    def seen(self, job_id: str) -> bool:
+        return self.applied(job_id) is not None
+
+    def last_seq(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(seq) FROM applied_jobs").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def applied(self, job_id: str) -> AppliedJob | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT job_id, seq, status, result FROM applied_jobs WHERE job_id = ?", (job_id,)
+            ).fetchone()
+        return AppliedJob(row[0], row[1], row[2], row[3]) if row else None
+
+    def accept_job(self, job_id: str, seq: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO applied_jobs VALUES (?, ?, 'accepted', NULL)", (job_id, seq)
+            )
+
+    def finish_job(self, job_id: str, result: bytes) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE applied_jobs SET status = 'done', result = ? WHERE job_id = ?",
+                (result, job_id),
+            )
+
+    def unfinished_jobs(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id FROM applied_jobs WHERE status = 'accepted' ORDER BY seq"
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    # outbox: signed messages kept until the stream acked them -------------
+    def enqueue(self, msg_id: str, subject: str, data: bytes) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, "
+                "(SELECT COALESCE(MAX(created), 0) + 1 FROM outbox))",
+                (msg_id, subject, data),
+            )
+
+    def pending_outbox(self, limit: int = 100) -> list[tuple[str, str, bytes]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT msg_id, subject, data FROM outbox ORDER BY created LIMIT ?", (limit,)
+            ).fetchall()
+        return [(str(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    def outbox_done(self, msg_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE msg_id = ?", (msg_id,))
+
+    # sandboxes ------------------------------------------------------------
+    def put_sandbox(self, rec: SandboxRecord) -> None:
+        h = rec.handle
+        handle_json = json.dumps(
+            {"sandbox_id": h.sandbox_id, "runtime": h.runtime, "created_at": h.created_at,
+             "data": dict(h.data)},
+            sort_keys=True,
+        )
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO sandboxes VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (rec.sandbox_id, rec.tenant_id, h.runtime, handle_json, rec.state.value,
+                 rec.cpu, rec.memory_mb, rec.template, rec.started_at, rec.deadline,
+                 rec.ended_at, rec.end_reason),
+            )
+
+    def get_sandbox(self, sandbox_id: str) -> SandboxRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM sandboxes WHERE sandbox_id = ?", (sandbox_id,)
+            ).fetchone()
+        return _record(row) if row else None
+
+    def sandboxes(self, state: SandboxState | None = None) -> list[SandboxRecord]:
+        with self._lock:
+            if state is None:
+                rows = self._db.execute("SELECT * FROM sandboxes").fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT * FROM sandboxes WHERE state = ?", (state.value,)
+                ).fetchall()
+        return [_record(r) for r in rows]
+
+
+def _record(row: tuple[object, ...]) -> SandboxRecord:
+    raw = json.loads(str(row[3]))
+    handle = SandboxHandle(
+        sandbox_id=raw["sandbox_id"],
+        runtime=raw["runtime"],
+        created_at=float(raw["created_at"]),
+        data={str(k): str(v) for k, v in raw["data"].items()},
+    )
+    return SandboxRecord(
+        sandbox_id=str(row[0]),
+        tenant_id=str(row[1]),
+        handle=handle,
+        state=SandboxState(str(row[4])),
+        cpu=int(str(row[5])),
+        memory_mb=int(str(row[6])),
+        template=str(row[7]),
+        started_at=float(str(row[8])),
+        deadline=float(str(row[9])),
+        ended_at=float(str(row[10])) if row[10] is not None else None,
+        end_reason=str(row[11]) if row[11] is not None else None,
+    )

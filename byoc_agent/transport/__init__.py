@@ -1,0 +1,1 @@
+"""The only place in the agent that imports ``nats``."""
