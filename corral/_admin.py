@@ -1,0 +1,284 @@
+"""``AdminClient``: operator actions (tenants, API keys, agent enrollment) with the admin token."""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from corral._config import ADMIN_TOKEN_ENV, ConnectionConfig
+from corral._http import About, HttpClient, JsonBody, QueryParams, parse
+from corral._wire import (
+    AgentWire,
+    ApiKeyWire,
+    EnrollmentTokenWire,
+    Page,
+    TenantCreatedWire,
+    TenantWire,
+    utc,
+)
+from corral.errors import APIError
+
+DEFAULT_ENROLLMENT_TTL_S = 3600
+
+W = TypeVar("W", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """A customer of the platform; its sandboxes and keys are invisible to other tenants."""
+
+    id: str
+    name: str
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_wire(cls, wire: TenantWire) -> Tenant:
+        return cls(wire.id, wire.name, utc(wire.created_at))
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as listed: never its secret."""
+
+    id: str
+    name: str
+    created_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class NewApiKey:
+    """A key just created; ``key`` is the secret, shown this once and never again."""
+
+    id: str
+    name: str
+    key: str = field(repr=False)
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewTenant:
+    """A tenant just created, with its first API key."""
+
+    tenant: Tenant
+    api_key: NewApiKey
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentToken:
+    """A one-use token an agent presents to enroll for a tenant."""
+
+    token: str = field(repr=False)
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    """An enrolled agent; ``status`` is ``online`` or ``offline`` from its heartbeats."""
+
+    id: str
+    name: str
+    tenant_id: str
+    status: str
+    data_plane_url: str | None = None
+    last_heartbeat_at: datetime | None = None
+    runtimes: tuple[str, ...] = ()
+    templates: tuple[str, ...] = ()
+
+
+class _TenantPage(Page[TenantWire]):
+    pass
+
+
+class _ApiKeyPage(Page[ApiKeyWire]):
+    pass
+
+
+class _AgentPage(Page[AgentWire]):
+    pass
+
+
+class AdminClient:
+    """Operator client; the token comes from ``admin_token=`` or ``CORRAL_ADMIN_TOKEN``."""
+
+    def __init__(
+        self,
+        admin_token: str | None = None,
+        *,
+        api_url: str | None = None,
+        request_timeout: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._config = ConnectionConfig.resolve_admin(
+            admin_token=admin_token, api_url=api_url, request_timeout=request_timeout
+        )
+        self._http = HttpClient(self._config.request_timeout, transport)
+        self._about = About("control", credential_env=ADMIN_TOKEN_ENV)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: JsonBody | None = None,
+        params: QueryParams | None = None,
+    ) -> httpx.Response:
+        return self._http.request(
+            method,
+            f"{self._config.api_url}{path}",
+            self._about,
+            token=self._config.api_key,
+            json=json,
+            params=params,
+        )
+
+    def _pages(self, path: str, page: type[Page[W]], item: type[W]) -> Iterator[W]:
+        """Items of a listing, following ``next_cursor``; a bare JSON list is one page."""
+        cursor: str | None = None
+        while True:
+            params: dict[str, str | int] = {} if cursor is None else {"cursor": cursor}
+            response = self._call("GET", path, params=params)
+            data: object = _json(response)
+            if isinstance(data, list):
+                yield from (_validate(item, x, response) for x in data)
+                return
+            result = _validate(page, data, response)
+            yield from result.items
+            cursor = result.next_cursor
+            if not cursor or not result.items:
+                return
+
+    # ---- tenants ----
+
+    def create_tenant(self, name: str) -> NewTenant:
+        """Create a tenant and its first API key (the key's secret is returned only now)."""
+        response = self._call("POST", "/v1/tenants", json={"name": name})
+        wire = parse(TenantCreatedWire, response, self._about)
+        tenant = wire.the_tenant()
+        if tenant is None:
+            raise APIError(
+                "The control plane created the tenant but did not return it; "
+                "run `corral admin tenant ls` to find it.",
+                status_code=response.status_code,
+            )
+        key = wire.api_key
+        if isinstance(key, str):
+            new_key = NewApiKey(id="", name="default", key=key)
+        elif key.key is None:
+            raise APIError(
+                "The control plane returned the tenant's first API key without its secret; "
+                f"create one with `corral admin apikey create --tenant {tenant.id}`.",
+                status_code=response.status_code,
+            )
+        else:
+            new_key = NewApiKey(key.id, key.name, key.key, utc(key.created_at))
+        return NewTenant(Tenant.from_wire(tenant), new_key)
+
+    def list_tenants(self) -> builtins.list[Tenant]:
+        """Every tenant, all pages."""
+        pages = self._pages("/v1/tenants", _TenantPage, TenantWire)
+        return [Tenant.from_wire(w) for w in pages]
+
+    def get_tenant(self, tenant_id: str) -> Tenant:
+        response = self._call("GET", f"/v1/tenants/{tenant_id}")
+        return Tenant.from_wire(parse(TenantWire, response, self._about))
+
+    # ---- API keys ----
+
+    def create_api_key(self, tenant_id: str, name: str) -> NewApiKey:
+        """Create an API key for a tenant; its secret is in the result, this once."""
+        response = self._call("POST", f"/v1/tenants/{tenant_id}/api-keys", json={"name": name})
+        wire = parse(ApiKeyWire, response, self._about)
+        if wire.key is None:
+            raise APIError(
+                "The control plane created the key but returned no secret; revoke it and "
+                "try again.",
+                status_code=response.status_code,
+            )
+        return NewApiKey(wire.id, wire.name, wire.key, utc(wire.created_at))
+
+    def list_api_keys(self, tenant_id: str) -> builtins.list[ApiKey]:
+        """A tenant's API keys, without secrets."""
+        items = self._pages(f"/v1/tenants/{tenant_id}/api-keys", _ApiKeyPage, ApiKeyWire)
+        return [ApiKey(w.id, w.name, utc(w.created_at), utc(w.revoked_at)) for w in items]
+
+    def revoke_api_key(self, tenant_id: str, key_id: str) -> None:
+        """Revoke a key; requests with it fail with 401 from now on."""
+        self._call("DELETE", f"/v1/tenants/{tenant_id}/api-keys/{key_id}")
+
+    # ---- agents ----
+
+    def create_enrollment_token(
+        self, tenant_id: str, ttl_s: int = DEFAULT_ENROLLMENT_TTL_S
+    ) -> EnrollmentToken:
+        """A one-use token with which an agent enrolls for ``tenant_id``."""
+        response = self._call(
+            "POST", "/v1/agents/enrollment-tokens", json={"tenant_id": tenant_id, "ttl_s": ttl_s}
+        )
+        wire = parse(EnrollmentTokenWire, response, self._about)
+        return EnrollmentToken(wire.token, utc(wire.expires_at))
+
+    def list_agents(self) -> builtins.list[AgentInfo]:
+        """Every enrolled agent and whether it is online."""
+        return [
+            AgentInfo(
+                id=w.id,
+                name=w.name,
+                tenant_id=w.tenant_id,
+                status=w.status,
+                data_plane_url=w.data_plane_url,
+                last_heartbeat_at=utc(w.last_heartbeat_at),
+                runtimes=tuple(w.runtimes),
+                templates=tuple(w.templates),
+            )
+            for w in self._pages("/v1/agents", _AgentPage, AgentWire)
+        ]
+
+
+def _json(response: httpx.Response) -> object:
+    try:
+        data: object = json.loads(response.content)
+    except ValueError as e:
+        raise APIError(
+            f"The control plane answered {response.request.url.path} with something that is "
+            "not JSON; is CORRAL_API_URL pointing at a Corral control plane?",
+            status_code=response.status_code,
+        ) from e
+    return data
+
+
+def _validate(model: type[W], data: object, response: httpx.Response) -> W:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise APIError(
+            f"Unexpected response from {response.request.url.path}: {e.error_count()} "
+            "field(s) did not match. Is the SDK version compatible with the server?",
+            status_code=response.status_code,
+        ) from e

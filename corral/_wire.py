@@ -1,0 +1,162 @@
+"""Pydantic models for the JSON the two HTTP APIs send back, used only at the edge.
+
+They ignore unknown fields (newer servers may add some) and are converted at once into the
+frozen dataclasses the SDK hands out. Field names follow docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+T = TypeVar("T")
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """The same instant in UTC; a naive value is taken to be UTC already."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class _Edge(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ErrorDetailWire(_Edge):
+    code: str | None = None
+    message: str = ""
+    field: str | None = None
+
+
+class ErrorBodyWire(_Edge):
+    error: ErrorDetailWire
+
+
+class Page(_Edge, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = None
+
+
+class AccessWire(_Edge):
+    """``POST /v1/sandboxes/{id}/token``: a data-plane token for one sandbox."""
+
+    access_token: str
+    data_plane_url: str
+    expires_at: datetime | None = None
+
+
+class SandboxWire(_Edge):
+    """A sandbox as the control plane reports it; create may include data-plane access."""
+
+    id: str = Field(validation_alias=AliasChoices("id", "sandbox_id"))
+    state: str
+    template: str = ""
+    cpu: int | None = None
+    memory_mb: int | None = None
+    timeout_s: int | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    agent_id: str | None = None
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    end_reason: str | None = None
+    data_plane_url: str | None = None
+    access: AccessWire | None = None
+    access_token: str | None = None
+    access_token_expires_at: datetime | None = Field(
+        default=None, validation_alias=AliasChoices("access_token_expires_at", "token_expires_at")
+    )
+
+    def initial_access(self) -> AccessWire | None:
+        """The data-plane access that came with this response, in either layout."""
+        if self.access is not None:
+            return self.access
+        if self.access_token and self.data_plane_url:
+            return AccessWire(
+                access_token=self.access_token,
+                data_plane_url=self.data_plane_url,
+                expires_at=self.access_token_expires_at,
+            )
+        return None
+
+
+class ExecEventWire(_Edge):
+    """One NDJSON line of an exec stream."""
+
+    type: str
+    data: str = ""
+    exit_code: int | None = None
+    timed_out: bool = False
+    code: str = ""
+    message: str = ""
+
+
+class EntryWire(_Edge):
+    name: str
+    path: str
+    type: str
+    size: int = 0
+    mode: int = 0
+    mtime: datetime | None = None
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _octal_mode(cls, value: object) -> object:
+        if isinstance(value, str):
+            return int(value, 8)
+        return value
+
+
+class EntryListWire(_Edge):
+    items: list[EntryWire]
+
+
+class TenantWire(_Edge):
+    id: str = Field(validation_alias=AliasChoices("id", "tenant_id"))
+    name: str
+    created_at: datetime | None = None
+
+
+class ApiKeyWire(_Edge):
+    id: str = Field(validation_alias=AliasChoices("id", "key_id"))
+    name: str = ""
+    created_at: datetime | None = None
+    revoked_at: datetime | None = None
+    key: str | None = None
+
+
+class TenantCreatedWire(_Edge):
+    """``POST /v1/tenants``: the tenant and its first API key, nested or flat."""
+
+    tenant: TenantWire | None = None
+    id: str | None = None
+    name: str | None = None
+    created_at: datetime | None = None
+    api_key: ApiKeyWire | str
+
+    def the_tenant(self) -> TenantWire | None:
+        if self.tenant is not None:
+            return self.tenant
+        if self.id and self.name is not None:
+            return TenantWire(id=self.id, name=self.name, created_at=self.created_at)
+        return None
+
+
+class EnrollmentTokenWire(_Edge):
+    token: str
+    expires_at: datetime | None = None
+
+
+class AgentWire(_Edge):
+    id: str = Field(validation_alias=AliasChoices("id", "agent_id"))
+    name: str = ""
+    tenant_id: str = ""
+    status: str = "unknown"
+    data_plane_url: str | None = None
+    last_heartbeat_at: datetime | None = None
+    runtimes: list[str] = Field(default_factory=list)
+    templates: list[str] = Field(default_factory=list)

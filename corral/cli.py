@@ -1,0 +1,296 @@
+"""The ``corral`` command line: sandboxes for tenants, tenants and agents for operators.
+
+Tenant commands read ``CORRAL_API_KEY``; ``corral admin`` reads ``CORRAL_ADMIN_TOKEN``;
+both read ``CORRAL_API_URL``. Errors print one red line and exit 1; ``sandbox exec``
+exits with the command's own exit code (124 when it timed out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from corral._admin import AdminClient
+from corral.errors import CommandTimeoutError, CorralError
+from corral.sandbox import Sandbox
+
+TIMEOUT_EXIT_CODE = 124
+INTERRUPTED_EXIT_CODE = 130
+
+app = typer.Typer(
+    name="corral",
+    help="Sandboxes for AI coding agents, run inside your own cloud.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+sandbox_app = typer.Typer(
+    help="Create, list, run commands in and kill sandboxes.", no_args_is_help=True
+)
+admin_app = typer.Typer(help="Operator commands (need CORRAL_ADMIN_TOKEN).", no_args_is_help=True)
+tenant_app = typer.Typer(help="Tenants: the customers of this platform.", no_args_is_help=True)
+apikey_app = typer.Typer(help="A tenant's API keys.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(admin_app, name="admin")
+admin_app.add_typer(tenant_app, name="tenant")
+admin_app.add_typer(apikey_app, name="apikey")
+
+
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+@contextlib.contextmanager
+def _friendly() -> Iterator[None]:
+    """Turn a CorralError into one red line on stderr and exit status 1."""
+    try:
+        yield
+    except CorralError as e:
+        line = " ".join(str(e).split())
+        _err().print(f"[bold red]error:[/bold red] [red]{escape(line)}[/red]", soft_wrap=True)
+        raise typer.Exit(code=1) from None
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        pairs[key] = value
+    return pairs
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+# ---- sandbox ----
+
+
+@sandbox_app.command("create")
+def sandbox_create(
+    template: str = typer.Option("base", help="Template (image) to start from."),
+    cpu: int = typer.Option(1, help="vCPUs."),
+    memory_mb: int = typer.Option(512, "--memory-mb", help="Memory in MiB."),
+    timeout: int = typer.Option(300, help="Seconds until the sandbox is killed."),
+    env: list[str] | None = typer.Option(None, "--env", help="KEY=VALUE, repeatable."),
+    metadata: list[str] | None = typer.Option(None, "--metadata", help="KEY=VALUE, repeatable."),
+) -> None:
+    """Start a sandbox and print its id."""
+    env_vars = _pairs(env, "--env")
+    meta = _pairs(metadata, "--metadata")
+    with _friendly():
+        sandbox = Sandbox.create(
+            template=template,
+            cpu=cpu,
+            memory_mb=memory_mb,
+            timeout=timeout,
+            env=env_vars,
+            metadata=meta,
+        )
+        sandbox.close()
+    typer.echo(sandbox.id)
+
+
+@sandbox_app.command("ls")
+def sandbox_ls(
+    state: str | None = typer.Option(None, help="Only sandboxes in this state (e.g. running)."),
+    metadata: list[str] | None = typer.Option(
+        None, "--metadata", help="KEY=VALUE that must match, repeatable."
+    ),
+    limit: int | None = typer.Option(None, help="Show at most this many."),
+) -> None:
+    """List your sandboxes."""
+    meta = _pairs(metadata, "--metadata")
+    with _friendly():
+        infos = Sandbox.list(metadata=meta, state=state, limit=limit)
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "STATE", "TEMPLATE", "CPU", "MEM MB", "CREATED", "EXPIRES", "METADATA"):
+        table.add_column(column, no_wrap=column == "ID", overflow="fold")
+    for info in infos:
+        table.add_row(
+            info.id,
+            info.state,
+            info.template,
+            "-" if info.cpu is None else str(info.cpu),
+            "-" if info.memory_mb is None else str(info.memory_mb),
+            _when(info.created_at),
+            _when(info.expires_at),
+            ",".join(f"{k}={v}" for k, v in sorted(info.metadata.items())),
+        )
+    console = _out()
+    if infos:
+        console.print(table)
+    else:
+        console.print("No sandboxes.")
+
+
+def _write_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _write_stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+@sandbox_app.command("exec")
+def sandbox_exec(
+    sandbox_id: str = typer.Argument(..., help="Sandbox id."),
+    cmd: list[str] = typer.Argument(..., help="Command, after `--`."),
+    timeout: float = typer.Option(60, help="Seconds before the command is killed."),
+    cwd: str | None = typer.Option(None, help="Working directory inside the sandbox."),
+    env: list[str] | None = typer.Option(None, "--env", help="KEY=VALUE, repeatable."),
+) -> None:
+    """Run a command in a sandbox, streaming its output; exit with its exit code."""
+    command = cmd[0] if len(cmd) == 1 else shlex.join(cmd)
+    env_vars = _pairs(env, "--env")
+    with _friendly():
+        sandbox = Sandbox.connect(sandbox_id)
+        try:
+            result = sandbox.commands.run(
+                command,
+                envs=env_vars,
+                cwd=cwd,
+                timeout=timeout,
+                on_stdout=_write_stdout,
+                on_stderr=_write_stderr,
+            )
+        except CommandTimeoutError as e:
+            _err().print(f"[red]{escape(str(e))}[/red]", soft_wrap=True)
+            raise typer.Exit(code=TIMEOUT_EXIT_CODE) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(code=INTERRUPTED_EXIT_CODE) from None
+        finally:
+            sandbox.close()
+    raise typer.Exit(code=result.exit_code)
+
+
+@sandbox_app.command("kill")
+def sandbox_kill(sandbox_id: str = typer.Argument(..., help="Sandbox id.")) -> None:
+    """Kill a sandbox (succeeds if it is already gone)."""
+    with _friendly():
+        sandbox = Sandbox.connect(sandbox_id)
+        killed = sandbox.kill()
+    typer.echo(f"killed {sandbox_id}" if killed else f"{sandbox_id} was already gone")
+
+
+# ---- admin ----
+
+
+def _show_secret(console: Console, label: str, secret: str) -> None:
+    console.print(f"\n[bold yellow]{label} (shown once: store it now):[/bold yellow]")
+    console.print(f"\n    [bold]{escape(secret)}[/bold]\n", soft_wrap=True)
+
+
+@tenant_app.command("create")
+def tenant_create(name: str = typer.Argument(..., help="Tenant name.")) -> None:
+    """Create a tenant and print its first API key, once."""
+    with _friendly(), AdminClient() as admin:
+        created = admin.create_tenant(name)
+    console = _out()
+    console.print(
+        f"Created tenant [bold]{escape(created.tenant.name)}[/bold] ({created.tenant.id})."
+    )
+    _show_secret(console, "API key", created.api_key.key)
+
+
+@tenant_app.command("ls")
+def tenant_ls() -> None:
+    """List tenants."""
+    with _friendly(), AdminClient() as admin:
+        tenants = admin.list_tenants()
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "NAME", "CREATED"):
+        table.add_column(column, overflow="fold")
+    for tenant in tenants:
+        table.add_row(tenant.id, tenant.name, _when(tenant.created_at))
+    _out().print(table if tenants else "No tenants.")
+
+
+@apikey_app.command("create")
+def apikey_create(
+    tenant: str = typer.Option(..., "--tenant", help="Tenant id."),
+    name: str = typer.Option("default", help="A name to recognise the key by."),
+) -> None:
+    """Create an API key for a tenant and print it, once."""
+    with _friendly(), AdminClient() as admin:
+        key = admin.create_api_key(tenant, name)
+    console = _out()
+    console.print(f"Created API key [bold]{escape(key.name)}[/bold] ({key.id}).")
+    _show_secret(console, "API key", key.key)
+
+
+@apikey_app.command("ls")
+def apikey_ls(tenant: str = typer.Option(..., "--tenant", help="Tenant id.")) -> None:
+    """List a tenant's API keys (never their secrets)."""
+    with _friendly(), AdminClient() as admin:
+        keys = admin.list_api_keys(tenant)
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "NAME", "CREATED", "REVOKED"):
+        table.add_column(column, overflow="fold")
+    for key in keys:
+        table.add_row(key.id, key.name, _when(key.created_at), _when(key.revoked_at))
+    _out().print(table if keys else "No API keys.")
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    key_id: str = typer.Argument(..., help="API key id (from `corral admin apikey ls`)."),
+    tenant: str = typer.Option(..., "--tenant", help="Tenant id."),
+) -> None:
+    """Revoke an API key; requests using it fail from now on."""
+    with _friendly(), AdminClient() as admin:
+        admin.revoke_api_key(tenant, key_id)
+    typer.echo(f"revoked {key_id}")
+
+
+@admin_app.command("enrollment-token")
+def enrollment_token(
+    tenant: str = typer.Option(..., "--tenant", help="Tenant the agent will serve."),
+    ttl: int = typer.Option(3600, "--ttl", help="Seconds the token stays valid."),
+) -> None:
+    """Print a one-use token with which an agent enrolls for a tenant."""
+    with _friendly(), AdminClient() as admin:
+        token = admin.create_enrollment_token(tenant, ttl_s=ttl)
+    typer.echo(token.token)
+    _err().print(f"One use; expires {_when(token.expires_at)}.")
+
+
+@admin_app.command("agents")
+def agents() -> None:
+    """List enrolled agents and whether they are online."""
+    with _friendly(), AdminClient() as admin:
+        found = admin.list_agents()
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "NAME", "TENANT", "STATUS", "DATA PLANE", "LAST HEARTBEAT"):
+        table.add_column(column, overflow="fold")
+    for agent in found:
+        status = "[green]online[/green]" if agent.status == "online" else escape(agent.status)
+        table.add_row(
+            agent.id,
+            agent.name,
+            agent.tenant_id,
+            status,
+            agent.data_plane_url or "-",
+            _when(agent.last_heartbeat_at),
+        )
+    _out().print(table if found else "No agents.")
+
+
+def main() -> None:
+    """Entry point of the ``corral`` console script."""
+    app()

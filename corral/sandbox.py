@@ -1,0 +1,361 @@
+"""``Sandbox``: create, find, run commands in and kill Corral sandboxes.
+
+::
+
+    with Sandbox.create(template="base", timeout=600) as sb:
+        result = sb.commands.run("python -c 'print(6 * 7)'")
+        sb.files.write("/home/user/notes.txt", "hi")
+
+Lifecycle calls go to the control plane with your API key; ``commands`` and ``files`` go
+directly to the sandbox's data plane with a short-lived per-sandbox token.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from types import TracebackType
+
+import httpx
+
+from corral._commands import Commands
+from corral._config import ConnectionConfig
+from corral._dataplane import Access, DataPlane
+from corral._files import Files
+from corral._http import About, HttpClient, parse
+from corral._wire import Page, SandboxWire, utc
+from corral.errors import (
+    InvalidArgumentError,
+    SandboxNotFoundError,
+    SandboxNotRunningError,
+    SandboxTimeoutError,
+)
+
+#: Seconds between polls while a new sandbox is still ``pending``.
+POLL_INTERVAL_S = 0.2
+DEFAULT_PAGE_SIZE = 100
+_SANDBOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+class SandboxState(StrEnum):
+    """Sandbox states; ``SandboxInfo.state`` compares equal to these."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    KILLED = "killed"
+    TIMED_OUT = "timed_out"
+    FAILED = "failed"
+
+
+TERMINAL_STATES = frozenset({SandboxState.KILLED, SandboxState.TIMED_OUT, SandboxState.FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxInfo:
+    """A sandbox as the control plane records it (no command output or file data)."""
+
+    id: str
+    state: str
+    template: str
+    cpu: int | None
+    memory_mb: int | None
+    timeout_s: int | None
+    metadata: dict[str, str] = field(default_factory=dict)
+    agent_id: str | None = None
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    end_reason: str | None = None
+
+    @property
+    def is_running(self) -> bool:
+        return self.state == SandboxState.RUNNING
+
+    @classmethod
+    def from_wire(cls, wire: SandboxWire) -> SandboxInfo:
+        return cls(
+            id=wire.id,
+            state=wire.state,
+            template=wire.template,
+            cpu=wire.cpu,
+            memory_mb=wire.memory_mb,
+            timeout_s=wire.timeout_s,
+            metadata=dict(wire.metadata),
+            agent_id=wire.agent_id,
+            created_at=utc(wire.created_at),
+            expires_at=utc(wire.expires_at),
+            end_reason=wire.end_reason,
+        )
+
+
+class _SandboxPage(Page[SandboxWire]):
+    pass
+
+
+class Sandbox:
+    """A running sandbox. Get one with :meth:`create` or :meth:`connect`, not the constructor.
+
+    Each instance owns one HTTP client; :meth:`kill` and :meth:`close` release it, and
+    using the sandbox as a context manager kills it on exit.
+    """
+
+    def __init__(
+        self,
+        info: SandboxInfo,
+        *,
+        config: ConnectionConfig,
+        http: HttpClient,
+        access: Access | None = None,
+    ) -> None:
+        self._info = info
+        self._config = config
+        self._http = http
+        self._data_plane = DataPlane(http, config, info.id, access)
+        self.commands = Commands(self._data_plane)
+        self.files = Files(self._data_plane)
+
+    @property
+    def id(self) -> str:
+        return self._info.id
+
+    @property
+    def info(self) -> SandboxInfo:
+        """The info last fetched; :meth:`get_info` fetches it afresh."""
+        return self._info
+
+    def __repr__(self) -> str:
+        return f"Sandbox(id={self.id!r})"
+
+    # ---- lifecycle (control plane) ----
+
+    @classmethod
+    def create(
+        cls,
+        template: str = "base",
+        cpu: int = 1,
+        memory_mb: int = 512,
+        timeout: int = 300,
+        env: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        request_timeout: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> Sandbox:
+        """Start a sandbox and wait until it runs; it is killed after ``timeout`` seconds."""
+        config = ConnectionConfig.resolve(
+            api_key=api_key, api_url=api_url, request_timeout=request_timeout
+        )
+        http = HttpClient(config.request_timeout, transport)
+        try:
+            about = About("control")
+            response = http.request(
+                "POST",
+                f"{config.api_url}/v1/sandboxes",
+                about,
+                token=config.api_key,
+                json={
+                    "template": template,
+                    "cpu": cpu,
+                    "memory_mb": memory_mb,
+                    "timeout_s": timeout,
+                    "env": dict(env or {}),
+                    "metadata": dict(metadata or {}),
+                },
+            )
+            wire = parse(SandboxWire, response, about)
+            access = wire.initial_access()
+            sandbox = cls(
+                SandboxInfo.from_wire(wire),
+                config=config,
+                http=http,
+                access=None if access is None else Access.from_wire(access),
+            )
+            sandbox._wait_until_running()
+        except BaseException:
+            http.close()
+            raise
+        return sandbox
+
+    @classmethod
+    def connect(
+        cls,
+        sandbox_id: str,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        request_timeout: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> Sandbox:
+        """Attach to an existing, running sandbox by id."""
+        if not _SANDBOX_ID_RE.match(sandbox_id):
+            raise InvalidArgumentError(
+                f"{sandbox_id!r} is not a sandbox id (ids look like the ones "
+                "`corral sandbox ls` prints).",
+                field="sandbox_id",
+            )
+        config = ConnectionConfig.resolve(
+            api_key=api_key, api_url=api_url, request_timeout=request_timeout
+        )
+        http = HttpClient(config.request_timeout, transport)
+        try:
+            info = _get_info(http, config, sandbox_id)
+            if info.state in TERMINAL_STATES:
+                raise SandboxNotRunningError(
+                    f"Sandbox {sandbox_id} is {info.state}"
+                    + (f" ({info.end_reason})" if info.end_reason else "")
+                    + "; it cannot be reconnected. Create a new sandbox.",
+                    sandbox_id=sandbox_id,
+                )
+        except BaseException:
+            http.close()
+            raise
+        return cls(info, config=config, http=http)
+
+    @classmethod
+    def list(
+        cls,
+        metadata: Mapping[str, str] | None = None,
+        state: str | None = None,
+        limit: int | None = None,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        request_timeout: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> builtins.list[SandboxInfo]:
+        """Your sandboxes, filtered by exact ``metadata`` matches and ``state``, all pages.
+
+        ``limit`` caps how many are returned in total (None: all of them).
+        """
+        if limit is not None and limit < 1:
+            raise InvalidArgumentError(f"limit must be at least 1, got {limit}.", field="limit")
+        if page_size < 1:
+            raise InvalidArgumentError(
+                f"page_size must be at least 1, got {page_size}.", field="page_size"
+            )
+        config = ConnectionConfig.resolve(
+            api_key=api_key, api_url=api_url, request_timeout=request_timeout
+        )
+        about = About("control")
+        found: builtins.list[SandboxInfo] = []
+        cursor: str | None = None
+        http = HttpClient(config.request_timeout, transport)
+        with contextlib.closing(http):
+            while limit is None or len(found) < limit:
+                want = page_size if limit is None else min(page_size, limit - len(found))
+                params: dict[str, str | int] = {"limit": want}
+                if state is not None:
+                    params["state"] = str(state)
+                for key, value in (metadata or {}).items():
+                    params[f"metadata.{key}"] = value
+                if cursor is not None:
+                    params["cursor"] = cursor
+                response = http.request(
+                    "GET",
+                    f"{config.api_url}/v1/sandboxes",
+                    about,
+                    token=config.api_key,
+                    params=params,
+                )
+                page = parse(_SandboxPage, response, about)
+                found.extend(SandboxInfo.from_wire(w) for w in page.items)
+                cursor = page.next_cursor
+                if not cursor or not page.items:
+                    break
+        return found if limit is None else found[:limit]
+
+    def get_info(self) -> SandboxInfo:
+        """Fetch the sandbox's current state from the control plane."""
+        self._info = _get_info(self._http, self._config, self.id)
+        return self._info
+
+    def is_running(self) -> bool:
+        """Whether the control plane reports the sandbox as running."""
+        return self.get_info().is_running
+
+    def set_timeout(self, seconds: int) -> SandboxInfo:
+        """Kill the sandbox ``seconds`` from now instead of at its current deadline."""
+        about = About("control", resource="sandbox", sandbox_id=self.id)
+        response = self._http.request(
+            "POST",
+            f"{self._config.api_url}/v1/sandboxes/{self.id}/timeout",
+            about,
+            token=self._config.api_key,
+            json={"timeout_s": seconds},
+        )
+        self._info = SandboxInfo.from_wire(parse(SandboxWire, response, about))
+        return self._info
+
+    def kill(self) -> bool:
+        """Kill the sandbox and close this client; False if it was already gone."""
+        about = About("control", resource="sandbox", sandbox_id=self.id)
+        try:
+            self._http.request(
+                "DELETE",
+                f"{self._config.api_url}/v1/sandboxes/{self.id}",
+                about,
+                token=self._config.api_key,
+            )
+        except SandboxNotFoundError:
+            return False
+        finally:
+            self.close()
+        return True
+
+    def close(self) -> None:
+        """Release this client's connections without killing the sandbox."""
+        self._http.close()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._http.closed:
+            return
+        try:
+            self.kill()
+        except Exception:
+            if exc is None:
+                raise
+            # The block's own exception is the one to see; the kill failure is secondary.
+
+    def _wait_until_running(self) -> None:
+        deadline = time.monotonic() + self._config.request_timeout
+        while self._info.state == SandboxState.PENDING:
+            if time.monotonic() >= deadline:
+                raise SandboxTimeoutError(
+                    f"Sandbox {self.id} was still pending after {self._config.request_timeout}s. "
+                    "It may start later (see `corral sandbox ls`); kill it with "
+                    f"`corral sandbox kill {self.id}` if you no longer need it.",
+                    sandbox_id=self.id,
+                )
+            time.sleep(POLL_INTERVAL_S)
+            self.get_info()
+        if self._info.state in TERMINAL_STATES:
+            reason = f" ({self._info.end_reason})" if self._info.end_reason else ""
+            raise SandboxNotRunningError(
+                f"Sandbox {self.id} ended as {self._info.state}{reason} while starting. "
+                "Check the template name and the agent's logs.",
+                sandbox_id=self.id,
+            )
+
+
+def _get_info(http: HttpClient, config: ConnectionConfig, sandbox_id: str) -> SandboxInfo:
+    about = About("control", resource="sandbox", sandbox_id=sandbox_id)
+    response = http.request(
+        "GET", f"{config.api_url}/v1/sandboxes/{sandbox_id}", about, token=config.api_key
+    )
+    return SandboxInfo.from_wire(parse(SandboxWire, response, about))
