@@ -1,0 +1,1 @@
+"""The Corral control plane: tenants, agents, scheduling and signed jobs (metadata only)."""

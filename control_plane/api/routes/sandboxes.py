@@ -1,0 +1,105 @@
+"""Sandboxes: create (placed and started by an agent), read, list, extend, kill, token."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from byoc_agent.protocol.messages import SandboxState
+from control_plane.api import limits
+from control_plane.api.auth import Svc, TenantId
+from control_plane.api.pagination import decode_cursor, encode_cursor
+from control_plane.api.schemas import (
+    CreateSandboxRequest,
+    SandboxCreatedOut,
+    SandboxOut,
+    SandboxPage,
+    SandboxTokenOut,
+    SetTimeoutRequest,
+)
+from control_plane.api.views import sandbox_fields, sandbox_out
+from control_plane.sandbox_service import CreateSandbox
+from control_plane.store import MAX_PAGE, sandboxes
+
+router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
+
+
+@router.post("", status_code=201, response_model=SandboxCreatedOut)
+async def create_sandbox(
+    body: CreateSandboxRequest, tenant_id: TenantId, svc: Svc
+) -> SandboxCreatedOut:
+    lim = svc.settings.limits
+    limits.check_cpu(lim, body.cpu)
+    limits.check_memory(lim, body.memory_mb)
+    limits.check_timeout(lim, body.timeout_s)
+    limits.check_metadata(lim, body.metadata)
+    access = await svc.sandboxes.create(
+        CreateSandbox(
+            tenant_id=tenant_id,
+            template=body.template,
+            cpu=body.cpu,
+            memory_mb=body.memory_mb,
+            timeout_s=body.timeout_s,
+            env=body.env,
+            metadata=body.metadata,
+        )
+    )
+    return SandboxCreatedOut.model_validate(
+        {
+            **sandbox_fields(access.sandbox),
+            "data_plane_url": access.data_plane_url,
+            "access_token": access.token.token,
+            "access_token_expires_at": access.token.expires_at,
+        }
+    )
+
+
+@router.get("", response_model=SandboxPage)
+async def list_sandboxes(
+    request: Request,
+    tenant_id: TenantId,
+    svc: Svc,
+    state: SandboxState | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=256)] = None,
+) -> SandboxPage:
+    after = decode_cursor(cursor)
+    labels = limits.metadata_filters(request.query_params)
+    page = await svc.db.run(
+        lambda s: sandboxes.list_sandboxes(
+            s, tenant_id=tenant_id, state=state, metadata=labels, after=after, limit=limit
+        )
+    )
+    return SandboxPage(
+        items=[sandbox_out(r) for r in page.items], next_cursor=encode_cursor(page.last_id)
+    )
+
+
+@router.get("/{sandbox_id}", response_model=SandboxOut)
+async def get_sandbox(sandbox_id: str, tenant_id: TenantId, svc: Svc) -> SandboxOut:
+    return sandbox_out(await svc.sandboxes.get(tenant_id, sandbox_id))
+
+
+@router.post("/{sandbox_id}/timeout", response_model=SandboxOut)
+async def set_timeout(
+    sandbox_id: str, body: SetTimeoutRequest, tenant_id: TenantId, svc: Svc
+) -> SandboxOut:
+    limits.check_timeout(svc.settings.limits, body.timeout_s)
+    return sandbox_out(await svc.sandboxes.set_timeout(tenant_id, sandbox_id, body.timeout_s))
+
+
+@router.delete("/{sandbox_id}", status_code=204)
+async def kill_sandbox(sandbox_id: str, tenant_id: TenantId, svc: Svc) -> Response:
+    await svc.sandboxes.kill(tenant_id, sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/{sandbox_id}/token", response_model=SandboxTokenOut)
+async def sandbox_token(sandbox_id: str, tenant_id: TenantId, svc: Svc) -> SandboxTokenOut:
+    access = await svc.sandboxes.access(tenant_id, sandbox_id)
+    return SandboxTokenOut(
+        access_token=access.token.token,
+        expires_at=access.token.expires_at,
+        data_plane_url=access.data_plane_url,
+    )

@@ -1,0 +1,74 @@
+"""Tenants and their API keys (operator only)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from control_plane.api.auth import Operator, Svc
+from control_plane.api.pagination import decode_cursor, encode_cursor
+from control_plane.api.schemas import (
+    ApiKeyList,
+    CreateApiKeyRequest,
+    CreatedTenantOut,
+    CreateTenantRequest,
+    NewApiKeyOut,
+    TenantOut,
+    TenantPage,
+)
+from control_plane.api.views import api_key_out, tenant_out
+from control_plane.store import MAX_PAGE, tenants
+from control_plane.store.tenants import IssuedApiKey
+
+router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
+
+
+def _new_key(issued: IssuedApiKey) -> NewApiKeyOut:
+    r = issued.record
+    return NewApiKeyOut(id=r.id, name=r.name, key=issued.key, created_at=r.created_at)
+
+
+@router.post("", status_code=201, response_model=CreatedTenantOut)
+async def create_tenant(body: CreateTenantRequest, _: Operator, svc: Svc) -> CreatedTenantOut:
+    tenant, key = await svc.db.run(lambda s: tenants.create_tenant(s, body.name))
+    return CreatedTenantOut(tenant=tenant_out(tenant), api_key=_new_key(key))
+
+
+@router.get("", response_model=TenantPage)
+async def list_tenants(
+    _: Operator,
+    svc: Svc,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=256)] = None,
+) -> TenantPage:
+    after = decode_cursor(cursor)
+    page = await svc.db.run(lambda s: tenants.list_tenants(s, after=after, limit=limit))
+    return TenantPage(
+        items=[tenant_out(t) for t in page.items], next_cursor=encode_cursor(page.last_id)
+    )
+
+
+@router.get("/{tenant_id}", response_model=TenantOut)
+async def get_tenant(tenant_id: str, _: Operator, svc: Svc) -> TenantOut:
+    return tenant_out(await svc.db.run(lambda s: tenants.get_tenant(s, tenant_id)))
+
+
+@router.post("/{tenant_id}/api-keys", status_code=201, response_model=NewApiKeyOut)
+async def create_api_key(
+    tenant_id: str, body: CreateApiKeyRequest, _: Operator, svc: Svc
+) -> NewApiKeyOut:
+    issued = await svc.db.run(lambda s: tenants.create_api_key(s, tenant_id, body.name))
+    return _new_key(issued)
+
+
+@router.get("/{tenant_id}/api-keys", response_model=ApiKeyList)
+async def list_api_keys(tenant_id: str, _: Operator, svc: Svc) -> ApiKeyList:
+    keys = await svc.db.run(lambda s: tenants.list_api_keys(s, tenant_id))
+    return ApiKeyList(items=[api_key_out(k) for k in keys])
+
+
+@router.delete("/{tenant_id}/api-keys/{key_id}", status_code=204)
+async def revoke_api_key(tenant_id: str, key_id: str, _: Operator, svc: Svc) -> Response:
+    await svc.db.run(lambda s: tenants.revoke_api_key(s, tenant_id, key_id))
+    return Response(status_code=204)

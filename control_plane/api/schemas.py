@@ -1,0 +1,246 @@
+"""Pydantic models at the HTTP edge: request bodies (``extra="forbid"``) and responses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+
+from byoc_agent.protocol.messages import MAX_ENV_VALUE, MAX_ENV_VARS, EnvName, JobKind, JobStatus
+from byoc_agent.protocol.messages import SandboxState as WireSandboxState
+from byoc_agent.protocol.signing import public_key_from_text
+
+TEMPLATE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+METADATA_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$"
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
+MAX_METADATA_VALUE = 256
+
+Name = Annotated[StrictStr, Field(pattern=NAME_PATTERN)]
+MetadataKey = Annotated[str, Field(pattern=METADATA_KEY_PATTERN)]
+ListItem = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- requests -----------------------------------------------------------------------------
+
+
+class CreateTenantRequest(_Body):
+    name: Name
+
+
+class CreateApiKeyRequest(_Body):
+    name: Name
+
+
+class CreateEnrollmentTokenRequest(_Body):
+    tenant_id: StrictStr = Field(max_length=64)
+    ttl_s: Annotated[StrictInt, Field(ge=60, le=7 * 86400)] = 3600
+
+
+class CapacityModel(_Body):
+    cpu_total: Annotated[StrictInt, Field(ge=0, le=100_000)]
+    cpu_free: Annotated[StrictInt, Field(ge=0, le=100_000)]
+    memory_mb_total: Annotated[StrictInt, Field(ge=0, le=1 << 40)]
+    memory_mb_free: Annotated[StrictInt, Field(ge=0, le=1 << 40)]
+    sandboxes: Annotated[StrictInt, Field(ge=0, le=1_000_000)] = 0
+
+
+class EnrollRequest(_Body):
+    token: StrictStr = Field(min_length=1, max_length=256)
+    name: Name
+    public_key: StrictStr = Field(max_length=64)
+    data_plane_url: StrictStr = Field(max_length=512, pattern=r"^https?://[^\s]+$")
+    runtimes: list[ListItem] = Field(default_factory=list, max_length=32)
+    templates: list[ListItem] = Field(default_factory=list, max_length=256)
+    capacity: CapacityModel
+
+    @field_validator("public_key")
+    @classmethod
+    def _ed25519(cls, value: str) -> str:
+        try:
+            public_key_from_text(value)
+        except ValueError:
+            raise ValueError("must be a base64url Ed25519 public key (32 bytes)") from None
+        return value
+
+
+class CreateSandboxRequest(_Body):
+    template: StrictStr = Field(pattern=TEMPLATE_PATTERN)
+    cpu: StrictInt = 1
+    memory_mb: StrictInt = 512
+    timeout_s: StrictInt = 300
+    env: dict[EnvName, Annotated[StrictStr, Field(max_length=MAX_ENV_VALUE)]] = Field(
+        default_factory=dict, max_length=MAX_ENV_VARS
+    )
+    metadata: dict[MetadataKey, Annotated[StrictStr, Field(max_length=MAX_METADATA_VALUE)]] = Field(
+        default_factory=dict
+    )
+
+
+class SetTimeoutRequest(_Body):
+    timeout_s: StrictInt
+
+
+# ---- responses ----------------------------------------------------------------------------
+
+
+class ErrorBody(_Out):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(_Out):
+    error: ErrorBody
+
+
+class TenantOut(_Out):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class ApiKeyOut(_Out):
+    id: str
+    tenant_id: str
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class NewApiKeyOut(_Out):
+    """A freshly created API key; ``key`` is shown this once."""
+
+    id: str
+    name: str
+    key: str
+    created_at: datetime
+
+
+class CreatedTenantOut(_Out):
+    tenant: TenantOut
+    api_key: NewApiKeyOut
+
+
+class TenantPage(_Out):
+    items: list[TenantOut]
+    next_cursor: str | None
+
+
+class ApiKeyList(_Out):
+    items: list[ApiKeyOut]
+
+
+class EnrollmentTokenOut(_Out):
+    token: str
+    tenant_id: str
+    expires_at: datetime
+
+
+class SigningKeyOut(_Out):
+    kid: str
+    public_key: str
+    status: Literal["active", "retired", "revoked"]
+
+
+class SigningKeyList(_Out):
+    items: list[SigningKeyOut]
+
+
+class EnrolledAgentOut(_Out):
+    agent_id: str
+    tenant_id: str
+    nats_url: str
+    control_plane_keys: list[SigningKeyOut]
+
+
+class CapacityOut(_Out):
+    cpu_total: int
+    cpu_free: int
+    memory_mb_total: int
+    memory_mb_free: int
+    sandboxes: int
+
+
+class AgentOut(_Out):
+    id: str
+    tenant_id: str
+    name: str
+    status: Literal["online", "offline"]
+    data_plane_url: str
+    runtimes: list[str]
+    templates: list[str]
+    version: str
+    capacity: CapacityOut
+    last_heartbeat_at: datetime | None
+    enrolled_at: datetime
+
+
+class AgentPage(_Out):
+    items: list[AgentOut]
+    next_cursor: str | None
+
+
+class SandboxOut(_Out):
+    id: str
+    tenant_id: str
+    agent_id: str
+    template: str
+    cpu: int
+    memory_mb: int
+    timeout_s: int
+    state: WireSandboxState
+    end_reason: str | None
+    metadata: dict[str, str]
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    expires_at: datetime | None
+
+
+class SandboxCreatedOut(SandboxOut):
+    data_plane_url: str
+    access_token: str
+    access_token_expires_at: datetime
+
+
+class SandboxPage(_Out):
+    items: list[SandboxOut]
+    next_cursor: str | None
+
+
+class SandboxTokenOut(_Out):
+    access_token: str
+    expires_at: datetime
+    data_plane_url: str
+
+
+class JobErrorOut(_Out):
+    code: str
+    message: str | None
+
+
+class JobOut(_Out):
+    id: str
+    tenant_id: str
+    agent_id: str
+    sandbox_id: str | None
+    kind: JobKind
+    seq: int
+    status: JobStatus
+    error: JobErrorOut | None
+    created_at: datetime
+    delivered_at: datetime | None
+    completed_at: datetime | None
+
+
+class Health(_Out):
+    status: Literal["ok"] = "ok"

@@ -1,0 +1,233 @@
+"""The sandbox flows behind the HTTP API: place, create, kill, extend, hand out tokens.
+
+Create, step by step::
+
+    validate (API) → place (scheduler, best fit) → sandbox row ``pending``
+      → signed ``create_sandbox`` job → wait for the agent's result (bounded)
+      → ``running`` + data-plane URL + sandbox token      (201)
+      → agent error code → HTTP status                    (404, 409, 503, ...)
+      → no answer in time → AgentTimeoutError             (504; the row stays pending
+                                                            until a late result lands)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import structlog
+from sqlalchemy.orm import Session
+
+from byoc_agent.protocol.errors import (
+    CorralError,
+    ErrorCode,
+    SandboxNotRunningError,
+    error_from_code,
+)
+from byoc_agent.protocol.messages import (
+    CreateSandboxBody,
+    JobStatus,
+    KillSandboxBody,
+    SandboxState,
+    SetTimeoutBody,
+)
+from byoc_agent.runtimes.base import EndReason
+from control_plane.errors import AgentFailedError, JobRejectedError, PublishError
+from control_plane.jobs.issuer import JobIssuer
+from control_plane.jobs.keys import SigningKeys
+from control_plane.jobs.tokens import IssuedSandboxToken, mint_sandbox_token
+from control_plane.jobs.waiters import JobOutcome
+from control_plane.scheduler import Candidate, Request, choose
+from control_plane.settings import Settings
+from control_plane.store import Database, agents, sandboxes, utcnow
+from control_plane.store.sandboxes import NewSandbox, SandboxRecord
+
+log = structlog.get_logger("control_plane.sandboxes")
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSandbox:
+    tenant_id: str
+    template: str
+    cpu: int
+    memory_mb: int
+    timeout_s: int
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxAccess:
+    sandbox: SandboxRecord
+    data_plane_url: str
+    token: IssuedSandboxToken
+
+
+def outcome_error(outcome: JobOutcome) -> CorralError:
+    """The typed error for a failed or rejected job (never an HTTP 500)."""
+    message = outcome.error_message or "the agent could not do this"
+    if outcome.status == JobStatus.REJECTED:
+        return JobRejectedError(message, job_id=outcome.job_id)
+    error = error_from_code(outcome.error_code or "", message)
+    if error.code == ErrorCode.INTERNAL:
+        return AgentFailedError(message, job_id=outcome.job_id)
+    return error
+
+
+class SandboxService:
+    def __init__(
+        self, db: Database, issuer: JobIssuer, keys: SigningKeys, settings: Settings
+    ) -> None:
+        self._db = db
+        self._issuer = issuer
+        self._keys = keys
+        self._settings = settings
+        self._placing: dict[str, asyncio.Lock] = {}
+
+    def _candidates(self, s: Session, tenant_id: str) -> list[Candidate]:
+        now = utcnow()
+        out = []
+        for agent in agents.tenant_agents(s, tenant_id):
+            if not agent.is_online(now, self._settings.heartbeat_offline_s):
+                continue
+            cpu, mem = sandboxes.reserved_since(s, agent.id, agent.last_heartbeat_at)
+            out.append(
+                Candidate(
+                    agent_id=agent.id,
+                    templates=frozenset(agent.templates),
+                    cpu_free=agent.capacity.cpu_free - cpu,
+                    memory_mb_free=agent.capacity.memory_mb_free - mem,
+                )
+            )
+        return out
+
+    async def create(self, req: CreateSandbox) -> SandboxAccess:
+        request = Request(
+            tenant_id=req.tenant_id, template=req.template, cpu=req.cpu, memory_mb=req.memory_mb
+        )
+
+        def place(s: Session) -> SandboxRecord:
+            chosen = choose(request, self._candidates(s, req.tenant_id))
+            return sandboxes.create_sandbox(
+                s,
+                NewSandbox(
+                    tenant_id=req.tenant_id,
+                    agent_id=chosen.agent_id,
+                    template=req.template,
+                    cpu=req.cpu,
+                    memory_mb=req.memory_mb,
+                    timeout_s=req.timeout_s,
+                    metadata=req.metadata,
+                ),
+            )
+
+        lock = self._placing.setdefault(req.tenant_id, asyncio.Lock())
+        async with lock:
+            sandbox = await self._db.run(place)
+        bound = log.bind(
+            tenant_id=sandbox.tenant_id, agent_id=sandbox.agent_id, sandbox_id=sandbox.id
+        )
+        bound.info("sandbox_placed", template=sandbox.template)
+        body = CreateSandboxBody(
+            sandbox_id=sandbox.id,
+            template=req.template,
+            cpu=req.cpu,
+            memory_mb=req.memory_mb,
+            timeout_s=req.timeout_s,
+            env=dict(req.env),
+        )
+        try:
+            outcome = await self._issuer.run(
+                tenant_id=sandbox.tenant_id,
+                agent_id=sandbox.agent_id,
+                sandbox_id=sandbox.id,
+                body=body,
+                timeout_s=self._settings.job_timeout_s,
+            )
+        except PublishError:
+            await self._db.run(
+                lambda s: sandboxes.transition(
+                    s, sandbox.id, SandboxState.FAILED, reason=EndReason.CREATE_FAILED.value
+                )
+            )
+            raise
+        if outcome.status != JobStatus.SUCCEEDED:
+            bound.info("sandbox_create_failed", code=outcome.error_code)
+            raise outcome_error(outcome)
+
+        def started(s: Session) -> SandboxRecord:
+            current = sandboxes.get_sandbox(s, sandbox.id, tenant_id=None)
+            begin = current.started_at or utcnow()
+            sandboxes.set_expiry(
+                s, sandbox.id, req.timeout_s, begin + timedelta(seconds=req.timeout_s)
+            )
+            return sandboxes.get_sandbox(s, sandbox.id, tenant_id=None)
+
+        sandbox = await self._db.run(started)
+        bound.info("sandbox_created", state=sandbox.state.value)
+        return await self._access(sandbox)
+
+    async def _access(self, sandbox: SandboxRecord) -> SandboxAccess:
+        agent = await self._db.run(lambda s: agents.get_agent(s, sandbox.agent_id))
+        token = mint_sandbox_token(
+            self._keys.active,
+            tenant_id=sandbox.tenant_id,
+            agent_id=sandbox.agent_id,
+            sandbox_id=sandbox.id,
+            ttl_s=self._settings.sandbox_token_ttl_s,
+        )
+        return SandboxAccess(sandbox=sandbox, data_plane_url=agent.data_plane_url, token=token)
+
+    async def get(self, tenant_id: str, sandbox_id: str) -> SandboxRecord:
+        return await self._db.run(
+            lambda s: sandboxes.get_sandbox(s, sandbox_id, tenant_id=tenant_id)
+        )
+
+    async def kill(self, tenant_id: str, sandbox_id: str) -> None:
+        """Kill a sandbox; a sandbox that already ended is left alone (idempotent)."""
+        sandbox = await self.get(tenant_id, sandbox_id)
+        if sandbox.terminal:
+            return
+        outcome = await self._issuer.run(
+            tenant_id=sandbox.tenant_id,
+            agent_id=sandbox.agent_id,
+            sandbox_id=sandbox.id,
+            body=KillSandboxBody(sandbox_id=sandbox.id),
+            timeout_s=self._settings.job_timeout_s,
+        )
+        if outcome.status == JobStatus.SUCCEEDED or outcome.error_code in (
+            ErrorCode.NOT_FOUND.value,
+            ErrorCode.SANDBOX_NOT_RUNNING.value,
+        ):
+            log.info("sandbox_killed", tenant_id=tenant_id, sandbox_id=sandbox_id)
+            return
+        raise outcome_error(outcome)
+
+    async def set_timeout(self, tenant_id: str, sandbox_id: str, timeout_s: int) -> SandboxRecord:
+        sandbox = await self.get(tenant_id, sandbox_id)
+        if sandbox.state != SandboxState.RUNNING:
+            raise SandboxNotRunningError("the sandbox is not running", sandbox_id=sandbox_id)
+        outcome = await self._issuer.run(
+            tenant_id=sandbox.tenant_id,
+            agent_id=sandbox.agent_id,
+            sandbox_id=sandbox.id,
+            body=SetTimeoutBody(sandbox_id=sandbox.id, timeout_s=timeout_s),
+            timeout_s=self._settings.job_timeout_s,
+        )
+        if outcome.status != JobStatus.SUCCEEDED:
+            raise outcome_error(outcome)
+
+        def extend(s: Session) -> SandboxRecord:
+            sandboxes.set_expiry(s, sandbox_id, timeout_s, utcnow() + timedelta(seconds=timeout_s))
+            return sandboxes.get_sandbox(s, sandbox_id, tenant_id=tenant_id)
+
+        return await self._db.run(extend)
+
+    async def access(self, tenant_id: str, sandbox_id: str) -> SandboxAccess:
+        """A fresh data-plane token for a running sandbox."""
+        sandbox = await self.get(tenant_id, sandbox_id)
+        if sandbox.state != SandboxState.RUNNING:
+            raise SandboxNotRunningError("the sandbox is not running", sandbox_id=sandbox_id)
+        return await self._access(sandbox)

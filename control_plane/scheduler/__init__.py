@@ -1,0 +1,5 @@
+"""Place sandboxes on agents."""
+
+from control_plane.scheduler.best_fit import Candidate, Request, choose
+
+__all__ = ["Candidate", "Request", "choose"]

@@ -1,0 +1,25 @@
+"""SQLAlchemy models and Alembic migrations (SQLite by default, PostgreSQL in production).
+
+Models are split by concern; each module also holds the small unit-of-work functions
+that read and write its tables and return frozen records, never ORM rows.
+"""
+
+from control_plane.store import agents, jobs, sandboxes, signing_keys, tenants
+from control_plane.store.base import Base, Database, new_id, utcnow
+from control_plane.store.migrate import upgrade_to_head
+from control_plane.store.pages import MAX_PAGE, Page
+
+__all__ = [
+    "MAX_PAGE",
+    "Base",
+    "Database",
+    "Page",
+    "agents",
+    "jobs",
+    "new_id",
+    "sandboxes",
+    "signing_keys",
+    "tenants",
+    "upgrade_to_head",
+    "utcnow",
+]
