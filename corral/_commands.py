@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -22,6 +21,9 @@ from corral.errors import (
     InvalidArgumentError,
     ServiceUnavailableError,
 )
+
+#: What ``timeout=None`` asks for: a day, the longest a sandbox may live.
+MAX_COMMAND_TIMEOUT_S = 86400
 
 #: Extra seconds the client waits for the stream beyond the command's own timeout.
 STREAM_GRACE_S = 30.0
@@ -95,7 +97,7 @@ class Commands:
 
         A non-zero exit is returned, not raised (call ``.check()`` to raise). A command
         still running after ``timeout`` seconds is killed and raises CommandTimeoutError;
-        ``timeout=None`` lets it run as long as the sandbox lives.
+        ``timeout=None`` lets it run as long as the sandbox may live (a day).
         """
         sid = self._dp.sandbox_id
         if timeout is not None and timeout <= 0:
@@ -105,8 +107,7 @@ class Commands:
         body: dict[str, object] = {"cmd": cmd, "env": dict(envs or {})}
         if cwd is not None:
             body["cwd"] = cwd
-        if timeout is not None:
-            body["timeout_s"] = math.ceil(timeout)
+        body["timeout_s"] = MAX_COMMAND_TIMEOUT_S if timeout is None else timeout
         if stdin is not None:
             raw = stdin.encode() if isinstance(stdin, str) else stdin
             body["stdin"] = base64.b64encode(raw).decode("ascii")

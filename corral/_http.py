@@ -133,7 +133,8 @@ def _build_error(
             "offer (`corral admin agents`).",
             **common,
         )
-    if code == "file_not_found" or (status == 404 and about.resource == "file"):
+    file_missing = status == 404 and about.resource == "file" and code != "not_found"
+    if code == "file_not_found" or file_missing:
         return FileNotFoundInSandboxError(
             f"No such file or directory in sandbox {sid}: {about.path or msg}",
             path=about.path,
@@ -154,7 +155,7 @@ def _build_error(
             "CPUs or less memory, or ask your operator to add capacity.",
             **common,
         )
-    if code == "timeout" and status != 504:
+    if code == "timeout" and (about.plane == "data" or status != 504):
         if about.plane == "data":
             return CommandTimeoutError(
                 f"Timed out in sandbox {sid}: {msg}", sandbox_id=sid, code=code
@@ -185,7 +186,7 @@ def _build_error(
             **common,
         )
     if status == 404:
-        if about.resource == "sandbox":
+        if about.resource in ("sandbox", "file"):
             return SandboxNotFoundError(
                 f"Sandbox {sid} not found: it was killed or timed out, or belongs to another "
                 "tenant. `corral sandbox ls` lists yours.",
