@@ -180,25 +180,15 @@ class AdminClient:
         """Create a tenant and its first API key (the key's secret is returned only now)."""
         response = self._call("POST", "/v1/tenants", json={"name": name})
         wire = parse(TenantCreatedWire, response, self._about)
-        tenant = wire.the_tenant()
-        if tenant is None:
-            raise APIError(
-                "The control plane created the tenant but did not return it; "
-                "run `corral admin tenant ls` to find it.",
-                status_code=response.status_code,
-            )
         key = wire.api_key
-        if isinstance(key, str):
-            new_key = NewApiKey(id="", name="default", key=key)
-        elif key.key is None:
+        if key.key is None:
             raise APIError(
                 "The control plane returned the tenant's first API key without its secret; "
-                f"create one with `corral admin apikey create --tenant {tenant.id}`.",
+                f"create one with `corral admin apikey create --tenant {wire.tenant.id}`.",
                 status_code=response.status_code,
             )
-        else:
-            new_key = NewApiKey(key.id, key.name, key.key, utc(key.created_at))
-        return NewTenant(Tenant.from_wire(tenant), new_key)
+        new_key = NewApiKey(key.id, key.name, key.key, utc(key.created_at))
+        return NewTenant(Tenant.from_wire(wire.tenant), new_key)
 
     def list_tenants(self) -> builtins.list[Tenant]:
         """Every tenant, all pages."""

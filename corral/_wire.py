@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ class AccessWire(_Edge):
 class SandboxWire(_Edge):
     """A sandbox as the control plane reports it; create may include data-plane access."""
 
-    id: str = Field(validation_alias=AliasChoices("id", "sandbox_id"))
+    id: str
     state: str
     template: str = ""
     cpu: int | None = None
@@ -65,16 +65,11 @@ class SandboxWire(_Edge):
     expires_at: datetime | None = None
     end_reason: str | None = None
     data_plane_url: str | None = None
-    access: AccessWire | None = None
     access_token: str | None = None
-    access_token_expires_at: datetime | None = Field(
-        default=None, validation_alias=AliasChoices("access_token_expires_at", "token_expires_at")
-    )
+    access_token_expires_at: datetime | None = None
 
     def initial_access(self) -> AccessWire | None:
-        """The data-plane access that came with this response, in either layout."""
-        if self.access is not None:
-            return self.access
+        """The data-plane access that came with a create response, if any."""
         if self.access_token and self.data_plane_url:
             return AccessWire(
                 access_token=self.access_token,
@@ -116,13 +111,13 @@ class EntryListWire(_Edge):
 
 
 class TenantWire(_Edge):
-    id: str = Field(validation_alias=AliasChoices("id", "tenant_id"))
+    id: str
     name: str
     created_at: datetime | None = None
 
 
 class ApiKeyWire(_Edge):
-    id: str = Field(validation_alias=AliasChoices("id", "key_id"))
+    id: str
     name: str = ""
     created_at: datetime | None = None
     revoked_at: datetime | None = None
@@ -130,20 +125,10 @@ class ApiKeyWire(_Edge):
 
 
 class TenantCreatedWire(_Edge):
-    """``POST /v1/tenants``: the tenant and its first API key, nested or flat."""
+    """``POST /v1/tenants``: the tenant and its first API key (with its secret)."""
 
-    tenant: TenantWire | None = None
-    id: str | None = None
-    name: str | None = None
-    created_at: datetime | None = None
-    api_key: ApiKeyWire | str
-
-    def the_tenant(self) -> TenantWire | None:
-        if self.tenant is not None:
-            return self.tenant
-        if self.id and self.name is not None:
-            return TenantWire(id=self.id, name=self.name, created_at=self.created_at)
-        return None
+    tenant: TenantWire
+    api_key: ApiKeyWire
 
 
 class EnrollmentTokenWire(_Edge):
@@ -152,7 +137,7 @@ class EnrollmentTokenWire(_Edge):
 
 
 class AgentWire(_Edge):
-    id: str = Field(validation_alias=AliasChoices("id", "agent_id"))
+    id: str
     name: str = ""
     tenant_id: str = ""
     status: str = "unknown"

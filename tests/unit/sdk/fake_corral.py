@@ -393,7 +393,10 @@ class FakeCorral:
                 sandbox.polls_until_running = self.create_pending_polls
             wire = sandbox.wire()
             if self.create_includes_access:
-                wire["access"] = self._issue_token(sandbox.id)
+                access = self._issue_token(sandbox.id)
+                wire["data_plane_url"] = access["data_plane_url"]
+                wire["access_token"] = access["access_token"]
+                wire["access_token_expires_at"] = access["expires_at"]
             return wire
 
         @app.get("/v1/sandboxes")
@@ -652,12 +655,12 @@ async def _run(
 class ServedApp:
     """Serve an ASGI app with uvicorn on a free localhost port, in a background thread."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, *, lifespan: str = "off") -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port = int(self._sock.getsockname()[1])
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        config = uvicorn.Config(app, log_level="warning", lifespan=lifespan)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
