@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -196,14 +197,16 @@ class AdminClient:
         return [Tenant.from_wire(w) for w in pages]
 
     def get_tenant(self, tenant_id: str) -> Tenant:
-        response = self._call("GET", f"/v1/tenants/{tenant_id}")
+        response = self._call("GET", f"/v1/tenants/{_seg(tenant_id)}")
         return Tenant.from_wire(parse(TenantWire, response, self._about))
 
     # ---- API keys ----
 
     def create_api_key(self, tenant_id: str, name: str) -> NewApiKey:
         """Create an API key for a tenant; its secret is in the result, this once."""
-        response = self._call("POST", f"/v1/tenants/{tenant_id}/api-keys", json={"name": name})
+        response = self._call(
+            "POST", f"/v1/tenants/{_seg(tenant_id)}/api-keys", json={"name": name}
+        )
         wire = parse(ApiKeyWire, response, self._about)
         if wire.key is None:
             raise APIError(
@@ -215,12 +218,12 @@ class AdminClient:
 
     def list_api_keys(self, tenant_id: str) -> builtins.list[ApiKey]:
         """A tenant's API keys, without secrets."""
-        items = self._pages(f"/v1/tenants/{tenant_id}/api-keys", _ApiKeyPage, ApiKeyWire)
+        items = self._pages(f"/v1/tenants/{_seg(tenant_id)}/api-keys", _ApiKeyPage, ApiKeyWire)
         return [ApiKey(w.id, w.name, utc(w.created_at), utc(w.revoked_at)) for w in items]
 
     def revoke_api_key(self, tenant_id: str, key_id: str) -> None:
         """Revoke a key; requests with it fail with 401 from now on."""
-        self._call("DELETE", f"/v1/tenants/{tenant_id}/api-keys/{key_id}")
+        self._call("DELETE", f"/v1/tenants/{_seg(tenant_id)}/api-keys/{_seg(key_id)}")
 
     # ---- agents ----
 
@@ -249,6 +252,11 @@ class AdminClient:
             )
             for w in self._pages("/v1/agents", _AgentPage, AgentWire)
         ]
+
+
+def _seg(value: str) -> str:
+    """One URL path segment: an id can never reach another endpoint."""
+    return quote(value, safe="")
 
 
 def _json(response: httpx.Response) -> object:
