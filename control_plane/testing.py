@@ -4,9 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from byoc_agent.protocol.messages import (
+    EVENT_TYP,
+    HEARTBEAT_TYP,
+    RESULT_TYP,
+    Capacity,
+    Heartbeat,
+    Job,
+    JobResult,
+    SandboxEvent,
+    SandboxReport,
+    SandboxState,
+    WireError,
+    to_json_bytes,
+)
+from byoc_agent.protocol.signing import SigningKey, sign
 from control_plane.settings import Limits, Settings
 
 PG_ADMIN_CONNINFO = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
@@ -64,3 +80,94 @@ def make_settings(
         job_timeout_s=job_timeout_s,
         heartbeat_offline_s=heartbeat_offline_s,
     )
+
+
+# ---- what an agent would send, signed with its own key (for scripted fake agents) ----------
+
+
+def heartbeat_message(
+    key: SigningKey,
+    *,
+    agent_id: str,
+    tenant_id: str,
+    templates: Sequence[str] = ("base",),
+    cpu_free: int = 8,
+    memory_mb_free: int = 16384,
+    data_plane_url: str = "http://127.0.0.1:1",
+    at: float | None = None,
+) -> bytes:
+    hb = Heartbeat(
+        agent_id=agent_id,
+        tenant_id=tenant_id,
+        at=time.time() if at is None else at,
+        version="test",
+        data_plane_url=data_plane_url,
+        runtimes=["gvisor"],
+        templates=list(templates),
+        capacity=Capacity(
+            cpu_total=max(cpu_free, 8),
+            cpu_free=cpu_free,
+            memory_mb_total=max(memory_mb_free, 16384),
+            memory_mb_free=memory_mb_free,
+            sandboxes=0,
+        ),
+    )
+    return sign(key, HEARTBEAT_TYP, to_json_bytes(hb))
+
+
+def result_message(
+    key: SigningKey,
+    job: Job,
+    *,
+    status: str = "succeeded",
+    state: SandboxState | None = None,
+    end_reason: str | None = None,
+    error_code: str | None = None,
+    agent_id: str | None = None,
+) -> bytes:
+    """A result for ``job``; a sandbox report is included when ``state`` is given."""
+    now = time.time()
+    sandbox_id = getattr(job.body, "sandbox_id", None)
+    report = (
+        SandboxReport(
+            sandbox_id=sandbox_id,
+            state=state,
+            started_at=now if state == SandboxState.RUNNING else None,
+            ended_at=now if state not in (None, SandboxState.RUNNING) else None,
+            end_reason=end_reason,
+        )
+        if state is not None and sandbox_id is not None
+        else None
+    )
+    result = JobResult(
+        job_id=job.job_id,
+        tenant_id=job.tenant_id,
+        agent_id=agent_id or job.agent_id,
+        status=status,  # type: ignore[arg-type]  # a Literal at the wire edge
+        at=now,
+        sandbox=report,
+        error=WireError(code=error_code, message=f"test: {error_code}") if error_code else None,
+    )
+    return sign(key, RESULT_TYP, to_json_bytes(result))
+
+
+def event_message(
+    key: SigningKey,
+    *,
+    agent_id: str,
+    tenant_id: str,
+    sandbox_id: str,
+    state: SandboxState,
+    end_reason: str | None,
+) -> bytes:
+    now = time.time()
+    event = SandboxEvent(
+        event_id=f"ev_{secrets.token_hex(8)}",
+        tenant_id=tenant_id,
+        agent_id=agent_id,
+        at=now,
+        sandbox=SandboxReport(
+            sandbox_id=sandbox_id, state=state, ended_at=now, end_reason=end_reason
+        ),
+    )
+    return sign(key, EVENT_TYP, to_json_bytes(event))

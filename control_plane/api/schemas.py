@@ -152,7 +152,7 @@ class SigningKeyOut(_Out):
 
 
 class SigningKeyList(_Out):
-    items: list[SigningKeyOut]
+    keys: list[SigningKeyOut]
 
 
 class EnrolledAgentOut(_Out):

@@ -180,9 +180,11 @@ class NatsTransport:
             log.warning("ack_failed", error=type(e).__name__)
 
     async def close(self) -> None:
+        """Close the connection. Not drain: the loops are already stopped, every publish was
+        acknowledged, and anything fetched but unacked is redelivered to the next process."""
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(OP_TIMEOUT_S):
-                    await self._nc.drain()
+                    await self._nc.close()
             self._nc = None
             self._js = None

@@ -101,4 +101,4 @@ async def get_agent(agent_id: str, who: AnyPrincipal, svc: Svc) -> AgentOut:
 @router.get("/v1/signing-keys", response_model=SigningKeyList)
 async def signing_keys(svc: Svc) -> SigningKeyList:
     """Public keys only, so no credential is needed (agents refresh their keyring here)."""
-    return SigningKeyList(items=[signing_key_out(k) for k in await svc.keys.public_keys()])
+    return SigningKeyList(keys=[signing_key_out(k) for k in await svc.keys.public_keys()])
