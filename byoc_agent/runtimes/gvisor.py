@@ -1,0 +1,865 @@
+"""gVisor (``runsc``) runtime: one OCI bundle and one runsc sandbox per Corral sandbox.
+
+Layout under ``state_dir``::
+
+    runsc/                     private ``runsc --root`` (never the system-wide one)
+    sandboxes/<id>/bundle/     config.json (written here) + rootfs/ (overlay mount point)
+    sandboxes/<id>/upper/      the sandbox's writes (overlay upper layer)
+    sandboxes/<id>/work/       overlayfs work dir
+    sandboxes/<id>/exec/       pid files of running commands
+    sandboxes/<id>/runsc.log   stdio of ``runsc run -detach``
+
+Writable root filesystem — kernel overlayfs, not ``runsc --overlay``. Measured on the
+development machine (Debian 12, kernel 6.18, runsc 20221219, ptrace platform): runsc
+serves a host overlayfs mount (lower = the template's rootfs, upper/work in the
+sandbox's state dir) through its gofer without complaint, the mount costs ~2 ms, and
+writes land on disk in ``upper/``. ``runsc --overlay`` (``--overlay2=root:memory``)
+would keep every written byte in the sandbox's memory — a 50 MB file would eat a quarter
+of a 256 MB sandbox and vanish on restore — so it is not used. For the same reason
+``/tmp`` is bound to the rootfs's own ``/tmp`` instead of gVisor's default tmpfs.
+
+Limits are real because ``linux.cgroupsPath`` is ``/<cgroup_parent>/<id>`` with a CPU
+quota of ``cpu * 100000`` µs per 100000 µs and a memory limit of ``memory_mb``; runsc
+creates the cgroups under every v1 controller. No ``pids.limit``: it crashes runsc at
+start. Over the memory limit the host OOM killer ends the whole sandbox.
+
+Commands run as ``timeout -s KILL <t> /bin/sh -c <cmd>`` through ``runsc exec``; the host
+adds a safety deadline a few seconds later in case the sandbox itself is stuck.
+File operations are small shell commands run the same way (no host-side access to the
+rootfs: a symlink planted in the sandbox must not reach the host, and gVisor caches the
+root filesystem, so host-side writes could go unseen). Relative paths are relative to
+``/root`` (``HOME``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from byoc_agent.protocol.errors import (
+    CorralError,
+    FileNotFoundInSandboxError,
+    InvalidArgumentError,
+    SandboxNotRunningError,
+)
+from byoc_agent.runtimes.base import (
+    ExecEvent,
+    ExecRequest,
+    Exit,
+    FileInfo,
+    FileType,
+    Liveness,
+    SandboxHandle,
+    SandboxSpec,
+    Stderr,
+    Stdout,
+)
+from byoc_agent.runtimes.templates import template_rootfs
+
+log = structlog.get_logger(__name__)
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CHUNK = 64 * 1024
+_STDIN_CHUNK = 1024 * 1024
+_CPU_PERIOD_US = 100_000
+_MIN_MEMORY_MB = 32
+_TIMEOUT_EXIT = 124  # what coreutils ``timeout`` reports; we report it for a timed-out command
+_KILLED_EXIT = 137  # ``timeout -s KILL`` exits 128 + 9 when the command ran out of time
+_RUNSC_FAILED = 128  # runsc exec's own failures (no such sandbox, no such cwd, ...)
+_HOME = "/root"
+_BASE_ENV: Mapping[str, str] = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": _HOME,
+    "LANG": "C.UTF-8",
+}
+# PID 1: sleeps forever and reaps orphans (``wait`` in sh waits on any child).
+_INIT = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep infinity & wait; done"]
+# Docker's default capability set: root in the sandbox can chown, bind low ports, etc.
+_CAPS = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+]
+
+# File-operation scripts: ``$1`` is the path. Exit codes 3/5/6 are ours, not the tools'.
+_E_MISSING, _E_IS_DIR, _E_NOT_DIR = 3, 5, 6
+_WRITE = (
+    'd=$(dirname -- "$1") && mkdir -p -- "$d" || exit 6; [ -d "$1" ] && exit 5; exec cat > "$1"'
+)
+_READ = '[ -e "$1" ] || exit 3; [ -d "$1" ] && exit 5; exec cat -- "$1"'
+_LIST = (
+    '[ -e "$1" ] || exit 3; [ -d "$1" ] || exit 6; '
+    "exec find -H \"$1\" -mindepth 1 -maxdepth 1 -printf '%f\\0%y\\0%s\\0%m\\0%T@\\0'"
+)
+_REMOVE = '[ -e "$1" ] || [ -L "$1" ] || exit 3; exec rm -rf -- "$1"'
+_MKDIR = '[ -e "$1" ] && ! [ -d "$1" ] && exit 6; exec mkdir -p -- "$1"'
+_KILL_GROUP = 'kill -9 "-$1" 2>/dev/null || kill -9 "$1"'  # dash: no "--"
+_FIND_TYPES: Mapping[str, FileType] = {"f": FileType.FILE, "d": FileType.DIR, "l": FileType.SYMLINK}
+
+
+@dataclass(frozen=True, slots=True)
+class _Paths:
+    """Where one sandbox's host-side state lives."""
+
+    dir: Path
+    bundle: Path
+    rootfs: Path
+    upper: Path
+    work: Path
+    exec_dir: Path
+    log: Path
+
+    @classmethod
+    def under(cls, sandboxes: Path, sandbox_id: str) -> _Paths:
+        d = sandboxes / sandbox_id
+        return cls(
+            dir=d,
+            bundle=d / "bundle",
+            rootfs=d / "bundle" / "rootfs",
+            upper=d / "upper",
+            work=d / "work",
+            exec_dir=d / "exec",
+            log=d / "runsc.log",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Completed:
+    """A finished helper command inside the sandbox."""
+
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+class GVisorRuntime:
+    """The :class:`~byoc_agent.runtimes.base.Runtime` backed by gVisor's ``runsc``."""
+
+    name = "gvisor"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        templates_root: Path,
+        runsc: str | None = None,
+        *,
+        platform: str = "ptrace",
+        cgroup_parent: str = "corral",
+        cgroup_fs: Path = Path("/sys/fs/cgroup"),
+        start_timeout_s: float = 30.0,
+        stop_timeout_s: float = 30.0,
+        exec_grace_s: float = 5.0,
+    ) -> None:
+        found = runsc if runsc is not None else shutil.which("runsc")
+        if found is None:
+            raise InvalidArgumentError("runsc not found on PATH; install the Debian package runsc")
+        self._runsc = found
+        self._state_dir = state_dir.resolve()
+        # overlayfs mount options are comma/colon separated: keep our paths unambiguous.
+        if any(c in str(self._state_dir) for c in ",:"):
+            raise InvalidArgumentError(f"state_dir must not contain ',' or ':': {state_dir}")
+        self._root = self._state_dir / "runsc"
+        self._sandboxes = self._state_dir / "sandboxes"
+        self._templates_root = templates_root
+        self._platform = platform
+        self._cgroup_parent = cgroup_parent
+        self._cgroup_fs = cgroup_fs
+        self._start_timeout_s = start_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._exec_grace_s = exec_grace_s
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # ---- helpers -----------------------------------------------------------------
+
+    def _flags(self) -> list[str]:
+        return [
+            self._runsc,
+            "--root",
+            str(self._root),
+            f"--platform={self._platform}",
+            "--network=none",
+        ]
+
+    def _paths(self, sandbox_id: str) -> _Paths:
+        if not _ID_RE.fullmatch(sandbox_id):
+            raise InvalidArgumentError(
+                "sandbox_id must be 1-63 characters of [A-Za-z0-9_.-], starting alphanumeric",
+                sandbox_id=sandbox_id,
+            )
+        return _Paths.under(self._sandboxes, sandbox_id)
+
+    def _cgroup_path(self, sandbox_id: str) -> str:
+        return f"/{self._cgroup_parent}/{sandbox_id}"
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    async def _runsc_call(self, args: Sequence[str], timeout_s: float) -> _Completed:
+        """Run a runsc management command (state, kill, delete) and collect its output."""
+        proc = await asyncio.create_subprocess_exec(
+            *self._flags(),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            async with asyncio.timeout(timeout_s):
+                out, err = await proc.communicate()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise CorralError(f"runsc {args[0]} did not finish within {timeout_s} s") from None
+        return _Completed(proc.returncode if proc.returncode is not None else -1, out, err)
+
+    @staticmethod
+    def _validate(spec: SandboxSpec) -> None:
+        if spec.cpu < 1:
+            raise InvalidArgumentError("cpu must be at least 1", sandbox_id=spec.sandbox_id)
+        if spec.memory_mb < _MIN_MEMORY_MB:
+            raise InvalidArgumentError(
+                f"memory_mb must be at least {_MIN_MEMORY_MB}", sandbox_id=spec.sandbox_id
+            )
+        _validate_env(spec.env)
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> SandboxHandle:
+        """Mount the overlay, write the bundle, ``runsc run -detach``; return once exec works."""
+        paths = self._paths(spec.sandbox_id)
+        self._validate(spec)
+        lower = await asyncio.to_thread(template_rootfs, self._templates_root, spec.template)
+        bound = log.bind(sandbox_id=spec.sandbox_id, tenant_id=spec.tenant_id)
+        started = time.monotonic()
+        async with self._lock(spec.sandbox_id):
+            if await asyncio.to_thread(paths.dir.exists):
+                raise InvalidArgumentError(
+                    f"sandbox {spec.sandbox_id} already exists", sandbox_id=spec.sandbox_id
+                )
+            try:
+                await asyncio.to_thread(self._prepare_bundle, spec, paths)
+                await self._mount(lower, paths)
+                await self._start(spec.sandbox_id, paths)
+                await self._wait_ready(spec.sandbox_id)
+            except BaseException:
+                bound.warning("sandbox_create_failed")
+                await asyncio.shield(self._teardown(spec.sandbox_id, paths))
+                raise
+        bound.info("sandbox_created", ms=round((time.monotonic() - started) * 1000))
+        return SandboxHandle(
+            sandbox_id=spec.sandbox_id,
+            runtime=self.name,
+            created_at=time.time(),
+            data={
+                "template": spec.template,
+                "bundle": str(paths.bundle),
+                "runsc_root": str(self._root),
+                "cgroup": self._cgroup_path(spec.sandbox_id),
+            },
+        )
+
+    def _prepare_bundle(self, spec: SandboxSpec, paths: _Paths) -> None:
+        self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths.dir.mkdir(parents=True, mode=0o700)
+        for d in (paths.rootfs, paths.upper, paths.work, paths.exec_dir):
+            d.mkdir(parents=True)
+        config = oci_config(spec, paths.rootfs, self._cgroup_path(spec.sandbox_id))
+        (paths.bundle / "config.json").write_text(json.dumps(config, indent=2))
+
+    async def _mount(self, lower: Path, paths: _Paths) -> None:
+        if any(c in str(lower) for c in ",:"):
+            raise InvalidArgumentError(f"template path must not contain ',' or ':': {lower}")
+        opts = f"lowerdir={lower},upperdir={paths.upper},workdir={paths.work}"
+        proc = await asyncio.create_subprocess_exec(
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            opts,
+            str(paths.rootfs),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(self._start_timeout_s):
+            _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise CorralError(f"overlay mount failed: {err.decode(errors='replace').strip()}")
+        # The rootfs's /tmp is bind-mounted as /tmp: make sure it exists and is world-writable.
+        await asyncio.to_thread(_ensure_tmp, paths.rootfs / "tmp")
+
+    async def _start(self, sandbox_id: str, paths: _Paths) -> None:
+        # runsc run -detach hands its stdio to the sandbox processes: never our pipes.
+        logfile = await asyncio.to_thread(paths.log.open, "ab")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._flags(),
+                "run",
+                "-detach",
+                "--bundle",
+                str(paths.bundle),
+                sandbox_id,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=logfile,
+            )
+        finally:
+            logfile.close()
+        try:
+            async with asyncio.timeout(self._start_timeout_s):
+                rc = await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise CorralError(
+                f"runsc run did not finish within {self._start_timeout_s} s",
+                sandbox_id=sandbox_id,
+            ) from None
+        if rc != 0:
+            tail = await asyncio.to_thread(_tail, paths.log)
+            raise CorralError(f"runsc run failed ({rc}): {tail}", sandbox_id=sandbox_id)
+
+    async def _wait_ready(self, sandbox_id: str) -> None:
+        """Poll ``exec /bin/true`` until it works (usually the first try)."""
+        deadline = time.monotonic() + self._start_timeout_s
+        last = b""
+        while True:
+            done = await self._runsc_call(["exec", sandbox_id, "/bin/true"], self._start_timeout_s)
+            if done.exit_code == 0:
+                return
+            last = done.stderr
+            if time.monotonic() > deadline:
+                raise CorralError(
+                    f"sandbox never accepted a command: {last.decode(errors='replace')[-300:]}",
+                    sandbox_id=sandbox_id,
+                )
+            await asyncio.sleep(0.02)
+
+    async def inspect(self, handle: SandboxHandle) -> Liveness:
+        """Ask runsc: ``running`` → RUNNING; any other status → STOPPED; unknown → MISSING."""
+        self._paths(handle.sandbox_id)
+        done = await self._runsc_call(["state", handle.sandbox_id], self._stop_timeout_s)
+        if done.exit_code != 0:
+            return Liveness.MISSING
+        try:
+            status = json.loads(done.stdout).get("status")
+        except (ValueError, AttributeError):
+            return Liveness.MISSING
+        return Liveness.RUNNING if status == "running" else Liveness.STOPPED
+
+    async def recover(self, handle: SandboxHandle) -> Liveness:
+        """Reattach after an agent restart: all state is on disk, so this is ``inspect``."""
+        if handle.runtime != self.name:
+            raise InvalidArgumentError(
+                f"handle belongs to runtime {handle.runtime!r}, not {self.name!r}",
+                sandbox_id=handle.sandbox_id,
+            )
+        liveness = await self.inspect(handle)
+        log.info("sandbox_recovered", sandbox_id=handle.sandbox_id, liveness=liveness.value)
+        return liveness
+
+    async def destroy(self, handle: SandboxHandle) -> None:
+        """``runsc kill`` + ``delete -force``, unmount, remove cgroups and state. Idempotent."""
+        paths = self._paths(handle.sandbox_id)
+        started = time.monotonic()
+        async with self._lock(handle.sandbox_id):
+            await self._teardown(handle.sandbox_id, paths)
+        self._locks.pop(handle.sandbox_id, None)
+        log.info(
+            "sandbox_destroyed",
+            sandbox_id=handle.sandbox_id,
+            ms=round((time.monotonic() - started) * 1000),
+        )
+
+    async def _teardown(self, sandbox_id: str, paths: _Paths) -> None:
+        await self._runsc_call(["kill", sandbox_id, "KILL"], self._stop_timeout_s)
+        await self._runsc_call(["delete", "-force", sandbox_id], self._stop_timeout_s)
+        if await asyncio.to_thread(os.path.ismount, paths.rootfs):
+            umount = await asyncio.create_subprocess_exec(
+                "umount",
+                str(paths.rootfs),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            async with asyncio.timeout(self._stop_timeout_s):
+                rc = await umount.wait()
+            if rc != 0:  # something still holds it: detach now, the kernel frees it later
+                lazy = await asyncio.create_subprocess_exec("umount", "-l", str(paths.rootfs))
+                async with asyncio.timeout(self._stop_timeout_s):
+                    await lazy.wait()
+        await self._remove_cgroups(sandbox_id)
+        if await asyncio.to_thread(os.path.ismount, paths.rootfs):
+            raise CorralError("overlay still mounted after umount", sandbox_id=sandbox_id)
+        await asyncio.to_thread(shutil.rmtree, paths.dir, True)
+
+    def cgroup_dirs(self, sandbox_id: str) -> list[Path]:
+        """Every cgroup directory this sandbox may have (v1 controllers and unified)."""
+        rel = self._cgroup_path(sandbox_id).lstrip("/")
+        try:
+            hierarchies = sorted(p for p in self._cgroup_fs.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+        if (self._cgroup_fs / "cgroup.controllers").exists():  # pure cgroup v2
+            hierarchies = [self._cgroup_fs]
+        return [h / rel for h in hierarchies]
+
+    async def _remove_cgroups(self, sandbox_id: str) -> None:
+        deadline = time.monotonic() + self._stop_timeout_s
+        remaining = await asyncio.to_thread(self.cgroup_dirs, sandbox_id)
+        while True:
+            remaining = await asyncio.to_thread(_rmdirs, remaining)
+            if not remaining:
+                return
+            if time.monotonic() > deadline:  # processes still inside: leave, but say so
+                log.warning("cgroup_busy", sandbox_id=sandbox_id, dirs=[str(p) for p in remaining])
+                return
+            await asyncio.sleep(0.05)
+
+    def sandbox_dir(self, sandbox_id: str) -> Path:
+        """Host directory holding this sandbox's bundle, overlay layers and logs."""
+        return self._paths(sandbox_id).dir
+
+    # ---- exec --------------------------------------------------------------------
+
+    async def _require_running(self, handle: SandboxHandle) -> _Paths:
+        paths = self._paths(handle.sandbox_id)
+        if not await asyncio.to_thread(paths.bundle.exists):
+            raise SandboxNotRunningError(
+                f"sandbox {handle.sandbox_id} does not exist here", sandbox_id=handle.sandbox_id
+            )
+        return paths
+
+    async def _spawn(
+        self,
+        sandbox_id: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: str,
+        with_stdin: bool,
+        pid_file: Path,
+    ) -> asyncio.subprocess.Process:
+        env_flags = [f"--env={k}={v}" for k, v in env.items()]
+        return await asyncio.create_subprocess_exec(
+            *self._flags(),
+            "exec",
+            f"--cwd={cwd}",
+            f"--internal-pid-file={pid_file}",
+            *env_flags,
+            sandbox_id,
+            *argv,
+            stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+    async def _not_started(self, sandbox_id: str, cwd: str, stderr: bytes) -> CorralError:
+        """The error for a ``runsc exec`` that failed before the command ran."""
+        text = stderr.decode(errors="replace").strip()
+        if "initial working directory" in text:
+            return InvalidArgumentError(
+                f"cwd {cwd!r} does not exist in the sandbox", sandbox_id=sandbox_id
+            )
+        if await self._liveness(sandbox_id) is not Liveness.RUNNING:
+            return SandboxNotRunningError(
+                f"sandbox {sandbox_id} is not running", sandbox_id=sandbox_id
+            )
+        return CorralError(f"runsc exec failed: {text[-300:]}", sandbox_id=sandbox_id)
+
+    async def _liveness(self, sandbox_id: str) -> Liveness:
+        return await self.inspect(
+            SandboxHandle(sandbox_id=sandbox_id, runtime=self.name, created_at=0.0)
+        )
+
+    async def exec(self, handle: SandboxHandle, request: ExecRequest) -> AsyncIterator[ExecEvent]:
+        """Stream a command's stdout/stderr as produced, then one Exit.
+
+        A command over ``timeout_s`` is killed inside the sandbox and reported as
+        ``Exit(124, timed_out=True)``. A missing ``cwd`` raises InvalidArgumentError.
+        """
+        if request.timeout_s <= 0:
+            raise InvalidArgumentError("timeout_s must be positive", sandbox_id=handle.sandbox_id)
+        _validate_env(request.env)
+        paths = await self._require_running(handle)
+        sid = handle.sandbox_id
+        cwd = request.cwd or _HOME
+        pid_file = paths.exec_dir / f"{uuid.uuid4().hex}.pid"
+        argv = ["timeout", "-s", "KILL", f"{request.timeout_s:.3f}", "/bin/sh", "-c", request.cmd]
+        started = time.monotonic()
+        try:
+            proc = await self._spawn(
+                sid,
+                argv,
+                env=request.env,
+                cwd=cwd,
+                with_stdin=request.stdin is not None,
+                pid_file=pid_file,
+            )
+        except FileNotFoundError as e:  # exec_dir vanished: destroyed concurrently
+            raise SandboxNotRunningError(f"sandbox {sid} is not running", sandbox_id=sid) from e
+        queue: asyncio.Queue[ExecEvent | None] = asyncio.Queue()
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        tasks = [
+            asyncio.create_task(_pump(proc.stdout, Stdout, queue)),
+            asyncio.create_task(_pump(proc.stderr, Stderr, queue)),
+        ]
+        if request.stdin is not None:
+            assert proc.stdin is not None
+            tasks.append(asyncio.create_task(_feed(proc.stdin, request.stdin)))
+        # stderr is held back until the command is known to have started, so runsc's own
+        # error text ("no such working directory") is never passed off as command output.
+        held: list[bytes] = []
+        command_started = False
+        deadline = started + request.timeout_s + self._exec_grace_s
+        open_streams = 2
+        finished = False
+        try:
+            while open_streams:
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        event = await queue.get()
+                except TimeoutError:
+                    log.warning("exec_host_deadline", sandbox_id=sid)
+                    await self._kill_command(sid, pid_file, proc)
+                    finished = True
+                    yield Exit(exit_code=_TIMEOUT_EXIT, timed_out=True)
+                    return
+                if event is None:
+                    open_streams -= 1
+                    continue
+                if not command_started:
+                    command_started = await asyncio.to_thread(pid_file.exists)
+                if isinstance(event, Stderr) and not command_started:
+                    held.append(event.data)
+                    continue
+                if held:
+                    yield Stderr(b"".join(held))
+                    held.clear()
+                yield event
+            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                rc = await proc.wait()
+            finished = True
+            if not command_started and not await asyncio.to_thread(pid_file.exists):
+                raise await self._not_started(sid, cwd, b"".join(held))
+            if held:
+                yield Stderr(b"".join(held))
+            elapsed = time.monotonic() - started
+            if rc == _KILLED_EXIT and elapsed >= request.timeout_s - 0.05:
+                yield Exit(exit_code=_TIMEOUT_EXIT, timed_out=True)
+                return
+            if rc in (_RUNSC_FAILED, _KILLED_EXIT) and await self._liveness(sid) is not (
+                Liveness.RUNNING
+            ):
+                raise SandboxNotRunningError(
+                    f"sandbox {sid} stopped while the command ran (out of memory?)",
+                    sandbox_id=sid,
+                )
+            yield Exit(exit_code=rc if rc >= 0 else 128 - rc)
+        finally:
+            if not finished:  # the caller stopped listening: stop the command too
+                await asyncio.shield(self._kill_command(sid, pid_file, proc))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(pid_file.unlink, True)
+
+    async def _kill_command(
+        self, sandbox_id: str, pid_file: Path, proc: asyncio.subprocess.Process
+    ) -> None:
+        """Host-side kill: the command's process group inside the sandbox, then ``runsc exec``.
+
+        The recorded pid is ``timeout``'s, which leads its own process group, so killing
+        the group also ends the shell and everything it started.
+        """
+        try:
+            pid = int((await asyncio.to_thread(pid_file.read_text)).strip())
+        except (OSError, ValueError):
+            pid = 0
+        if pid > 0:
+            with contextlib.suppress(CorralError):
+                done = await self._runsc_call(
+                    ["exec", sandbox_id, "/bin/sh", "-c", _KILL_GROUP, "sh", str(pid)], 10.0
+                )
+                if done.exit_code != 0:  # sandbox wedged: signal the one process from outside
+                    await self._runsc_call(["kill", f"--pid={pid}", sandbox_id, "KILL"], 10.0)
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10.0):
+                    await proc.wait()
+
+    # ---- files -------------------------------------------------------------------
+
+    async def _helper(
+        self,
+        handle: SandboxHandle,
+        script: str,
+        path: str,
+        *,
+        stdin: bytes | None = None,
+        timeout_s: float = 300.0,
+    ) -> _Completed:
+        """Run a file-operation script with ``$1 = path``; collect its output."""
+        paths = await self._require_running(handle)
+        sid = handle.sandbox_id
+        pid_file = paths.exec_dir / f"{uuid.uuid4().hex}.pid"
+        try:
+            proc = await self._spawn(
+                sid,
+                ["/bin/sh", "-c", script, "sh", path],
+                env={},
+                cwd="/",
+                with_stdin=stdin is not None,
+                pid_file=pid_file,
+            )
+        except FileNotFoundError as e:
+            raise SandboxNotRunningError(f"sandbox {sid} is not running", sandbox_id=sid) from e
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                feeding = (
+                    _feed(proc.stdin, stdin)
+                    if stdin is not None and proc.stdin is not None
+                    else _nothing()
+                )
+                _, out, err = await asyncio.gather(
+                    feeding, _read_all(proc.stdout), _read_all(proc.stderr)
+                )
+                rc = await proc.wait()
+        except TimeoutError:
+            await self._kill_command(sid, pid_file, proc)
+            raise CorralError(f"file operation took over {timeout_s} s", sandbox_id=sid) from None
+        try:
+            if not await asyncio.to_thread(pid_file.exists):
+                raise await self._not_started(sid, "/", err)
+        finally:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(pid_file.unlink, True)
+        return _Completed(rc, out, err)
+
+    @staticmethod
+    def _check(done: _Completed, sandbox_id: str, path: str) -> None:
+        if done.exit_code == 0:
+            return
+        if done.exit_code == _E_MISSING:
+            raise FileNotFoundInSandboxError(f"no such file: {path}", sandbox_id=sandbox_id)
+        if done.exit_code == _E_IS_DIR:
+            raise InvalidArgumentError(f"is a directory: {path}", sandbox_id=sandbox_id)
+        if done.exit_code == _E_NOT_DIR:
+            raise InvalidArgumentError(
+                f"not a directory (or a parent is not): {path}", sandbox_id=sandbox_id
+            )
+        message = done.stderr.decode(errors="replace").strip()[-300:]
+        raise InvalidArgumentError(f"{path}: {message or done.exit_code}", sandbox_id=sandbox_id)
+
+    async def write_file(self, handle: SandboxHandle, path: str, data: bytes) -> None:
+        p = _sandbox_path(path)
+        done = await self._helper(handle, _WRITE, p, stdin=data)
+        self._check(done, handle.sandbox_id, p)
+
+    async def read_file(self, handle: SandboxHandle, path: str) -> bytes:
+        p = _sandbox_path(path)
+        done = await self._helper(handle, _READ, p)
+        self._check(done, handle.sandbox_id, p)
+        return done.stdout
+
+    async def list_dir(self, handle: SandboxHandle, path: str) -> list[FileInfo]:
+        p = _sandbox_path(path)
+        done = await self._helper(handle, _LIST, p)
+        self._check(done, handle.sandbox_id, p)
+        fields = done.stdout.split(b"\0")[:-1]
+        items: list[FileInfo] = []
+        base = p.rstrip("/") or ""
+        for i in range(0, len(fields) - 4, 5):
+            raw_name, kind, size, mode, mtime = fields[i : i + 5]
+            name = raw_name.decode(errors="surrogateescape")
+            items.append(
+                FileInfo(
+                    name=name,
+                    path=f"{base}/{name}",
+                    type=_FIND_TYPES.get(kind.decode(), FileType.OTHER),
+                    size=int(size),
+                    mode=int(mode, 8),
+                    mtime=float(mtime),
+                )
+            )
+        return sorted(items, key=lambda f: f.name)
+
+    async def remove(self, handle: SandboxHandle, path: str) -> None:
+        p = _sandbox_path(path)
+        done = await self._helper(handle, _REMOVE, p)
+        self._check(done, handle.sandbox_id, p)
+
+    async def make_dir(self, handle: SandboxHandle, path: str) -> None:
+        p = _sandbox_path(path)
+        done = await self._helper(handle, _MKDIR, p)
+        self._check(done, handle.sandbox_id, p)
+
+
+# ---- module helpers ------------------------------------------------------------------
+
+
+def oci_config(spec: SandboxSpec, rootfs: Path, cgroups_path: str) -> dict[str, object]:
+    """The OCI runtime spec (config.json) for one sandbox whose root is ``rootfs``."""
+    env = {**_BASE_ENV, **spec.env}
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": _INIT,
+            "env": [f"{k}={v}" for k, v in env.items()],
+            "cwd": "/",
+            "capabilities": {k: _CAPS for k in ("bounding", "effective", "permitted")},
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(rootfs), "readonly": False},
+        "hostname": spec.sandbox_id,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/pts",
+                "type": "devpts",
+                "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            },
+            {
+                "destination": "/dev/shm",  # noqa: S108 (inside the sandbox)
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            },
+            {
+                "destination": "/sys",
+                "type": "sysfs",
+                "source": "sysfs",
+                "options": ["nosuid", "noexec", "nodev", "ro"],
+            },
+            # On disk (through the overlay), not gVisor's memory-backed default tmpfs.
+            {
+                "destination": "/tmp",  # noqa: S108 (inside the sandbox)
+                "type": "bind",
+                "source": str(rootfs / "tmp"),
+                "options": ["rbind", "rw"],
+            },
+        ],
+        "linux": {
+            "cgroupsPath": cgroups_path,
+            "resources": {
+                "cpu": {"quota": spec.cpu * _CPU_PERIOD_US, "period": _CPU_PERIOD_US},
+                "memory": {"limit": spec.memory_mb * 1024 * 1024},
+            },
+            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
+        },
+    }
+
+
+def _validate_env(env: Mapping[str, str]) -> None:
+    for key, value in env.items():
+        if not _ENV_KEY_RE.fullmatch(key) or "\0" in value:
+            raise InvalidArgumentError(f"invalid environment variable name or value: {key!r}")
+
+
+def _sandbox_path(path: str) -> str:
+    """Validate a sandbox path; relative paths are relative to ``/root``."""
+    if not path or "\0" in path or len(path) > 4096:
+        raise InvalidArgumentError("path must be 1-4096 characters without NUL")
+    return path if path.startswith("/") else f"{_HOME}/{path}"
+
+
+def _ensure_tmp(tmp: Path) -> None:
+    tmp.mkdir(exist_ok=True)
+    tmp.chmod(0o1777)
+
+
+def _tail(path: Path, limit: int = 2000) -> str:
+    try:
+        return path.read_bytes()[-limit:].decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _rmdirs(dirs: list[Path]) -> list[Path]:
+    """Remove empty cgroup dirs; returns those still present (busy)."""
+    left: list[Path] = []
+    for d in dirs:
+        try:
+            d.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            left.append(d)
+    return left
+
+
+async def _pump(
+    stream: asyncio.StreamReader,
+    kind: type[Stdout] | type[Stderr],
+    queue: asyncio.Queue[ExecEvent | None],
+) -> None:
+    try:
+        while chunk := await stream.read(_CHUNK):
+            await queue.put(kind(chunk))
+    finally:
+        queue.put_nowait(None)
+
+
+async def _feed(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Write stdin in chunks (no extra copy of large inputs), then close it."""
+    view = memoryview(data)
+    try:
+        for i in range(0, len(view), _STDIN_CHUNK):
+            writer.write(view[i : i + _STDIN_CHUNK])
+            await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the command stopped reading; its exit code says the rest
+
+
+async def _read_all(stream: asyncio.StreamReader) -> bytes:
+    chunks: list[bytes] = []
+    while chunk := await stream.read(_CHUNK):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _nothing() -> None:
+    return None
