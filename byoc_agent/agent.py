@@ -95,6 +95,7 @@ class Agent:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._outbox_wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: set[str] = set()
         self.audience = verify.Audience(agent_id=identity.agent_id, tenant_id=identity.tenant_id)
         self.log = log.bind(agent_id=identity.agent_id, tenant_id=identity.tenant_id)
 
@@ -124,6 +125,7 @@ class Agent:
     # ------------------------------------------------------------------ jobs
     async def _job_loop(self) -> None:
         async for incoming in self.transport.jobs():
+            _raise_if_cancelling()
             outcome = await self.accept(incoming.data)
             if outcome is None:
                 await self._ack(incoming)
@@ -155,6 +157,9 @@ class Agent:
             if e.reason in _ANSWERABLE:
                 self._answer_rejected(job, e)
             return None
+        if job.job_id in self._inflight:
+            jlog.info("job_duplicate", detail="already executing; this delivery is dropped")
+            return None
         applied = self.state.applied(job.job_id)
         if applied is not None:
             if applied.status == "done" and applied.result is not None:
@@ -170,6 +175,7 @@ class Agent:
                 self._outbox_wakeup.set()
                 return None
             jlog.info("job_resumed", detail="accepted before a restart; executing idempotently")
+            self._inflight.add(job.job_id)
             return job
         try:
             verify.check_job_order(job, replay=self.state)
@@ -178,10 +184,14 @@ class Agent:
             self._answer_rejected(job, e)
             return None
         self.state.accept_job(job.job_id, job.seq)
+        self._inflight.add(job.job_id)
         return job
 
     async def _execute_and_ack(self, job: messages.Job, incoming: IncomingJob) -> None:
-        await self.execute(job)
+        try:
+            await self.execute(job)
+        finally:
+            self._inflight.discard(job.job_id)
         await self._ack(incoming)
 
     async def execute(self, job: messages.Job) -> messages.JobResult:
@@ -349,6 +359,7 @@ class Agent:
     # ------------------------------------------------------------ background loops
     async def _reaper_loop(self) -> None:
         while True:
+            _raise_if_cancelling()
             await asyncio.sleep(self.config.reaper_interval_s)
             await self.reap_expired()
 
@@ -368,14 +379,19 @@ class Agent:
 
     async def _outbox_loop(self) -> None:
         while True:
+            _raise_if_cancelling()
             sent_all = await self.flush_outbox()
             self._outbox_wakeup.clear()
             if not sent_all:
                 await asyncio.sleep(0.5)
                 continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2.0):
-                    await self._outbox_wakeup.wait()
+            # Poll the wake-up flag rather than wrapping Event.wait() in a timeout: on
+            # Python 3.11 a cancellation racing asyncio.timeout can be swallowed.
+            for _ in range(20):
+                if self._outbox_wakeup.is_set():
+                    break
+                await asyncio.sleep(0.1)
+                _raise_if_cancelling()
 
     async def flush_outbox(self) -> bool:
         for msg_id, subject, data in self.state.pending_outbox():
@@ -389,6 +405,7 @@ class Agent:
 
     async def _heartbeat_loop(self) -> None:
         while True:
+            _raise_if_cancelling()
             try:
                 await self.transport.publish_heartbeat(self.heartbeat())
             except TransportUnavailable as e:
@@ -447,6 +464,13 @@ class Agent:
         with contextlib.suppress(TimeoutError, TransportUnavailable):
             async with asyncio.timeout(5):
                 await self.flush_outbox()
+
+
+def _raise_if_cancelling() -> None:
+    """nats-py swallows CancelledError in places; loops re-check so shutdown always ends."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _result_msg_id(job_id: str) -> str:

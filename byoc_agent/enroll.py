@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from byoc_agent.protocol import signing, verify
 from byoc_agent.protocol.errors import CorralError, InvalidArgumentError, RetryableError
@@ -96,7 +97,7 @@ def keyring_from_state(state: AgentStateStore) -> verify.Keyring:
 
 def update_keyring(ring: verify.Keyring, keys: list[tuple[str, str, str]]) -> None:
     """Replace the keyring's contents in place (the data plane and job loop share it)."""
-    fresh: dict[str, signing.Ed25519PublicKey] = {}
+    fresh: dict[str, Ed25519PublicKey] = {}
     revoked: set[str] = set()
     for kid, public, status in keys:
         if status == "revoked":

@@ -72,7 +72,7 @@ def verify_model(
             f"schema {str(raw.get('schema'))[:64]!r} is not {expected_schema}",
         )
     try:
-        parsed = model.model_validate(raw)
+        parsed = model.model_validate_json(payload)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

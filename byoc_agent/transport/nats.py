@@ -4,6 +4,7 @@ for its signed results, events and heartbeats. Outbound connections only."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -39,6 +40,12 @@ class IncomingJob:
     async def in_progress(self) -> None:
         async with asyncio.timeout(NETWORK_TIMEOUT_S):
             await self._msg.in_progress()
+
+
+def _raise_if_cancelling() -> None:
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class TransportUnavailable(Exception):
@@ -79,7 +86,10 @@ class NatsAgentTransport:
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
-            await self._nc.drain()
+            with contextlib.suppress(TimeoutError, nats.errors.Error):
+                async with asyncio.timeout(NETWORK_TIMEOUT_S):
+                    await self._nc.flush()
+            await self._nc.close()
         self._nc = None
 
     async def jobs(self, batch_timeout: float = 1.0) -> AsyncIterator[IncomingJob]:
@@ -104,6 +114,7 @@ class NatsAgentTransport:
                     ),
                 )
             except (nats.errors.Error, nats.js.errors.Error, TransportUnavailable, OSError) as e:
+                _raise_if_cancelling()
                 log.warning("job_consumer_unavailable", error=str(e))
                 await asyncio.sleep(1.0)
                 continue
@@ -111,11 +122,14 @@ class NatsAgentTransport:
                 try:
                     msgs = await sub.fetch(1, timeout=batch_timeout)
                 except nats.errors.TimeoutError:
+                    _raise_if_cancelling()  # nats-py can turn a cancellation into a timeout
                     continue
                 except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
+                    _raise_if_cancelling()
                     log.warning("job_fetch_failed", error=str(e))
                     await asyncio.sleep(0.5)
                     break
+                _raise_if_cancelling()
                 for m in msgs:
                     meta = m.metadata
                     yield IncomingJob(data=m.data, num_delivered=meta.num_delivered, _msg=m)
@@ -127,10 +141,12 @@ class NatsAgentTransport:
             async with asyncio.timeout(NETWORK_TIMEOUT_S + 1):
                 await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
         except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as e:
+            _raise_if_cancelling()
             raise TransportUnavailable(f"publish to {subject} failed: {e}") from e
 
     async def publish_heartbeat(self, data: bytes) -> None:
         try:
             await self.nc.publish(subjects.heartbeat(self.tenant_id, self.agent_id), data)
         except (nats.errors.Error, OSError) as e:
+            _raise_if_cancelling()
             raise TransportUnavailable(f"heartbeat failed: {e}") from e

@@ -1,0 +1,129 @@
+"""``corral-agent``: enroll if needed, then serve jobs and the data plane until stopped.
+
+SIGTERM/SIGINT drain in-flight jobs and flush the outbox; sandboxes keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+
+import httpx
+import structlog
+
+from byoc_agent import runtimes
+from byoc_agent.agent import Agent, AgentConfig
+from byoc_agent.dataplane import create_dataplane_app, serve
+from byoc_agent.enroll import enroll, keyring_from_state, load_or_create_key, refresh_keys
+from byoc_agent.log_config import configure_logging
+from byoc_agent.protocol.errors import CorralError
+from byoc_agent.settings import AgentSettings
+from byoc_agent.state import AgentStateStore
+from byoc_agent.transport.nats import NatsAgentTransport
+
+log = structlog.get_logger(__name__)
+
+
+def _templates(settings: AgentSettings) -> list[str]:
+    if settings.runtime == "memory":
+        return ["base"]
+    from byoc_agent.runtimes.templates import list_templates
+
+    return list_templates(settings.templates_root)
+
+
+async def run_agent(settings: AgentSettings) -> None:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    state = AgentStateStore(settings.state_db)
+    key = load_or_create_key(settings.key_file)
+    runtime = runtimes.build_runtime(
+        settings.runtime, state_dir=settings.runtime_dir, templates_root=settings.templates_root
+    )
+    ident = state.identity()
+    if ident is None:
+        if not settings.enrollment_token:
+            raise CorralError(
+                "this agent is not enrolled: set CORRAL_AGENT_ENROLLMENT_TOKEN to a token "
+                "from `corral admin enrollment-token --tenant ID`"
+            )
+        ident = await asyncio.to_thread(
+            enroll,
+            control_plane_url=settings.control_plane_url,
+            token=settings.enrollment_token,
+            key=key,
+            name=settings.name,
+            data_plane_url=settings.advertised_dataplane_url,
+            runtimes=[runtime.name],
+            templates=_templates(settings),
+            cpu_total=settings.cpu_total,
+            memory_mb_total=settings.memory_mb_total,
+            state=state,
+        )
+    keyring = keyring_from_state(state)
+    transport = NatsAgentTransport(
+        settings.nats_url or ident.nats_url, ident.tenant_id, ident.agent_id,
+        name=f"corral-agent-{ident.agent_id}",
+    )
+    await transport.connect()
+    agent = Agent(
+        identity=ident,
+        signing_key=key,
+        keyring=keyring,
+        state=state,
+        runtime=runtime,
+        transport=transport,
+        config=AgentConfig(
+            data_plane_url=settings.advertised_dataplane_url,
+            cpu_total=settings.cpu_total,
+            memory_mb_total=settings.memory_mb_total,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+        ),
+        templates=lambda: _templates(settings),
+    )
+    app = create_dataplane_app(agent)
+    log.info("agent_started", agent_id=ident.agent_id, tenant_id=ident.tenant_id,
+             data_plane=settings.advertised_dataplane_url, runtime=runtime.name)
+
+    async def key_refresh(http: httpx.AsyncClient) -> None:
+        while True:
+            await refresh_keys(http, settings.control_plane_url, state, keyring)
+            await asyncio.sleep(settings.key_refresh_interval_s)
+
+    try:
+        async with httpx.AsyncClient() as http, asyncio.TaskGroup() as tg:
+            tg.create_task(agent.run())
+            tg.create_task(serve(app, settings.dataplane_host, settings.dataplane_port))
+            tg.create_task(key_refresh(http))
+    finally:
+        log.info("agent_stopping", detail="draining; sandboxes keep running")
+        with contextlib.suppress(Exception):
+            await asyncio.shield(agent.drain())
+        with contextlib.suppress(Exception):
+            await transport.close()
+        state.close()
+
+
+def main() -> None:
+    configure_logging()
+    settings = AgentSettings.from_env()
+
+    async def _main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await run_agent(settings)
+
+    try:
+        asyncio.run(_main())
+    except CorralError as e:
+        log.error("agent_failed", error=e.message)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""``InMemoryRuntime``: a test double that keeps sandboxes and files in memory.
+
+It runs no commands (``exec`` answers with exit code 0 and echoes nothing); it exists so
+the agent's job handling can be tested quickly without gVisor. Real behaviour is checked
+by the contract suite against real runtimes.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import time
+from collections.abc import AsyncIterator
+
+from byoc_agent.protocol.errors import (
+    FileNotFoundInSandboxError,
+    SandboxNotRunningError,
+    TemplateNotFoundError,
+)
+from byoc_agent.runtimes.base import (
+    ExecEvent,
+    ExecRequest,
+    Exit,
+    FileInfo,
+    FileType,
+    Liveness,
+    SandboxHandle,
+    SandboxSpec,
+)
+
+
+class InMemoryRuntime:
+    name = "memory"
+
+    def __init__(self, templates: tuple[str, ...] = ("base",)) -> None:
+        self.templates = templates
+        self.live: dict[str, dict[str, bytes]] = {}
+        self.created: list[str] = []
+        self.destroyed: list[str] = []
+
+    async def create(self, spec: SandboxSpec) -> SandboxHandle:
+        if spec.template not in self.templates:
+            raise TemplateNotFoundError(f"template {spec.template!r} does not exist")
+        self.live[spec.sandbox_id] = {}
+        self.created.append(spec.sandbox_id)
+        return SandboxHandle(sandbox_id=spec.sandbox_id, runtime=self.name, created_at=time.time())
+
+    async def recover(self, handle: SandboxHandle) -> Liveness:
+        return await self.inspect(handle)
+
+    async def inspect(self, handle: SandboxHandle) -> Liveness:
+        return Liveness.RUNNING if handle.sandbox_id in self.live else Liveness.MISSING
+
+    def _files(self, handle: SandboxHandle) -> dict[str, bytes]:
+        try:
+            return self.live[handle.sandbox_id]
+        except KeyError:
+            raise SandboxNotRunningError(f"sandbox {handle.sandbox_id} is not running") from None
+
+    async def exec(self, handle: SandboxHandle, request: ExecRequest) -> AsyncIterator[ExecEvent]:
+        self._files(handle)
+        yield Exit(exit_code=0)
+
+    async def write_file(self, handle: SandboxHandle, path: str, data: bytes) -> None:
+        self._files(handle)[path] = data
+
+    async def read_file(self, handle: SandboxHandle, path: str) -> bytes:
+        try:
+            return self._files(handle)[path]
+        except KeyError:
+            raise FileNotFoundInSandboxError(f"{path}: no such file") from None
+
+    async def list_dir(self, handle: SandboxHandle, path: str) -> list[FileInfo]:
+        prefix = path.rstrip("/") + "/"
+        return [
+            FileInfo(posixpath.basename(p), p, FileType.FILE, len(d), 0o644, 0.0)
+            for p, d in sorted(self._files(handle).items())
+            if p.startswith(prefix) and "/" not in p[len(prefix):]
+        ]
+
+    async def remove(self, handle: SandboxHandle, path: str) -> None:
+        if self._files(handle).pop(path, None) is None:
+            raise FileNotFoundInSandboxError(f"{path}: no such file")
+
+    async def make_dir(self, handle: SandboxHandle, path: str) -> None:
+        self._files(handle)
+
+    async def destroy(self, handle: SandboxHandle) -> None:
+        if self.live.pop(handle.sandbox_id, None) is not None:
+            self.destroyed.append(handle.sandbox_id)
