@@ -101,7 +101,8 @@ class Harness:
         return agent
 
     async def stop_agent(self) -> None:
-        assert self.task is not None and self.agent is not None
+        assert self.task is not None
+        assert self.agent is not None
         self.task.cancel()
         done, _ = await asyncio.wait({self.task}, timeout=5)
         if not done:
@@ -113,8 +114,8 @@ class Harness:
         await self.agent.transport.close()
         self.agent.state.close()
 
-    async def result_for(self, job_id: str, timeout: float = 10) -> messages.JobResult:
-        async with asyncio.timeout(timeout):
+    async def result_for(self, job_id: str, wait_s: float = 10) -> messages.JobResult:
+        async with asyncio.timeout(wait_s):
             while True:
                 r = await self.results.get()
                 if r.job_id == job_id:
@@ -173,7 +174,8 @@ async def test_a_valid_job_creates_one_sandbox_and_answers_with_a_signed_result(
     await harness.publish(data)
     result = await harness.result_for(job_id)
     assert result.status == "succeeded"
-    assert result.sandbox is not None and result.sandbox.state == "running"
+    assert result.sandbox is not None
+    assert result.sandbox.state == "running"
     assert harness.runtime.created == [result.sandbox.sandbox_id]
 
 
