@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from corral.testing import NatsServer
+
+# In CI these suites must run, not skip: a skip there is a failure.
+_MUST_RUN = ("gvisor", "nats", "postgres", "e2e")
 
 
 @pytest.fixture
@@ -14,3 +18,18 @@ def nats_server() -> Iterator[NatsServer]:
     """A fresh real nats-server with JetStream, on a free port, for one test."""
     with NatsServer() as server:
         yield server
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if (
+        os.environ.get("CI")
+        and report.skipped
+        and any(item.get_closest_marker(m) for m in _MUST_RUN)
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where it must run: {report.longrepr}"
