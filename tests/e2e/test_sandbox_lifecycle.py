@@ -59,7 +59,7 @@ def test_files_round_trip_through_the_data_plane(info: StackInfo) -> None:
         assert names == ["blob.bin", "nested"]
         sb.files.remove("/data/blob.bin")
         assert not sb.files.exists("/data/blob.bin")
-        with pytest.raises(FileNotFoundInSandboxError, match="/data/blob.bin"):
+        with pytest.raises(FileNotFoundInSandboxError, match=r"/data/blob\.bin"):
             sb.files.read("/data/blob.bin")
 
 
