@@ -3,14 +3,17 @@
 Ordering that keeps the agent honest across crashes:
 
 1. verify the job completely (signature, claims, replay, order) — nothing happens before;
-2. record it as *accepted* (job id + seq), durably — the replay guard is now armed;
-3. execute idempotently (a create for a sandbox that exists returns the existing one);
-4. store the signed result in the outbox and mark the job *done*;
-5. ack the JetStream message; the outbox publisher sends the result until the stream acks.
+2. record it as *accepted* (job id, seq and its signed bytes), durably — the replay guard
+   is now armed;
+3. ack the JetStream message. The consumer allows one unacked job at a time, so jobs are
+   accepted strictly in stream (= seq) order even across crashes and redeliveries;
+4. execute idempotently (a create for a sandbox that exists returns the existing one);
+5. store the signed result in the outbox and mark the job *done*; the outbox publisher
+   sends it until the stream acks.
 
-A redelivered job that is *done* is answered again from its stored result (no second
-execution); one that is only *accepted* (the agent died mid-way) is re-executed, which is
-safe because every handler is idempotent. Shutdown never kills sandboxes.
+If the agent dies between 2 and 5, ``recover()`` finishes the accepted jobs from their
+stored bytes after the restart. A redelivered job that is *done* is answered again from
+its stored result (no second execution). Shutdown never kills sandboxes.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from byoc_agent.protocol.errors import (
     CorralError,
     EnvelopeRejectedError,
     ErrorCode,
+    InvalidArgumentError,
     RejectReason,
     SandboxNotFoundError,
     SandboxNotRunningError,
@@ -60,6 +64,10 @@ _ANSWERABLE = frozenset(
         RejectReason.SEQ_NOT_INCREASING,
     }
 )
+
+
+MICROVM_RUNTIMES = frozenset({"qemu-microvm", "firecracker"})
+LIVENESS_CHECK_EVERY_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +119,14 @@ class Agent:
 
     async def recover(self) -> None:
         """Reattach to sandboxes that were running before a restart; finish cut-off jobs."""
+        for data in self.state.unfinished_jobs():
+            try:
+                job = verify.verify_signed_job(data, keyring=self.keyring)
+            except EnvelopeRejectedError as e:  # e.g. its key was revoked meanwhile
+                self.log.warning("unfinished_job_dropped", reason=e.reason.value, **e.fields)
+                continue
+            self.log.info("job_resumed", job_id=job.job_id, detail="finishing after restart")
+            await self.execute(job)
         for rec in self.state.sandboxes(SandboxState.RUNNING):
             try:
                 alive = await self.runtime.recover(rec.handle)
@@ -131,7 +147,8 @@ class Agent:
                 await self._ack(incoming)
                 continue
             job = outcome
-            task = asyncio.create_task(self._execute_and_ack(job, incoming))
+            await self._ack(incoming)
+            task = asyncio.create_task(self._execute(job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -183,16 +200,15 @@ class Agent:
             jlog.warning("job_rejected", reason=e.reason.value, detail=e.message)
             self._answer_rejected(job, e)
             return None
-        self.state.accept_job(job.job_id, job.seq)
+        self.state.accept_job(job.job_id, job.seq, data)
         self._inflight.add(job.job_id)
         return job
 
-    async def _execute_and_ack(self, job: messages.Job, incoming: IncomingJob) -> None:
+    async def _execute(self, job: messages.Job) -> None:
         try:
             await self.execute(job)
         finally:
             self._inflight.discard(job.job_id)
-        await self._ack(incoming)
 
     async def execute(self, job: messages.Job) -> messages.JobResult:
         """Run an accepted job and store its signed result in the outbox."""
@@ -273,6 +289,12 @@ class Agent:
         existing = self.state.get_sandbox(body.sandbox_id)
         if existing is not None:
             return _report(existing)
+        if body.isolation == "microvm" and self.runtime.name not in MICROVM_RUNTIMES:
+            raise InvalidArgumentError(
+                f"this agent runs {self.runtime.name} sandboxes only; microvm isolation needs "
+                "an agent with a microVM runtime",
+                job_id=job_id,
+            )
         free_cpu, free_mem, _ = self.free_capacity()
         if body.cpu > free_cpu or body.memory_mb > free_mem:
             raise CapacityError(
@@ -358,10 +380,30 @@ class Agent:
 
     # ------------------------------------------------------------ background loops
     async def _reaper_loop(self) -> None:
+        last_check = time.monotonic()
         while True:
             _raise_if_cancelling()
             await asyncio.sleep(self.config.reaper_interval_s)
             await self.reap_expired()
+            if time.monotonic() - last_check >= LIVENESS_CHECK_EVERY_S:
+                last_check = time.monotonic()
+                await self.reap_dead()
+
+    async def reap_dead(self) -> None:
+        """Record sandboxes whose init died on their own (e.g. killed for memory)."""
+        for rec in self.state.sandboxes(SandboxState.RUNNING):
+            async with self._locks[rec.sandbox_id]:
+                current = self.state.get_sandbox(rec.sandbox_id)
+                if current is None or current.state is not SandboxState.RUNNING:
+                    continue
+                try:
+                    alive = await self.runtime.inspect(current.handle)
+                except CorralError as e:
+                    self.log.warning("inspect_failed", sandbox_id=rec.sandbox_id, error=str(e))
+                    continue
+                if alive is not Liveness.RUNNING:
+                    ended = await self._end(current, SandboxState.FAILED, EndReason.EXITED)
+                    await self.publish_event(ended)
 
     async def reap_expired(self) -> None:
         now = time.time()
@@ -380,18 +422,18 @@ class Agent:
     async def _outbox_loop(self) -> None:
         while True:
             _raise_if_cancelling()
+            self._outbox_wakeup.clear()  # before flushing, so no wake-up is lost
             sent_all = await self.flush_outbox()
-            self._outbox_wakeup.clear()
             if not sent_all:
                 await asyncio.sleep(0.5)
                 continue
-            # Poll the wake-up flag rather than wrapping Event.wait() in a timeout: on
-            # Python 3.11 a cancellation racing asyncio.timeout can be swallowed.
-            for _ in range(20):
-                if self._outbox_wakeup.is_set():
-                    break
-                await asyncio.sleep(0.1)
-                _raise_if_cancelling()
+            # asyncio.wait never cancels the waiter on timeout, so an outer cancellation
+            # cannot be mistaken for the timeout (as it can with asyncio.timeout on 3.11).
+            waiter = asyncio.ensure_future(self._outbox_wakeup.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=2.0)
+            finally:
+                waiter.cancel()
 
     async def flush_outbox(self) -> bool:
         for msg_id, subject, data in self.state.pending_outbox():

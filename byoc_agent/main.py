@@ -79,6 +79,7 @@ async def run_agent(settings: AgentSettings) -> None:
             cpu_total=settings.cpu_total,
             memory_mb_total=settings.memory_mb_total,
             heartbeat_interval_s=settings.heartbeat_interval_s,
+            reaper_interval_s=settings.reaper_interval_s,
         ),
         templates=lambda: _templates(settings),
     )

@@ -54,7 +54,7 @@ class AgentSettings:
         templates = e.get(p + "TEMPLATES_DIR")
         return cls(
             home=home,
-            control_plane_url=e.get(p + "CONTROL_PLANE_URL", "http://127.0.0.1:8787"),
+            control_plane_url=e.get(p + "CONTROL_PLANE_URL", "http://127.0.0.1:8080"),
             nats_url=e.get(p + "NATS_URL") or None,
             enrollment_token=e.get(p + "ENROLLMENT_TOKEN") or None,
             name=e.get(p + "NAME", "agent"),
@@ -67,4 +67,5 @@ class AgentSettings:
             memory_mb_total=int(e.get(p + "MEMORY_MB_TOTAL", "4096")),
             heartbeat_interval_s=float(e.get(p + "HEARTBEAT_INTERVAL_S", "5")),
             key_refresh_interval_s=float(e.get(p + "KEY_REFRESH_INTERVAL_S", "30")),
+            reaper_interval_s=float(e.get(p + "REAPER_INTERVAL_S", "0.5")),
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from corral.errors import AuthenticationError, InvalidArgumentError
 
-DEFAULT_API_URL = "http://127.0.0.1:8000"
+DEFAULT_API_URL = "http://127.0.0.1:8080"
 DEFAULT_REQUEST_TIMEOUT = 30.0
 
 API_URL_ENV = "CORRAL_API_URL"

@@ -40,9 +40,13 @@ def b64url_decode(text: str) -> bytes:
     if not text or any(c not in _B64URL for c in text) or len(text) % 4 == 1:
         raise ValueError("not base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as e:
         raise ValueError("not base64url") from e
+    if b64url_encode(raw) != text:
+        # Unused low bits in the last character: two spellings of the same bytes.
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -104,6 +108,24 @@ class SigningKey:
         return public_key_to_text(self.public_key)
 
 
+def strict_json_loads(data: bytes) -> object:
+    """Parse JSON bytes, refusing duplicate keys and nesting too deep for the parser.
+
+    Raises ValueError (or UnicodeDecodeError) for anything it refuses, never RecursionError.
+    """
+    try:
+        return json.loads(data, object_pairs_hook=_no_duplicate_keys)
+    except RecursionError as e:
+        raise ValueError("JSON nested too deeply") from e
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key in JSON object")
+    return obj
+
+
 def canonical_json(obj: object) -> bytes:
     """The JSON bytes a signer emits: sorted keys, no spaces. Verifiers never rebuild it."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
@@ -155,7 +177,7 @@ def parse(message: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> SignedMessag
         header_raw = b64url_decode(parts[0])
         payload = b64url_decode(parts[1])
         signature = b64url_decode(parts[2])
-        header = json.loads(header_raw)
+        header = strict_json_loads(header_raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise EnvelopeRejectedError(RejectReason.MALFORMED, "undecodable message part") from e
     if (

@@ -8,7 +8,6 @@ replay (job id) → order (seq). The first failure raises
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from byoc_agent.protocol import messages
 from byoc_agent.protocol.errors import EnvelopeRejectedError, RejectReason
-from byoc_agent.protocol.signing import MAX_MESSAGE_BYTES, parse
+from byoc_agent.protocol.signing import MAX_MESSAGE_BYTES, parse, strict_json_loads
 
 CLOCK_SKEW_S = 30
 
@@ -60,7 +59,7 @@ def verify_model(
         )
     payload = signed.verify_with(keyring.get(signed.kid))
     try:
-        raw = json.loads(payload)
+        raw = strict_json_loads(payload)
     except (ValueError, UnicodeDecodeError) as e:
         raise EnvelopeRejectedError(RejectReason.MALFORMED, "payload is not JSON") from e
     if not isinstance(raw, dict):

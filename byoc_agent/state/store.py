@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS control_plane_keys (
     kid TEXT PRIMARY KEY, public_key TEXT NOT NULL, status TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS applied_jobs (
-    job_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, status TEXT NOT NULL, result BLOB
+    job_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, status TEXT NOT NULL, result BLOB,
+    job BLOB
 );
 CREATE TABLE IF NOT EXISTS sandboxes (
     sandbox_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, runtime TEXT NOT NULL,
@@ -128,10 +129,13 @@ class AgentStateStore:
             ).fetchone()
         return AppliedJob(row[0], row[1], row[2], row[3]) if row else None
 
-    def accept_job(self, job_id: str, seq: int) -> None:
+    def accept_job(self, job_id: str, seq: int, job: bytes) -> None:
+        """Arm the replay guard for this job and keep its signed bytes, so a job cut off
+        by a crash can be finished after the restart without a redelivery."""
         with self._lock:
             self._db.execute(
-                "INSERT INTO applied_jobs VALUES (?, ?, 'accepted', NULL)", (job_id, seq)
+                "INSERT INTO applied_jobs VALUES (?, ?, 'accepted', NULL, ?)",
+                (job_id, seq, job),
             )
 
     def finish_job(self, job_id: str, result: bytes) -> None:
@@ -141,12 +145,13 @@ class AgentStateStore:
                 (result, job_id),
             )
 
-    def unfinished_jobs(self) -> list[str]:
+    def unfinished_jobs(self) -> list[bytes]:
+        """Signed bytes of jobs accepted but not finished (the agent stopped mid-way)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT job_id FROM applied_jobs WHERE status = 'accepted' ORDER BY seq"
+                "SELECT job FROM applied_jobs WHERE status = 'accepted' ORDER BY seq"
             ).fetchall()
-        return [r[0] for r in rows]
+        return [bytes(r[0]) for r in rows if r[0] is not None]
 
     # outbox: signed messages kept until the stream acked them -------------
     def enqueue(self, msg_id: str, subject: str, data: bytes) -> None:

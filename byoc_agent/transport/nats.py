@@ -110,7 +110,7 @@ class NatsAgentTransport:
                         max_deliver=MAX_DELIVER,
                         backoff=ACK_BACKOFF_S,
                         filter_subject=subject,
-                        max_ack_pending=256,
+                        max_ack_pending=1,  # strict seq order, even across crashes
                     ),
                 )
             except (nats.errors.Error, nats.js.errors.Error, TransportUnavailable, OSError) as e:

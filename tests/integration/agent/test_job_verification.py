@@ -114,6 +114,16 @@ class Harness:
         await self.agent.transport.close()
         self.agent.state.close()
 
+    async def drained(self, stream_seq: int) -> None:
+        """Wait until the agent's consumer has taken and acked every job up to stream_seq."""
+        js = self.nc.jetstream()
+        async with asyncio.timeout(10):
+            while True:
+                info = await js.consumer_info(subjects.JOBS_STREAM, f"agent-{AGENT}")
+                if info.delivered.stream_seq >= stream_seq and info.num_ack_pending == 0:
+                    return
+                await asyncio.sleep(0.05)
+
     async def result_for(self, job_id: str, wait_s: float = 10) -> messages.JobResult:
         async with asyncio.timeout(wait_s):
             while True:
@@ -228,6 +238,7 @@ async def test_a_replayed_job_id_is_not_executed_twice(harness: Harness) -> None
     first = await harness.result_for(job_id)
     with structlog.testing.capture_logs() as logs:
         await harness.publish(data, msg_id="second")  # a different msg id defeats dedupe
+        await harness.drained(stream_seq=2)
         again = await harness.result_for(job_id)
     assert again == first
     assert len(harness.runtime.created) == 1
@@ -295,13 +306,7 @@ async def test_a_redelivered_create_makes_one_sandbox(harness: Harness) -> None:
     await harness.publish(data, msg_id="b")
     first = await harness.result_for(job_id)
     assert first.status == "succeeded"
-    js = harness.nc.jetstream()
-    async with asyncio.timeout(10):
-        while True:
-            info = await js.consumer_info(subjects.JOBS_STREAM, f"agent-{AGENT}")
-            if info.delivered.stream_seq == 2 and info.num_ack_pending == 0:
-                break
-            await asyncio.sleep(0.05)
+    await harness.drained(stream_seq=2)
     assert len(harness.runtime.created) == 1
 
 
@@ -314,6 +319,57 @@ async def test_a_job_replayed_after_an_agent_restart_is_still_refused(harness: H
     await harness.start_agent()
     with structlog.testing.capture_logs() as logs:
         await harness.publish(data, msg_id="after")
-        await harness.result_for(job_id)
+        await harness.drained(stream_seq=2)
     assert len(harness.runtime.created) == 1
     assert "replayed" in _reasons([e for e in logs if e.get("event") == "job_rejected"])
+
+
+async def test_a_job_cut_off_by_a_crash_is_finished_after_the_restart(harness: Harness) -> None:
+    """A job accepted (and acked) but not executed before a crash runs once on restart."""
+    assert harness.agent is not None
+    await harness.stop_agent()
+    job_id, data = harness.job()
+    # Simulate the crash window: the job was verified and durably accepted, then the
+    # process died before executing it. No stream message exists, so only recovery can run it.
+    agent = await harness.start_agent()
+    await harness.stop_agent()
+    state = AgentStateStore(harness.state_path)
+    state.accept_job(job_id, 1, data)
+    state.close()
+    del agent
+    await harness.start_agent()
+    result = await harness.result_for(job_id)
+    assert result.status == "succeeded"
+    assert len(harness.runtime.created) == 1
+
+
+async def test_microvm_isolation_on_a_gvisor_only_agent_fails_with_a_clear_error(
+    harness: Harness,
+) -> None:
+    """A job asking for a microVM is refused by an agent without a microVM runtime."""
+    job_id, data = harness.job(body={
+        "kind": "create_sandbox", "sandbox_id": "sbx-vm1", "template": "base", "cpu": 1,
+        "memory_mb": 256, "timeout_s": 60, "env": {}, "isolation": "microvm"})
+    await harness.publish(data)
+    result = await harness.result_for(job_id)
+    assert result.status == "failed"
+    assert result.error is not None
+    assert result.error.code == "invalid_argument"
+    assert "microvm" in result.error.message
+    assert harness.runtime.created == []
+
+
+async def test_a_sandbox_that_died_on_its_own_is_recorded_as_failed(harness: Harness) -> None:
+    """The liveness check notices a sandbox whose init is gone and reports it."""
+    assert harness.agent is not None
+    job_id, data = harness.job()
+    await harness.publish(data)
+    result = await harness.result_for(job_id)
+    assert result.sandbox is not None
+    sandbox_id = result.sandbox.sandbox_id
+    harness.runtime.live.pop(sandbox_id)  # the sandbox vanished under the agent
+    await harness.agent.reap_dead()
+    rec = harness.agent.state.get_sandbox(sandbox_id)
+    assert rec is not None
+    assert rec.state == "failed"
+    assert rec.end_reason == "exited"

@@ -1,0 +1,191 @@
+"""Fixed keys and one deterministic example of every signed message, for golden files and fuzzing.
+
+The seeds below are test fixtures, committed on purpose: they sign nothing outside these
+tests. Ed25519 signing is deterministic, so the same seed, model and ``typ`` always give
+the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel
+
+from byoc_agent.protocol import messages, signing, verify
+from byoc_agent.protocol.messages import (
+    Capacity,
+    CreateSandboxBody,
+    Heartbeat,
+    Job,
+    JobResult,
+    KillSandboxBody,
+    SandboxEvent,
+    SandboxReport,
+    SandboxState,
+    SandboxToken,
+    Scope,
+    SetTimeoutBody,
+    WireError,
+)
+
+CONTROL_PLANE_SEED = bytes.fromhex(
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+)
+AGENT_SEED = bytes.fromhex("202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f")
+STRANGER_SEED = bytes.fromhex("404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f")
+
+NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
+TENANT = "ten-golden"
+AGENT = "agt-golden"
+
+
+def key_from_seed(seed: bytes) -> signing.SigningKey:
+    """A signing key derived from a fixed 32-byte seed, under its own key_id."""
+    private = Ed25519PrivateKey.from_private_bytes(seed)
+    return signing.SigningKey(kid=signing.key_id(private.public_key()), private_key=private)
+
+
+CONTROL_PLANE_KEY = key_from_seed(CONTROL_PLANE_SEED)
+AGENT_KEY = key_from_seed(AGENT_SEED)
+STRANGER_KEY = key_from_seed(STRANGER_SEED)
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One message as a model, the ``typ`` it is signed under and the key that signs it."""
+
+    name: str
+    model: BaseModel
+    typ: str
+    key: signing.SigningKey
+
+    def payload(self) -> bytes:
+        return messages.to_json_bytes(self.model)
+
+    def message(self) -> bytes:
+        return signing.sign(self.key, self.typ, self.payload())
+
+
+_SBX = "sbx-0001"
+_STARTED = NOW + 1.0
+
+CREATE_JOB = Job(
+    job_id="job-0001",
+    tenant_id=TENANT,
+    agent_id=AGENT,
+    iat=NOW,
+    exp=NOW + 300,
+    seq=1,
+    body=CreateSandboxBody(
+        sandbox_id=_SBX,
+        template="python-3.11",
+        cpu=2,
+        memory_mb=1024,
+        timeout_s=600,
+        env={"LANG": "C.UTF-8", "GREETING": "h\u00e9llo \u2603 \U0001f40e"},
+        isolation="gvisor",
+    ),
+)
+
+SANDBOX_TOKEN = SandboxToken(
+    tenant_id=TENANT,
+    agent_id=AGENT,
+    sandbox_id=_SBX,
+    scopes=[Scope.EXEC, Scope.FILES],
+    iat=NOW,
+    exp=NOW + 900,
+)
+
+EXAMPLES: tuple[Example, ...] = (
+    Example("job_create_sandbox", CREATE_JOB, messages.JOB_TYP, CONTROL_PLANE_KEY),
+    Example(
+        "job_kill_sandbox",
+        Job(
+            job_id="job-0002", tenant_id=TENANT, agent_id=AGENT, iat=NOW + 700,
+            exp=NOW + 1000, seq=2, body=KillSandboxBody(sandbox_id=_SBX),
+        ),
+        messages.JOB_TYP,
+        CONTROL_PLANE_KEY,
+    ),
+    Example(
+        "job_set_timeout",
+        Job(
+            job_id="job-0003", tenant_id=TENANT, agent_id=AGENT, iat=NOW + 60,
+            exp=NOW + 360, seq=3, body=SetTimeoutBody(sandbox_id=_SBX, timeout_s=1800),
+        ),
+        messages.JOB_TYP,
+        CONTROL_PLANE_KEY,
+    ),
+    Example(
+        "result_succeeded",
+        JobResult(
+            job_id="job-0001", tenant_id=TENANT, agent_id=AGENT, status="succeeded",
+            at=NOW + 1.25,
+            sandbox=SandboxReport(sandbox_id=_SBX, state=SandboxState.RUNNING, started_at=_STARTED),
+        ),
+        messages.RESULT_TYP,
+        AGENT_KEY,
+    ),
+    Example(
+        "result_failed",
+        JobResult(
+            job_id="job-0004", tenant_id=TENANT, agent_id=AGENT, status="failed", at=NOW + 2.5,
+            error=WireError(
+                code="template_not_found", message="template python-3.12 is not on this agent"
+            ),
+        ),
+        messages.RESULT_TYP,
+        AGENT_KEY,
+    ),
+    Example(
+        "event_sandbox_timed_out",
+        SandboxEvent(
+            event_id="evt-0001", tenant_id=TENANT, agent_id=AGENT, at=NOW + 601.5,
+            sandbox=SandboxReport(
+                sandbox_id=_SBX, state=SandboxState.TIMED_OUT, started_at=_STARTED,
+                ended_at=NOW + 601.0, end_reason="timeout",
+            ),
+        ),
+        messages.EVENT_TYP,
+        AGENT_KEY,
+    ),
+    Example(
+        "heartbeat",
+        Heartbeat(
+            agent_id=AGENT, tenant_id=TENANT, at=NOW + 5.0, version="0.1.0",
+            data_plane_url="https://agt-golden.example.internal:8443",
+            runtimes=["gvisor"], templates=["base", "python-3.11"],
+            capacity=Capacity(
+                cpu_total=16, cpu_free=14, memory_mb_total=65536, memory_mb_free=64512,
+                sandboxes=1,
+            ),
+            running=[_SBX],
+        ),
+        messages.HEARTBEAT_TYP,
+        AGENT_KEY,
+    ),
+    Example("sandbox_token", SANDBOX_TOKEN, messages.SANDBOX_TOKEN_TYP, CONTROL_PLANE_KEY),
+)
+
+
+def keyring_for(key: signing.SigningKey) -> verify.Keyring:
+    """A keyring that trusts only ``key``."""
+    return verify.Keyring({key.kid: key.public_key})
+
+
+AUDIENCE = verify.Audience(agent_id=AGENT, tenant_id=TENANT)
+
+
+@dataclass(slots=True)
+class MemoryReplayGuard:
+    """An in-memory :class:`~byoc_agent.protocol.verify.ReplayGuard` for unit tests."""
+
+    applied: set[str] = field(default_factory=set)
+    last: int = 0
+
+    def seen(self, job_id: str) -> bool:
+        return job_id in self.applied
+
+    def last_seq(self) -> int:
+        return self.last
