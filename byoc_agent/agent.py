@@ -142,7 +142,12 @@ class Agent:
     async def _job_loop(self) -> None:
         async for incoming in self.transport.jobs():
             _raise_if_cancelling()
-            outcome = await self.accept(incoming.data)
+            try:
+                outcome = await self.accept(incoming.data)
+            except Exception:  # transport handler: one bad message must not stop the loop
+                self.log.exception("job_rejected", reason=RejectReason.MALFORMED.value,
+                                   detail="verifier error")
+                outcome = None
             if outcome is None:
                 await self._ack(incoming)
                 continue
