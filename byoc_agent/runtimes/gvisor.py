@@ -23,7 +23,9 @@ quota of ``cpu * 100000`` µs per 100000 µs and a memory limit of ``memory_mb``
 creates the cgroups under every v1 controller. No ``pids.limit``: it crashes runsc at
 start. Over the memory limit the host OOM killer ends the whole sandbox.
 
-Commands run as ``timeout -s KILL <t> /bin/sh -c <cmd>`` through ``runsc exec``; the host
+Commands run as ``timeout -s KILL <t> /bin/sh -c <cmd>`` through ``runsc exec`` (a command
+that is only plain words, with no shell syntax and no builtin, skips the shell: one process
+less inside gVisor, ~6 ms per exec; see ``command_argv``); the host
 adds a safety deadline a few seconds later in case the sandbox itself is stuck.
 File operations are small shell commands run the same way (no host-side access to the
 rootfs: a symlink planted in the sandbox must not reach the host, and gVisor caches the
@@ -153,6 +155,33 @@ class _Completed:
     exit_code: int
     stdout: bytes
     stderr: bytes
+
+
+
+# Words made only of these characters mean the same to /bin/sh as to execve: no quoting,
+# expansion, redirection, globbing, assignment (no "=") or operators.
+_PLAIN_WORD = re.compile(r"^[A-Za-z0-9_./:,+@%-]+$")
+# Builtins, keywords and words that need a shell even when written plainly.
+_NEEDS_SHELL = frozenset(
+    {"cd", "exit", "export", "set", "unset", "source", ".", "alias", "ulimit", "umask",
+     "wait", "read", "eval", "exec", "trap", "shift", "return", "type", "command", "times",
+     "getopts", "hash", "local", "if", "then", "else", "elif", "fi", "for", "while", "until",
+     "do", "done", "case", "esac", "function", "readonly", "break", "continue", "jobs", "fg",
+     "bg", "kill", "printf", "echo", "test", "[", "pwd"}
+)
+
+
+def command_argv(cmd: str) -> list[str]:
+    """The argv that runs ``cmd`` as ``/bin/sh -c`` would: plain words run directly."""
+    words = cmd.split()
+    if (
+        words
+        and cmd == " ".join(words)
+        and words[0] not in _NEEDS_SHELL
+        and all(_PLAIN_WORD.match(w) for w in words)
+    ):
+        return words
+    return ["/bin/sh", "-c", cmd]
 
 
 class GVisorRuntime:
@@ -511,7 +540,7 @@ class GVisorRuntime:
         sid = handle.sandbox_id
         cwd = request.cwd or _HOME
         pid_file = paths.exec_dir / f"{uuid.uuid4().hex}.pid"
-        argv = ["timeout", "-s", "KILL", f"{request.timeout_s:.3f}", "/bin/sh", "-c", request.cmd]
+        argv = ["timeout", "-s", "KILL", f"{request.timeout_s:.3f}", *command_argv(request.cmd)]
         started = time.monotonic()
         try:
             proc = await self._spawn(
