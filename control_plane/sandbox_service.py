@@ -92,13 +92,16 @@ class SandboxService:
         for agent in agents.tenant_agents(s, tenant_id):
             if not agent.is_online(now, self._settings.heartbeat_offline_s):
                 continue
-            cpu, mem = sandboxes.reserved_since(s, agent.id, agent.last_heartbeat_at)
+            # The control plane's own records are the authority on what is placed where:
+            # a heartbeat can be seconds old, both before a sandbox started and after one
+            # ended. Free = the agent's total minus every live sandbox recorded on it.
+            cpu, mem = sandboxes.reserved_since(s, agent.id, None)
             out.append(
                 Candidate(
                     agent_id=agent.id,
                     templates=frozenset(agent.templates),
-                    cpu_free=agent.capacity.cpu_free - cpu,
-                    memory_mb_free=agent.capacity.memory_mb_free - mem,
+                    cpu_free=agent.capacity.cpu_total - cpu,
+                    memory_mb_free=agent.capacity.memory_mb_total - mem,
                 )
             )
         return out

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(runsc debootstrap iproute2)
+APT_PACKAGES=(runsc debootstrap iproute2 python3-venv)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,4 +27,29 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e ".[dev]"
   touch "$stamp"
+fi
+
+# The FinOps focus-validator (used by the billing tests) needs Python >= 3.12 and pins
+# numpy < 2, so it lives in its own virtualenv. Skipped, with a note, when no such
+# interpreter exists (Debian 12 ships 3.11).
+if [ ! -x .venv/focus/bin/focus-validator ]; then
+  py312=""
+  candidates=(python3.13 python3.12)
+  if command -v pyenv >/dev/null 2>&1; then
+    for d in "$(pyenv root)"/versions/3.1[2-9]*; do
+      [ -x "$d/bin/python3" ] && candidates+=("$d/bin/python3")
+    done
+  fi
+  for c in "${candidates[@]}"; do
+    if "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then
+      py312="$c"; break
+    fi
+  done
+  if [ -n "$py312" ]; then
+    echo "• focus-validator: installing into .venv/focus"
+    "$py312" -m venv .venv/focus
+    .venv/focus/bin/pip install -q "focus-validator==2.2.1" "pyarrow<23"
+  else
+    echo "• focus-validator: no Python >= 3.12 found; the FOCUS validation tests will skip"
+  fi
 fi

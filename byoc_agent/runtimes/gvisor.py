@@ -23,10 +23,11 @@ quota of ``cpu * 100000`` µs per 100000 µs and a memory limit of ``memory_mb``
 creates the cgroups under every v1 controller. No ``pids.limit``: it crashes runsc at
 start. Over the memory limit the host OOM killer ends the whole sandbox.
 
-Commands run as ``timeout -s KILL <t> /bin/sh -c <cmd>`` through ``runsc exec`` (a command
-that is only plain words, with no shell syntax and no builtin, skips the shell: one process
-less inside gVisor, ~6 ms per exec; see ``command_argv``); the host
-adds a safety deadline a few seconds later in case the sandbox itself is stuck.
+Commands run as ``/bin/sh -c <cmd>`` through ``runsc exec`` (a command that is only plain
+words, with no shell syntax and no builtin, skips the shell: one process less inside gVisor;
+see ``command_argv``). The timeout is a host-side deadline: when it passes, the command's
+process group is killed from a second ``runsc exec`` (or ``runsc kill --pid`` if the
+sandbox is wedged), so no in-sandbox ``timeout`` process costs every exec.
 File operations are small shell commands run the same way (no host-side access to the
 rootfs: a symlink planted in the sandbox must not reach the host, and gVisor caches the
 root filesystem, so host-side writes could go unseen). Relative paths are relative to
@@ -540,7 +541,10 @@ class GVisorRuntime:
         sid = handle.sandbox_id
         cwd = request.cwd or _HOME
         pid_file = paths.exec_dir / f"{uuid.uuid4().hex}.pid"
-        argv = ["timeout", "-s", "KILL", f"{request.timeout_s:.3f}", *command_argv(request.cmd)]
+        # runsc exec starts the command as a session and process-group leader, so the
+        # host-side deadline below can end it and everything it started with one
+        # ``kill -9 -<pid>``; no in-sandbox ``timeout`` process is needed.
+        argv = command_argv(request.cmd)
         started = time.monotonic()
         try:
             proc = await self._spawn(
@@ -567,7 +571,7 @@ class GVisorRuntime:
         # error text ("no such working directory") is never passed off as command output.
         held: list[bytes] = []
         command_started = False
-        deadline = started + request.timeout_s + self._exec_grace_s
+        deadline = started + request.timeout_s
         open_streams = 2
         finished = False
         try:
@@ -626,8 +630,8 @@ class GVisorRuntime:
     ) -> None:
         """Host-side kill: the command's process group inside the sandbox, then ``runsc exec``.
 
-        The recorded pid is ``timeout``'s, which leads its own process group, so killing
-        the group also ends the shell and everything it started.
+        The recorded pid is the command's; ``runsc exec`` makes it a process-group leader,
+        so killing the group also ends everything it started.
         """
         try:
             pid = int((await asyncio.to_thread(pid_file.read_text)).strip())

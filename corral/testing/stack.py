@@ -220,6 +220,9 @@ class LocalStack:
                 "CORRAL_AGENT_RUNTIME": self.runtime,
                 "CORRAL_AGENT_TEMPLATES_DIR": str(self.templates_dir),
                 "CORRAL_AGENT_HEARTBEAT_INTERVAL_S": "2",
+                # A dev machine overcommits CPU (each sandbox still gets its cgroup quota).
+                "CORRAL_AGENT_CPU_TOTAL": str(4 * (os.cpu_count() or 2)),
+                "CORRAL_AGENT_MEMORY_MB_TOTAL": "8192",
             }
             if not (self.home / "agent" / "agent-state.db").exists():
                 with AdminClient(admin, api_url=self.api_url) as client:
