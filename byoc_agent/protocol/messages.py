@@ -18,12 +18,14 @@ JOB_TYP = "corral-job+json"
 RESULT_TYP = "corral-result+json"
 EVENT_TYP = "corral-event+json"
 HEARTBEAT_TYP = "corral-heartbeat+json"
+USAGE_TYP = "corral-usage+json"
 SANDBOX_TOKEN_TYP = "corral-sandbox-token+json"  # noqa: S105 (a type name, not a secret)
 
 JOB_SCHEMA = "corral.job/v1"
 RESULT_SCHEMA = "corral.result/v1"
 EVENT_SCHEMA = "corral.event/v1"
 HEARTBEAT_SCHEMA = "corral.heartbeat/v1"
+USAGE_SCHEMA = "corral.usage/v1"
 SANDBOX_TOKEN_SCHEMA = "corral.sandbox-token/v1"  # noqa: S105 (a schema name)
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{2,63}$"
@@ -179,6 +181,34 @@ class Heartbeat(_Wire):
     templates: list[str]
     capacity: Capacity
     running: list[Id] = Field(default_factory=list, max_length=10000)
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+class UsageReport(_Wire):
+    """What one sandbox held over one interval, as the agent's meter observed it.
+
+    Signed by the agent. ``start``/``end`` are whole UTC seconds (Unix time) the agent
+    observed; consecutive records of a sandbox tile its life without gaps or overlap.
+    The dedupe key is (tenant_id, agent_id, record_id). Memory is in MiB (an integer, so
+    no float crosses into billing); GPU fields are zero/None on CPU hosts.
+    """
+
+    schema_: Literal["corral.usage/v1"] = Field("corral.usage/v1", alias="schema")
+    record_id: Id
+    tenant_id: Id
+    agent_id: Id
+    sandbox_id: Id
+    start: Annotated[int, Field(ge=0)]
+    end: Annotated[int, Field(ge=0)]
+    vcpu: Annotated[int, Field(ge=0, le=1024)]
+    memory_mb: Annotated[int, Field(ge=0, le=16_777_216)]
+    gpu_count: Annotated[int, Field(ge=0, le=64)] = 0
+    gpu_model: Annotated[str, Field(max_length=64)] | None = None
+    isolation: Literal["gvisor", "microvm"] = "gvisor"
+    template: Annotated[str, Field(max_length=64)]
+    host: Annotated[str, Field(max_length=255)]
+    final: bool = False
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
 

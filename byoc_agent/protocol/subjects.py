@@ -19,6 +19,10 @@ def events(tenant_id: str, agent_id: str) -> str:
     return f"{PREFIX}.t.{tenant_id}.a.{agent_id}.events"
 
 
+def usage(tenant_id: str, agent_id: str) -> str:
+    return f"{PREFIX}.t.{tenant_id}.a.{agent_id}.usage"
+
+
 def heartbeat(tenant_id: str, agent_id: str) -> str:
     return f"{PREFIX}.t.{tenant_id}.a.{agent_id}.heartbeat"
 
@@ -26,6 +30,7 @@ def heartbeat(tenant_id: str, agent_id: str) -> str:
 ALL_JOBS = f"{PREFIX}.t.*.a.*.jobs"
 ALL_RESULTS = f"{PREFIX}.t.*.a.*.results"
 ALL_EVENTS = f"{PREFIX}.t.*.a.*.events"
+ALL_USAGE = f"{PREFIX}.t.*.a.*.usage"
 ALL_HEARTBEATS = f"{PREFIX}.t.*.a.*.heartbeat"
 
 
