@@ -12,6 +12,7 @@ from byoc_agent.protocol.messages import (
     EVENT_TYP,
     HEARTBEAT_TYP,
     RESULT_TYP,
+    USAGE_TYP,
     Capacity,
     Heartbeat,
     Job,
@@ -19,6 +20,7 @@ from byoc_agent.protocol.messages import (
     SandboxEvent,
     SandboxReport,
     SandboxState,
+    UsageReport,
     WireError,
     to_json_bytes,
 )
@@ -171,3 +173,37 @@ def event_message(
         ),
     )
     return sign(key, EVENT_TYP, to_json_bytes(event))
+
+
+def usage_message(
+    key: SigningKey,
+    *,
+    agent_id: str,
+    tenant_id: str,
+    sandbox_id: str,
+    record_id: str,
+    start: int,
+    end: int,
+    vcpu: int = 1,
+    memory_mb: int = 1024,
+    gpu_count: int = 0,
+    gpu_model: str | None = None,
+    template: str = "base",
+    host: str = "host-1",
+) -> bytes:
+    """A signed usage report for ``[start, end)`` (Unix seconds)."""
+    report = UsageReport(
+        record_id=record_id,
+        tenant_id=tenant_id,
+        agent_id=agent_id,
+        sandbox_id=sandbox_id,
+        start=start,
+        end=end,
+        vcpu=vcpu,
+        memory_mb=memory_mb,
+        gpu_count=gpu_count,
+        gpu_model=gpu_model,
+        template=template,
+        host=host,
+    )
+    return sign(key, USAGE_TYP, to_json_bytes(report))

@@ -1,12 +1,13 @@
-"""``AdminClient``: operator actions (tenants, API keys, agent enrollment) with the admin token."""
+"""``AdminClient``: operator actions (tenants, API keys, agents, billing) with the admin token."""
 
 from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 from urllib.parse import quote
@@ -15,7 +16,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from corral._config import ADMIN_TOKEN_ENV, ConnectionConfig
-from corral._http import About, HttpClient, JsonBody, QueryParams, parse
+from corral._http import About, HttpClient, JsonBody, QueryParams, converted, parse
 from corral._wire import (
     AgentWire,
     ApiKeyWire,
@@ -28,6 +29,9 @@ from corral._wire import (
 from corral.errors import APIError
 
 DEFAULT_ENROLLMENT_TTL_S = 3600
+EXPORT_FORMATS = ("csv", "parquet", "focus")
+EXPORT_WAIT_S = 600.0
+"""How long to wait for the first byte of an export: the server builds it before sending."""
 
 W = TypeVar("W", bound=BaseModel)
 
@@ -252,6 +256,53 @@ class AdminClient:
             )
             for w in self._pages("/v1/agents", _AgentPage, AgentWire)
         ]
+
+    # ---- billing ----
+
+    def download_export(
+        self,
+        period: str,
+        export_format: str,
+        destination: Path,
+        *,
+        on_start: Callable[[int | None], None] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> int:
+        """Stream a period's billing export into ``destination``; return the bytes written.
+
+        The body goes to ``<destination>.part`` first and is renamed when complete, so a
+        failed download never leaves a truncated file under the requested name.
+        ``on_start`` gets the size when the server sends one; ``on_bytes`` each chunk's size.
+        """
+        url = f"{self._config.api_url}/v1/billing/export"
+        timeout = httpx.Timeout(self._config.request_timeout, read=EXPORT_WAIT_S)
+        response = self._http.open(
+            "GET",
+            url,
+            self._about,
+            token=self._config.api_key,
+            params={"period": period, "format": export_format},
+            timeout=timeout,
+        )
+        partial = destination.with_name(destination.name + ".part")
+        written = 0
+        try:
+            length = response.headers.get("content-length")
+            if on_start is not None:
+                on_start(int(length) if length and length.isdigit() else None)
+            with converted(self._about, url), partial.open("wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+                    written += len(chunk)
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+            partial.replace(destination)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        finally:
+            response.close()
+        return written
 
 
 def _seg(value: str) -> str:

@@ -1,8 +1,8 @@
 """The ``corral`` command line: sandboxes for tenants, tenants and agents for operators.
 
-Tenant commands read ``CORRAL_API_KEY``; ``corral admin`` reads ``CORRAL_ADMIN_TOKEN``;
-both read ``CORRAL_API_URL``. Errors print one red line and exit 1; ``sandbox exec``
-exits with the command's own exit code (124 when it timed out).
+Tenant commands read ``CORRAL_API_KEY``; ``corral admin`` and ``corral billing`` read
+``CORRAL_ADMIN_TOKEN``; all read ``CORRAL_API_URL``. Errors print one red line and exit 1;
+``sandbox exec`` exits with the command's own exit code (124 when it timed out).
 """
 
 from __future__ import annotations
@@ -12,13 +12,21 @@ import shlex
 import sys
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
-from corral._admin import AdminClient
+from corral._admin import EXPORT_FORMATS, AdminClient
 from corral.errors import CommandTimeoutError, CorralError
 from corral.sandbox import Sandbox
 
@@ -38,7 +46,11 @@ admin_app = typer.Typer(help="Operator commands (need CORRAL_ADMIN_TOKEN).", no_
 tenant_app = typer.Typer(help="Tenants: the customers of this platform.", no_args_is_help=True)
 apikey_app = typer.Typer(help="A tenant's API keys.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
+billing_app = typer.Typer(
+    help="Billing exports for finance (need CORRAL_ADMIN_TOKEN).", no_args_is_help=True
+)
 app.add_typer(admin_app, name="admin")
+app.add_typer(billing_app, name="billing")
 admin_app.add_typer(tenant_app, name="tenant")
 admin_app.add_typer(apikey_app, name="apikey")
 
@@ -289,6 +301,55 @@ def agents() -> None:
             _when(agent.last_heartbeat_at),
         )
     _out().print(table if found else "No agents.")
+
+
+# ---- billing ----
+
+
+@billing_app.command("export")
+def billing_export(
+    period: str = typer.Option(..., "--period", help="Billing month, YYYY-MM (UTC)."),
+    export_format: str = typer.Option(
+        "focus", "--format", help="focus (FOCUS 1.2 CSV), csv or parquet."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write.", dir_okay=False),
+) -> None:
+    """Download a month's usage, priced and invoiced, as a file for finance."""
+    if export_format not in EXPORT_FORMATS:
+        raise typer.BadParameter(
+            f"expected one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}",
+            param_hint="--format",
+        )
+    if not output.parent.is_dir():
+        raise typer.BadParameter(
+            f"directory {str(output.parent)!r} does not exist", param_hint="--output"
+        )
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=_err(),
+        transient=True,
+    )
+    task = progress.add_task(f"{period} {export_format}", total=None)
+    try:
+        with _friendly(), progress, AdminClient() as admin:
+            written = admin.download_export(
+                period,
+                export_format,
+                output,
+                on_start=lambda total: progress.update(task, total=total),
+                on_bytes=lambda n: progress.advance(task, n),
+            )
+    except OSError as e:
+        reason = escape(e.strerror or type(e).__name__)
+        _err().print(
+            f"[bold red]error:[/bold red] [red]cannot write {escape(str(output))}: {reason}[/red]",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1) from None
+    _err().print(f"wrote {written} bytes to {escape(str(output))}")
 
 
 def main() -> None:

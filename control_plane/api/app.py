@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimit
-from control_plane.api.routes import agents, jobs, sandboxes, tenants
+from control_plane.api.routes import agents, billing, jobs, sandboxes, tenants
 from control_plane.api.schemas import Health
 from control_plane.api.services import Services
 from control_plane.jobs.inbox import AgentInbox
@@ -96,6 +96,6 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
     async def healthz() -> Health:
         return Health()
 
-    for module in (tenants, agents, sandboxes, jobs):
+    for module in (tenants, agents, sandboxes, jobs, billing):
         app.include_router(module.router)
     return app

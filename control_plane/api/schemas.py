@@ -244,3 +244,27 @@ class JobOut(_Out):
 
 class Health(_Out):
     status: Literal["ok"] = "ok"
+
+
+class UsageRecordOut(_Out):
+    """A usage record as its agent reported it (whole-second UTC times, MiB)."""
+
+    tenant_id: str
+    agent_id: str
+    record_id: str
+    sandbox_id: str
+    start: datetime
+    end: datetime
+    vcpu: int
+    memory_mb: int
+    gpu_count: int
+    gpu_model: str | None
+    isolation: str
+    template: str
+    host: str
+    received_at: datetime
+
+
+class UsagePage(_Out):
+    items: list[UsageRecordOut]
+    next_cursor: str | None

@@ -1,9 +1,12 @@
-"""Results, events and heartbeats from agents: verified first, then applied idempotently.
+"""Results, events, usage and heartbeats from agents: verified first, then applied idempotently.
 
 Every message is checked against the *sending* agent's enrolled public key, and the
 subject's tenant/agent must match both the payload and the agent's database record,
 before any state changes. Anything that fails is logged (reason only, never the
-payload) and dropped; a redelivered message changes nothing twice.
+payload) and dropped; a redelivered message changes nothing twice. Usage records are
+stored once per (tenant, agent, record_id): a redelivery is acknowledged and ignored, the
+same id with different content is logged as a conflict and ignored (the first one stands),
+and late or out-of-order records are accepted as they come.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from byoc_agent.protocol.messages import (
     EVENT_TYP,
     HEARTBEAT_TYP,
     RESULT_TYP,
+    USAGE_TYP,
     Heartbeat,
     JobKind,
     JobResult,
@@ -28,13 +32,15 @@ from byoc_agent.protocol.messages import (
     SandboxEvent,
     SandboxReport,
     SandboxState,
+    UsageReport,
 )
 from byoc_agent.protocol.signing import key_id, public_key_from_text
 from byoc_agent.protocol.verify import CLOCK_SKEW_S, Keyring, verify_model
 from byoc_agent.runtimes.base import EndReason
 from control_plane.jobs.waiters import JobOutcome, JobWaiters
-from control_plane.store import Database, agents, jobs, sandboxes
+from control_plane.store import Database, agents, jobs, sandboxes, usage, utcnow
 from control_plane.store.agents import AgentRecord, AgentReport, Capacity
+from control_plane.store.usage import Ingested, Usage
 from control_plane.transport.base import Disposition
 
 log = structlog.get_logger("control_plane.inbox")
@@ -62,6 +68,32 @@ def _when(ts: float | None) -> datetime | None:
         return datetime.fromtimestamp(ts, UTC)
     except (OverflowError, OSError, ValueError):
         return None
+
+
+def _usage_of(report: UsageReport) -> Usage:
+    """The record to store, or :class:`ForeignMessageError` when it cannot be billed."""
+    start, end = _when(report.start), _when(report.end)
+    if start is None or end is None or end <= start:
+        raise ForeignMessageError("usage interval is empty or out of range")
+    if bool(report.gpu_count) != bool(report.gpu_model):
+        raise ForeignMessageError("usage names GPUs without a model, or a model without GPUs")
+    if not report.template or not report.host:
+        raise ForeignMessageError("usage without a template or host")
+    return Usage(
+        tenant_id=report.tenant_id,
+        agent_id=report.agent_id,
+        record_id=report.record_id,
+        sandbox_id=report.sandbox_id,
+        start=start,
+        end=end,
+        vcpu=report.vcpu,
+        memory_mb=report.memory_mb,
+        gpu_count=report.gpu_count,
+        gpu_model=report.gpu_model,
+        isolation=report.isolation,
+        template=report.template,
+        host=report.host,
+    )
 
 
 def _end_reason(report: SandboxReport | None, default: str) -> str:
@@ -93,6 +125,8 @@ class AgentInbox:
                 await self._result(agent, keyring, data)
             elif kind == "events":
                 await self._event(agent, keyring, data)
+            elif kind == "usage":
+                await self._usage(agent, keyring, data)
             elif kind == "heartbeat":
                 await self._heartbeat(agent, keyring, data)
             else:
@@ -173,6 +207,30 @@ class AgentInbox:
             state=report.state.value,
             changed=changed,
         )
+
+    async def _usage(self, agent: AgentRecord, keyring: Keyring, data: bytes) -> None:
+        _, report = verify_model(data, typ=USAGE_TYP, model=UsageReport, keyring=keyring)
+        self._check_ids(agent, report.tenant_id, report.agent_id)
+        record = _usage_of(report)
+
+        def apply(s: Session) -> Ingested:
+            sandbox = sandboxes.get_sandbox(s, record.sandbox_id, tenant_id=agent.tenant_id)
+            if sandbox.agent_id != agent.id:
+                raise ForeignMessageError("usage for another agent's sandbox")
+            return usage.record_usage(s, record, received_at=utcnow())
+
+        outcome = await self._db.run(apply)
+        fields = {
+            "tenant_id": agent.tenant_id,
+            "agent_id": agent.id,
+            "sandbox_id": record.sandbox_id,
+            "record_id": record.record_id,
+            "outcome": outcome.value,
+        }
+        if outcome is Ingested.CONFLICT:
+            log.warning("usage_conflict", **fields)
+        else:
+            log.info("usage_recorded", **fields)
 
     async def _heartbeat(self, agent: AgentRecord, keyring: Keyring, data: bytes) -> None:
         _, hb = verify_model(data, typ=HEARTBEAT_TYP, model=Heartbeat, keyring=keyring)

@@ -3,7 +3,7 @@
 The only control-plane module that imports ``nats``. Streams::
 
     CORRAL_JOBS       corral.v1.t.*.a.*.jobs                 control plane → agents
-    CORRAL_AGENT_OUT  corral.v1.t.*.a.*.{results,events}     agents → control plane
+    CORRAL_AGENT_OUT  corral.v1.t.*.a.*.{results,events,usage}  agents → control plane
 
 Both are file-backed with a ``Nats-Msg-Id`` dedupe window. The control plane reads
 CORRAL_AGENT_OUT through one durable pull consumer with explicit ack and bounded
@@ -53,7 +53,7 @@ def stream_configs() -> list[StreamConfig]:
         ),
         StreamConfig(
             name=subjects.AGENT_OUT_STREAM,
-            subjects=[subjects.ALL_RESULTS, subjects.ALL_EVENTS],
+            subjects=[subjects.ALL_RESULTS, subjects.ALL_EVENTS, subjects.ALL_USAGE],
             storage=StorageType.FILE,
             duplicate_window=DEDUPE_WINDOW_S,
             max_age=7 * 86400.0,
@@ -126,7 +126,7 @@ class NatsTransport:
             raise NatsPublishError(f"job landed in stream {ack.stream!r}")
 
     async def run(self, inbox: Inbox) -> None:
-        """Feed results, events and heartbeats to ``inbox`` until cancelled."""
+        """Feed results, events, usage and heartbeats to ``inbox`` until cancelled."""
         if self._nc is None:
             raise RuntimeError("not connected to NATS")
 

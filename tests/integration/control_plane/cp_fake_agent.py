@@ -19,7 +19,12 @@ from byoc_agent.protocol import subjects
 from byoc_agent.protocol.messages import Job, SandboxState
 from byoc_agent.protocol.signing import SigningKey, public_key_from_text
 from byoc_agent.protocol.verify import Audience, Keyring, verify_job
-from control_plane.testing import event_message, heartbeat_message, result_message
+from control_plane.testing import (
+    event_message,
+    heartbeat_message,
+    result_message,
+    usage_message,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +190,30 @@ class FakeAgent:
         )
         async with asyncio.timeout(5):
             await self._js.publish(subjects.events(self.tenant_id, self.agent_id), data)
+
+    async def emit_usage(
+        self,
+        sandbox_id: str,
+        record_id: str,
+        start: int,
+        end: int,
+        *,
+        key: SigningKey | None = None,
+        **fields: object,
+    ) -> None:
+        """Publish a signed usage report (with ``key``, another key: a forgery)."""
+        data = usage_message(
+            key or self.key,
+            agent_id=self.agent_id,
+            tenant_id=self.tenant_id,
+            sandbox_id=sandbox_id,
+            record_id=record_id,
+            start=start,
+            end=end,
+            **fields,  # type: ignore[arg-type]
+        )
+        async with asyncio.timeout(5):
+            await self._js.publish(subjects.usage(self.tenant_id, self.agent_id), data)
 
     async def stop(self) -> None:
         for task in self._tasks:

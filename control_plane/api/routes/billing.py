@@ -1,0 +1,103 @@
+"""Billing: stored usage and the period's finance export (operator token for now).
+
+Both endpoints take the operator token until roles arrive with the trust work; a
+``billing`` role will then be enough. The export is built with :mod:`billing` into a
+temporary file (bounded memory, see :mod:`control_plane.usage_export`) and streamed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+
+from byoc_agent.protocol.errors import InvalidArgumentError
+from control_plane.api.auth import Operator, Svc
+from control_plane.api.pagination import decode_cursor, encode_cursor
+from control_plane.api.schemas import UsagePage, UsageRecordOut
+from control_plane.store import MAX_PAGE, usage
+from control_plane.store.usage import StoredUsage
+from control_plane.usage_export import UsageExporter, parse_format, parse_period
+
+router = APIRouter(prefix="/v1/billing", tags=["billing"])
+
+_CURSOR_PREFIX = "seq-"
+
+
+def _usage_out(stored: StoredUsage) -> UsageRecordOut:
+    u = stored.usage
+    return UsageRecordOut(
+        tenant_id=u.tenant_id,
+        agent_id=u.agent_id,
+        record_id=u.record_id,
+        sandbox_id=u.sandbox_id,
+        start=u.start,
+        end=u.end,
+        vcpu=u.vcpu,
+        memory_mb=u.memory_mb,
+        gpu_count=u.gpu_count,
+        gpu_model=u.gpu_model,
+        isolation=u.isolation,
+        template=u.template,
+        host=u.host,
+        received_at=stored.received_at,
+    )
+
+
+def _after_seq(cursor: str | None) -> int | None:
+    position = decode_cursor(cursor)
+    if position is None:
+        return None
+    digits = position.removeprefix(_CURSOR_PREFIX)
+    if not position.startswith(_CURSOR_PREFIX) or not digits.isdigit():
+        raise InvalidArgumentError("cursor is not valid", field="cursor")
+    return int(digits)
+
+
+@router.get("/usage", response_model=UsagePage)
+async def list_usage(
+    _: Operator,
+    svc: Svc,
+    period: Annotated[str, Query(max_length=16)],
+    tenant_id: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=256)] = None,
+) -> UsagePage:
+    """Usage records overlapping the month, in arrival order, optionally for one tenant."""
+    month = parse_period(period)
+    after = _after_seq(cursor)
+    page = await svc.db.run(
+        lambda s: usage.list_usage(
+            s,
+            start=month.start,
+            end=month.end,
+            tenant_id=tenant_id or None,
+            after_seq=after,
+            limit=limit,
+        )
+    )
+    last = None if page.last_id is None else _CURSOR_PREFIX + page.last_id
+    return UsagePage(items=[_usage_out(u) for u in page.items], next_cursor=encode_cursor(last))
+
+
+@router.get("/export", response_class=FileResponse)
+async def export(
+    _: Operator,
+    svc: Svc,
+    period: Annotated[str, Query(max_length=16)],
+    format_name: Annotated[str, Query(alias="format", max_length=16)] = "csv",
+) -> FileResponse:
+    """The period's draft invoices as rows (CSV, Parquet or FOCUS 1.2), streamed."""
+    month = parse_period(period)
+    fmt = parse_format(format_name)
+    path = await asyncio.to_thread(UsageExporter(svc.db).write, month, fmt)
+    return FileResponse(
+        path,
+        media_type=fmt.media_type,
+        filename=f"corral-usage-{month}-{fmt.value}.{fmt.suffix}",
+        background=BackgroundTask(Path(path).unlink, missing_ok=True),
+    )
