@@ -1,0 +1,376 @@
+"""``BareMetalProvider``: hosts the customer already owns, listed in an inventory file.
+
+"Provisioning" claims a free inventory host; "terminating" releases it. Claims are kept
+in a small JSON state file (default: next to the inventory, ``<inventory>.claims.json``)
+so a restarted agent sees the same claims. One agent process owns a state file.
+
+Inventory, JSON (``{"hosts": [...]}``) or TOML (``[[hosts]]``)::
+
+    [[hosts]]
+    id = "rack1-01"            # unique
+    address = "10.0.4.11"
+    port = 22                  # optional: readiness = a TCP connect to address:port
+    cpu = 64
+    memory_mib = 262144
+    gpus = 0
+    gpu_model = "H100"         # optional
+    instance_type = "bm.64c"   # optional, default derived from cpu/memory/gpus
+    kvm = true                 # optional, default true
+    labels = { rack = "1" }    # optional
+
+Readiness: a TCP connect to ``address:port``; with no port, a loopback address is ready
+at once (a local host) and any other address is checked on port 22.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import os
+import tempfile
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from byoc_agent.protocol.errors import InvalidArgumentError
+from byoc_agent.providers.base import Host, HostSpec, HostState, Offering
+from byoc_agent.providers.errors import (
+    CapacityUnavailableError,
+    HostNotFoundError,
+    UnknownInstanceTypeError,
+)
+
+_DEFAULT_READY_PORT = 22
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryHost:
+    """One machine from the inventory file."""
+
+    id: str
+    address: str
+    cpu: int
+    memory_mib: int
+    gpus: int = 0
+    gpu_model: str | None = None
+    port: int | None = None
+    instance_type: str = ""
+    kvm: bool = True
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def offering(self) -> Offering:
+        return Offering(
+            instance_type=self.instance_type,
+            vcpu=self.cpu,
+            memory_mib=self.memory_mib,
+            gpu_count=self.gpus,
+            gpu_model=self.gpu_model,
+            bare_metal=True,
+            kvm=self.kvm,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    host_id: str
+    inventory_id: str
+    instance_type: str
+    client_token: str
+    tags: Mapping[str, str]
+    launched_at: datetime
+    terminated_at: datetime | None = None
+
+
+def derived_instance_type(cpu: int, memory_mib: int, gpus: int) -> str:
+    """``bm.<cpu>c.<GiB>g`` (plus ``.<n>gpu``): the type of an inventory host that names none."""
+    name = f"bm.{cpu}c.{memory_mib // 1024}g"
+    return f"{name}.{gpus}gpu" if gpus else name
+
+
+def load_inventory(path: Path) -> list[InventoryHost]:
+    """Read and check an inventory file (``.toml``, else JSON)."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise InvalidArgumentError(
+            f"inventory {path.name} is not valid {path.suffix.lstrip('.') or 'JSON'}: {e}; "
+            "fix the file and restart the agent",
+        ) from e
+    entries = raw.get("hosts") if isinstance(raw, dict) else None
+    if not isinstance(entries, list):
+        raise InvalidArgumentError(
+            f"inventory {path.name} has no 'hosts' list; add one entry per machine"
+        )
+    hosts = [_parse_host(path.name, i, entry) for i, entry in enumerate(entries)]
+    _check_unique_and_uniform(path.name, hosts)
+    return hosts
+
+
+def _parse_host(file: str, index: int, entry: object) -> InventoryHost:
+    where = f"inventory {file}, host #{index}"
+    if not isinstance(entry, dict):
+        raise InvalidArgumentError(f"{where} is not a table/object")
+
+    def need_str(key: str) -> str:
+        value = entry.get(key)
+        if not isinstance(value, str) or not value:
+            raise InvalidArgumentError(f"{where}: '{key}' must be a non-empty string")
+        return value
+
+    def need_int(key: str, default: int | None = None) -> int:
+        value = entry.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidArgumentError(f"{where}: '{key}' must be a whole number >= 0")
+        return value
+
+    host_id = need_str("id")
+    address = need_str("address")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError as e:
+        raise InvalidArgumentError(f"{where}: address {address!r} is not an IP address") from e
+    port = entry.get("port")
+    if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
+        raise InvalidArgumentError(f"{where}: 'port' must be between 1 and 65535")
+    cpu, memory_mib, gpus = need_int("cpu"), need_int("memory_mib"), need_int("gpus", 0)
+    gpu_model = entry.get("gpu_model")
+    if gpu_model is not None and not isinstance(gpu_model, str):
+        raise InvalidArgumentError(f"{where}: 'gpu_model' must be a string")
+    instance_type = entry.get("instance_type") or derived_instance_type(cpu, memory_mib, gpus)
+    if not isinstance(instance_type, str):
+        raise InvalidArgumentError(f"{where}: 'instance_type' must be a string")
+    kvm = entry.get("kvm", True)
+    labels = entry.get("labels", {})
+    if not isinstance(kvm, bool):
+        raise InvalidArgumentError(f"{where}: 'kvm' must be true or false")
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise InvalidArgumentError(f"{where}: 'labels' must map strings to strings")
+    return InventoryHost(
+        id=host_id,
+        address=address,
+        cpu=cpu,
+        memory_mib=memory_mib,
+        gpus=gpus,
+        gpu_model=gpu_model or None,
+        port=port,
+        instance_type=instance_type,
+        kvm=kvm,
+        labels=dict(labels),
+    )
+
+
+def _check_unique_and_uniform(file: str, hosts: list[InventoryHost]) -> None:
+    seen: set[str] = set()
+    shapes: dict[str, Offering] = {}
+    for h in hosts:
+        if h.id in seen:
+            raise InvalidArgumentError(f"inventory {file}: host id {h.id!r} appears twice")
+        seen.add(h.id)
+        shape = shapes.setdefault(h.instance_type, h.offering())
+        if shape != h.offering():
+            raise InvalidArgumentError(
+                f"inventory {file}: hosts of instance_type {h.instance_type!r} differ in "
+                f"cpu/memory/gpus (see {h.id!r}); give them different instance_type names"
+            )
+
+
+class BareMetalProvider:
+    """Claims and releases machines from an inventory file."""
+
+    name = "baremetal"
+
+    def __init__(
+        self,
+        inventory_path: Path,
+        *,
+        state_path: Path | None = None,
+        connect_timeout_s: float = 2.0,
+    ) -> None:
+        self._inventory = {h.id: h for h in load_inventory(inventory_path)}
+        self._state_path = state_path or inventory_path.with_name(
+            inventory_path.name + ".claims.json"
+        )
+        self._connect_timeout_s = connect_timeout_s
+        self._lock = asyncio.Lock()
+
+    async def list_offerings(self) -> list[Offering]:
+        by_type = {h.instance_type: h.offering() for h in self._inventory.values()}
+        return [by_type[t] for t in sorted(by_type)]
+
+    async def provision(self, spec: HostSpec) -> Host:
+        async with self._lock:
+            claims = await asyncio.to_thread(self._read_claims)
+            for claim in claims.values():
+                if claim.client_token == spec.client_token:
+                    return await self._host(claim)
+            candidates = [
+                h for h in self._inventory.values() if h.instance_type == spec.instance_type
+            ]
+            if not candidates:
+                offered = sorted({h.instance_type for h in self._inventory.values()})
+                raise UnknownInstanceTypeError(
+                    f"no inventory host has instance type {spec.instance_type!r}; "
+                    f"this inventory offers {', '.join(offered) or 'nothing'}",
+                    tenant_id=spec.tenant_id,
+                    instance_type=spec.instance_type,
+                )
+            held = {c.inventory_id for c in claims.values() if c.terminated_at is None}
+            free = [h for h in candidates if h.id not in held]
+            if not free:
+                raise CapacityUnavailableError(
+                    f"all {len(candidates)} inventory hosts of type {spec.instance_type!r} "
+                    "are claimed; terminate an idle host or add machines to the inventory, "
+                    "then retry",
+                    tenant_id=spec.tenant_id,
+                    instance_type=spec.instance_type,
+                )
+            chosen = free[0]
+            token_hash = hashlib.sha256(spec.client_token.encode()).hexdigest()[:12]
+            claim = _Claim(
+                host_id=f"{chosen.id}.{token_hash}",
+                inventory_id=chosen.id,
+                instance_type=chosen.instance_type,
+                client_token=spec.client_token,
+                tags=spec.all_tags(),
+                launched_at=datetime.now(UTC),
+            )
+            claims[claim.host_id] = claim
+            await asyncio.to_thread(self._write_claims, claims)
+        return await self._host(claim)
+
+    async def describe(self, host_id: str) -> Host:
+        claims = await asyncio.to_thread(self._read_claims)
+        claim = claims.get(host_id)
+        if claim is None:
+            raise _not_found(host_id)
+        return await self._host(claim)
+
+    async def list_by_tag(self, key: str, value: str) -> list[Host]:
+        claims = await asyncio.to_thread(self._read_claims)
+        matching = [
+            c for c in claims.values() if c.terminated_at is None and c.tags.get(key) == value
+        ]
+        return list(await asyncio.gather(*(self._host(c) for c in matching)))
+
+    async def terminate(self, host_id: str) -> None:
+        async with self._lock:
+            claims = await asyncio.to_thread(self._read_claims)
+            claim = claims.get(host_id)
+            if claim is None:
+                raise _not_found(host_id)
+            if claim.terminated_at is not None:
+                return
+            claims[host_id] = _Claim(
+                host_id=claim.host_id,
+                inventory_id=claim.inventory_id,
+                instance_type=claim.instance_type,
+                client_token=claim.client_token,
+                tags=claim.tags,
+                launched_at=claim.launched_at,
+                terminated_at=datetime.now(UTC),
+            )
+            await asyncio.to_thread(self._write_claims, claims)
+
+    async def _host(self, claim: _Claim) -> Host:
+        machine = self._inventory.get(claim.inventory_id)
+        if claim.terminated_at is not None:
+            state = HostState.TERMINATED
+        elif machine is None:
+            # Removed from the inventory while claimed: it can never become ready.
+            state = HostState.DRAINING
+        else:
+            state = HostState.READY if await self._ready(machine) else HostState.PROVISIONING
+        return Host(
+            host_id=claim.host_id,
+            instance_type=claim.instance_type,
+            state=state,
+            private_ip=machine.address if machine else None,
+            tags=claim.tags,
+            launched_at=claim.launched_at,
+        )
+
+    async def _ready(self, machine: InventoryHost) -> bool:
+        if machine.port is None and ipaddress.ip_address(machine.address).is_loopback:
+            return True
+        port = machine.port or _DEFAULT_READY_PORT
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                _, writer = await asyncio.open_connection(machine.address, port)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                await writer.wait_closed()
+        except (OSError, TimeoutError):
+            pass
+        return True
+
+    def _read_claims(self) -> dict[str, _Claim]:
+        try:
+            raw = json.loads(self._state_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except json.JSONDecodeError as e:
+            raise InvalidArgumentError(
+                f"claims file {self._state_path.name} is corrupt ({e}); restore it from a "
+                "backup or, if no host is in use, delete it"
+            ) from e
+        claims: dict[str, _Claim] = {}
+        for item in raw.get("claims", []):
+            ended = item.get("terminated_at")
+            claim = _Claim(
+                host_id=item["host_id"],
+                inventory_id=item["inventory_id"],
+                instance_type=item["instance_type"],
+                client_token=item["client_token"],
+                tags=dict(item["tags"]),
+                launched_at=datetime.fromisoformat(item["launched_at"]),
+                terminated_at=datetime.fromisoformat(ended) if ended else None,
+            )
+            claims[claim.host_id] = claim
+        return claims
+
+    def _write_claims(self, claims: Mapping[str, _Claim]) -> None:
+        doc = {
+            "version": _STATE_VERSION,
+            "claims": [
+                {
+                    "host_id": c.host_id,
+                    "inventory_id": c.inventory_id,
+                    "instance_type": c.instance_type,
+                    "client_token": c.client_token,
+                    "tags": dict(c.tags),
+                    "launched_at": c.launched_at.isoformat(),
+                    "terminated_at": c.terminated_at.isoformat() if c.terminated_at else None,
+                }
+                for c in claims.values()
+            ],
+        }
+        directory = self._state_path.parent
+        fd, tmp = tempfile.mkstemp(prefix=".claims-", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._state_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _not_found(host_id: str) -> HostNotFoundError:
+    return HostNotFoundError(
+        f"no bare-metal host {host_id!r} was ever claimed from this inventory; "
+        "check the id (list hosts by tag to see the current ones)",
+        host_id=host_id,
+    )

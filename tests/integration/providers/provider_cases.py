@@ -1,0 +1,103 @@
+"""What the provider suites share: the cases under test and how to set them up."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from byoc_agent.providers.base import HostProvider, HostSpec
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.client import EC2Client
+
+REGION = "us-east-1"
+BM_TYPE = "bm.8c.16g"
+
+
+def aws_unavailable() -> str | None:
+    """Why the AWS suites cannot run here, or None."""
+    missing = [m for m in ("boto3", "moto", "flask") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"AWS provider tests need boto3 and moto[server]; missing: {', '.join(missing)}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class MotoEc2:
+    """A reset moto EC2 endpoint, with boto3 pointed at it through the environment."""
+
+    endpoint: str
+    ec2: EC2Client
+    image_id: str
+    subnet_id: str
+    security_group_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCase:
+    """One provider under the contract suite, and how to ask it for a host."""
+
+    name: str
+    provider: HostProvider
+    instance_type: str
+    subnet_id: str | None = None
+    security_group_ids: tuple[str, ...] = field(default_factory=tuple)
+
+    def spec(self, client_token: str, *, tenant: str = "t-1", agent: str = "a-1") -> HostSpec:
+        return HostSpec(
+            tenant_id=tenant,
+            agent_id=agent,
+            instance_type=self.instance_type,
+            client_token=client_token,
+            subnet_id=self.subnet_id,
+            security_group_ids=self.security_group_ids,
+            tags={"team": "infra"},
+        )
+
+
+def use_fake_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, endpoint: str) -> None:
+    """Point boto3 at moto with fake credentials; no profile, config file or IMDS lookup."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", endpoint)
+
+
+def write_inventory(path: Path, hosts: list[dict[str, object]]) -> Path:
+    """Write ``hosts`` as a JSON or TOML inventory, by ``path``'s suffix."""
+    if path.suffix == ".toml":
+        lines: list[str] = []
+        for h in hosts:
+            lines.append("[[hosts]]")
+            for key, value in h.items():
+                if isinstance(value, dict):
+                    inner = ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items())
+                    lines.append(f"{key} = {{ {inner} }}")
+                else:
+                    lines.append(f"{key} = {json.dumps(value)}")
+            lines.append("")
+        path.write_text("\n".join(lines), encoding="utf-8")
+    else:
+        path.write_text(json.dumps({"hosts": hosts}), encoding="utf-8")
+    return path
+
+
+def loopback_hosts(port: int | None) -> list[dict[str, object]]:
+    """Two identical loopback machines: one checked by TCP connect, one by the local check."""
+    first: dict[str, object] = {"id": "rack1-01", "address": "127.0.0.1", "cpu": 8}
+    if port is not None:
+        first["port"] = port
+    second: dict[str, object] = {"id": "rack1-02", "address": "127.0.0.1", "cpu": 8}
+    for h in (first, second):
+        h.update(memory_mib=16384, gpus=0, labels={"rack": "1"})
+    return [first, second]

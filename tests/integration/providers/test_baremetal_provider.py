@@ -1,0 +1,128 @@
+"""BareMetalProvider on a loopback inventory: claims, capacity, persistence, readiness."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from provider_cases import BM_TYPE, ProviderCase, loopback_hosts, write_inventory
+
+from byoc_agent.protocol.errors import InvalidArgumentError, RetryableError
+from byoc_agent.providers.baremetal import BareMetalProvider
+from byoc_agent.providers.base import TAG_TENANT, HostState
+from byoc_agent.providers.errors import CapacityUnavailableError, UnknownInstanceTypeError
+
+pytestmark = pytest.mark.asyncio
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def case_for(provider: BareMetalProvider) -> ProviderCase:
+    return ProviderCase(name="baremetal", provider=provider, instance_type=BM_TYPE)
+
+
+async def test_a_json_inventory_offers_its_machines_by_shape(tmp_path: Path) -> None:
+    """JSON works like TOML; the type is derived from cpu/memory/gpus when none is given."""
+    hosts = loopback_hosts(None)
+    hosts.append(
+        {
+            "id": "gpu-01",
+            "address": "127.0.0.1",
+            "cpu": 32,
+            "memory_mib": 131072,
+            "gpus": 2,
+            "gpu_model": "L4",
+            "instance_type": "bm.gpu",
+            "kvm": False,
+        }
+    )
+    provider = BareMetalProvider(write_inventory(tmp_path / "inventory.json", hosts))
+    offerings = {o.instance_type: o for o in await provider.list_offerings()}
+    assert set(offerings) == {BM_TYPE, "bm.gpu"}
+    assert offerings[BM_TYPE].vcpu == 8
+    assert offerings[BM_TYPE].kvm
+    gpu = offerings["bm.gpu"]
+    assert (gpu.gpu_count, gpu.gpu_model, gpu.bare_metal, gpu.kvm) == (2, "L4", True, False)
+
+
+async def test_when_every_machine_is_claimed_provision_is_retryable_capacity(
+    baremetal_case: ProviderCase,
+) -> None:
+    """Two machines, three requests: the third waits for a release, then succeeds."""
+    provider = baremetal_case.provider
+    first = await provider.provision(baremetal_case.spec("tok-1"))
+    await provider.provision(baremetal_case.spec("tok-2"))
+    with pytest.raises(CapacityUnavailableError) as caught:
+        await provider.provision(baremetal_case.spec("tok-3"))
+    assert isinstance(caught.value, RetryableError)
+    assert caught.value.retryable
+    assert "terminate" in str(caught.value)
+
+    await provider.terminate(first.host_id)
+    third = await provider.provision(baremetal_case.spec("tok-3"))
+    assert third.host_id not in {first.host_id}
+    assert third.state is HostState.READY
+
+
+async def test_an_instance_type_not_in_the_inventory_is_unknown(
+    baremetal_case: ProviderCase,
+) -> None:
+    """The error names the types the inventory does offer."""
+    spec = dataclasses.replace(baremetal_case.spec("tok-x"), instance_type="bm.huge")
+    with pytest.raises(UnknownInstanceTypeError) as caught:
+        await baremetal_case.provider.provision(spec)
+    assert BM_TYPE in str(caught.value)
+    assert not caught.value.retryable
+
+
+async def test_claims_survive_an_agent_restart(tmp_path: Path, loopback_port: int) -> None:
+    """A new provider on the same files sees the same claims, and honours the same tokens."""
+    inventory = write_inventory(tmp_path / "inv.toml", loopback_hosts(loopback_port))
+    state = tmp_path / "state" / "claims.json"
+    state.parent.mkdir()
+    before = BareMetalProvider(inventory, state_path=state)
+    host = await before.provision(case_for(before).spec("tok-restart", tenant="t-r"))
+
+    after = BareMetalProvider(inventory, state_path=state)
+    assert (await after.describe(host.host_id)).host_id == host.host_id
+    assert [h.host_id for h in await after.list_by_tag(TAG_TENANT, "t-r")] == [host.host_id]
+    again = await after.provision(case_for(after).spec("tok-restart", tenant="t-r"))
+    assert again.host_id == host.host_id
+    assert json.loads(state.read_text())["claims"][0]["client_token"] == "tok-restart"
+    assert not (tmp_path / "inv.toml.claims.json").exists()
+
+
+async def test_a_machine_whose_port_is_closed_is_provisioning_not_ready(tmp_path: Path) -> None:
+    """Readiness is a real TCP connect: refused means the host is still coming up."""
+    hosts = loopback_hosts(closed_port())[:1]
+    provider = BareMetalProvider(write_inventory(tmp_path / "inv.json", hosts))
+    host = await provider.provision(case_for(provider).spec("tok-closed"))
+    assert host.state is HostState.PROVISIONING
+    assert (await provider.describe(host.host_id)).state is HostState.PROVISIONING
+
+
+@pytest.mark.parametrize(
+    ("hosts", "complaint"),
+    [
+        ([{"id": "a", "address": "127.0.0.1", "cpu": 8}], "memory_mib"),
+        ([{"id": "a", "address": "not-an-ip", "cpu": 8, "memory_mib": 1}], "not an IP"),
+        (loopback_hosts(None)[:1] * 2, "appears twice"),
+        ([{"id": "a", "address": "127.0.0.1", "cpu": 8, "memory_mib": 1, "port": 0}], "port"),
+    ],
+    ids=["missing-memory", "bad-address", "duplicate-id", "bad-port"],
+)
+async def test_a_bad_inventory_is_refused_with_a_message_naming_the_problem(
+    tmp_path: Path, hosts: list[dict[str, object]], complaint: str
+) -> None:
+    """Errors point at the file, the host and the field to fix."""
+    with pytest.raises(InvalidArgumentError, match=complaint):
+        BareMetalProvider(write_inventory(tmp_path / "inv.json", hosts))
