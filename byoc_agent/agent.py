@@ -14,6 +14,11 @@ Ordering that keeps the agent honest across crashes:
 If the agent dies between 2 and 5, ``recover()`` finishes the accepted jobs from their
 stored bytes after the restart. A redelivered job that is *done* is answered again from
 its stored result (no second execution). Shutdown never kills sandboxes.
+
+Usage: the meter (:mod:`byoc_agent.meter`) spools a signed record per running sandbox
+every ``usage_interval_s`` and a final one when a sandbox ends; the outbox publisher sends
+them like results. ``recover()`` emits the final record of a sandbox whose end was
+recorded but not yet metered when the agent died.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 import time
 import uuid
 from collections import defaultdict
@@ -30,6 +36,8 @@ from dataclasses import dataclass
 import structlog
 
 from byoc_agent import __version__
+from byoc_agent.meter import UsageMeter
+from byoc_agent.meter.usage_meter import MICROVM_RUNTIMES
 from byoc_agent.protocol import messages, signing, subjects, verify
 from byoc_agent.protocol.errors import (
     CapacityError,
@@ -65,9 +73,8 @@ _ANSWERABLE = frozenset(
     }
 )
 
-
-MICROVM_RUNTIMES = frozenset({"qemu-microvm", "firecracker"})
 LIVENESS_CHECK_EVERY_S = 5.0
+OUTBOX_BATCH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,8 @@ class AgentConfig:
     memory_mb_total: int
     heartbeat_interval_s: float = 5.0
     reaper_interval_s: float = 0.5
+    usage_interval_s: float = 60.0
+    host: str = dataclasses.field(default_factory=socket.gethostname)
 
 
 class Agent:
@@ -104,6 +113,9 @@ class Agent:
         self._outbox_wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: set[str] = set()
+        self.meter = UsageMeter(
+            identity=identity, signing_key=signing_key, state=state, host=config.host
+        )
         self.audience = verify.Audience(agent_id=identity.agent_id, tenant_id=identity.tenant_id)
         self.log = log.bind(agent_id=identity.agent_id, tenant_id=identity.tenant_id)
 
@@ -116,6 +128,7 @@ class Agent:
             tg.create_task(self._outbox_loop())
             tg.create_task(self._heartbeat_loop())
             tg.create_task(self._reaper_loop())
+            tg.create_task(self._meter_loop())
 
     async def recover(self) -> None:
         """Reattach to sandboxes that were running before a restart; finish cut-off jobs."""
@@ -137,6 +150,8 @@ class Agent:
                 self.log.info("sandbox_reattached", sandbox_id=rec.sandbox_id)
             else:
                 await self.publish_event(await self._end(rec, SandboxState.FAILED, EndReason.LOST))
+        if self.meter.settle():
+            self._outbox_wakeup.set()
 
     # ------------------------------------------------------------------ jobs
     async def _job_loop(self) -> None:
@@ -359,6 +374,8 @@ class Agent:
             rec, state=state, ended_at=time.time(), end_reason=reason.value
         )
         self.state.put_sandbox(ended)
+        self.meter.close(ended)  # a crash right before this is settled by recover()
+        self._outbox_wakeup.set()
         try:
             await self.runtime.destroy(rec.handle)
         except CorralError as e:
@@ -424,6 +441,13 @@ class Agent:
                 ended = await self._end(current, SandboxState.TIMED_OUT, EndReason.TIMED_OUT)
                 await self.publish_event(ended)
 
+    async def _meter_loop(self) -> None:
+        while True:
+            _raise_if_cancelling()
+            await asyncio.sleep(self.config.usage_interval_s)
+            if self.meter.tick(time.time()):
+                self._outbox_wakeup.set()
+
     async def _outbox_loop(self) -> None:
         while True:
             _raise_if_cancelling()
@@ -441,14 +465,19 @@ class Agent:
                 waiter.cancel()
 
     async def flush_outbox(self) -> bool:
-        for msg_id, subject, data in self.state.pending_outbox():
-            try:
-                await self.transport.publish_durable(subject, data, msg_id)
-            except TransportUnavailable as e:
-                self.log.warning("outbox_publish_failed", error=str(e))
-                return False
-            self.state.outbox_done(msg_id)
-        return True
+        """Send the outbox in order until it is empty (usage records spooled during a long
+        outage can be many batches); False as soon as a publish fails."""
+        while True:
+            batch = self.state.pending_outbox(limit=OUTBOX_BATCH)
+            for msg_id, subject, data in batch:
+                try:
+                    await self.transport.publish_durable(subject, data, msg_id)
+                except TransportUnavailable as e:
+                    self.log.warning("outbox_publish_failed", error=str(e))
+                    return False
+                self.state.outbox_done(msg_id)
+            if len(batch) < OUTBOX_BATCH:
+                return True
 
     async def _heartbeat_loop(self) -> None:
         while True:

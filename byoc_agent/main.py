@@ -80,6 +80,7 @@ async def run_agent(settings: AgentSettings) -> None:
             memory_mb_total=settings.memory_mb_total,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             reaper_interval_s=settings.reaper_interval_s,
+            usage_interval_s=settings.usage_interval_s,
         ),
         templates=lambda: _templates(settings),
     )

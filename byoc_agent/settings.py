@@ -25,6 +25,7 @@ class AgentSettings:
     heartbeat_interval_s: float = 5.0
     key_refresh_interval_s: float = 30.0
     reaper_interval_s: float = 0.5
+    usage_interval_s: float = 60.0
 
     @property
     def state_db(self) -> Path:
@@ -68,4 +69,5 @@ class AgentSettings:
             heartbeat_interval_s=float(e.get(p + "HEARTBEAT_INTERVAL_S", "5")),
             key_refresh_interval_s=float(e.get(p + "KEY_REFRESH_INTERVAL_S", "30")),
             reaper_interval_s=float(e.get(p + "REAPER_INTERVAL_S", "0.5")),
+            usage_interval_s=float(e.get(p + "USAGE_INTERVAL_S", "60")),
         )

@@ -1,7 +1,9 @@
 """Durable agent state in a local SQLite file (WAL, synchronous=FULL).
 
 The replay guard lives here so that a job applied before a restart is still refused
-(or answered from its stored result) after it.
+(or answered from its stored result) after it. So does the usage meter's cursor (the end
+of the last usage record emitted per sandbox), written in the same transaction as the
+record's outbox row: see :meth:`AgentStateStore.spool_usage`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     msg_id TEXT PRIMARY KEY, subject TEXT NOT NULL, data BLOB NOT NULL,
     created INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS usage_cursors (
+    sandbox_id TEXT PRIMARY KEY, last_end INTEGER NOT NULL, final INTEGER NOT NULL
+);
 """
 
 
@@ -54,6 +59,15 @@ class AppliedJob:
     seq: int
     status: str  # "accepted" (executing) or "done" (result stored)
     result: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCursor:
+    """Where a sandbox's usage records stand: the end (whole UTC second) of the last one
+    emitted, and whether that one was the final record."""
+
+    last_end: int
+    final: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +186,57 @@ class AgentStateStore:
     def outbox_done(self, msg_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM outbox WHERE msg_id = ?", (msg_id,))
+
+    # usage meter: cursor + spooled record, one transaction ----------------
+    def usage_cursor(self, sandbox_id: str) -> UsageCursor | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT last_end, final FROM usage_cursors WHERE sandbox_id = ?", (sandbox_id,)
+            ).fetchone()
+        return UsageCursor(int(row[0]), bool(row[1])) if row else None
+
+    def spool_usage(
+        self,
+        sandbox_id: str,
+        *,
+        start: int,
+        end: int,
+        final: bool,
+        msg_id: str,
+        subject: str,
+        data: bytes,
+    ) -> bool:
+        """Put one signed usage record in the outbox and move the sandbox's cursor to
+        ``end``, atomically (one fsynced transaction).
+
+        Compare-and-set: it applies only if the cursor still ends at ``start`` (or does
+        not exist yet) and is not final, so two emitters racing, or a caller working from
+        a stale read, can never produce overlapping records. Returns whether it applied.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT last_end, final FROM usage_cursors WHERE sandbox_id = ?",
+                    (sandbox_id,),
+                ).fetchone()
+                if row is not None and (bool(row[1]) or int(row[0]) != start):
+                    self._db.execute("ROLLBACK")
+                    return False
+                self._db.execute(
+                    "INSERT OR REPLACE INTO usage_cursors VALUES (?, ?, ?)",
+                    (sandbox_id, end, int(final)),
+                )
+                self._db.execute(
+                    "INSERT OR IGNORE INTO outbox VALUES (?, ?, ?, "
+                    "(SELECT COALESCE(MAX(created), 0) + 1 FROM outbox))",
+                    (msg_id, subject, data),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return True
 
     # sandboxes ------------------------------------------------------------
     def put_sandbox(self, rec: SandboxRecord) -> None:

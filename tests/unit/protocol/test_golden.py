@@ -120,7 +120,7 @@ def test_every_message_type_and_job_kind_has_a_golden_example() -> None:
     models = {type(e.model) for e in EXAMPLES}
     assert models == {
         messages.Job, messages.JobResult, messages.SandboxEvent, messages.Heartbeat,
-        messages.SandboxToken,
+        messages.UsageReport, messages.SandboxToken,
     }
     kinds = {e.model.body.kind for e in EXAMPLES if isinstance(e.model, messages.Job)}
     assert kinds == {k.value for k in JobKind}

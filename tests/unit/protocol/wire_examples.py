@@ -26,6 +26,7 @@ from byoc_agent.protocol.messages import (
     SandboxToken,
     Scope,
     SetTimeoutBody,
+    UsageReport,
     WireError,
 )
 
@@ -163,6 +164,17 @@ EXAMPLES: tuple[Example, ...] = (
             running=[_SBX],
         ),
         messages.HEARTBEAT_TYP,
+        AGENT_KEY,
+    ),
+    Example(
+        "usage_report_final",
+        UsageReport(
+            record_id="usage-15ef8332d275fa420187c4467a811d949fbc13d6", tenant_id=TENANT,
+            agent_id=AGENT, sandbox_id=_SBX, start=NOW + 541, end=NOW + 601, vcpu=2,
+            memory_mb=1024, gpu_count=0, gpu_model=None, isolation="gvisor",
+            template="python-3.11", host="node-7.example.internal", final=True,
+        ),
+        messages.USAGE_TYP,
         AGENT_KEY,
     ),
     Example("sandbox_token", SANDBOX_TOKEN, messages.SANDBOX_TOKEN_TYP, CONTROL_PLANE_KEY),
