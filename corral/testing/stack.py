@@ -273,23 +273,28 @@ class LocalStack:
         """Stop agent, control plane and nats-server (in that order), then the sandboxes
         the agent left running (it never kills them itself)."""
         for name in ("agent", "control-plane", "nats"):
-            pid = self._pid(name)
-            if pid is None:
-                continue
-            self.progress(f"{name}: stopping (pid {pid})")
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and self._pid(name) is not None:
-                time.sleep(0.05)
-                _reap(pid)
-            if self._pid(name) is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                _reap(pid)
-            (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
+            self.stop_service(name)
         if destroy_sandboxes and self.runtime == "gvisor":
             self._destroy_sandboxes()
+
+    def stop_service(self, name: str) -> None:
+        """SIGTERM one process (``nats``, ``control-plane`` or ``agent``) and wait for it to
+        exit (SIGKILL after 20 s); ``start()`` brings it back. For outage tests."""
+        pid = self._pid(name)
+        if pid is None:
+            return
+        self.progress(f"{name}: stopping (pid {pid})")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self._pid(name) is not None:
+            time.sleep(0.05)
+            _reap(pid)
+        if self._pid(name) is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _reap(pid)
+        (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
 
     def kill_agent(self) -> None:
         """SIGKILL the agent (for crash tests); its sandboxes keep running."""
