@@ -1,13 +1,12 @@
 """Billing exports for one period: stored usage → :mod:`billing` invoices → a file, streamed.
 
-For each tenant with usage in the period (one at a time, so memory is bounded by one
-tenant's month, not the whole table), the stored records are loaded in arrival order
-into a :class:`billing.UsageLedger`, rated with the default :class:`billing.PriceBook`,
-billed as a draft invoice, and their export rows written by the chosen ``billing``
-writer into a temporary file. The HTTP layer streams that file and deletes it.
-
-Memory (MiB) becomes GiB as ``memory_mb / 1024`` rounded half-even to the 6 places the
-ledger accepts; any multiple of 16 MiB converts exactly.
+For each tenant with usage in the period or a finalized invoice for it (one at a time,
+so memory is bounded by one tenant's usage, not the whole table), the tenant's records are
+loaded in arrival order into a :class:`billing.UsageLedger` and its invoice for the period
+taken from :class:`control_plane.invoicing.InvoiceService`: the finalized invoice when
+there is one (so the export reconciles with it to the cent), else the live draft, late-usage
+adjustments included. Its export rows are written by the chosen ``billing`` writer into a
+temporary file. The HTTP layer streams that file and deletes it.
 """
 
 from __future__ import annotations
@@ -15,20 +14,24 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
-from functools import partial
 from pathlib import Path
 
-from billing import Invoice, Period, PriceBook, UsageLedger, UsageRecord, build_draft
+from billing import Invoice, Period, PriceBook, UsageLedger
 from billing.exports import ExportRow, iter_export_rows, write_csv, write_focus
-from billing.usage import MAX_MEMORY_DECIMALS
 from byoc_agent.protocol.errors import InvalidArgumentError
-from control_plane.store import Database, usage
-from control_plane.store.usage import StoredUsage
+from control_plane.invoicing import InvoiceService, memory_gib, usage_record
+from control_plane.store import Database
 
-MIB_PER_GIB = Decimal(1024)
-_GIB_QUANTUM = Decimal(1).scaleb(-MAX_MEMORY_DECIMALS)
+__all__ = [
+    "ExportFormat",
+    "TenantBill",
+    "UsageExporter",
+    "memory_gib",
+    "parse_format",
+    "parse_period",
+    "usage_record",
+]
 
 
 class ExportFormat(StrEnum):
@@ -67,33 +70,9 @@ def parse_format(text: str) -> ExportFormat:
         ) from None
 
 
-def memory_gib(memory_mb: int) -> Decimal:
-    return (Decimal(memory_mb) / MIB_PER_GIB).quantize(_GIB_QUANTUM, rounding=ROUND_HALF_EVEN)
-
-
-def usage_record(stored: StoredUsage) -> UsageRecord:
-    """The billing library's record for a stored one."""
-    u = stored.usage
-    return UsageRecord(
-        tenant_id=u.tenant_id,
-        agent_id=u.agent_id,
-        record_id=u.record_id,
-        sandbox_id=u.sandbox_id,
-        start=u.start,
-        end=u.end,
-        vcpu=u.vcpu,
-        memory_gib=memory_gib(u.memory_mb),
-        gpu_count=u.gpu_count,
-        gpu_model=u.gpu_model,
-        isolation=u.isolation,
-        template=u.template,
-        host=u.host,
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class TenantBill:
-    """One tenant's draft invoice for the period and the ledger it was built from."""
+    """One tenant's invoice for the period and the ledger it was built from."""
 
     invoice: Invoice
     ledger: UsageLedger
@@ -103,33 +82,18 @@ class UsageExporter:
     """Builds draft invoices and exports for a period from the stored usage."""
 
     def __init__(self, db: Database, pricebook: PriceBook | None = None) -> None:
-        self._db = db
-        self._pricebook = pricebook or PriceBook()
+        self._invoices = InvoiceService(db, pricebook)
+        self._pricebook = self._invoices.pricebook
 
     def tenants(self, period: Period) -> list[str]:
-        return self._db.run_sync(
-            lambda s: usage.tenants_with_usage(s, start=period.start, end=period.end)
-        )
+        return self._invoices.tenants(period)
 
     def bill(self, tenant_id: str, period: Period) -> TenantBill:
-        """Load one tenant's usage of the period into a ledger and draft its invoice."""
-        ledger = UsageLedger()
-        after = 0
-        while True:
-            read = partial(
-                usage.usage_batch,
-                tenant_id=tenant_id,
-                start=period.start,
-                end=period.end,
-                after_seq=after,
-            )
-            batch = self._db.run_sync(read)
-            if not batch:
-                break
-            for stored in batch:
-                ledger.ingest(usage_record(stored))
-            after = batch[-1].seq
-        invoice = build_draft(tenant_id, str(period), ledger, self._pricebook)
+        """One tenant's finalized invoice of the period if there is one, else its draft."""
+        ledger = self._invoices.ledger(tenant_id)
+        invoice = self._invoices.stored(tenant_id, period)
+        if invoice is None:
+            invoice = self._invoices.draft(tenant_id, period, ledger)
         return TenantBill(invoice, ledger)
 
     def bills(self, period: Period) -> Iterator[TenantBill]:

@@ -268,3 +268,34 @@ class UsageRecordOut(_Out):
 class UsagePage(_Out):
     items: list[UsageRecordOut]
     next_cursor: str | None
+
+
+class InvoiceLineOut(_Out):
+    """One priced line; money and quantities are decimal strings, never floats."""
+
+    line_id: str
+    kind: Literal["usage", "adjustment"]
+    usage_period: str
+    resource: str
+    gpu_model: str | None
+    description: str
+    unit_price: str
+    price_id: str
+    quantity_hours: str
+    amount: str
+
+
+class InvoiceOut(_Out):
+    tenant_id: str
+    period: str
+    status: Literal["draft", "finalized"]
+    currency: str
+    total: str
+    watermark: int
+    lines: list[InvoiceLineOut]
+    content_hash: str | None
+    finalized_at: datetime | None
+
+
+class InvoiceList(_Out):
+    items: list[InvoiceOut]

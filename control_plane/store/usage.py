@@ -184,3 +184,14 @@ def usage_batch(
         .limit(READ_BATCH)
     )
     return [_stored(r) for r in s.scalars(query).all()]
+
+
+def tenant_usage_batch(s: Session, *, tenant_id: str, after_seq: int) -> list[StoredUsage]:
+    """Up to :data:`READ_BATCH` of a tenant's records of any month, in arrival order."""
+    query = (
+        select(UsageRow)
+        .where(UsageRow.tenant_id == tenant_id, UsageRow.seq > after_seq)
+        .order_by(UsageRow.seq)
+        .limit(READ_BATCH)
+    )
+    return [_stored(r) for r in s.scalars(query).all()]

@@ -1,24 +1,33 @@
-"""Billing: stored usage and the period's finance export (operator token for now).
+"""Billing: stored usage, monthly invoices and the period's finance export.
 
-Both endpoints take the operator token until roles arrive with the trust work; a
+Every endpoint takes the operator token until roles arrive with the trust work; a
 ``billing`` role will then be enough. The export is built with :mod:`billing` into a
 temporary file (bounded memory, see :mod:`control_plane.usage_export`) and streamed.
+Invoices are drafted live and finalized by :mod:`control_plane.invoicing`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
+from billing import Invoice
 from byoc_agent.protocol.errors import InvalidArgumentError
 from control_plane.api.auth import Operator, Svc
 from control_plane.api.pagination import decode_cursor, encode_cursor
-from control_plane.api.schemas import UsagePage, UsageRecordOut
+from control_plane.api.schemas import (
+    InvoiceLineOut,
+    InvoiceList,
+    InvoiceOut,
+    UsagePage,
+    UsageRecordOut,
+)
+from control_plane.invoicing import InvoiceService
 from control_plane.store import MAX_PAGE, usage
 from control_plane.store.usage import StoredUsage
 from control_plane.usage_export import UsageExporter, parse_format, parse_period
@@ -45,6 +54,34 @@ def _usage_out(stored: StoredUsage) -> UsageRecordOut:
         template=u.template,
         host=u.host,
         received_at=stored.received_at,
+    )
+
+
+def _invoice_out(invoice: Invoice) -> InvoiceOut:
+    return InvoiceOut(
+        tenant_id=invoice.tenant_id,
+        period=invoice.period,
+        status=invoice.status.value,
+        currency=invoice.currency,
+        total=str(invoice.total),
+        watermark=invoice.watermark,
+        lines=[
+            InvoiceLineOut(
+                line_id=line.line_id,
+                kind=line.kind.value,
+                usage_period=line.usage_period,
+                resource=line.resource.value,
+                gpu_model=line.gpu_model,
+                description=line.description,
+                unit_price=str(line.unit_price),
+                price_id=line.price_id,
+                quantity_hours=str(line.quantity_hours),
+                amount=str(line.amount),
+            )
+            for line in invoice.lines
+        ],
+        content_hash=invoice.content_hash,
+        finalized_at=invoice.finalized_at,
     )
 
 
@@ -99,5 +136,42 @@ async def export(
         path,
         media_type=fmt.media_type,
         filename=f"corral-usage-{month}-{fmt.value}.{fmt.suffix}",
-        background=BackgroundTask(Path(path).unlink, missing_ok=True),
+        background=BackgroundTask(FilePath(path).unlink, missing_ok=True),
     )
+
+
+TenantPath = Annotated[str, Path(max_length=64)]
+PeriodPath = Annotated[str, Path(max_length=16)]
+
+
+@router.get("/invoices", response_model=InvoiceList)
+async def list_invoices(
+    _: Operator,
+    svc: Svc,
+    period: Annotated[str, Query(max_length=16)],
+    tenant_id: Annotated[str | None, Query(max_length=64)] = None,
+) -> InvoiceList:
+    """The month's invoices, finalized or drafted live, for one tenant or every billed one."""
+    month = parse_period(period)
+    found = await asyncio.to_thread(InvoiceService(svc.db).invoices, month, tenant_id or None)
+    return InvoiceList(items=[_invoice_out(invoice) for invoice in found])
+
+
+@router.get("/invoices/{tenant_id}/{period}", response_model=InvoiceOut)
+async def get_invoice(
+    _: Operator, svc: Svc, tenant_id: TenantPath, period: PeriodPath
+) -> InvoiceOut:
+    """The finalized invoice (hash verified), or the draft as the usage stands now."""
+    month = parse_period(period)
+    invoice = await asyncio.to_thread(InvoiceService(svc.db).invoice, tenant_id, month)
+    return _invoice_out(invoice)
+
+
+@router.post("/invoices/{tenant_id}/{period}/finalize", response_model=InvoiceOut)
+async def finalize_invoice(
+    _: Operator, svc: Svc, tenant_id: TenantPath, period: PeriodPath
+) -> InvoiceOut:
+    """Freeze the month's invoice with its content hash; 409 if finalized or not yet over."""
+    month = parse_period(period)
+    invoice = await asyncio.to_thread(InvoiceService(svc.db).finalize, tenant_id, month)
+    return _invoice_out(invoice)
