@@ -20,6 +20,17 @@ def nats_server() -> Iterator[NatsServer]:
         yield server
 
 
+_BILLING_WORDS = ("billing", "meter", "usage", "invoice")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tag the billing suite (``pytest -m billing``) by where its tests live."""
+    for item in items:
+        where = str(item.path.relative_to(item.config.rootpath)).lower()
+        if any(w in where for w in _BILLING_WORDS):
+            item.add_marker(pytest.mark.billing)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
