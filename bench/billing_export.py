@@ -1,0 +1,369 @@
+"""Billing export throughput and memory: Corral's billing library against plain pyarrow.
+
+One run generates ``N`` synthetic usage records deterministically (seeded, ~100 tenants,
+sandboxes per tenant, whole seconds inside one UTC month) and processes them two ways:
+
+* **Corral**: each record becomes a :class:`~billing.UsageRecord`, is ingested into a
+  :class:`~billing.UsageLedger`, each tenant gets a draft invoice (:func:`~billing.build_draft`,
+  default :class:`~billing.PriceBook`) and every cost line is streamed through
+  :func:`~billing.exports.iter_export_rows` into :func:`~billing.exports.write_csv`.
+  The library's invoices and export rows are computed *from a ledger*, so the records are
+  held in memory; only the export rows stream.
+* **baseline**: the same record tuples, batched into Arrow arrays; per tenant and resource
+  the unit-seconds are summed with ``pyarrow.compute`` (``group_by().aggregate``), each
+  sum is priced at the same rate and rounded half-even to the cent once per line (the
+  rounding rule of ``docs/billing.md``), and the per-record rows are written with
+  ``pyarrow.csv``. Only the per-batch arrays and the small per-tenant sums are held.
+
+Each side of each size runs in its own subprocess, so its peak RSS (``ru_maxrss``, minus the
+RSS after imports) is its own. Both sizes ``N`` and ``N/10`` are run, to show whether peak
+memory depends on ``N``. The per-tenant totals of both sides must agree to the cent
+(exit status 1 if not); the Corral/baseline time ratio is printed against a target of 2,
+never enforced::
+
+    .venv/bin/python -m bench.billing_export [--records N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+
+import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type information
+import pyarrow.compute as pc  # type: ignore[import-untyped]
+import pyarrow.csv as pacsv  # type: ignore[import-untyped]
+
+from billing import DEFAULT_RATES, PriceBook, Resource, UsageLedger, UsageRecord, build_draft
+from billing.exports import iter_export_rows, write_csv
+
+TARGET_RATIO = 2.0
+DEFAULT_RECORDS = 1_000_000
+SEED = 20261126
+TENANTS = 100
+SANDBOXES_PER_TENANT = 40
+AGENTS_PER_TENANT = 4
+PERIOD = "2026-10"
+MONTH_START = datetime(2026, 10, 1, tzinfo=UTC)
+MONTH_SECONDS = 31 * 24 * 3600
+MAX_RECORD_SECONDS = 3600
+VCPUS = (1, 2, 4, 8)
+#: Memory sizes in micro-GiB (the library allows 6 decimal places of GiB).
+MEMORY_MICRO_GIB = (500_000, 1_000_000, 2_000_000, 4_000_000, 8_000_000, 1_536_000)
+GPU_SHARE = 0.02
+BATCH = 10_000
+MICRO = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RawUsage:
+    """One synthetic record before either side turns it into its own representation."""
+
+    index: int
+    tenant: int
+    agent: int
+    sandbox: int
+    start_s: int
+    seconds: int
+    vcpu: int
+    memory_micro_gib: int
+    gpu_count: int
+
+
+def synthetic_usage(n: int, seed: int = SEED) -> Iterator[RawUsage]:
+    """Yield ``n`` records deterministically: same seed, same records, in the same order."""
+    rng = random.Random(seed)
+    for index in range(n):
+        tenant = rng.randrange(TENANTS)
+        sandbox = rng.randrange(SANDBOXES_PER_TENANT)
+        start_s = rng.randrange(MONTH_SECONDS - 1)
+        seconds = min(rng.randint(1, MAX_RECORD_SECONDS), MONTH_SECONDS - start_s)
+        yield RawUsage(
+            index=index,
+            tenant=tenant,
+            agent=sandbox % AGENTS_PER_TENANT,
+            sandbox=sandbox,
+            start_s=start_s,
+            seconds=seconds,
+            vcpu=rng.choice(VCPUS),
+            memory_micro_gib=rng.choice(MEMORY_MICRO_GIB),
+            gpu_count=1 if rng.random() < GPU_SHARE else 0,
+        )
+
+
+# ---------------------------------------------------------------------------- names
+
+
+def _tenant(t: int) -> str:
+    return f"tenant-{t:03d}"
+
+
+def _agent(t: int, a: int) -> str:
+    return f"agent-{t:03d}-{a}"
+
+
+def _sandbox(t: int, s: int) -> str:
+    return f"sbx-{t:03d}-{s:03d}"
+
+
+def _record(i: int) -> str:
+    return f"rec-{i:09d}"
+
+
+# ---------------------------------------------------------------------------- Corral side
+
+
+def corral_records(n: int) -> Iterator[UsageRecord]:
+    """The synthetic records as the library takes them (names and decimals shared, not copied)."""
+    tenants = [_tenant(t) for t in range(TENANTS)]
+    agents = [[_agent(t, a) for a in range(AGENTS_PER_TENANT)] for t in range(TENANTS)]
+    sandboxes = [[_sandbox(t, s) for s in range(SANDBOXES_PER_TENANT)] for t in range(TENANTS)]
+    memory = {m: Decimal(m).scaleb(-6).normalize() for m in MEMORY_MICRO_GIB}
+    for raw in synthetic_usage(n):
+        start = MONTH_START + timedelta(seconds=raw.start_s)
+        yield UsageRecord(
+            tenant_id=tenants[raw.tenant],
+            agent_id=agents[raw.tenant][raw.agent],
+            record_id=_record(raw.index),
+            sandbox_id=sandboxes[raw.tenant][raw.sandbox],
+            start=start,
+            end=start + timedelta(seconds=raw.seconds),
+            vcpu=raw.vcpu,
+            memory_gib=memory[raw.memory_micro_gib],
+            gpu_count=raw.gpu_count,
+            gpu_model="H100" if raw.gpu_count else None,
+            isolation="gvisor",
+            template="base",
+            host=f"host-{raw.tenant % 8}",
+        )
+
+
+def run_corral(n: int, out: Path) -> dict[str, str]:
+    """Ingest, draft every tenant's invoice, stream the CSV export; return totals per tenant."""
+    pricebook = PriceBook()
+    ledger = UsageLedger()
+    for record in corral_records(n):
+        ledger.ingest(record)
+    drafts = [build_draft(tenant, PERIOD, ledger, pricebook) for tenant in ledger.tenants()]
+    write_csv(iter_export_rows(drafts, ledger, pricebook), out)
+    return {draft.tenant_id: str(draft.total) for draft in drafts}
+
+
+# ---------------------------------------------------------------------------- baseline
+
+
+_CENT = Decimal("0.01")
+_SCHEMA = pa.schema([
+    ("tenant_id", pa.string()),
+    ("agent_id", pa.string()),
+    ("record_id", pa.string()),
+    ("sandbox_id", pa.string()),
+    ("start", pa.timestamp("s", tz="UTC")),
+    ("end", pa.timestamp("s", tz="UTC")),
+    ("vcpu", pa.int64()),
+    ("memory_micro_gib", pa.int64()),
+    ("gpu_count", pa.int64()),
+    ("vcpu_seconds", pa.int64()),
+    ("memory_micro_gib_seconds", pa.int64()),
+    ("gpu_seconds", pa.int64()),
+    ("cost_usd_approx", pa.float64()),
+])
+
+
+def _rate(resource_: Resource) -> Decimal:
+    return next(r.per_hour for r in DEFAULT_RATES if r.resource is resource_)
+
+
+def _arrow_batches(n: int) -> Iterator[pa.RecordBatch]:
+    """The same synthetic records, ``BATCH`` at a time, as Arrow record batches."""
+    epoch = int(MONTH_START.timestamp())
+    usage = synthetic_usage(n)
+    while True:
+        chunk = [raw for _, raw in zip(range(BATCH), usage, strict=False)]
+        if not chunk:
+            return
+        tenant = pa.array([r.tenant for r in chunk], pa.int64())
+        start = pa.array([epoch + r.start_s for r in chunk], pa.int64())
+        seconds = pa.array([r.seconds for r in chunk], pa.int64())
+        vcpu = pa.array([r.vcpu for r in chunk], pa.int64())
+        memory = pa.array([r.memory_micro_gib for r in chunk], pa.int64())
+        gpu = pa.array([r.gpu_count for r in chunk], pa.int64())
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.array([_tenant(r.tenant) for r in chunk]),
+                pa.array([_agent(r.tenant, r.agent) for r in chunk]),
+                pa.array([_record(r.index) for r in chunk]),
+                pa.array([_sandbox(r.tenant, r.sandbox) for r in chunk]),
+                tenant, start, seconds, vcpu, memory, gpu,
+            ],
+            names=["tenant_id", "agent_id", "record_id", "sandbox_id", "tenant", "start",
+                   "seconds", "vcpu", "memory", "gpu"],
+        )
+
+
+def run_baseline(n: int, out: Path) -> dict[str, str]:
+    """Sum unit-seconds per tenant with pyarrow compute, price per line, write CSV via Arrow."""
+    rates = {name: float(_rate(res)) / 3600 for name, res in
+             (("v", Resource.VCPU), ("m", Resource.MEMORY), ("g", Resource.GPU))}
+    partials: list[pa.Table] = []
+    with pacsv.CSVWriter(str(out), _SCHEMA) as writer:
+        for batch in _arrow_batches(n):
+            seconds = batch["seconds"]
+            vcpu_s = pc.multiply(batch["vcpu"], seconds)
+            mem_us = pc.multiply(batch["memory"], seconds)
+            gpu_s = pc.multiply(batch["gpu"], seconds)
+            approx = pc.add(pc.add(pc.multiply(pc.cast(vcpu_s, pa.float64()), rates["v"]),
+                                   pc.multiply(pc.cast(mem_us, pa.float64()), rates["m"] / MICRO)),
+                            pc.multiply(pc.cast(gpu_s, pa.float64()), rates["g"]))
+            start = pc.cast(batch["start"], pa.timestamp("s", tz="UTC"))
+            end = pc.cast(pc.add(batch["start"], seconds), pa.timestamp("s", tz="UTC"))
+            writer.write_batch(pa.RecordBatch.from_arrays(
+                [batch["tenant_id"], batch["agent_id"], batch["record_id"], batch["sandbox_id"],
+                 start, end, batch["vcpu"], batch["memory"],
+                 batch["gpu"], vcpu_s, mem_us, gpu_s, approx],
+                schema=_SCHEMA,
+            ))
+            table = pa.table({"tenant_id": batch["tenant_id"], "v": vcpu_s, "m": mem_us,
+                              "g": gpu_s})
+            partials.append(table.group_by("tenant_id").aggregate(
+                [("v", "sum"), ("m", "sum"), ("g", "sum")]))
+            if len(partials) >= 64:  # fold, so the partial sums stay bounded
+                partials = [_fold(partials)]
+    sums = _fold(partials).to_pylist() if partials else []
+    return {row["tenant_id"]: str(_line_cents(row)) for row in sums}
+
+
+def _fold(partials: list[pa.Table]) -> pa.Table:
+    merged = pa.concat_tables(partials).group_by("tenant_id").aggregate(
+        [("v_sum", "sum"), ("m_sum", "sum"), ("g_sum", "sum")])
+    return pa.table({"tenant_id": merged["tenant_id"], "v_sum": merged["v_sum_sum"],
+                     "m_sum": merged["m_sum_sum"], "g_sum": merged["g_sum_sum"]})
+
+
+def _line_cents(row: dict[str, int]) -> Decimal:
+    """A tenant's total: each resource line priced exactly and rounded half-even once."""
+    lines = (
+        (Decimal(row["v_sum"]), _rate(Resource.VCPU)),
+        (Decimal(row["m_sum"]).scaleb(-6), _rate(Resource.MEMORY)),
+        (Decimal(row["g_sum"]), _rate(Resource.GPU)),
+    )
+    total = Decimal(0)
+    for unit_seconds, per_hour in lines:
+        if unit_seconds:
+            total += (unit_seconds * per_hour / 3600).quantize(_CENT, ROUND_HALF_EVEN)
+    return total
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+@dataclass(frozen=True, slots=True)
+class SideResult:
+    """What one worker subprocess reports."""
+
+    side: str
+    records: int
+    seconds: float
+    peak_rss_kib: int
+    base_rss_kib: int
+    csv_bytes: int
+    totals: dict[str, str]
+
+    @property
+    def peak_delta_mib(self) -> float:
+        """Peak RSS above the RSS after imports, in MiB."""
+        return (self.peak_rss_kib - self.base_rss_kib) / 1024
+
+
+def _worker(side: str, n: int) -> None:
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
+        out = Path(tmp) / "export.csv"
+        began = time.perf_counter()
+        totals = run_corral(n, out) if side == "corral" else run_baseline(n, out)
+        elapsed = time.perf_counter() - began
+        size = out.stat().st_size
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    json.dump({"side": side, "records": n, "seconds": elapsed, "peak_rss_kib": peak,
+               "base_rss_kib": base, "csv_bytes": size, "totals": totals}, sys.stdout)
+
+
+def _run_side(side: str, n: int) -> SideResult:
+    print(f"… {side} at {n:,} records", file=sys.stderr, flush=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.billing_export", "--worker", side, "--records", str(n)],
+        check=False, capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr)
+        raise SystemExit(f"{side} worker failed with exit status {done.returncode}")
+    data = json.loads(done.stdout)
+    return SideResult(**data)
+
+
+def _compare(corral: SideResult, baseline: SideResult) -> list[str]:
+    problems = []
+    for tenant in sorted(set(corral.totals) | set(baseline.totals)):
+        ours, theirs = corral.totals.get(tenant), baseline.totals.get(tenant)
+        if ours is None or theirs is None or Decimal(ours) != Decimal(theirs):
+            problems.append(f"{tenant}: corral {ours} vs baseline {theirs}")
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--records", type=int, default=DEFAULT_RECORDS)
+    parser.add_argument("--worker", choices=("corral", "baseline"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.records < 10:
+        parser.error("--records must be at least 10")
+    if args.worker:
+        _worker(args.worker, args.records)
+        return 0
+
+    sizes = (args.records, args.records // 10)
+    results = {(side, n): _run_side(side, n) for n in sizes for side in ("baseline", "corral")}
+    failed = False
+    print(f"billing export: {platform.machine()}, {platform.system()} {platform.release()}, "
+          f"Python {platform.python_version()}, pyarrow {pa.__version__}, "
+          f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    for n in sizes:
+        corral, baseline = results[("corral", n)], results[("baseline", n)]
+        ratio = corral.seconds / baseline.seconds
+        problems = _compare(corral, baseline)
+        failed = failed or bool(problems)
+        grand = sum((Decimal(v) for v in corral.totals.values()), Decimal(0))
+        print(f"\n{n:,} records, {len(corral.totals)} tenants, total {grand} USD")
+        print(f"  corral   {corral.seconds:8.2f} s  {n / corral.seconds:10,.0f} rec/s  "
+              f"peak +{corral.peak_delta_mib:7.1f} MiB  csv {corral.csv_bytes / 2**20:7.1f} MiB")
+        print(f"  baseline {baseline.seconds:8.2f} s  {n / baseline.seconds:10,.0f} rec/s  "
+              f"peak +{baseline.peak_delta_mib:7.1f} MiB  "
+              f"csv {baseline.csv_bytes / 2**20:7.1f} MiB")
+        verdict = "met" if ratio <= TARGET_RATIO else "not met"
+        print(f"  ratio corral/baseline {ratio:.1f}x (target <= {TARGET_RATIO:g}x: {verdict})")
+        print(f"  per-tenant totals agree to the cent: {'yes' if not problems else 'NO'}")
+        for problem in problems[:10]:
+            print(f"    {problem}")
+    big, small = sizes
+    print("\npeak memory (RSS above the post-import RSS):")
+    for side in ("corral", "baseline"):
+        at_big, at_small = results[(side, big)], results[(side, small)]
+        print(f"  {side:8s} {at_small.peak_delta_mib:7.1f} MiB at {small:,}, "
+              f"{at_big.peak_delta_mib:7.1f} MiB at {big:,} "
+              f"({at_big.peak_delta_mib / max(at_small.peak_delta_mib, 0.1):.1f}x)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
