@@ -1,4 +1,8 @@
-"""``AdminClient``: operator actions (tenants, API keys, agents, billing) with the admin token."""
+"""``AdminClient``: operator actions (tenants, API keys, agents, billing) with the admin token.
+
+``AdminClient.for_billing()`` reads billing with a billing key instead (the ``billing`` role:
+usage, invoices and exports only), falling back to the admin token.
+"""
 
 from __future__ import annotations
 
@@ -126,11 +130,38 @@ class AdminClient:
         request_timeout: float | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._config = ConnectionConfig.resolve_admin(
+        config = ConnectionConfig.resolve_admin(
             admin_token=admin_token, api_url=api_url, request_timeout=request_timeout
         )
-        self._http = HttpClient(self._config.request_timeout, transport)
-        self._about = About("control", credential_env=ADMIN_TOKEN_ENV)
+        self._setup(config, ADMIN_TOKEN_ENV, transport)
+
+    def _setup(
+        self, config: ConnectionConfig, credential_env: str, transport: httpx.BaseTransport | None
+    ) -> None:
+        self._config = config
+        self._http = HttpClient(config.request_timeout, transport)
+        self._about = About("control", credential_env=credential_env)
+
+    @classmethod
+    def for_billing(
+        cls,
+        billing_key: str | None = None,
+        *,
+        api_url: str | None = None,
+        request_timeout: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> AdminClient:
+        """A client for billing reads (usage, invoices, exports) with a billing key.
+
+        The key is ``billing_key=`` or ``CORRAL_BILLING_KEY``; without one it falls back to
+        ``CORRAL_ADMIN_TOKEN``. A billing key is refused (403) by every other endpoint.
+        """
+        config, credential_env = ConnectionConfig.resolve_billing(
+            billing_key=billing_key, api_url=api_url, request_timeout=request_timeout
+        )
+        client = cls.__new__(cls)
+        client._setup(config, credential_env, transport)
+        return client
 
     def close(self) -> None:
         self._http.close()
@@ -228,6 +259,29 @@ class AdminClient:
     def revoke_api_key(self, tenant_id: str, key_id: str) -> None:
         """Revoke a key; requests with it fail with 401 from now on."""
         self._call("DELETE", f"/v1/tenants/{_seg(tenant_id)}/api-keys/{_seg(key_id)}")
+
+    # ---- billing keys ----
+
+    def create_billing_key(self, name: str) -> NewApiKey:
+        """Mint a key for the billing role (finance); its secret is in the result, this once."""
+        response = self._call("POST", "/v1/billing/keys", json={"name": name})
+        wire = parse(ApiKeyWire, response, self._about)
+        if wire.key is None:
+            raise APIError(
+                "The control plane created the billing key but returned no secret; revoke it "
+                "and try again.",
+                status_code=response.status_code,
+            )
+        return NewApiKey(wire.id, wire.name, wire.key, utc(wire.created_at))
+
+    def list_billing_keys(self) -> builtins.list[ApiKey]:
+        """Billing keys, without secrets."""
+        items = self._pages("/v1/billing/keys", _ApiKeyPage, ApiKeyWire)
+        return [ApiKey(w.id, w.name, utc(w.created_at), utc(w.revoked_at)) for w in items]
+
+    def revoke_billing_key(self, key_id: str) -> None:
+        """Revoke a billing key; requests with it fail with 401 from now on."""
+        self._call("DELETE", f"/v1/billing/keys/{_seg(key_id)}")
 
     # ---- agents ----
 

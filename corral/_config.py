@@ -1,7 +1,8 @@
 """Where the API is and how to authenticate to it.
 
 The SDK is a library, so it reads ``CORRAL_API_URL`` and ``CORRAL_API_KEY`` (or, for the
-admin client, ``CORRAL_ADMIN_TOKEN``) when a config is resolved, never at import time.
+admin client, ``CORRAL_ADMIN_TOKEN``; for billing reads, ``CORRAL_BILLING_KEY`` first) when a
+config is resolved, never at import time.
 Explicit arguments always win over the environment.
 """
 
@@ -18,6 +19,7 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 API_URL_ENV = "CORRAL_API_URL"
 API_KEY_ENV = "CORRAL_API_KEY"
 ADMIN_TOKEN_ENV = "CORRAL_ADMIN_TOKEN"  # noqa: S105 - an env var name, not a secret
+BILLING_KEY_ENV = "CORRAL_BILLING_KEY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,28 @@ class ConnectionConfig:
                 "or pass admin_token=... (it is the token the control plane was started with)."
             )
         return cls._build(token, api_url, request_timeout)
+
+    @classmethod
+    def resolve_billing(
+        cls,
+        *,
+        billing_key: str | None = None,
+        api_url: str | None = None,
+        request_timeout: float | None = None,
+    ) -> tuple[ConnectionConfig, str]:
+        """A config for billing reads and the env var its credential came from.
+
+        ``billing_key=`` or ``CORRAL_BILLING_KEY`` when set, else ``CORRAL_ADMIN_TOKEN``.
+        """
+        key = billing_key or os.environ.get(BILLING_KEY_ENV, "")
+        if key:
+            return cls._build(key, api_url, request_timeout), BILLING_KEY_ENV
+        if not os.environ.get(ADMIN_TOKEN_ENV, ""):
+            raise AuthenticationError(
+                f"No billing credential: set {BILLING_KEY_ENV} (a billing key, from "
+                f"`corral admin billing-key create`) or {ADMIN_TOKEN_ENV}."
+            )
+        return cls.resolve_admin(api_url=api_url, request_timeout=request_timeout), ADMIN_TOKEN_ENV
 
     @classmethod
     def _build(

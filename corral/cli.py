@@ -1,7 +1,8 @@
 """The ``corral`` command line: sandboxes for tenants, tenants and agents for operators.
 
-Tenant commands read ``CORRAL_API_KEY``; ``corral admin`` and ``corral billing`` read
-``CORRAL_ADMIN_TOKEN``; all read ``CORRAL_API_URL``. Errors print one red line and exit 1;
+Tenant commands read ``CORRAL_API_KEY``; ``corral admin`` reads ``CORRAL_ADMIN_TOKEN``;
+``corral billing`` reads ``CORRAL_BILLING_KEY`` (a billing key) or else ``CORRAL_ADMIN_TOKEN``;
+all read ``CORRAL_API_URL``. Errors print one red line and exit 1;
 ``sandbox exec`` exits with the command's own exit code (124 when it timed out).
 """
 
@@ -47,12 +48,17 @@ tenant_app = typer.Typer(help="Tenants: the customers of this platform.", no_arg
 apikey_app = typer.Typer(help="A tenant's API keys.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 billing_app = typer.Typer(
-    help="Billing exports for finance (need CORRAL_ADMIN_TOKEN).", no_args_is_help=True
+    help="Billing exports for finance (need CORRAL_BILLING_KEY or CORRAL_ADMIN_TOKEN).",
+    no_args_is_help=True,
+)
+billing_key_app = typer.Typer(
+    help="Billing keys: credentials for finance that read billing only.", no_args_is_help=True
 )
 app.add_typer(admin_app, name="admin")
 app.add_typer(billing_app, name="billing")
 admin_app.add_typer(tenant_app, name="tenant")
 admin_app.add_typer(apikey_app, name="apikey")
+admin_app.add_typer(billing_key_app, name="billing-key")
 
 
 def _out() -> Console:
@@ -270,6 +276,41 @@ def apikey_revoke(
     typer.echo(f"revoked {key_id}")
 
 
+@billing_key_app.command("create")
+def billing_key_create(
+    name: str = typer.Argument(..., help="A name to recognise the key by."),
+) -> None:
+    """Create a billing key (for `corral billing` via CORRAL_BILLING_KEY) and print it, once."""
+    with _friendly(), AdminClient() as admin:
+        key = admin.create_billing_key(name)
+    console = _out()
+    console.print(f"Created billing key [bold]{escape(key.name)}[/bold] ({key.id}).")
+    _show_secret(console, "Billing key", key.key)
+
+
+@billing_key_app.command("ls")
+def billing_key_ls() -> None:
+    """List billing keys (never their secrets)."""
+    with _friendly(), AdminClient() as admin:
+        keys = admin.list_billing_keys()
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "NAME", "CREATED", "REVOKED"):
+        table.add_column(column, overflow="fold")
+    for key in keys:
+        table.add_row(key.id, key.name, _when(key.created_at), _when(key.revoked_at))
+    _out().print(table if keys else "No billing keys.")
+
+
+@billing_key_app.command("revoke")
+def billing_key_revoke(
+    key_id: str = typer.Argument(..., help="Billing key id (from `corral admin billing-key ls`)."),
+) -> None:
+    """Revoke a billing key; requests using it fail from now on."""
+    with _friendly(), AdminClient() as admin:
+        admin.revoke_billing_key(key_id)
+    typer.echo(f"revoked {key_id}")
+
+
 @admin_app.command("enrollment-token")
 def enrollment_token(
     tenant: str = typer.Option(..., "--tenant", help="Tenant the agent will serve."),
@@ -334,7 +375,7 @@ def billing_export(
     )
     task = progress.add_task(f"{period} {export_format}", total=None)
     try:
-        with _friendly(), progress, AdminClient() as admin:
+        with _friendly(), progress, AdminClient.for_billing() as admin:
             written = admin.download_export(
                 period,
                 export_format,

@@ -40,6 +40,10 @@ class CreateApiKeyRequest(_Body):
     name: Name
 
 
+class CreateBillingKeyRequest(_Body):
+    name: Name
+
+
 class CreateEnrollmentTokenRequest(_Body):
     tenant_id: StrictStr = Field(max_length=64)
     ttl_s: Annotated[StrictInt, Field(ge=60, le=7 * 86400)] = 3600
@@ -137,6 +141,19 @@ class TenantPage(_Out):
 
 class ApiKeyList(_Out):
     items: list[ApiKeyOut]
+
+
+class BillingKeyOut(_Out):
+    """A billing-role key as listed: never its secret."""
+
+    id: str
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class BillingKeyList(_Out):
+    items: list[BillingKeyOut]
 
 
 class EnrollmentTokenOut(_Out):

@@ -4,7 +4,16 @@ Models are split by concern; each module also holds the small unit-of-work funct
 that read and write its tables and return frozen records, never ORM rows.
 """
 
-from control_plane.store import agents, invoices, jobs, sandboxes, signing_keys, tenants, usage
+from control_plane.store import (
+    agents,
+    billing_keys,
+    invoices,
+    jobs,
+    sandboxes,
+    signing_keys,
+    tenants,
+    usage,
+)
 from control_plane.store.base import Base, Database, new_id, utcnow
 from control_plane.store.migrate import upgrade_to_head
 from control_plane.store.pages import MAX_PAGE, Page
@@ -15,6 +24,7 @@ __all__ = [
     "Database",
     "Page",
     "agents",
+    "billing_keys",
     "invoices",
     "jobs",
     "new_id",

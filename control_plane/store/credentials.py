@@ -1,7 +1,8 @@
 """Secrets the control plane hands out once and keeps only as SHA-256 hashes.
 
-API keys read ``ck_<id>_<secret>``: the id finds the row, the hash of the whole key
-is compared in constant time. Enrollment tokens read ``cet_<secret>`` and are found by hash.
+API keys read ``ck_<id>_<secret>`` (billing keys ``cbk_<id>_<secret>``): the id finds the
+row, the hash of the whole key is compared in constant time.
+Enrollment tokens read ``cet_<secret>`` and are found by hash.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import secrets
 from dataclasses import dataclass
 
 API_KEY_PREFIX = "ck"
+BILLING_KEY_PREFIX = "cbk"
 ENROLLMENT_PREFIX = "cet"
 
 
@@ -35,16 +37,16 @@ class NewSecret:
         return f"NewSecret(id={self.id!r})"
 
 
-def mint_api_key() -> NewSecret:
+def mint_api_key(prefix: str = API_KEY_PREFIX) -> NewSecret:
     key_id = secrets.token_hex(8)
-    text = f"{API_KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+    text = f"{prefix}_{key_id}_{secrets.token_urlsafe(32)}"
     return NewSecret(id=key_id, text=text, hash=sha256_hex(text))
 
 
-def parse_api_key(text: str) -> str | None:
+def parse_api_key(text: str, prefix: str = API_KEY_PREFIX) -> str | None:
     """The key id of a well-formed API key, or ``None`` when the text cannot be one."""
     parts = text.split("_", 2)
-    if len(parts) != 3 or parts[0] != API_KEY_PREFIX or len(parts[1]) != 16 or not parts[2]:
+    if len(parts) != 3 or parts[0] != prefix or len(parts[1]) != 16 or not parts[2]:
         return None
     if any(c not in "0123456789abcdef" for c in parts[1]):
         return None

@@ -1,8 +1,9 @@
 """Billing: stored usage, monthly invoices and the period's finance export.
 
-Every endpoint takes the operator token until roles arrive with the trust work; a
-``billing`` role will then be enough. The export is built with :mod:`billing` into a
-temporary file (bounded memory, see :mod:`control_plane.usage_export`) and streamed.
+The reads (usage, invoices, export) take the operator token or a billing key (the
+``billing`` role, for finance); finalizing and minting billing keys take the operator.
+The export is built with :mod:`billing` into a temporary file (bounded memory,
+see :mod:`control_plane.usage_export`) and streamed.
 Invoices are drafted live and finalized by :mod:`control_plane.invoicing`.
 """
 
@@ -12,23 +13,28 @@ import asyncio
 from pathlib import Path as FilePath
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from billing import Invoice
 from byoc_agent.protocol.errors import InvalidArgumentError
-from control_plane.api.auth import Operator, Svc
+from control_plane.api.auth import BillingReader, Operator, Svc
 from control_plane.api.pagination import decode_cursor, encode_cursor
 from control_plane.api.schemas import (
+    BillingKeyList,
+    BillingKeyOut,
+    CreateBillingKeyRequest,
     InvoiceLineOut,
     InvoiceList,
     InvoiceOut,
+    NewApiKeyOut,
     UsagePage,
     UsageRecordOut,
 )
 from control_plane.invoicing import InvoiceService
-from control_plane.store import MAX_PAGE, usage
+from control_plane.store import MAX_PAGE, billing_keys, usage
+from control_plane.store.billing_keys import BillingKeyRecord
 from control_plane.store.usage import StoredUsage
 from control_plane.usage_export import UsageExporter, parse_format, parse_period
 
@@ -97,7 +103,7 @@ def _after_seq(cursor: str | None) -> int | None:
 
 @router.get("/usage", response_model=UsagePage)
 async def list_usage(
-    _: Operator,
+    _: BillingReader,
     svc: Svc,
     period: Annotated[str, Query(max_length=16)],
     tenant_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -123,7 +129,7 @@ async def list_usage(
 
 @router.get("/export", response_class=FileResponse)
 async def export(
-    _: Operator,
+    _: BillingReader,
     svc: Svc,
     period: Annotated[str, Query(max_length=16)],
     format_name: Annotated[str, Query(alias="format", max_length=16)] = "csv",
@@ -146,7 +152,7 @@ PeriodPath = Annotated[str, Path(max_length=16)]
 
 @router.get("/invoices", response_model=InvoiceList)
 async def list_invoices(
-    _: Operator,
+    _: BillingReader,
     svc: Svc,
     period: Annotated[str, Query(max_length=16)],
     tenant_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -159,7 +165,7 @@ async def list_invoices(
 
 @router.get("/invoices/{tenant_id}/{period}", response_model=InvoiceOut)
 async def get_invoice(
-    _: Operator, svc: Svc, tenant_id: TenantPath, period: PeriodPath
+    _: BillingReader, svc: Svc, tenant_id: TenantPath, period: PeriodPath
 ) -> InvoiceOut:
     """The finalized invoice (hash verified), or the draft as the usage stands now."""
     month = parse_period(period)
@@ -175,3 +181,33 @@ async def finalize_invoice(
     month = parse_period(period)
     invoice = await asyncio.to_thread(InvoiceService(svc.db).finalize, tenant_id, month)
     return _invoice_out(invoice)
+
+
+# ---- billing keys (operator only) ----
+
+
+def _billing_key_out(r: BillingKeyRecord) -> BillingKeyOut:
+    return BillingKeyOut(id=r.id, name=r.name, created_at=r.created_at, revoked_at=r.revoked_at)
+
+
+@router.post("/keys", status_code=201, response_model=NewApiKeyOut)
+async def create_billing_key(body: CreateBillingKeyRequest, _: Operator, svc: Svc) -> NewApiKeyOut:
+    """Mint a key for the billing role; its secret is in this response only."""
+    issued = await svc.db.run(lambda s: billing_keys.create_billing_key(s, body.name))
+    r = issued.record
+    return NewApiKeyOut(id=r.id, name=r.name, key=issued.key, created_at=r.created_at)
+
+
+@router.get("/keys", response_model=BillingKeyList)
+async def list_billing_keys(_: Operator, svc: Svc) -> BillingKeyList:
+    keys = await svc.db.run(billing_keys.list_billing_keys)
+    return BillingKeyList(items=[_billing_key_out(k) for k in keys])
+
+
+@router.delete("/keys/{key_id}", status_code=204)
+async def revoke_billing_key(
+    key_id: Annotated[str, Path(max_length=32)], _: Operator, svc: Svc
+) -> Response:
+    """Revoke a billing key; requests with it fail with 401 from now on."""
+    await svc.db.run(lambda s: billing_keys.revoke_billing_key(s, key_id))
+    return Response(status_code=204)
