@@ -33,8 +33,12 @@ async def test_a_canary_in_files_and_output_never_reaches_the_control_plane_or_n
     captured: list[bytes] = []
     nc = await nats.connect(info.nats_url)
 
+    heartbeat = asyncio.Event()
+
     async def capture(msg: Any) -> None:
         captured.append(msg.subject.encode() + b" " + msg.data)
+        if msg.subject.endswith(".heartbeat"):
+            heartbeat.set()
 
     await nc.subscribe(">", cb=capture)
     await nc.flush()
@@ -47,8 +51,11 @@ async def test_a_canary_in_files_and_output_never_reaches_the_control_plane_or_n
             return out
 
     stdout = await asyncio.to_thread(use_sandbox)
-    await nc.flush()
-    await asyncio.sleep(0.5)  # let in-flight heartbeats and results land in the capture
+    # Everything the sandbox work caused is in the capture once a heartbeat sent after it
+    # has arrived (NATS keeps per-connection order).
+    heartbeat.clear()
+    async with asyncio.timeout(15):
+        await heartbeat.wait()
     await nc.close()
 
     assert canary in stdout, "the canary must reach the SDK, or this test proves nothing"

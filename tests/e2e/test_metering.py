@@ -8,13 +8,15 @@ sandbox's life: nothing lost, nothing counted twice.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
 import shutil
+import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,6 +61,28 @@ def minfo(metering_stack: LocalStack) -> StackInfo:
 
 def _create(info: StackInfo) -> Sandbox:
     return Sandbox.create(api_url=info.api_url, api_key=info.api_key)
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
+    """Poll ``check`` until it holds, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _interim_records(info: StackInfo, sandbox_id: str) -> int:
+    """How many usage records of the sandbox the control plane has ingested so far."""
+    return len(_usage(info, sandbox_id))
+
+
+def _spooled_usage(stack: LocalStack) -> int:
+    """Usage records waiting in the agent's on-disk outbox (read-only look at its state)."""
+    db = stack.home / "agent" / "agent-state.db"
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        row = conn.execute("SELECT COUNT(*) FROM outbox WHERE subject LIKE '%.usage'").fetchone()
+    return int(row[0])
 
 
 def _lifetime(info: StackInfo, sandbox_id: str, timeout: float = 20) -> tuple[float, float]:
@@ -120,7 +144,9 @@ def _covered_until(records: list[dict[str, object]], first: int) -> int | None:
     return at
 
 
-def _assert_billed_exactly_once(info: StackInfo, sandbox_id: str, timeout: float = 20) -> None:
+def _assert_billed_exactly_once(
+    stack: LocalStack, info: StackInfo, sandbox_id: str, timeout: float = 20
+) -> None:
     """The sandbox's usage records tile its observed life, once.
 
     The agent floors every instant it observes to the whole UTC second (start, each
@@ -149,8 +175,9 @@ def _assert_billed_exactly_once(info: StackInfo, sandbox_id: str, timeout: float
             f"usage of {sandbox_id} does not tile [{first}, {last}) after {timeout} s: "
             f"{[(_seconds(u, 'start'), _seconds(u, 'end')) for u in records]}"
         )
-    # Anything still in flight (a late duplicate, an overlapping re-cut) would show now.
-    time.sleep(USAGE_INTERVAL_S)
+    # Anything still in flight (a late duplicate, an overlapping re-cut) would show once
+    # the agent's outbox has nothing left to send.
+    _wait_for("the agent's outbox to drain", lambda: _spooled_usage(stack) == 0)
     records = _usage(info, sandbox_id)
     ids = [str(u["record_id"]) for u in records]
     assert len(ids) == len(set(ids)), f"duplicate record ids: {ids}"
@@ -171,14 +198,19 @@ def test_kill_9_of_the_agent_mid_interval_loses_and_doubles_nothing(
     """SIGKILL between two usage cuts; the restarted agent reattaches and meters on from
     its spooled cursor, so the sandbox is billed once for all of its life."""
     sb = _create(minfo)
-    time.sleep(3)
+    _wait_for("an interim usage record", lambda: _interim_records(minfo, sb.id) >= 1)
     metering_stack.kill_agent()
-    time.sleep(2)
+    down_since = time.monotonic()
+    # The sandbox runs on unmetered while the agent is dead; give it at least one interval.
+    _wait_for("an interval to pass with the agent down",
+              lambda: time.monotonic() - down_since >= USAGE_INTERVAL_S)
     metering_stack.start()  # restarts the agent only; it reattaches to the sandbox
     assert sb.get_info().state == "running"
-    time.sleep(2)
+    seen = _interim_records(minfo, sb.id)
+    _wait_for("a record cut by the restarted agent",
+              lambda: _interim_records(minfo, sb.id) > seen)
     assert sb.kill()
-    _assert_billed_exactly_once(minfo, sb.id)
+    _assert_billed_exactly_once(metering_stack, minfo, sb.id)
 
 
 def test_a_nats_outage_spools_usage_and_loses_and_doubles_nothing(
@@ -188,14 +220,15 @@ def test_a_nats_outage_spools_usage_and_loses_and_doubles_nothing(
     outbox; after the restart the agent and the control plane reconnect by themselves
     (JetStream's store is on disk) and every second is billed once."""
     sb = _create(minfo)
-    time.sleep(1)
+    _wait_for("an interim usage record", lambda: _interim_records(minfo, sb.id) >= 1)
     metering_stack.stop_service("nats")
     assert not metering_stack.running()["nats"]
-    time.sleep(4)
+    _wait_for("usage spooled in the agent while NATS is down",
+              lambda: _spooled_usage(metering_stack) >= 2)
     assert metering_stack.running()["agent"]
     assert metering_stack.running()["control-plane"]
     assert sb.commands.run("echo still-running").stdout == "still-running\n"  # data plane
     metering_stack.start()  # restarts nats-server only; waits for the agent's heartbeat
-    time.sleep(1)
+    _wait_for("the spooled usage to be delivered", lambda: _spooled_usage(metering_stack) == 0)
     assert sb.kill()
-    _assert_billed_exactly_once(minfo, sb.id)
+    _assert_billed_exactly_once(metering_stack, minfo, sb.id)

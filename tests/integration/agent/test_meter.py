@@ -225,12 +225,20 @@ async def rig(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Rig]:
     await nc.close()
 
 
+def cut_seconds(rig: Rig, rec: SandboxRecord) -> int:
+    """Seconds of the sandbox's life already cut into usage records by the agent."""
+    if rig.agent is None:
+        return 0
+    cursor = rig.agent.state.usage_cursor(rec.sandbox_id)
+    return 0 if cursor is None else cursor.last_end - math.floor(rec.started_at)
+
+
 async def test_a_killed_sandbox_is_billed_its_observed_lifetime_in_records_that_tile_it(
     rig: Rig,
 ) -> None:
     """Interim records every interval and a final one at kill cover the life exactly once."""
     rec = await rig.create()
-    await asyncio.sleep(3.3)  # let usage accrue over a few intervals
+    await until(lambda: cut_seconds(rig, rec) >= 3, what="three seconds of interim records")
     ended = await rig.kill(rec.sandbox_id)
     records = await rig.delivered(rec.sandbox_id)
     billed = assert_tiles(records, ended)
@@ -261,7 +269,9 @@ async def test_an_agent_killed_mid_interval_resumes_metering_without_gap_or_doub
     await until(lambda: rig.pending_usage() == 0 and rig.agent is not None
                 and rig.agent.state.usage_cursor(rec.sandbox_id) is not None,
                 what="a first record")
-    await asyncio.sleep(1.5)  # into the next interval
+    cut = cut_seconds(rig, rec)
+    await until(lambda: time.time() >= math.floor(rec.started_at) + cut + 0.5,
+                what="the middle of the next interval")
     await rig.crash_agent()
     first = [(d, r) for d, r in await rig.stream_usage() if r.sandbox_id == rec.sandbox_id]
     assert first, "records before the crash were delivered"
@@ -270,9 +280,12 @@ async def test_an_agent_killed_mid_interval_resumes_metering_without_gap_or_doub
     state = AgentStateStore(rig.state_path)
     state.enqueue(report.record_id, USAGE_SUBJECT, data)
     state.close()
-    await asyncio.sleep(1.2)  # the agent is down; the sandbox keeps running and accruing
+    crashed_at = time.time()
+    # The agent is down; the sandbox keeps running and accruing unmetered seconds.
+    await until(lambda: time.time() >= crashed_at + 1.2, what="a second with the agent down")
     await rig.start_agent()
-    await asyncio.sleep(1.2)
+    resumed = cut_seconds(rig, rec)
+    await until(lambda: cut_seconds(rig, rec) > resumed, what="a record from the new agent")
     ended = await rig.kill(rec.sandbox_id)
     records = await rig.delivered(rec.sandbox_id)
     billed = assert_tiles(records, ended)
@@ -299,7 +312,6 @@ async def test_records_spooled_while_nats_is_down_are_delivered_once_it_is_back(
         assert cursor is not None
         assert cursor.final, "the final record was spooled"
         assert rig.pending_usage() >= 1, "records wait in the outbox"
-        await asyncio.sleep(1.0)
     finally:
         rig.server.start()
     ended = rig.sandbox(rec.sandbox_id)
@@ -313,7 +325,7 @@ async def test_records_spooled_while_nats_is_down_are_delivered_once_it_is_back(
 async def test_usage_records_are_signed_by_the_agent_and_verify_only_as_usage(rig: Rig) -> None:
     """Each record verifies with the agent's key under USAGE_TYP, and with nothing else."""
     rec = await rig.create()
-    await asyncio.sleep(1.2)
+    await until(lambda: cut_seconds(rig, rec) >= 1, what="an interim record")
     await rig.kill(rec.sandbox_id)
     await rig.delivered(rec.sandbox_id)
     raw = [d for d, r in await rig.stream_usage() if r.sandbox_id == rec.sandbox_id]
