@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from control_plane.testing import postgres_database, postgres_unavailable_reason
 from corral.testing import NatsServer
 
 # In CI these suites must run, not skip: a skip there is a failure.
@@ -18,6 +20,24 @@ def nats_server() -> Iterator[NatsServer]:
     """A fresh real nats-server with JetStream, on a free port, for one test."""
     with NatsServer() as server:
         yield server
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a fresh uniquely named PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'control-plane.db'}"
+        return
+    reason = postgres_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"PostgreSQL suite cannot run here: {reason}")
+    with postgres_database() as url:
+        yield url
 
 
 _BILLING_WORDS = ("billing", "meter", "usage", "invoice")
