@@ -58,7 +58,12 @@ from byoc_agent.runtimes.base import (
     SandboxSpec,
 )
 from byoc_agent.state import AgentIdentity, AgentStateStore, SandboxRecord
-from byoc_agent.transport.nats import IncomingJob, NatsAgentTransport, TransportUnavailable
+from byoc_agent.transport.nats import (
+    IncomingJob,
+    NatsAgentTransport,
+    TransportUnavailable,
+    raise_if_cancelling,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -156,7 +161,7 @@ class Agent:
     # ------------------------------------------------------------------ jobs
     async def _job_loop(self) -> None:
         async for incoming in self.transport.jobs():
-            _raise_if_cancelling()
+            raise_if_cancelling()
             try:
                 outcome = await self.accept(incoming.data)
             except Exception:  # transport handler: one bad message must not stop the loop
@@ -404,7 +409,7 @@ class Agent:
     async def _reaper_loop(self) -> None:
         last_check = time.monotonic()
         while True:
-            _raise_if_cancelling()
+            raise_if_cancelling()
             await asyncio.sleep(self.config.reaper_interval_s)
             await self.reap_expired()
             if time.monotonic() - last_check >= LIVENESS_CHECK_EVERY_S:
@@ -443,14 +448,14 @@ class Agent:
 
     async def _meter_loop(self) -> None:
         while True:
-            _raise_if_cancelling()
+            raise_if_cancelling()
             await asyncio.sleep(self.config.usage_interval_s)
             if self.meter.tick(time.time()):
                 self._outbox_wakeup.set()
 
     async def _outbox_loop(self) -> None:
         while True:
-            _raise_if_cancelling()
+            raise_if_cancelling()
             self._outbox_wakeup.clear()  # before flushing, so no wake-up is lost
             sent_all = await self.flush_outbox()
             if not sent_all:
@@ -481,7 +486,7 @@ class Agent:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            _raise_if_cancelling()
+            raise_if_cancelling()
             try:
                 await self.transport.publish_heartbeat(self.heartbeat())
             except TransportUnavailable as e:
@@ -540,13 +545,6 @@ class Agent:
         with contextlib.suppress(TimeoutError, TransportUnavailable):
             async with asyncio.timeout(5):
                 await self.flush_outbox()
-
-
-def _raise_if_cancelling() -> None:
-    """nats-py swallows CancelledError in places; loops re-check so shutdown always ends."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _result_msg_id(job_id: str) -> str:

@@ -16,12 +16,19 @@
         ├── JobRejectedError         the agent refused the signed job     → 502
         └── AgentFailedError         the agent failed with no usable code → 502
 
-HTTP statuses are assigned in one place, :data:`HTTP_STATUS`, from the error's code.
+HTTP statuses are assigned in one place for both HTTP servers (control plane and the agent's
+data plane): :data:`byoc_agent.protocol.errors.HTTP_STATUS`, from the error's code.
 """
 
 from __future__ import annotations
 
-from byoc_agent.protocol.errors import CorralError, ErrorCode, PermanentError, RetryableError
+from byoc_agent.protocol.errors import (
+    HTTP_STATUS,
+    ErrorCode,
+    PermanentError,
+    RetryableError,
+    http_status,
+)
 
 
 class UnauthenticatedError(PermanentError):
@@ -55,26 +62,4 @@ class PublishError(RetryableError):
     code = ErrorCode.UNAVAILABLE
 
 
-HTTP_STATUS: dict[ErrorCode, int] = {
-    ErrorCode.INVALID_ARGUMENT: 400,
-    ErrorCode.UNAUTHENTICATED: 401,
-    ErrorCode.FORBIDDEN: 403,
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.TEMPLATE_NOT_FOUND: 404,
-    ErrorCode.FILE_NOT_FOUND: 404,
-    ErrorCode.CONFLICT: 409,
-    ErrorCode.SANDBOX_NOT_RUNNING: 409,
-    ErrorCode.PAYLOAD_TOO_LARGE: 413,
-    ErrorCode.INTERNAL: 500,
-    ErrorCode.REJECTED: 502,
-    ErrorCode.CAPACITY: 503,
-    ErrorCode.UNAVAILABLE: 503,
-    ErrorCode.TIMEOUT: 504,
-}
-
-
-def http_status(error: CorralError) -> int:
-    override = getattr(error, "http_status", None)
-    if isinstance(override, int):
-        return override
-    return HTTP_STATUS.get(error.code, 500)
+__all__ = ["HTTP_STATUS", "http_status"]

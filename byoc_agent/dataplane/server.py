@@ -28,6 +28,7 @@ from byoc_agent.protocol.errors import (
     EnvelopeRejectedError,
     ErrorCode,
     InvalidArgumentError,
+    http_status,
 )
 from byoc_agent.runtimes.base import ExecRequest, Exit, Runtime, SandboxHandle, Stderr, Stdout
 from byoc_agent.state import AgentIdentity
@@ -37,17 +38,6 @@ log = structlog.get_logger(__name__)
 MAX_UPLOAD_BYTES = 1024 * 1024 * 1024
 MAX_PATH = 4096
 
-_STATUS = {
-    ErrorCode.INVALID_ARGUMENT: 400,
-    ErrorCode.UNAUTHENTICATED: 401,
-    ErrorCode.FORBIDDEN: 403,
-    ErrorCode.NOT_FOUND: 404,
-    ErrorCode.FILE_NOT_FOUND: 404,
-    ErrorCode.TEMPLATE_NOT_FOUND: 404,
-    ErrorCode.SANDBOX_NOT_RUNNING: 409,
-    ErrorCode.PAYLOAD_TOO_LARGE: 413,
-    ErrorCode.TIMEOUT: 504,
-}
 
 
 class SandboxAccess(Protocol):
@@ -104,7 +94,7 @@ def create_dataplane_app(access: SandboxAccess) -> FastAPI:
 
     @app.exception_handler(CorralError)
     async def _corral_error(_: Request, e: CorralError) -> JSONResponse:
-        return _error(_STATUS.get(e.code, 500 if not e.retryable else 503), e.code.value, e.message)
+        return _error(http_status(e), e.code.value, e.message)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:

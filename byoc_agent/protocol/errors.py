@@ -149,3 +149,29 @@ def error_from_code(code: str, message: str) -> CorralError:
     except (ValueError, KeyError):
         return CorralError(message)
     return cls(message)
+
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_ARGUMENT: 400,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.TEMPLATE_NOT_FOUND: 404,
+    ErrorCode.FILE_NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.SANDBOX_NOT_RUNNING: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.INTERNAL: 500,
+    ErrorCode.REJECTED: 502,
+    ErrorCode.CAPACITY: 503,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.TIMEOUT: 504,
+}
+
+
+def http_status(error: CorralError) -> int:
+    """The HTTP status for an error: its own ``http_status`` if it has one, else by code."""
+    override = getattr(error, "http_status", None)
+    if isinstance(override, int):
+        return override
+    return HTTP_STATUS.get(error.code, 500)

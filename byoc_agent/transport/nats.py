@@ -42,7 +42,8 @@ class IncomingJob:
             await self._msg.in_progress()
 
 
-def _raise_if_cancelling() -> None:
+def raise_if_cancelling() -> None:
+    """nats-py swallows CancelledError in places; loops re-check so shutdown always ends."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
@@ -114,7 +115,7 @@ class NatsAgentTransport:
                     ),
                 )
             except (nats.errors.Error, nats.js.errors.Error, TransportUnavailable, OSError) as e:
-                _raise_if_cancelling()
+                raise_if_cancelling()
                 log.warning("job_consumer_unavailable", error=str(e))
                 await asyncio.sleep(1.0)
                 continue
@@ -122,14 +123,14 @@ class NatsAgentTransport:
                 try:
                     msgs = await sub.fetch(1, timeout=batch_timeout)
                 except nats.errors.TimeoutError:
-                    _raise_if_cancelling()  # nats-py can turn a cancellation into a timeout
+                    raise_if_cancelling()  # nats-py can turn a cancellation into a timeout
                     continue
                 except (nats.errors.Error, nats.js.errors.Error, OSError) as e:
-                    _raise_if_cancelling()
+                    raise_if_cancelling()
                     log.warning("job_fetch_failed", error=str(e))
                     await asyncio.sleep(0.5)
                     break
-                _raise_if_cancelling()
+                raise_if_cancelling()
                 for m in msgs:
                     meta = m.metadata
                     yield IncomingJob(data=m.data, num_delivered=meta.num_delivered, _msg=m)
@@ -141,12 +142,12 @@ class NatsAgentTransport:
             async with asyncio.timeout(NETWORK_TIMEOUT_S + 1):
                 await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
         except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as e:
-            _raise_if_cancelling()
+            raise_if_cancelling()
             raise TransportUnavailable(f"publish to {subject} failed: {e}") from e
 
     async def publish_heartbeat(self, data: bytes) -> None:
         try:
             await self.nc.publish(subjects.heartbeat(self.tenant_id, self.agent_id), data)
         except (nats.errors.Error, OSError) as e:
-            _raise_if_cancelling()
+            raise_if_cancelling()
             raise TransportUnavailable(f"heartbeat failed: {e}") from e
