@@ -1,0 +1,54 @@
+"""The lifecycle of a host the agent manages, as the agent records it.
+
+::
+
+      plan: scale out        provision() returned        ready check passed
+    ─────────────────► REQUESTED ──────────────► PROVISIONING ──────────────► READY
+                           │                           │                        │
+                           │ permanent provider error  │ not ready by deadline  │ idle too long
+                           │                           │ (terminated, replaced) │ (no sandboxes)
+                           ▼                           ▼                        ▼
+                         FAILED ◄──────────────────────┴──── lost ───────── DRAINING
+                                                                                │ terminate(),
+                                                                                ▼ provider agrees
+                                                                           TERMINATED
+
+TERMINATED and FAILED never change again; a FAILED host has been given back to the
+provider (or never existed) before the record says so. Every phase is written to the
+agent's SQLite state *before* the next provider call, so a restarted agent resumes from
+it: each step first measures (describe, list by tag) and only then acts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+
+class HostPhase(StrEnum):
+    REQUESTED = "requested"
+    PROVISIONING = "provisioning"
+    READY = "ready"
+    DRAINING = "draining"
+    TERMINATED = "terminated"
+    FAILED = "failed"
+
+
+ALLOWED: Mapping[HostPhase, frozenset[HostPhase]] = {
+    HostPhase.REQUESTED: frozenset(
+        {HostPhase.PROVISIONING, HostPhase.READY, HostPhase.FAILED, HostPhase.TERMINATED}
+    ),
+    HostPhase.PROVISIONING: frozenset({HostPhase.READY, HostPhase.DRAINING, HostPhase.FAILED}),
+    HostPhase.READY: frozenset({HostPhase.DRAINING, HostPhase.FAILED}),
+    HostPhase.DRAINING: frozenset({HostPhase.TERMINATED, HostPhase.FAILED}),
+    HostPhase.TERMINATED: frozenset(),
+    HostPhase.FAILED: frozenset(),
+}
+
+LIVE = frozenset(
+    {HostPhase.REQUESTED, HostPhase.PROVISIONING, HostPhase.READY, HostPhase.DRAINING}
+)
+
+
+def can_move(src: HostPhase, dst: HostPhase) -> bool:
+    return src == dst or dst in ALLOWED[src]
