@@ -199,7 +199,9 @@ def test_the_index_agrees_with_brute_force_and_never_overfills(
             placed.append(r.sandbox_id)
             assert caps[got].kvm or r.isolation is Isolation.GVISOR
             after = s.free(got)
-            assert after.cpu_milli >= 0 and after.memory_mb >= 0 and after.gpus >= 0
+            assert after.cpu_milli >= 0
+            assert after.memory_mb >= 0
+            assert after.gpus >= 0
     # the linear form of the same policy agrees with the index on a final request
     probe = SandboxRequest("probe", 1, 512)
     linear = best_fit(probe, [(caps[h], s.free(h)) for h in caps])
