@@ -111,6 +111,7 @@ class HostFleet:
         agent_id: str,
         policy: ScalingPolicy,
         prices: Mapping[str, Decimal],
+        default_price: Decimal | None = None,
         overcommit: Overcommit | None = None,
         aging: Aging | None = None,
         subnet_id: str | None = None,
@@ -124,6 +125,7 @@ class HostFleet:
         self.agent_id = agent_id
         self.policy = policy
         self.prices = dict(prices)
+        self.default_price = default_price
         self.overcommit = overcommit or Overcommit()
         self.subnet_id = subnet_id
         self.security_group_ids = tuple(security_group_ids)
@@ -139,6 +141,13 @@ class HostFleet:
     async def start(self) -> None:
         """Load offerings, rebuild the scheduler from the state, adopt unknown hosts."""
         self._offerings = {o.instance_type: o for o in await self.provider.list_offerings()}
+        if self.default_price is not None:
+            for itype in self._offerings:
+                self.prices.setdefault(itype, self.default_price)
+        unpriced = sorted(set(self._offerings) - set(self.prices))
+        if unpriced:
+            self.log.warning("offerings_without_price", instance_types=unpriced,
+                             detail="never launched by the autoscaler; set their $/hour")
         for rec in self.state.hosts(frozenset({HostPhase.READY})):
             self.scheduler.add_host(_capacity(rec))
         for p in self.state.placements():
@@ -379,7 +388,9 @@ class HostFleet:
         await self._step_provisioning(rec, host)
 
     async def _step_provisioning(self, rec: HostRecord, seen: Host | None = None) -> None:
-        assert rec.provider_host_id is not None
+        if rec.provider_host_id is None:  # only REQUESTED lacks one; never recorded so
+            self._move(rec, HostPhase.FAILED, self.clock(), reason=REASON_GONE)
+            return
         try:
             host = seen or await self.provider.describe(rec.provider_host_id)
         except HostNotFoundError:
@@ -403,7 +414,8 @@ class HostFleet:
             self._replace(rec)
 
     async def _step_ready(self, rec: HostRecord) -> None:
-        assert rec.provider_host_id is not None
+        if rec.provider_host_id is None:
+            return
         try:
             host = await self.provider.describe(rec.provider_host_id)
             gone = host.state in (HostState.DRAINING, HostState.TERMINATED)
