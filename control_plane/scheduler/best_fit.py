@@ -6,6 +6,10 @@ Pure functions over frozen records, so the policy is tested without a database:
 2. online agents, none offers the template   → TemplateNotFoundError (404)
 3. agents offer it, none has room            → CapacityError (503)
 4. otherwise the one left with the least free CPU, then memory, then lowest id.
+
+Step 4 is :func:`byoc_agent.scheduling.best_fit`, the policy the agent uses to place
+sandboxes on its hosts, with each agent as one bin (ADR 0017): one definition of "fits"
+and of "tightest" for both sides.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from byoc_agent.protocol.errors import CapacityError, TemplateNotFoundError
+from byoc_agent.scheduling import Free, HostCapacity, SandboxRequest, best_fit
+from byoc_agent.scheduling.placement import CPU_MILLI
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +48,16 @@ def choose(request: Request, candidates: Sequence[Candidate]) -> Candidate:
         raise TemplateNotFoundError(
             f"no online agent offers template {request.template!r}", tenant_id=request.tenant_id
         )
-    fitting = [
-        c for c in offering if c.cpu_free >= request.cpu and c.memory_mb_free >= request.memory_mb
-    ]
-    if not fitting:
-        raise CapacityError("no agent has room for this sandbox", tenant_id=request.tenant_id)
-    return min(
-        fitting,
-        key=lambda c: (c.cpu_free - request.cpu, c.memory_mb_free - request.memory_mb, c.agent_id),
-    )
+    if request.cpu >= 1 and request.memory_mb >= 1:
+        by_id = {c.agent_id: c for c in offering}
+        bins = [
+            (
+                HostCapacity(c.agent_id, max(c.cpu_free, 0), max(c.memory_mb_free, 0)),
+                Free(c.cpu_free * CPU_MILLI, c.memory_mb_free, 0),
+            )
+            for c in offering
+        ]
+        chosen = best_fit(SandboxRequest("placement", request.cpu, request.memory_mb), bins)
+        if chosen is not None:
+            return by_id[chosen.host_id]
+    raise CapacityError("no agent has room for this sandbox", tenant_id=request.tenant_id)

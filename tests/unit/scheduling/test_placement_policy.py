@@ -207,3 +207,31 @@ def test_the_index_agrees_with_brute_force_and_never_overfills(
     linear = best_fit(probe, [(caps[h], s.free(h)) for h in caps])
     assert (linear.host_id if linear else None) == oracle(probe, caps,
                                                           {h: s.free(h) for h in caps})
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    agents=st.lists(
+        st.tuples(st.integers(0, 99), st.integers(-2, 16), st.integers(-512, 16384)),
+        min_size=1, max_size=8, unique_by=lambda t: t[0],
+    ),
+    cpu=st.integers(1, 8),
+    mem=st.integers(128, 8192),
+)
+def test_the_control_plane_picks_agents_by_the_same_best_fit(
+    agents: list[tuple[int, int, int]], cpu: int, mem: int
+) -> None:
+    """control_plane.scheduler.choose returns the agent the brute-force best fit names
+    (fewest vCPUs left, then memory, then id), or a capacity error when none fits."""
+    from byoc_agent.protocol.errors import CapacityError
+    from control_plane.scheduler import Candidate, Request, choose
+
+    cands = [Candidate(f"a{i:02d}", frozenset({"base"}), c, m) for i, c, m in agents]
+    fitting = [c for c in cands if c.cpu_free >= cpu and c.memory_mb_free >= mem]
+    request = Request("t", "base", cpu, mem)
+    if not fitting:
+        with pytest.raises(CapacityError):
+            choose(request, cands)
+        return
+    expect = min(fitting, key=lambda c: (c.cpu_free - cpu, c.memory_mb_free - mem, c.agent_id))
+    assert choose(request, cands) == expect
