@@ -57,7 +57,12 @@ from byoc_agent.providers.base import (
     HostState,
     Offering,
 )
-from byoc_agent.providers.errors import HostNotFoundError
+from byoc_agent.providers.errors import (
+    HostNotFoundError,
+    ProviderAuthError,
+    QuotaExceededError,
+    UnknownInstanceTypeError,
+)
 from byoc_agent.scheduling import (
     Aging,
     BestFitScheduler,
@@ -75,6 +80,25 @@ ReadyCheck = Callable[[Host], Awaitable[bool]]
 REASON_NOT_READY = "not_ready_in_time"
 REASON_LOST = "lost"
 REASON_GONE = "gone_before_ready"
+REASON_NOT_LAUNCHED = "not_launched_in_time"
+# After a launch of a type fails for a reason waiting does not fix (quota, permissions,
+# unknown type), the autoscaler does not try that type again for this long.
+FAILED_TYPE_COOLDOWN_S = 300.0
+REASON_QUOTA = "quota"
+REASON_AUTH = "auth"
+REASON_UNKNOWN_TYPE = "unknown_type"
+REASON_REFUSED = "refused"
+_COOLING_REASONS = frozenset({REASON_QUOTA, REASON_AUTH, REASON_UNKNOWN_TYPE, REASON_REFUSED})
+
+
+def _failure_reason(e: CorralError) -> str:
+    if isinstance(e, QuotaExceededError):
+        return REASON_QUOTA
+    if isinstance(e, ProviderAuthError):
+        return REASON_AUTH
+    if isinstance(e, UnknownInstanceTypeError):
+        return REASON_UNKNOWN_TYPE
+    return REASON_REFUSED
 
 
 async def provider_says_ready(host: Host) -> bool:
@@ -201,8 +225,12 @@ class HostFleet:
         if existing is not None and existing.host_key is not None:
             return existing.host_key
         now = self.clock()
-        self.state.put_placement(_placement(req, None, now))
-        host = self.scheduler.submit(req, now)
+        if existing is None:
+            self.state.put_placement(_placement(req, None, now))
+        # a request already waiting keeps its original time: asking again does not
+        # reset its age (which is what earns it a reservation)
+        since = existing.submitted_at if existing is not None else now
+        host = self.scheduler.submit(req, since)
         self._record_new_placements(now)
         return host
 
@@ -231,13 +259,15 @@ class HostFleet:
 
     # ------------------------------------------------------------ the loop
     async def run(self, interval_s: float = 5.0) -> None:
-        if not self._started:
-            await self.start()
+        """Step forever. A failed step is logged and retried next interval: hosts and the
+        sandboxes on them keep running whatever the provider answers."""
         while True:
             try:
                 await self.step()
             except CorralError as e:
-                self.log.warning("fleet_step_failed", error=e.message)
+                self.log.warning("fleet_step_failed", error=e.message, code=e.code.value)
+            except Exception:  # loop handler: an SDK surprise must not stop the agent
+                self.log.exception("fleet_step_crashed")
             await asyncio.sleep(interval_s)
 
     async def step(self) -> ScalePlan:
@@ -289,10 +319,15 @@ class HostFleet:
                     idle_since=rec.idle_since,
                 )
             )
+        cooling = {
+            r.instance_type
+            for r in self.state.hosts(frozenset({HostPhase.FAILED}))
+            if r.reason in _COOLING_REASONS and now - r.phase_since < FAILED_TYPE_COOLDOWN_S
+        }
         return plan(
             hosts=views,
             pending=self.scheduler.pending(),
-            offerings=list(self._offerings.values()),
+            offerings=[o for t, o in self._offerings.items() if t not in cooling],
             prices=self.prices,
             policy=self.policy,
             overcommit=self.overcommit,
@@ -378,10 +413,17 @@ class HostFleet:
             try:
                 host = await self.provider.provision(spec)
             except RetryableError:
+                # no capacity or no answer now: retried every step until the deadline,
+                # then given up (the next plan decides afresh, perhaps another type)
+                if self.clock() >= rec.ready_by:
+                    self._move(rec, HostPhase.FAILED, self.clock(), reason=REASON_NOT_LAUNCHED)
+                    return
                 raise
             except CorralError as e:  # quota, auth, unknown type: waiting will not help
-                self._move(rec, HostPhase.FAILED, self.clock(), reason=e.code.value)
-                self.log.error("host_provision_failed", host_key=rec.host_key, error=e.message)
+                reason = _failure_reason(e)
+                self._move(rec, HostPhase.FAILED, self.clock(), reason=reason)
+                self.log.error("host_provision_failed", host_key=rec.host_key,
+                               instance_type=rec.instance_type, reason=reason, error=e.message)
                 return
         rec = self._move(rec, HostPhase.PROVISIONING, self.clock(),
                          provider_host_id=host.host_id, private_ip=host.private_ip)

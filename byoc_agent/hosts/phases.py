@@ -14,7 +14,9 @@
                                                                            TERMINATED
 
 TERMINATED and FAILED never change again; a FAILED host has been given back to the
-provider (or never existed) before the record says so. Every phase is written to the
+provider (or never existed) before the record says so. A REQUESTED host also fails when
+the provider refuses the launch (quota, auth, unknown type) or has no capacity until the
+deadline. Every phase is written to the
 agent's SQLite state *before* the next provider call, so a restarted agent resumes from
 it: each step first measures (describe, list by tag) and only then acts.
 """

@@ -10,9 +10,11 @@ import pytest
 from provider_cases import BM_TYPE, loopback_hosts, write_inventory
 
 from byoc_agent.hosts.autoscale import ScalingPolicy
-from byoc_agent.hosts.fleet import HostFleet
+from byoc_agent.hosts.fleet import FAILED_TYPE_COOLDOWN_S, REASON_QUOTA, HostFleet
 from byoc_agent.hosts.phases import HostPhase
 from byoc_agent.providers.baremetal import BareMetalProvider
+from byoc_agent.providers.base import Host, HostSpec, Offering
+from byoc_agent.providers.errors import QuotaExceededError
 from byoc_agent.scheduling import SandboxRequest
 from byoc_agent.state import AgentStateStore
 
@@ -69,5 +71,66 @@ async def test_inventory_hosts_are_claimed_for_waiting_sandboxes_and_released_wh
         assert {h.phase for h in f.state.hosts()} == {HostPhase.TERMINATED}
         provider = BareMetalProvider(inventory)
         assert await provider.list_by_tag("corral:agent", "agt-bm") == []
+    finally:
+        store.close()
+
+
+class QuotaOnce:
+    """The bare-metal provider, except that its first launch is refused for quota."""
+
+    def __init__(self, inner: BareMetalProvider) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.refused = 0
+
+    async def list_offerings(self) -> list[Offering]:
+        return await self.inner.list_offerings()
+
+    async def provision(self, spec: HostSpec) -> Host:
+        if not self.refused:
+            self.refused += 1
+            raise QuotaExceededError("quota for bm hosts reached; ask for more")
+        return await self.inner.provision(spec)
+
+    async def describe(self, host_id: str) -> Host:
+        return await self.inner.describe(host_id)
+
+    async def list_by_tag(self, key: str, value: str) -> list[Host]:
+        return await self.inner.list_by_tag(key, value)
+
+    async def terminate(self, host_id: str) -> None:
+        await self.inner.terminate(host_id)
+
+
+async def test_a_type_refused_for_quota_is_not_retried_until_its_cooldown_ends(
+    tmp_path: Path, loopback_port: int
+) -> None:
+    """A quota refusal fails the host (reason quota); the type is not launched again for
+    FAILED_TYPE_COOLDOWN_S, then it is, and the waiting sandbox keeps its original age."""
+    inventory = write_inventory(tmp_path / "inventory.toml", loopback_hosts(loopback_port))
+    clock = Clock()
+    store = AgentStateStore(tmp_path / "state.db")
+    provider = QuotaOnce(BareMetalProvider(inventory))
+    f = HostFleet(
+        state=store, provider=provider, tenant_id="ten-bm", agent_id="agt-bm",
+        policy=ScalingPolicy(max_hosts=2), prices={}, default_price=Decimal(0), clock=clock,
+    )
+    try:
+        await f.start()
+        f.submit(SandboxRequest("sbx-q", 4, 4096))
+        submitted = f.scheduler.waiting_since("sbx-q")
+        await f.step()
+        [failed] = f.state.hosts()
+        assert (failed.phase, failed.reason) == (HostPhase.FAILED, REASON_QUOTA)
+        clock.now += 60
+        f.submit(SandboxRequest("sbx-q", 4, 4096))  # asked again: same request
+        assert f.scheduler.waiting_since("sbx-q") == submitted
+        assert (await f.step()).launch == ()
+        assert [r.value for _, r in f.last_plan.blocked] == ["no_offering"]
+        clock.now += FAILED_TYPE_COOLDOWN_S
+        assert (await f.step()).launch == (BM_TYPE,)
+        await f.step()
+        assert f.host_of("sbx-q") is not None
+        assert provider.refused == 1
     finally:
         store.close()
