@@ -235,3 +235,40 @@ def test_the_control_plane_picks_agents_by_the_same_best_fit(
         return
     expect = min(fitting, key=lambda c: (c.cpu_free - cpu, c.memory_mb_free - mem, c.agent_id))
     assert choose(request, cands) == expect
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_hosts=st.integers(1, 4),
+    lifetimes=st.lists(st.integers(1, 6), min_size=40, max_size=40),
+    sizes=st.lists(st.integers(1, 3), min_size=40, max_size=40),
+)
+def test_a_large_request_is_placed_within_a_bounded_wait_under_any_stream_of_small_ones(
+    n_hosts: int, lifetimes: list[int], sizes: list[int]
+) -> None:
+    """Hosts are kept busy by small sandboxes arriving every tick (each living 1-6 ticks).
+    A whole-host request arriving at tick 0 is placed by tick reserve_after + 6 + 1: once
+    it holds a reservation, nothing new lands on that host and the old ones end."""
+    s = sched(*(HostCapacity(f"h{i}", 8, 8192) for i in range(n_hosts)),
+              aging=Aging(reserve_after_s=5, max_reservations=1))
+    ends: dict[str, int] = {}
+    big_placed_at: int | None = None
+    for tick in range(40):
+        for sid, end in list(ends.items()):
+            if end <= tick:
+                s.release(sid)
+                del ends[sid]
+        for k in range(n_hosts * 2):  # more small demand than the hosts can take
+            sid = f"t{tick}-{k}"
+            if s.submit(req(sid, sizes[(tick + k) % 40], 256), now=tick) is not None:
+                ends[sid] = tick + lifetimes[(tick * 7 + k) % 40]
+        if tick == 0:
+            s.submit(req("big", 8, 8192), now=0)
+        else:
+            s.schedule(now=tick)
+        for sid in [r.sandbox_id for r in s.pending() if r.sandbox_id != "big"]:
+            s.release(sid)  # small requests that found no room give up
+        if big_placed_at is None and s.host_of("big") is not None:
+            big_placed_at = tick
+    assert big_placed_at is not None
+    assert big_placed_at <= 5 + 6 + 1
