@@ -170,7 +170,9 @@ class Capacity(_Wire):
 
 class HostSummary(_Wire):
     """One host an agent manages, as the control plane may see it (allow-listed fields:
-    no address, no tags, nothing from the provider's credentials)."""
+    no address, no tags, nothing from the provider's credentials). ``*_free`` is the room
+    left for new sandboxes after the agent's overcommit ratio, so with overcommit it can
+    exceed ``*_total`` (the host's physical size); zero unless the host is ready."""
 
     host_id: Annotated[str, Field(min_length=1, max_length=128)]
     instance_type: Annotated[str, Field(min_length=1, max_length=64)]
