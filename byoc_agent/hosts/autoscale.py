@@ -8,6 +8,9 @@ it (KVM for a microVM, enough GPUs), and later leftovers fill those new hosts fi
 launch that would exceed ``max_hosts`` live hosts or ``budget_per_hour`` (the summed
 $/hour of live hosts) is not made; the request is reported as blocked with the reason.
 
+Floor: while fewer than ``min_hosts`` hosts are live, the cheapest allowed type is launched
+(budget permitting), demand or not.
+
 Scale in: a READY host with no sandbox, idle for ``idle_timeout_s`` and not needed by a
 waiting request, is drained, longest idle first, keeping ``min_hosts``. A host with a
 sandbox on it is never drained. Nothing is drained while the plan launches.
@@ -156,6 +159,16 @@ def plan(
             HostCapacity(key, offering.vcpu, offering.memory_mib, offering.gpu_count, offering.kvm)
         )
         sim.place_at(req, key)
+        launch.append(offering.instance_type)
+        count += 1
+        spend += price
+
+    # keep at least min_hosts live: the cheapest allowed type, budget permitting
+    while count < policy.min_hosts:
+        within = [(p, o) for p, _, o in choices if spend + p <= policy.budget_per_hour]
+        if not within:
+            break
+        price, offering = within[0]
         launch.append(offering.instance_type)
         count += 1
         spend += price

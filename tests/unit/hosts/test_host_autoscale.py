@@ -104,6 +104,13 @@ def test_an_idle_host_a_waiting_sandbox_fits_on_is_not_drained() -> None:
     assert decide(hosts, [SandboxRequest("a", 2, 2048)], idle_timeout_s=1).drain == ()
 
 
+def test_min_hosts_are_kept_live_without_demand_within_the_budget() -> None:
+    """With no waiting sandbox, min_hosts 2 and one live host launches one more of the
+    cheapest type; a budget below that type's price launches none."""
+    assert decide([host("h1")], [], min_hosts=2).launch == ("m5.2xlarge",)
+    assert decide([host("h1")], [], min_hosts=2, budget_per_hour=Decimal("4.20")).launch == ()
+
+
 def test_bad_knobs_are_refused() -> None:
     """min above max, a negative budget: clear errors."""
     with pytest.raises(InvalidArgumentError, match="min_hosts"):
