@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import structlog
 
 from byoc_agent import __version__
+from byoc_agent.hosts.autoscale import MAX_HOSTS
 from byoc_agent.hosts.fleet import HostFleet
 from byoc_agent.meter import UsageMeter
 from byoc_agent.meter.usage_meter import MICROVM_RUNTIMES
@@ -522,7 +523,7 @@ class Agent:
                 "hosts": (
                     None
                     if self.fleet is None
-                    else [dataclasses.asdict(h) for h in self.fleet.report()]
+                    else [dataclasses.asdict(h) for h in self.fleet.report()[:MAX_HOSTS]]
                 ),
             }
         )

@@ -36,6 +36,9 @@ from byoc_agent.scheduling import (
     SandboxRequest,
 )
 
+# One agent's fleet; also the most hosts a heartbeat lists.
+MAX_HOSTS = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class ScalingPolicy:
@@ -50,9 +53,10 @@ class ScalingPolicy:
     instance_types: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.max_hosts < 0 or self.min_hosts < 0 or self.min_hosts > self.max_hosts:
+        if not 0 <= self.min_hosts <= self.max_hosts <= MAX_HOSTS:
             raise InvalidArgumentError(
-                f"hosts: need 0 <= min_hosts ({self.min_hosts}) <= max_hosts ({self.max_hosts})",
+                f"hosts: need 0 <= min_hosts ({self.min_hosts}) <= max_hosts "
+                f"({self.max_hosts}) <= {MAX_HOSTS}",
                 field="max_hosts",
             )
         if self.budget_per_hour < 0:

@@ -174,15 +174,20 @@ class HostFleet:
                              detail="never launched by the autoscaler; set their $/hour")
         for rec in self.state.hosts(frozenset({HostPhase.READY})):
             self.scheduler.add_host(_capacity(rec))
+        # placed sandboxes first, so waiting ones cannot take their room while restoring
+        ready = set(self.scheduler.hosts())
+        waiting = []
         for p in self.state.placements():
-            req = _request(p)
-            if p.host_key is not None and p.host_key in self.scheduler.hosts():
-                self.scheduler.place_at(req, p.host_key)
-            elif p.host_key is None:
-                self.scheduler.submit(req, p.submitted_at)
-            else:  # placed on a host that is no longer ready: wait again
-                self.state.put_placement(dataclasses.replace(p, host_key=None))
-                self.scheduler.submit(req, p.submitted_at)
+            if p.host_key is not None and p.host_key in ready:
+                self.scheduler.place_at(_request(p), p.host_key)
+            else:  # waiting, or placed on a host that is no longer ready: wait again
+                if p.host_key is not None:
+                    p = dataclasses.replace(p, host_key=None)
+                    self.state.put_placement(p)
+                waiting.append(p)
+        for p in waiting:  # oldest first, with their original ages
+            self.scheduler.submit(_request(p), p.submitted_at)
+        self._record_new_placements(self.clock())
         await self._adopt_unknown()
         self._started = True
 

@@ -16,7 +16,7 @@ from byoc_agent.providers.baremetal import BareMetalProvider
 from byoc_agent.providers.base import Host, HostSpec, Offering
 from byoc_agent.providers.errors import QuotaExceededError
 from byoc_agent.scheduling import SandboxRequest
-from byoc_agent.state import AgentStateStore
+from byoc_agent.state import AgentStateStore, Placement
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.providers]
 
@@ -132,5 +132,38 @@ async def test_a_type_refused_for_quota_is_not_retried_until_its_cooldown_ends(
         await f.step()
         assert f.host_of("sbx-q") is not None
         assert provider.refused == 1
+    finally:
+        store.close()
+
+
+async def test_restoring_after_a_restart_never_overfills_a_host(
+    tmp_path: Path, loopback_port: int
+) -> None:
+    """A sandbox waiting since before one that was placed cannot take the placed one's
+    room when the state is read back: placed sandboxes are restored first."""
+    inventory = write_inventory(tmp_path / "inventory.toml", loopback_hosts(loopback_port))
+    clock = Clock()
+    store = AgentStateStore(tmp_path / "state.db")
+    f = make(inventory, store, clock)
+    await f.start()
+    f.submit(SandboxRequest("early-big", 8, 8192))  # waits, then gets a host
+    await f.step()
+    await f.step()
+    host = f.host_of("early-big")
+    assert host is not None
+    assert len(f.state.hosts(frozenset({HostPhase.READY}))) == 1
+    # a waiting request dated before the placed one (read back in submission order, it
+    # would come first and fit on the only ready host if placed ones were not restored
+    # before it)
+    store.put_placement(Placement("older-waiting", None, 8, 8192, 0, "gvisor", clock.now - 100))
+    store.close()
+
+    store = AgentStateStore(tmp_path / "state.db")
+    try:
+        f = make(inventory, store, clock)
+        await f.start()
+        assert f.host_of("early-big") == host
+        assert f.host_of("older-waiting") != host
+        assert f.scheduler.free(host).cpu_milli == 0
     finally:
         store.close()
