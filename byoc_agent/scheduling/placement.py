@@ -69,6 +69,14 @@ class Aging:
     reserve_after_s: float = 30.0
     max_reservations: int = 4
 
+    def __post_init__(self) -> None:
+        if self.reserve_after_s < 0 or self.max_reservations < 0:
+            raise InvalidArgumentError(
+                f"aging: reserve_after_s ({self.reserve_after_s}) and max_reservations "
+                f"({self.max_reservations}) must not be negative",
+                field="reserve_after_s",
+            )
+
 
 @dataclass(frozen=True, slots=True)
 class HostCapacity:
@@ -403,6 +411,7 @@ class BestFitScheduler:
         h.free_gpus -= req.gpus
         h.sandboxes.add(req.sandbox_id)
         self._placed[req.sandbox_id] = (h.cap.host_id, req)
+        self._waiting.pop(req.sandbox_id, None)
         if indexed:
             self._index[host_class(h.cap)].add(h)
 

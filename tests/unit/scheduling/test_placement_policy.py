@@ -117,6 +117,18 @@ def test_bad_requests_are_refused_with_a_reason() -> None:
     s = sched(HostCapacity("h", 1, 1024))
     with pytest.raises(InvalidArgumentError, match="already scheduled"):
         s.add_host(HostCapacity("h", 1, 1024))
+    with pytest.raises(InvalidArgumentError, match="must not be negative"):
+        Aging(reserve_after_s=-1)
+
+
+def test_a_waiting_request_placed_directly_leaves_the_queue() -> None:
+    """place() on a request that was queued removes it from the pending list."""
+    s = sched(HostCapacity("h", 2, 2048))
+    assert s.submit(req("a", 2), now=0) == "h"
+    assert s.submit(req("b", 2), now=1) is None
+    s.release("a")
+    assert s.place(req("b", 2)) == "h"
+    assert s.pending() == []
 
 
 def test_removing_a_host_returns_the_sandboxes_it_held() -> None:
