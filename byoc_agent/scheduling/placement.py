@@ -391,7 +391,7 @@ class BestFitScheduler:
         for w in sorted(self._waiting.values(), key=lambda w: w.seq):
             host_id = self.place(w.req)
             if host_id is not None:
-                del self._waiting[w.req.sandbox_id]
+                self._waiting.pop(w.req.sandbox_id, None)
                 out.append((w.req.sandbox_id, host_id))
                 continue
             if (
