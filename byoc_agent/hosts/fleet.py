@@ -3,14 +3,16 @@
 One :meth:`HostFleet.step` (the agent runs it every ``interval_s``):
 
 1. **reconcile** every live host, each step measuring before it acts
-   (see :mod:`byoc_agent.hosts.phases` for the diagram):
+   (see :mod:`byoc_agent.hosts.phases` for the diagram). The measurement is one
+   ``list_by_tag(corral:agent)`` for all hosts; a host missing from it is described on
+   its own before anything is done to it.
 
    - REQUESTED: look the client token up by tag; if the provider has no such host,
      ``provision`` with that token (idempotent), then record the provider's id.
-   - PROVISIONING: ``describe``; READY and the ready check passes → READY. Past
+   - PROVISIONING: as listed (or described); READY and the ready check passes → READY. Past
      ``ready_by`` → ``terminate``, record FAILED (``not_ready_in_time``) and request a
      replacement of the same type.
-   - READY: ``describe``; a host the provider says is gone or going → FAILED (``lost``)
+   - READY: as listed (or described); gone or going at the provider → FAILED (``lost``)
      and its sandboxes are released.
    - DRAINING: while a sandbox is placed on it, wait; then ``terminate`` and
      ``describe`` until the provider says TERMINATED.
@@ -279,9 +281,16 @@ class HostFleet:
         """Reconcile every live host, place waiting sandboxes, then plan and apply."""
         if not self._started:
             await self.start()
-        for rec in self.state.hosts(LIVE):
+        live = self.state.hosts(LIVE)
+        # Measure every host with one listing (not one describe per host per step);
+        # a host missing from it is then described on its own before anything is done.
+        seen: dict[str, Host] = {}
+        if live:
+            seen = {h.host_id: h for h in await self.provider.list_by_tag(TAG_AGENT,
+                                                                          self.agent_id)}
+        for rec in live:
             try:
-                await self._reconcile(rec)
+                await self._reconcile(rec, seen)
             except RetryableError as e:
                 self.log.warning("host_step_retry", host_key=rec.host_key, error=e.message)
         now = self.clock()
@@ -298,7 +307,7 @@ class HostFleet:
         if decided.launch:  # provision at once rather than a whole interval later
             for rec in self.state.hosts(frozenset({HostPhase.REQUESTED})):
                 try:
-                    await self._reconcile(rec)
+                    await self._reconcile(rec, {})
                 except RetryableError as e:
                     self.log.warning("host_step_retry", host_key=rec.host_key, error=e.message)
         return decided
@@ -391,15 +400,18 @@ class HostFleet:
                           phase=phase.value, was=rec.phase.value, reason=new.reason)
         return new
 
-    async def _reconcile(self, rec: HostRecord) -> None:
+    async def _reconcile(self, rec: HostRecord, seen: Mapping[str, Host]) -> None:
+        """One lifecycle step for one host. ``seen`` is this step's listing of the agent's
+        live hosts by provider id; a host absent from it is described before acting."""
+        listed = seen.get(rec.provider_host_id) if rec.provider_host_id else None
         if rec.phase is HostPhase.REQUESTED:
             await self._step_requested(rec)
         elif rec.phase is HostPhase.PROVISIONING:
-            await self._step_provisioning(rec)
+            await self._step_provisioning(rec, listed)
         elif rec.phase is HostPhase.READY:
-            await self._step_ready(rec)
+            await self._step_ready(rec, listed)
         elif rec.phase is HostPhase.DRAINING:
-            await self._step_draining(rec)
+            await self._step_draining(rec, listed)
 
     async def _step_requested(self, rec: HostRecord) -> None:
         # Measure: did a launch with this token already happen (crash after provision)?
@@ -460,11 +472,11 @@ class HostFleet:
             self._move(rec, HostPhase.FAILED, now, reason=REASON_NOT_READY)
             self._replace(rec)
 
-    async def _step_ready(self, rec: HostRecord) -> None:
+    async def _step_ready(self, rec: HostRecord, listed: Host | None = None) -> None:
         if rec.provider_host_id is None:
             return
         try:
-            host = await self.provider.describe(rec.provider_host_id)
+            host = listed or await self.provider.describe(rec.provider_host_id)
             gone = host.state in (HostState.DRAINING, HostState.TERMINATED)
         except HostNotFoundError:
             gone = True
@@ -476,14 +488,14 @@ class HostFleet:
             self.log.warning("sandbox_host_lost", sandbox_id=sid, host_key=rec.host_key)
         self._move(rec, HostPhase.FAILED, self.clock(), reason=REASON_LOST)
 
-    async def _step_draining(self, rec: HostRecord) -> None:
+    async def _step_draining(self, rec: HostRecord, listed: Host | None = None) -> None:
         if self.state.placements(rec.host_key):
             return  # a sandbox still runs there: never terminate it under one
         if rec.provider_host_id is None:
             self._move(rec, HostPhase.TERMINATED, self.clock())
             return
         try:
-            host = await self.provider.describe(rec.provider_host_id)
+            host = listed or await self.provider.describe(rec.provider_host_id)
         except HostNotFoundError:
             self._move(rec, HostPhase.TERMINATED, self.clock())
             return
