@@ -20,8 +20,9 @@ One :meth:`HostFleet.step` (the agent runs it every ``interval_s``):
 2. **place** waiting sandboxes (oldest first, with reservations for those waiting long,
    :class:`~byoc_agent.scheduling.BestFitScheduler`);
 3. **plan** (:func:`byoc_agent.hosts.autoscale.plan`) and apply it: a launch is written as
-   a REQUESTED record first and provisioned on the next reconcile; a drain is written as
-   DRAINING and the host leaves the scheduler at once.
+   a REQUESTED record first, then provisioned in the same step; a drain is written as
+   DRAINING and the host leaves the scheduler at once (it is terminated from the next
+   step on, once no sandbox is placed there).
 
 Every phase change is written to the agent's SQLite state before the next provider call.
 A crash anywhere leaves a record the next step resumes from: a host provisioned but not
