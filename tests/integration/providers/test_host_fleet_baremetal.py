@@ -167,3 +167,117 @@ async def test_restoring_after_a_restart_never_overfills_a_host(
         assert f.scheduler.free(host).cpu_milli == 0
     finally:
         store.close()
+
+
+class SimulatedCrash(BaseException):
+    """The agent process dying right after a provider call took effect."""
+
+
+class CrashAfterCall:
+    """The bare-metal provider, counting calls; call number ``crash_at`` takes effect and
+    then 'kills the agent' before the caller sees the answer. Records which hosts each
+    client token ever got."""
+
+    def __init__(self, inner: BareMetalProvider, crash_at: int | None) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.crash_at = crash_at
+        self.calls = 0
+        self.hosts_per_token: dict[str, set[str]] = {}
+
+    def _tick(self) -> None:
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise SimulatedCrash
+
+    async def list_offerings(self) -> list[Offering]:
+        return await self.inner.list_offerings()
+
+    async def provision(self, spec: HostSpec) -> Host:
+        host = await self.inner.provision(spec)
+        self.hosts_per_token.setdefault(spec.client_token, set()).add(host.host_id)
+        self._tick()
+        return host
+
+    async def describe(self, host_id: str) -> Host:
+        host = await self.inner.describe(host_id)
+        self._tick()
+        return host
+
+    async def list_by_tag(self, key: str, value: str) -> list[Host]:
+        hosts = await self.inner.list_by_tag(key, value)
+        self._tick()
+        return hosts
+
+    async def terminate(self, host_id: str) -> None:
+        await self.inner.terminate(host_id)
+        self._tick()
+
+
+async def _scenario(inventory: Path, state: Path, clock: Clock,
+                    provider: CrashAfterCall) -> None:
+    """Two sandboxes wait, get two hosts, end; the hosts are given back. Safe to run
+    again from the top after a crash (submit and release are idempotent)."""
+    store = AgentStateStore(state)
+    try:
+        f = HostFleet(
+            state=store, provider=provider, tenant_id="ten-bm", agent_id="agt-bm",
+            policy=ScalingPolicy(max_hosts=2, idle_timeout_s=30), prices={},
+            default_price=Decimal(0), clock=clock,
+        )
+        await f.start()
+        for sid in ("sbx-a", "sbx-b"):
+            f.submit(SandboxRequest(sid, 6, 4096))
+        for _ in range(10):
+            if f.host_of("sbx-a") and f.host_of("sbx-b"):
+                break
+            await f.step()
+        assert f.host_of("sbx-a")
+        assert f.host_of("sbx-b")
+        f.release("sbx-a")
+        f.release("sbx-b")
+        clock.now += 31
+        for _ in range(10):
+            if all(h.phase is HostPhase.TERMINATED for h in f.state.hosts()):
+                break
+            await f.step()
+    finally:
+        store.close()
+
+
+async def test_a_crash_after_any_provider_call_leaves_no_duplicate_and_no_leaked_host(
+    tmp_path: Path,
+) -> None:
+    """For every provider call of the scenario in turn, the agent dies right after that
+    call took effect and is restarted. Each run ends with every host record terminated,
+    nothing claimed in the inventory, and no client token ever given two hosts."""
+    clean = CrashAfterCall(BareMetalProvider(write_inventory(
+        tmp_path / "clean.toml", loopback_hosts(None))), crash_at=None)
+    await _scenario(tmp_path / "clean.toml", tmp_path / "clean.db", Clock(), clean)
+    assert clean.calls > 5, clean.calls
+    for k in range(1, clean.calls + 1):
+        run = tmp_path / f"crash-{k}"
+        run.mkdir()
+        # local machines (no TCP check): each run claims hosts afresh, and a listening
+        # socket's backlog would fill up with never-accepted readiness connects
+        inventory = write_inventory(run / "inventory.toml", loopback_hosts(None))
+        clock = Clock()
+        crashing = CrashAfterCall(BareMetalProvider(inventory), crash_at=k)
+        with pytest.raises(SimulatedCrash):
+            await _scenario(inventory, run / "state.db", clock, crashing)
+        restarted = CrashAfterCall(BareMetalProvider(inventory), crash_at=None)
+        await _scenario(inventory, run / "state.db", clock, restarted)
+
+        store = AgentStateStore(run / "state.db")
+        try:
+            records = store.hosts()
+        finally:
+            store.close()
+        assert records, f"crash at call {k}: no host was ever recorded"
+        assert {h.phase for h in records} == {HostPhase.TERMINATED}, f"crash at call {k}"
+        assert await BareMetalProvider(inventory).list_by_tag("corral:agent", "agt-bm") == []
+        for token in {*crashing.hosts_per_token, *restarted.hosts_per_token}:
+            got = crashing.hosts_per_token.get(token, set()) | restarted.hosts_per_token.get(
+                token, set())
+            assert len(got) == 1, f"crash at call {k}: token {token} got hosts {got}"
+            assert token in {h.host_key for h in records}, f"crash at call {k}: orphan"
