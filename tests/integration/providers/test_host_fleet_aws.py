@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from provider_cases import REGION, MotoEc2, aws_unavailable
@@ -99,15 +100,15 @@ def stores(state_path: Path) -> Iterator[list[AgentStateStore]]:
 
 
 def fleet(moto_ec2: MotoEc2, state_path: Path, stores: list[AgentStateStore], clock: Clock,
-          *, provider: HostProvider | None = None, **policy: object) -> HostFleet:
+          *, provider: HostProvider | None = None, **policy: Any) -> HostFleet:
     store = AgentStateStore(state_path)
     stores.append(store)
-    knobs: dict[str, object] = {"max_hosts": 3, "budget_per_hour": Decimal("20"),
+    knobs: dict[str, Any] = {"max_hosts": 3, "budget_per_hour": Decimal("20"),
                                 "idle_timeout_s": 60.0, "ready_timeout_s": 300.0}
     knobs.update(policy)
     return HostFleet(
         state=store, provider=provider or aws(moto_ec2), tenant_id=TENANT, agent_id=AGENT,
-        policy=ScalingPolicy(**knobs),  # type: ignore[arg-type]
+        policy=ScalingPolicy(**knobs),
         prices=PRICES, subnet_id=moto_ec2.subnet_id,
         security_group_ids=(moto_ec2.security_group_id,), clock=clock,
     )

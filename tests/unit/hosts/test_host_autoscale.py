@@ -4,12 +4,13 @@ and budget, scale in hosts idle long enough, never a host with sandboxes."""
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from byoc_agent.hosts.autoscale import BlockedReason, HostView, ScalingPolicy, plan
+from byoc_agent.hosts.autoscale import BlockedReason, HostView, ScalePlan, ScalingPolicy, plan
 from byoc_agent.hosts.phases import HostPhase
 from byoc_agent.protocol.errors import InvalidArgumentError
 from byoc_agent.providers.base import Offering
@@ -34,10 +35,9 @@ def host(key: str, phase: HostPhase = HostPhase.READY, offering: Offering = META
                     idle_since=idle_since)
 
 
-def decide(hosts: list[HostView], pending: list[SandboxRequest], **policy: object):  # type: ignore[no-untyped-def]
+def decide(hosts: list[HostView], pending: list[SandboxRequest], **policy: Any) -> ScalePlan:
     return plan(hosts=hosts, pending=pending, offerings=OFFERINGS, prices=PRICES,
-                policy=ScalingPolicy(**policy),  # type: ignore[arg-type]
-                overcommit=Overcommit(), now=NOW)
+                policy=ScalingPolicy(**policy), overcommit=Overcommit(), now=NOW)
 
 
 def test_waiting_sandboxes_that_fit_nowhere_get_the_cheapest_host_that_holds_them() -> None:
