@@ -2,23 +2,21 @@
 
 ::
 
-      plan: scale out        provision() returned        ready check passed
-    ─────────────────► REQUESTED ──────────────► PROVISIONING ──────────────► READY
-                           │                           │                        │
-                           │ permanent provider error  │ not ready by deadline  │ idle too long
-                           │                           │ (terminated, replaced) │ (no sandboxes)
-                           ▼                           ▼                        ▼
-                         FAILED ◄──────────────────────┴──── lost ───────── DRAINING
-                                                                                │ terminate(),
-                                                                                ▼ provider agrees
-                                                                           TERMINATED
+     scale out      provision() returned     ready check passed     idle, no sandbox
+    ─────────► REQUESTED ─────────► PROVISIONING ─────────► READY ─────────► DRAINING
+                   │                     │                    │                  │
+                   │ launch refused, or  │ not ready by the   │ gone at the      │ none placed:
+                   │ no capacity by the  │ deadline: given    │ provider (lost)  │ terminate()
+                   │ deadline            │ back and replaced  │                  │ until gone
+                   ▼                     ▼                    ▼                  ▼
+                 FAILED                FAILED               FAILED           TERMINATED
 
 TERMINATED and FAILED never change again; a FAILED host has been given back to the
 provider (or never existed) before the record says so. A REQUESTED host also fails when
 the provider refuses the launch (quota, auth, unknown type) or has no capacity until the
-deadline. Every phase is written to the
-agent's SQLite state *before* the next provider call, so a restarted agent resumes from
-it: each step first measures (describe, list by tag) and only then acts.
+deadline. Every phase is written to the agent's SQLite state *before* the next provider
+call, so a restarted agent resumes from it: each step first measures (list by tag,
+describe) and only then acts.
 """
 
 from __future__ import annotations
@@ -37,12 +35,10 @@ class HostPhase(StrEnum):
 
 
 ALLOWED: Mapping[HostPhase, frozenset[HostPhase]] = {
-    HostPhase.REQUESTED: frozenset(
-        {HostPhase.PROVISIONING, HostPhase.READY, HostPhase.FAILED, HostPhase.TERMINATED}
-    ),
-    HostPhase.PROVISIONING: frozenset({HostPhase.READY, HostPhase.DRAINING, HostPhase.FAILED}),
+    HostPhase.REQUESTED: frozenset({HostPhase.PROVISIONING, HostPhase.FAILED}),
+    HostPhase.PROVISIONING: frozenset({HostPhase.READY, HostPhase.FAILED}),
     HostPhase.READY: frozenset({HostPhase.DRAINING, HostPhase.FAILED}),
-    HostPhase.DRAINING: frozenset({HostPhase.TERMINATED, HostPhase.FAILED}),
+    HostPhase.DRAINING: frozenset({HostPhase.TERMINATED}),
     HostPhase.TERMINATED: frozenset(),
     HostPhase.FAILED: frozenset(),
 }

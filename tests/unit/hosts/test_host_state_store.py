@@ -80,12 +80,14 @@ def test_hosts_and_placements_survive_a_reopen(tmp_path: Path) -> None:
 
 
 def test_terminal_phases_never_change_and_live_phases_are_the_rest() -> None:
-    """TERMINATED and FAILED allow no move; every other phase can reach FAILED."""
+    """TERMINATED and FAILED allow no move; a host can fail until it is draining."""
     for phase in HostPhase:
         if phase in (HostPhase.TERMINATED, HostPhase.FAILED):
             assert ALLOWED[phase] == frozenset()
             assert phase not in LIVE
         else:
             assert phase in LIVE
-            assert can_move(phase, HostPhase.FAILED)
+    for phase in (HostPhase.REQUESTED, HostPhase.PROVISIONING, HostPhase.READY):
+        assert can_move(phase, HostPhase.FAILED)
     assert not can_move(HostPhase.READY, HostPhase.PROVISIONING)
+    assert not can_move(HostPhase.DRAINING, HostPhase.READY)  # no un-draining
