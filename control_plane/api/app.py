@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator
 
 import structlog
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 
 from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimit
-from control_plane.api.routes import agents, billing, jobs, sandboxes, tenants
+from control_plane.api.routes import agents, billing, console_users, jobs, sandboxes, tenants
 from control_plane.api.schemas import Health
 from control_plane.api.services import Services
+from control_plane.console import create_console
 from control_plane.jobs.inbox import AgentInbox
 from control_plane.jobs.issuer import JobIssuer
 from control_plane.jobs.keys import SigningKeys
@@ -96,6 +98,12 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
     async def healthz() -> Health:
         return Health()
 
-    for module in (tenants, agents, sandboxes, jobs, billing):
+    for module in (tenants, agents, sandboxes, jobs, billing, console_users):
         app.include_router(module.router)
+
+    @app.get("/console", include_in_schema=False)
+    async def console_root() -> RedirectResponse:
+        return RedirectResponse("/console/", status_code=307)
+
+    app.mount("/console", create_console(svc))
     return app
