@@ -54,7 +54,7 @@ def _error_page(request: Request, status: int, message: str) -> Response:
 
 async def _login_required(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LoginRequired)
-    query = urlencode({"next": PREFIX + exc.next_path if exc.next_path != "/" else PREFIX + "/"})
+    query = urlencode({"next": exc.next_path})
     return RedirectResponse(f"{PREFIX}/login?{query}", status_code=303)
 
 
@@ -62,7 +62,7 @@ async def _corral(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CorralError)
     status = http_status(exc)
     if exc.code == ErrorCode.UNAUTHENTICATED:
-        return await _login_required(request, LoginRequired("/"))
+        return await _login_required(request, LoginRequired(PREFIX + "/"))
     message = exc.message
     if status >= 500:
         message = f"{exc.message} ({exc.code.value})"

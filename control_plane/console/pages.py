@@ -13,6 +13,7 @@ from pathlib import Path as FilePath
 from typing import Annotated
 from urllib.parse import urlencode
 
+import structlog
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
@@ -51,6 +52,7 @@ from control_plane.store.tenants import ApiKeyRecord, TenantRecord
 from control_plane.usage_export import ExportFormat, UsageExporter, parse_format, parse_period
 
 router = APIRouter()
+log = structlog.get_logger("control_plane.console")
 
 PAGE_SIZE = 25
 NAME_MAX = 128
@@ -137,6 +139,7 @@ async def login(request: Request) -> Response:
     stored_hash = found[1] if found else None
     ok = await asyncio.to_thread(verify_password, stored_hash, password)
     if found is None or not ok:
+        log.warning("console_login_failed", username=username[:64])
         return render(
             request,
             "login.html",
@@ -151,6 +154,7 @@ async def login(request: Request) -> Response:
         new_hash = await asyncio.to_thread(hash_password, password)
         await svc.db.run(lambda s: console_users.set_password_hash(s, user.id, new_hash))
     opened = await svc.db.run(lambda s: console_users.open_session(s, user.id, SESSION_TTL_S))
+    log.info("console_login", user=user.username, role=user.role)
     response = RedirectResponse(_safe_next(form.get("next", "")), status_code=303)
     set_session_cookie(request, response, opened.token)
     response.delete_cookie(LOGIN_COOKIE, path=PREFIX)
@@ -212,6 +216,7 @@ async def tenant_create(request: Request) -> Response:
     viewer, form = await posted(request, Permission.OPERATE)
     name = _name(form, "name", "tenant name")
     tenant, key = await services_of(request).db.run(lambda s: tenants.create_tenant(s, name))
+    log.info("console_tenant_created", user=viewer.username, tenant_id=tenant.id)
     return render(
         request, "secret.html", viewer, nav="tenants",
         heading=f"Tenant {tenant.name} created",
@@ -246,6 +251,8 @@ async def api_key_create(request: Request, tenant_id: IdPath) -> Response:
     issued = await services_of(request).db.run(
         lambda s: tenants.create_api_key(s, tenant_id, name)
     )
+    log.info("console_api_key_created", user=viewer.username, tenant_id=tenant_id,
+             key_id=issued.record.id)
     return render(
         request, "secret.html", viewer, nav="tenants", heading=f"API key {name} created",
         what="API key", secret=issued.key, note=f"For tenant {tenant_id}.",
@@ -255,8 +262,9 @@ async def api_key_create(request: Request, tenant_id: IdPath) -> Response:
 
 @router.post("/tenants/{tenant_id}/api-keys/{key_id}/revoke")
 async def api_key_revoke(request: Request, tenant_id: IdPath, key_id: IdPath) -> Response:
-    await posted(request, Permission.OPERATE)
+    viewer, _ = await posted(request, Permission.OPERATE)
     await services_of(request).db.run(lambda s: tenants.revoke_api_key(s, tenant_id, key_id))
+    log.info("console_api_key_revoked", user=viewer.username, tenant_id=tenant_id, key_id=key_id)
     return see_other(f"/tenants/{tenant_id}", done="revoked")
 
 
@@ -300,6 +308,7 @@ async def enrollment_token(request: Request) -> Response:
             field="ttl_s",
         )
     issued = await svc.db.run(lambda s: agents.create_enrollment_token(s, tenant_id, ttl_s))
+    log.info("console_enrollment_token_created", user=viewer.username, tenant_id=tenant_id)
     return render(
         request, "secret.html", viewer, nav="agents", heading="Enrollment token created",
         what="Enrollment token", secret=issued.token,
@@ -380,9 +389,11 @@ async def sandbox_detail(request: Request, sandbox_id: IdPath, done: str = "") -
 
 @router.post("/sandboxes/{sandbox_id}/kill")
 async def sandbox_kill(request: Request, sandbox_id: IdPath) -> Response:
-    await posted(request, Permission.OPERATE)
+    viewer, _ = await posted(request, Permission.OPERATE)
     svc = services_of(request)
     sandbox = await svc.db.run(lambda s: sandboxes.get_sandbox(s, sandbox_id, tenant_id=None))
+    log.info("console_sandbox_kill", user=viewer.username, tenant_id=sandbox.tenant_id,
+             sandbox_id=sandbox.id)
     await svc.sandboxes.kill(sandbox.tenant_id, sandbox.id)
     return see_other(f"/sandboxes/{sandbox_id}", done="killed")
 

@@ -55,7 +55,8 @@ STATIC = Path(__file__).parent / "static"
 
 
 class LoginRequired(Exception):
-    """No live session: the handler redirects to the login page."""
+    """No live session: the handler redirects to the login page, then to ``next_path``
+    (the full path, ``/console/...``, with its query)."""
 
     def __init__(self, next_path: str) -> None:
         super().__init__(next_path)
@@ -150,7 +151,8 @@ async def viewer_of(request: Request, permission: Permission | None = None) -> V
     if token:
         found = await services_of(request).db.run(lambda s: console_users.find_session(s, token))
     if found is None:
-        raise LoginRequired(request.url.path)
+        query = request.url.query
+        raise LoginRequired(request.url.path + (f"?{query}" if query else ""))
     viewer = Viewer(found)
     if permission is not None:
         viewer.require(permission)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from fastapi.testclient import TestClient
@@ -62,7 +63,9 @@ def test_pages_need_a_session_and_send_you_to_sign_in(client: TestClient) -> Non
     for path in ("/console/", "/console/tenants", "/console/billing", "/console/keys"):
         r = client.get(path)
         assert r.status_code == 303, path
-        assert r.headers["location"].startswith("/console/login?next=%2Fconsole%2F")
+        assert r.headers["location"] == "/console/login?" + urlencode({"next": path})
+    r = client.get("/console/jobs", params={"status": "rejected"})
+    assert r.headers["location"] == "/console/login?next=%2Fconsole%2Fjobs%3Fstatus%3Drejected"
     assert client.get("/console").headers["location"] == "/console/"
 
 
