@@ -20,7 +20,6 @@ from control_plane.api.body_limit import BodyLimit
 from control_plane.api.routes import agents, billing, console_users, jobs, sandboxes, tenants
 from control_plane.api.schemas import Health
 from control_plane.api.services import Services
-from control_plane.console import create_console
 from control_plane.jobs.inbox import AgentInbox
 from control_plane.jobs.issuer import JobIssuer
 from control_plane.jobs.keys import SigningKeys
@@ -104,6 +103,8 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
     @app.get("/console", include_in_schema=False)
     async def console_root() -> RedirectResponse:
         return RedirectResponse("/console/", status_code=307)
+
+    from control_plane.console.app import create_console  # it imports the API's services
 
     app.mount("/console", create_console(svc))
     return app

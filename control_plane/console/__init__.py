@@ -1,5 +1,4 @@
-"""The web console for the platform team, served by the control plane at ``/console``."""
+"""The web console for the platform team, served by the control plane at ``/console``.
 
-from control_plane.console.app import create_console
-
-__all__ = ["create_console"]
+:func:`control_plane.console.app.create_console` builds it; ``create_app`` mounts it.
+"""

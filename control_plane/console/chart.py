@@ -16,7 +16,7 @@ from control_plane.console.queries import DailyUsage
 
 WIDTH = 720
 HEIGHT = 240
-LEFT = 56
+LEFT = 100
 BOTTOM = 24
 TOP = 8
 SERIES = 8
@@ -86,15 +86,18 @@ def stacked_by_day(
     first_day: date,
     days: int,
     value: Callable[[DailyUsage], Decimal],
-    fmt: Callable[[Decimal], str],
+    fmt: Callable[[Decimal, int], str],
     names: dict[str, str],
 ) -> BarChart:
+    """``fmt(value, decimals)`` writes a number; decimals grow as the values shrink, so a
+    month of a few vCPU-seconds still reads as numbers, not as a column of zeros."""
     tenants = sorted({r.tenant_id for r in rows})
     series = {t: i % SERIES for i, t in enumerate(tenants)}
     totals: dict[date, Decimal] = {}
     for r in rows:
         totals[r.day] = totals.get(r.day, Decimal(0)) + value(r)
     top = _nice_max(max(totals.values(), default=Decimal(0)))
+    decimals = min(max(2, 2 - top.adjusted()), 8)
     plot_h = HEIGHT - BOTTOM - TOP
     slot = (WIDTH - LEFT) / max(days, 1)
     bar_w = max(slot * 0.7, 1.0)
@@ -116,11 +119,12 @@ def stacked_by_day(
                 width=round(bar_w, 2),
                 height=round(h, 2),
                 series=series[r.tenant_id],
-                title=f"{r.day.isoformat()} {name}: {fmt(v)}",
+                title=f"{r.day.isoformat()} {name}: {fmt(v, decimals + 2)}",
             )
         )
     ticks = tuple(
-        Tick(y=round(TOP + plot_h - plot_h * i / 4, 2), label=fmt(top * i / 4)) for i in range(5)
+        Tick(y=round(TOP + plot_h - plot_h * i / 4, 2), label=fmt(top * i / 4, decimals))
+        for i in range(5)
     )
     labels = []
     for i in range(days):

@@ -454,11 +454,11 @@ async def billing_page(
     first = month.start.date()
     vcpu_chart = chart.stacked_by_day(
         "Daily vCPU-hours per tenant", daily, first_day=first, days=days,
-        value=lambda r: r.vcpu_hours, fmt=lambda v: f"{v:,.2f} h", names=names,
+        value=lambda r: r.vcpu_hours, fmt=lambda v, d: f"{v:,.{d}f} h", names=names,
     )  # fmt: skip
     cost_chart = chart.stacked_by_day(
         "Daily cost per tenant (USD, estimate)", daily, first_day=first, days=days,
-        value=lambda r: r.cost, fmt=lambda v: f"${v:,.2f}", names=names,
+        value=lambda r: r.cost, fmt=lambda v, d: f"${v:,.{d}f}", names=names,
     )  # fmt: skip
     return render(
         request, "billing.html", viewer, nav="billing", period=str(month),

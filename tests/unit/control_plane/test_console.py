@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
 from control_plane.api import create_app
 from control_plane.console.roles import ConsoleRole, Permission, allowed
@@ -323,3 +324,146 @@ def test_an_enrollment_token_is_shown_once_and_enrolls(client: TestClient) -> No
         data={"tenant_id": tenant["tenant"]["id"], "ttl_s": "5", "csrf_token": csrf_of(page.text)},
     )
     assert bad.status_code == 400
+
+
+# ---- pages over a seeded store: one tenant, one agent, sandboxes, jobs and usage ----------
+
+
+def seed(database_url: str) -> dict[str, str]:
+    """A tenant with an online agent on host ``rack-7``, two sandboxes (one running with
+    labels, one killed), a rejected job with its reason, and 2 h of 2-vCPU usage today."""
+    from datetime import timedelta
+
+    from byoc_agent.protocol.messages import JobKind, JobStatus, SandboxState
+    from control_plane.store import agents, jobs, new_id, sandboxes, tenants, usage, utcnow
+    from control_plane.store.agents import AgentReport, Capacity
+    from control_plane.store.sandboxes import NewSandbox
+    from control_plane.store.usage import Usage
+
+    db = Database(database_url)
+    report = AgentReport(
+        data_plane_url="http://10.0.0.7:8788", runtimes=("gvisor",), templates=("base",),
+        capacity=Capacity(8, 6, 8192, 4096, 1), version="9.9.9-test",
+    )  # fmt: skip
+
+    def work(s: Session) -> dict[str, str]:
+        tenant, _ = tenants.create_tenant(s, "seeded")
+        token = agents.create_enrollment_token(s, tenant.id, 600)
+        agent = agents.enroll(s, token.token, "rack-agent", "pk", report)
+        agents.record_heartbeat(s, agent.id, report)
+        running = sandboxes.create_sandbox(
+            s, NewSandbox(tenant.id, agent.id, "base", 2, 512, 600, {"team": "ml", "run": "a"})
+        )
+        sandboxes.transition(s, running.id, SandboxState.RUNNING)
+        killed = sandboxes.create_sandbox(
+            s, NewSandbox(tenant.id, agent.id, "base", 1, 256, 600, {"team": "web"})
+        )
+        sandboxes.transition(s, killed.id, SandboxState.RUNNING)
+        sandboxes.transition(s, killed.id, SandboxState.KILLED, reason="killed", source="api")
+        job_id = new_id("j")
+        jobs.create_job(s, job_id=job_id, tenant_id=tenant.id, agent_id=agent.id,
+                        sandbox_id=running.id, kind=JobKind.SET_TIMEOUT, seq=7)
+        jobs.complete_job(s, job_id, JobStatus.REJECTED, error_code="seq_not_increasing",
+                          error_message="seq 7 is not above 9")
+        now = utcnow().replace(microsecond=0)
+        start = max(now - timedelta(hours=2), now.replace(hour=0, minute=0, second=0))
+        end = max(now, start + timedelta(seconds=1))
+        usage.record_usage(
+            s,
+            Usage(tenant.id, agent.id, "u-1", running.id, start, end, 2, 512, 0, None,
+                  "gvisor", "base", "rack-7"),
+            received_at=now,
+        )
+        return {"tenant": tenant.id, "agent": agent.id, "running": running.id,
+                "killed": killed.id, "job": job_id}
+
+    try:
+        return db.run_sync(work)
+    finally:
+        db.dispose()
+
+
+def test_pages_show_what_the_store_holds(client: TestClient, database_url: str) -> None:
+    """Overview counts, agent status and hosts, sandbox filters and history, the rejected
+    job's reason, and a usage chart with an invoice for the month."""
+    ids = seed(database_url)
+    make_user(client)
+    sign_in(client)
+    overview = client.get("/console/").text
+    assert re.search(r'<span class="big">1</span> <span>agents online</span>', overview)
+    assert re.search(r'<span class="big">1</span> <span>sandboxes running</span>', overview)
+    assert re.search(r'<span class="big">1</span> <span>jobs rejected today</span>', overview)
+    assert "vCPU-hours today" in overview
+
+    agents_page = client.get("/console/agents").text
+    assert "9.9.9-test" in agents_page
+    assert "online" in agents_page
+    assert "rack-7" in agents_page
+    assert "rack-7" in client.get("/console/hosts").text
+
+    def listed(**params: str) -> set[str]:
+        r = client.get("/console/sandboxes", params=params)
+        assert r.status_code == 200
+        return set(re.findall(r'href="/console/sandboxes/(sb_[0-9a-f]+)"', r.text))
+
+    assert listed() == {ids["running"], ids["killed"]}
+    assert listed(state="killed") == {ids["killed"]}
+    assert listed(metadata="team=ml run=a") == {ids["running"]}
+    assert listed(metadata="team=ml", state="killed") == set()
+    assert listed(tenant=ids["tenant"]) == {ids["running"], ids["killed"]}
+    assert listed(tenant="t_nobody") == set()
+    assert client.get("/console/sandboxes", params={"metadata": "nonsense"}).status_code == 400
+
+    detail = client.get(f"/console/sandboxes/{ids['killed']}").text
+    assert [s for s in re.findall(r'state state-(\w+)">', detail)][1:] == [
+        "pending", "running", "killed"
+    ]
+    assert "Kill sandbox" not in detail
+    assert "Kill sandbox" in client.get(f"/console/sandboxes/{ids['running']}").text
+
+    rejected = client.get("/console/jobs", params={"status": "rejected"}).text
+    assert ids["job"] in rejected
+    assert "seq_not_increasing" in rejected
+    assert "seq 7 is not above 9" in rejected
+    assert ids["job"] not in client.get("/console/jobs", params={"status": "succeeded"}).text
+
+    billing = client.get("/console/billing").text
+    assert billing.count('<rect class="series-0"') == 2  # one day: vCPU-hours and cost
+    assert "seeded" in billing
+    assert re.search(r"vCPU.*?h \u00d7 ", billing, re.S)
+    assert "Download export for" in billing
+
+
+def test_daily_usage_splits_records_at_utc_midnight(database_url: str) -> None:
+    """A record from 23:00 to 01:00 across a month end counts one hour on each day, priced
+    at the list rates (vCPU-hours and GiB-hours)."""
+    from datetime import UTC, date, datetime
+    from decimal import Decimal
+
+    from billing import PriceBook
+    from control_plane.console import queries
+    from control_plane.store import upgrade_to_head, usage, utcnow
+    from control_plane.store.usage import Usage
+
+    upgrade_to_head(database_url)
+    ids = seed(database_url)
+    db = Database(database_url)
+    start = datetime(2020, 10, 31, 23, tzinfo=UTC)
+    end = datetime(2020, 11, 1, 1, tzinfo=UTC)
+    try:
+        db.run_sync(lambda s: usage.record_usage(
+            s, Usage(ids["tenant"], ids["agent"], "midnight", ids["running"], start, end, 4,
+                     2048, 0, None, "gvisor", "base", "rack-7"), received_at=utcnow()))
+        october = db.run_sync(lambda s: queries.daily_usage(
+            s, start=datetime(2020, 10, 1, tzinfo=UTC), end=datetime(2020, 11, 1, tzinfo=UTC),
+            pricebook=PriceBook()))
+        first_of_november = db.run_sync(lambda s: queries.daily_usage(
+            s, start=datetime(2020, 11, 1, tzinfo=UTC), end=datetime(2020, 11, 2, tzinfo=UTC),
+            pricebook=PriceBook()))
+    finally:
+        db.dispose()
+    assert [(d.day, d.vcpu_hours, d.gib_hours) for d in october] == [
+        (date(2020, 10, 31), Decimal(4), Decimal(2))
+    ]
+    assert october[0].cost == Decimal(4) * Decimal("0.01667") + Decimal(2) * Decimal("0.00833")
+    assert [(d.day, d.vcpu_hours) for d in first_of_november] == [(date(2020, 11, 1), Decimal(4))]
