@@ -143,6 +143,7 @@ def open_session(s: Session, user_id: str, ttl_s: int) -> NewSession:
         raise NotFoundError("no such console user")
     token = secrets.token_urlsafe(32)
     now = utcnow()
+    s.execute(delete(ConsoleSession).where(ConsoleSession.expires_at <= now))  # abandoned ones
     row = ConsoleSession(
         token_hash=sha256_hex(token),
         user_id=user_id,

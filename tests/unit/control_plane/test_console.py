@@ -99,6 +99,22 @@ def test_a_user_signs_in_sees_the_overview_and_signs_out(client: TestClient) -> 
     assert client.get("/console/").status_code == 303
 
 
+def test_cookies_are_secure_over_https(client: TestClient) -> None:
+    """Behind HTTPS the login and session cookies get the Secure flag."""
+    make_user(client)
+    page = client.get("https://testserver/console/login")
+    assert "Secure" in page.headers["set-cookie"]
+    r = client.post(
+        "https://testserver/console/login",
+        data={"username": "ops", "password": PASSWORD, "csrf_token": csrf_of(page.text)},
+    )
+    assert r.status_code == 303
+    session = [v for k, v in r.headers.multi_items() if k == "set-cookie"
+               and v.startswith(SESSION_COOKIE + "=")]
+    assert len(session) == 1
+    assert "Secure" in session[0]
+
+
 def test_an_open_redirect_after_sign_in_is_refused(client: TestClient) -> None:
     """``next`` may only point inside the console."""
     make_user(client)
@@ -254,6 +270,27 @@ def test_error_pages_are_styled_html(client: TestClient) -> None:
     state = client.get("/console/sandboxes", params={"state": "dancing"})
     assert state.status_code == 400
     assert client.get("/v1/nothing").headers["content-type"].startswith("application/json")
+
+
+def test_an_unexpected_failure_is_a_styled_500_without_details(
+    client: TestClient, database_url: str
+) -> None:
+    """A broken database (a table gone) gives the 500 page, never a stack trace."""
+    from sqlalchemy import text
+
+    make_user(client)
+    sign_in(client)
+    db = Database(database_url)
+    try:
+        db.run_sync(lambda s: s.execute(text("DROP TABLE usage_records")))
+    finally:
+        db.dispose()
+    r = client.get("/console/hosts")
+    assert r.status_code == 500
+    assert "Something went wrong" in r.text
+    assert "usage_records" not in r.text
+    assert "Traceback" not in r.text
+    assert r.headers["content-security-policy"] == CSP
 
 
 def test_lists_page_with_next_and_first_links(client: TestClient) -> None:
