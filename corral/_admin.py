@@ -24,6 +24,8 @@ from corral._http import About, HttpClient, JsonBody, QueryParams, converted, pa
 from corral._wire import (
     AgentWire,
     ApiKeyWire,
+    ConsoleUserListWire,
+    ConsoleUserWire,
     EnrollmentTokenWire,
     Page,
     TenantCreatedWire,
@@ -38,6 +40,16 @@ EXPORT_WAIT_S = 600.0
 """How long to wait for the first byte of an export: the server builds it before sending."""
 
 W = TypeVar("W", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleUser:
+    """A person who signs in to the web console at ``/console``."""
+
+    id: str
+    username: str
+    role: str
+    created_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +174,11 @@ class AdminClient:
         client = cls.__new__(cls)
         client._setup(config, credential_env, transport)
         return client
+
+    @property
+    def api_url(self) -> str:
+        """The control plane this client talks to."""
+        return self._config.api_url
 
     def close(self) -> None:
         self._http.close()
@@ -310,6 +327,23 @@ class AdminClient:
             )
             for w in self._pages("/v1/agents", _AgentPage, AgentWire)
         ]
+
+    # ---- console users ----
+
+    def create_console_user(self, username: str, password: str, role: str = "admin") -> ConsoleUser:
+        """Create a web-console user (role ``admin``, ``viewer`` or ``billing``)."""
+        response = self._call(
+            "POST",
+            "/v1/console/users",
+            json={"username": username, "password": password, "role": role},
+        )
+        w = parse(ConsoleUserWire, response, self._about)
+        return ConsoleUser(w.id, w.username, w.role, utc(w.created_at))
+
+    def list_console_users(self) -> builtins.list[ConsoleUser]:
+        response = self._call("GET", "/v1/console/users")
+        wire = parse(ConsoleUserListWire, response, self._about)
+        return [ConsoleUser(w.id, w.username, w.role, utc(w.created_at)) for w in wire.items]
 
     # ---- billing ----
 

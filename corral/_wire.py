@@ -131,6 +131,18 @@ class TenantCreatedWire(_Edge):
     api_key: ApiKeyWire
 
 
+class ConsoleUserWire(_Edge):
+    id: str
+    username: str
+    role: str
+    created_at: datetime | None = None
+    disabled_at: datetime | None = None
+
+
+class ConsoleUserListWire(_Edge):
+    items: list[ConsoleUserWire]
+
+
 class EnrollmentTokenWire(_Edge):
     token: str
     expires_at: datetime | None = None

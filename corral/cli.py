@@ -59,6 +59,10 @@ app.add_typer(billing_app, name="billing")
 admin_app.add_typer(tenant_app, name="tenant")
 admin_app.add_typer(apikey_app, name="apikey")
 admin_app.add_typer(billing_key_app, name="billing-key")
+console_user_app = typer.Typer(
+    help="People who sign in to the web console at /console.", no_args_is_help=True
+)
+admin_app.add_typer(console_user_app, name="console-user")
 
 
 def _out() -> Console:
@@ -309,6 +313,38 @@ def billing_key_revoke(
     with _friendly(), AdminClient() as admin:
         admin.revoke_billing_key(key_id)
     typer.echo(f"revoked {key_id}")
+
+
+@console_user_app.command("create")
+def console_user_create(
+    username: str = typer.Argument(..., help="Sign-in name (a-z, 0-9, . _ @ -)."),
+    role: str = typer.Option("admin", "--role", help="admin, viewer or billing."),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from stdin instead of prompting."
+    ),
+) -> None:
+    """Create a console user; the password (at least 12 characters) is prompted for."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    with _friendly(), AdminClient() as admin:
+        user = admin.create_console_user(username, password, role)
+        url = f"{admin.api_url}/console/"
+    typer.echo(f"created console user {user.username} ({user.role}); sign in at {url}")
+
+
+@console_user_app.command("ls")
+def console_user_ls() -> None:
+    """List console users (never their passwords)."""
+    with _friendly(), AdminClient() as admin:
+        users = admin.list_console_users()
+    table = Table(box=None, header_style="bold")
+    for column in ("USERNAME", "ROLE", "ID", "CREATED"):
+        table.add_column(column, overflow="fold")
+    for user in users:
+        table.add_row(user.username, user.role, user.id, _when(user.created_at))
+    _out().print(table if users else "No console users.")
 
 
 @admin_app.command("enrollment-token")

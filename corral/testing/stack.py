@@ -18,12 +18,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from corral._admin import AdminClient
+from corral.errors import ConflictError
 from corral.testing.nats_server import NatsServer, free_port
 
 DEFAULT_PORTS = {"nats": 14222, "api": 18080, "dataplane": 18788}
@@ -38,6 +39,12 @@ class StackInfo:
     tenant_id: str
     nats_url: str
     data_plane_url: str
+    console_user: str = ""
+    console_password: str = field(default="", repr=False)
+
+    @property
+    def console_url(self) -> str:
+        return f"{self.api_url}/console/"
 
 
 class StackError(Exception):
@@ -209,6 +216,7 @@ class LocalStack:
             self._wait("control plane", lambda: _http_ok(f"{self.api_url}/healthz"),
                        "control-plane")
         dev = self._bootstrap_tenant(admin)
+        console_login = self._bootstrap_console_user(admin)
         if self._pid("agent") is None:
             self._check_port_free("dataplane")
             self.progress(f"agent: starting ({self.runtime}), data plane on {self.data_plane_url}")
@@ -236,6 +244,8 @@ class LocalStack:
             api_url=self.api_url, api_key=dev["api_key"], admin_token=admin,
             tenant_id=dev["tenant_id"], nats_url=self.nats_url,
             data_plane_url=self.data_plane_url,
+            console_user=console_login.get("username", ""),
+            console_password=console_login.get("password", ""),
         )
         self.write_env(info)
         return info
@@ -249,6 +259,25 @@ class LocalStack:
         dev = {"tenant_id": created.tenant.id, "api_key": created.api_key.key}
         self._write_secret(self.home / "dev-tenant.json", json.dumps(dev))
         return dev
+
+    def _bootstrap_console_user(self, admin: str) -> dict[str, str]:
+        """The first web-console user (``admin``), created once; its login in
+        ``console-admin.json`` (mode 0600). ``{}`` when the user exists without that file."""
+        saved = self._load_json("console-admin.json")
+        if saved.get("username") and saved.get("password"):
+            return {"username": str(saved["username"]), "password": str(saved["password"])}
+        login = {"username": "admin", "password": secrets.token_urlsafe(18)}
+        try:
+            with AdminClient(admin, api_url=self.api_url) as client:
+                client.create_console_user(login["username"], login["password"], "admin")
+        except ConflictError:
+            self.progress(
+                "console: user 'admin' exists but its password is not in console-admin.json; "
+                "add one with `corral admin console-user create NAME`"
+            )
+            return {}
+        self._write_secret(self.home / "console-admin.json", json.dumps(login))
+        return login
 
     def _agent_online(self, admin: str, tenant_id: str) -> bool:
         try:
