@@ -63,6 +63,8 @@ class SandboxSpec:
     memory_mb: int
     timeout_s: int
     env: Mapping[str, str] = field(default_factory=dict)
+    # "gvisor" or "microvm": which runtime of an agent's RuntimeSet runs it.
+    isolation: str = "gvisor"
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,7 +131,7 @@ class _Paths:
 class QemuMicrovmRuntime:
     """The :class:`~byoc_agent.runtimes.base.Runtime` backed by QEMU's ``microvm`` machine."""
 
-    name = "microvm"
+    name = "qemu-microvm"
 
     def __init__(
         self,
