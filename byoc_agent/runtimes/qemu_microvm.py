@@ -25,10 +25,12 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ from byoc_agent.protocol.errors import (
     SandboxNotRunningError,
 )
 from byoc_agent.runtimes.base import (
+    SNAPSHOT_META,
     ExecEvent,
     ExecRequest,
     Exit,
@@ -65,6 +68,9 @@ _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MIN_MEMORY_MB = 128  # the guest kernel and python3 need room of their own
 _HOME = "/root"
 _QMP_TIMEOUT_S = 5.0
+_MEMORY = "memory.bin"  # a saved VM (QEMU's migration stream) in a snapshot or pause dir
+_DISK = "disk.qcow2"
+_MIGRATE_TIMEOUT_S = 120.0
 
 
 def _host_tsc_khz() -> int:
@@ -118,6 +124,11 @@ class _Paths:
     @property
     def qemu_log(self) -> Path:
         return self.dir / "qemu.log"
+
+    @property
+    def paused(self) -> Path:
+        """Where a paused sandbox's memory waits (its disk stays in place)."""
+        return self.dir / "paused"
 
     @property
     def guest_sock(self) -> Path:
@@ -192,9 +203,7 @@ class QemuMicrovmRuntime:
                 f"memory_mb must be at least {_MIN_MEMORY_MB} for a microVM",
                 sandbox_id=spec.sandbox_id,
             )
-        for key, value in spec.env.items():
-            if not _ENV_KEY_RE.fullmatch(key) or "\0" in value:
-                raise InvalidArgumentError(f"invalid environment variable name or value: {key!r}")
+        _validate_env(spec.env)
 
     async def accel(self) -> str:
         """``kvm`` if a guest really boots under KVM here, else ``tcg`` (probed once, cached)."""
@@ -268,37 +277,29 @@ class QemuMicrovmRuntime:
         return " ".join(parts)
 
     def _qemu_argv(
-        self, spec: SandboxSpec, paths: _Paths, boot: GuestBoot, accel: str
+        self, paths: _Paths, record: Mapping[str, Any], incoming: Path | None = None
     ) -> list[str]:
-        return [
+        """QEMU's command line from a sandbox's record (the same for a restore as for a boot)."""
+        argv = [
             self._qemu,
-            *self._machine_args(accel, spec.cpu, spec.memory_mb),
-            "-name",
-            f"corral-{spec.sandbox_id}",
-            "-kernel",
-            str(boot.kernel),
-            "-initrd",
-            str(boot.initrd),
-            "-append",
-            self._cmdline(accel, spec.sandbox_id),
-            "-serial",
-            f"file:{paths.console}",
-            "-drive",
-            f"id=root,file={paths.disk},format=qcow2,if=none,cache=unsafe",
-            "-device",
-            "virtio-blk-device,drive=root",
-            "-device",
-            "virtio-serial-device",
-            "-chardev",
-            f"socket,path={paths.guest_sock},server=on,wait=off,id=guest",
-            "-device",
-            "virtserialport,chardev=guest,name=corral",
-            "-qmp",
-            f"unix:{paths.qmp_sock},server=on,wait=off",
-            "-pidfile",
-            str(paths.pidfile),
+            *self._machine_args(str(record["accel"]), int(record["cpu"]), int(record["memory_mb"])),
+            "-name", f"corral-{paths.dir.name}",
+            "-kernel", str(record["kernel"]),
+            "-initrd", str(record["initrd"]),
+            "-append", str(record["cmdline"]),
+            "-serial", f"file:{paths.console}",
+            "-drive", f"id=root,file={paths.disk},format=qcow2,if=none,cache=unsafe",
+            "-device", "virtio-blk-device,drive=root",
+            "-device", "virtio-serial-device",
+            "-chardev", f"socket,path={paths.guest_sock},server=on,wait=off,id=guest",
+            "-device", "virtserialport,chardev=guest,name=corral",
+            "-qmp", f"unix:{paths.qmp_sock},server=on,wait=off",
+            "-pidfile", str(paths.pidfile),
             "-daemonize",
-        ]
+        ]  # fmt: skip
+        if incoming is not None:
+            argv += ["-incoming", f"exec:cat {shlex.quote(str(incoming))}"]
+        return argv
 
     def _pid(self, paths: _Paths) -> int | None:
         try:
@@ -328,8 +329,8 @@ class QemuMicrovmRuntime:
                     f"sandbox {spec.sandbox_id} already exists", sandbox_id=spec.sandbox_id
                 )
             try:
-                await asyncio.to_thread(self._prepare, spec, paths, boot)
-                await self._launch(spec, paths, boot, accel)
+                record = await asyncio.to_thread(self._prepare, spec, paths, boot, accel)
+                await self._launch(paths, record)
                 channel = GuestChannel(paths.guest_sock)
                 try:
                     await channel.connect(self._boot_timeout_s)
@@ -353,41 +354,44 @@ class QemuMicrovmRuntime:
             data={"template": spec.template, "dir": str(paths.dir), "accel": accel},
         )
 
-    def _prepare(self, spec: SandboxSpec, paths: _Paths, boot: GuestBoot) -> None:
+    def _prepare(
+        self, spec: SandboxSpec, paths: _Paths, boot: GuestBoot, accel: str
+    ) -> dict[str, Any]:
         paths.dir.mkdir(parents=True, mode=0o700)
-        paths.sock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for stale in (paths.guest_sock, paths.qmp_sock):
-            stale.unlink(missing_ok=True)
-        record = {
+        record: dict[str, Any] = {
             "template": spec.template,
             "cpu": spec.cpu,
             "memory_mb": spec.memory_mb,
             "env": dict(spec.env),
             "tenant_id": spec.tenant_id,
+            "accel": accel,
+            "kernel": str(boot.kernel),
+            "initrd": str(boot.initrd),
+            "base_disk": str(boot.disk),
+            "cmdline": self._cmdline(accel, spec.sandbox_id),
         }
         paths.spec.write_text(json.dumps(record))
         subprocess.run(
-            [
-                "qemu-img",
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                "raw",
-                "-b",
-                str(boot.disk),
-                str(paths.disk),
-            ],
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(boot.disk),
+             str(paths.disk)],
             check=True,
             capture_output=True,
-        )
+        )  # fmt: skip
+        return record
 
-    async def _launch(self, spec: SandboxSpec, paths: _Paths, boot: GuestBoot, accel: str) -> None:
-        out = await asyncio.to_thread(open, paths.qemu_log, "wb")
+    async def _launch(
+        self, paths: _Paths, record: Mapping[str, Any], incoming: Path | None = None
+    ) -> None:
+        def fresh_sockets() -> None:
+            paths.sock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for stale in paths.sock_dir.iterdir():
+                stale.unlink(missing_ok=True)
+
+        await asyncio.to_thread(fresh_sockets)
+        out = await asyncio.to_thread(open, paths.qemu_log, "ab")
         with out:
             proc = await asyncio.create_subprocess_exec(
-                *self._qemu_argv(spec, paths, boot, accel),
+                *self._qemu_argv(paths, record, incoming),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -395,7 +399,7 @@ class QemuMicrovmRuntime:
             code = await proc.wait()  # -daemonize: returns once the VM is set up
         if code != 0:
             raise CorralError(
-                f"qemu exited with {code}: {_tail(paths.qemu_log)}", sandbox_id=spec.sandbox_id
+                f"qemu exited with {code}: {_tail(paths.qemu_log)}", sandbox_id=paths.dir.name
             )
 
     async def recover(self, handle: SandboxHandle) -> Liveness:
@@ -412,6 +416,8 @@ class QemuMicrovmRuntime:
         paths = self._paths(handle.sandbox_id)
         if self._running(paths):
             return Liveness.RUNNING
+        if (paths.paused / _MEMORY).exists():
+            return Liveness.PAUSED
         return Liveness.STOPPED if paths.dir.exists() else Liveness.MISSING
 
     async def _channel(self, handle: SandboxHandle) -> GuestChannel:
@@ -424,8 +430,10 @@ class QemuMicrovmRuntime:
             if channel is not None and channel.alive:
                 return channel
             if not self._running(paths):
+                paused = (paths.paused / _MEMORY).exists()
                 raise SandboxNotRunningError(
-                    f"sandbox {handle.sandbox_id} is not running", sandbox_id=handle.sandbox_id
+                    f"sandbox {handle.sandbox_id} is {'paused' if paused else 'not running'}",
+                    sandbox_id=handle.sandbox_id,
                 )
             # Take the port over: QEMU serves one client per socket, and an agent that died
             # (or an older instance of this runtime) may still hold the current one. A fresh
@@ -475,9 +483,7 @@ class QemuMicrovmRuntime:
     # ---- exec --------------------------------------------------------------------
 
     async def exec(self, handle: SandboxHandle, request: ExecRequest) -> AsyncIterator[ExecEvent]:
-        for key, value in request.env.items():
-            if not _ENV_KEY_RE.fullmatch(key) or "\0" in value:
-                raise InvalidArgumentError(f"invalid environment variable name or value: {key!r}")
+        _validate_env(request.env)
         channel = await self._channel(handle)
         env = {**self._spec_env(handle), **request.env}
         rid, queue = channel.open()
@@ -600,6 +606,164 @@ class QemuMicrovmRuntime:
         """Flush the guest's page cache to its disk (before a snapshot)."""
         await self._call(handle, {"op": "sync"})
 
+    # ---- pause, snapshot, restore --------------------------------------------------
+
+    def _record(self, paths: _Paths) -> dict[str, Any]:
+        try:
+            record: dict[str, Any] = json.loads(paths.spec.read_text())
+        except (OSError, ValueError) as e:
+            raise SandboxNotRunningError(
+                f"sandbox {paths.dir.name} has no record: {e}", sandbox_id=paths.dir.name
+            ) from None
+        return record
+
+    async def _save_memory(self, handle: SandboxHandle, dest: Path) -> None:
+        """Sync the guest's files, stop its CPUs and stream its state to ``dest/memory.bin``."""
+        paths = self._paths(handle.sandbox_id)
+        await self.sync(handle)
+        await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
+        target = dest / _MEMORY
+        await qmp(paths.qmp_sock, "stop")
+        await qmp(paths.qmp_sock, "migrate", {"uri": f"exec:cat > {shlex.quote(str(target))}"})
+        deadline = time.monotonic() + _MIGRATE_TIMEOUT_S
+        while True:
+            info = await qmp(paths.qmp_sock, "query-migrate")
+            status = info.get("status") if isinstance(info, dict) else None
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled") or time.monotonic() > deadline:
+                raise CorralError(
+                    f"saving sandbox {handle.sandbox_id} failed: migration {status}",
+                    sandbox_id=handle.sandbox_id,
+                )
+            await asyncio.sleep(0.05)
+
+    async def _await_incoming(self, paths: _Paths) -> None:
+        """Wait until a VM started with ``-incoming`` has loaded its state, then run it."""
+        deadline = time.monotonic() + _MIGRATE_TIMEOUT_S
+        while True:
+            info = await qmp(paths.qmp_sock, "query-status")
+            status = info.get("status") if isinstance(info, dict) else None
+            if status == "running":
+                return
+            if status not in ("inmigrate", None):
+                await qmp(paths.qmp_sock, "cont")
+                return
+            if time.monotonic() > deadline:
+                raise CorralError(
+                    f"sandbox {paths.dir.name} did not load its saved state",
+                    sandbox_id=paths.dir.name,
+                )
+            await asyncio.sleep(0.05)
+
+    async def _connect(self, paths: _Paths, timeout_s: float) -> GuestChannel:
+        channel = GuestChannel(paths.guest_sock)
+        try:
+            await channel.connect(timeout_s)
+        except ChannelClosed as e:
+            await channel.close()
+            raise CorralError(
+                f"microVM did not answer: {e}; console: {_tail(paths.console) or '(empty)'}",
+                sandbox_id=paths.dir.name,
+            ) from None
+        self._channels[paths.dir.name] = channel
+        return channel
+
+    async def pause(self, handle: SandboxHandle) -> None:
+        paths = self._paths(handle.sandbox_id)
+        await self._channel(handle)  # raises unless running
+        started = time.monotonic()
+        async with self._lock(handle.sandbox_id):
+            await self._save_memory(handle, paths.paused)
+            channel = self._channels.pop(handle.sandbox_id, None)
+            if channel is not None:
+                await channel.close()
+            await self._kill(paths)
+        log.info("sandbox_paused", sandbox_id=handle.sandbox_id,
+                 ms=round((time.monotonic() - started) * 1000))  # fmt: skip
+
+    async def resume(self, handle: SandboxHandle) -> None:
+        paths = self._paths(handle.sandbox_id)
+        started = time.monotonic()
+        async with self._lock(handle.sandbox_id):
+            if self._running(paths):
+                return
+            memory = paths.paused / _MEMORY
+            if not memory.exists():
+                raise SandboxNotRunningError(
+                    f"sandbox {handle.sandbox_id} is not paused", sandbox_id=handle.sandbox_id
+                )
+            await self._launch(paths, self._record(paths), incoming=memory)
+            await self._await_incoming(paths)
+            await self._connect(paths, self._boot_timeout_s)
+            await asyncio.to_thread(shutil.rmtree, paths.paused, True)
+        log.info("sandbox_resumed", sandbox_id=handle.sandbox_id,
+                 ms=round((time.monotonic() - started) * 1000))  # fmt: skip
+
+    async def snapshot(self, handle: SandboxHandle, dest: Path) -> None:
+        paths = self._paths(handle.sandbox_id)
+        await self._channel(handle)
+        async with self._lock(handle.sandbox_id):
+            if await asyncio.to_thread(dest.exists):
+                raise InvalidArgumentError(f"snapshot {dest.name} already exists")
+            try:
+                await self._save_memory(handle, dest)
+                # The VM is stopped and its disk flushed: the overlay copies consistently.
+                await asyncio.to_thread(shutil.copyfile, paths.disk, dest / _DISK)
+                record = {**self._record(paths), "runtime": self.name}
+                await asyncio.to_thread((dest / SNAPSHOT_META).write_text, json.dumps(record))
+            except BaseException:
+                await asyncio.to_thread(shutil.rmtree, dest, True)
+                raise
+            finally:
+                with contextlib.suppress(CorralError, OSError, TimeoutError):
+                    await qmp(paths.qmp_sock, "cont")
+
+    async def restore(self, spec: SandboxSpec, source: Path) -> SandboxHandle:
+        paths = self._paths(spec.sandbox_id)
+        _validate_env(spec.env)
+        try:
+            meta: dict[str, Any] = json.loads((source / SNAPSHOT_META).read_text())
+        except (OSError, ValueError) as e:
+            raise InvalidArgumentError(f"not a snapshot: {source.name} ({e})") from None
+        if meta.get("runtime") != self.name:
+            raise InvalidArgumentError(
+                f"snapshot {source.name} was made by {meta.get('runtime')!r}, not {self.name}"
+            )
+        started = time.monotonic()
+        async with self._lock(spec.sandbox_id):
+            if paths.dir.exists():
+                raise InvalidArgumentError(
+                    f"sandbox {spec.sandbox_id} already exists", sandbox_id=spec.sandbox_id
+                )
+            record = {**meta, "env": {**meta.get("env", {}), **spec.env},
+                      "tenant_id": spec.tenant_id}  # fmt: skip
+            record.pop("runtime", None)
+            try:
+                await asyncio.to_thread(paths.dir.mkdir, parents=True, mode=0o700)
+                await asyncio.to_thread(paths.spec.write_text, json.dumps(record))
+                await asyncio.to_thread(shutil.copyfile, source / _DISK, paths.disk)
+                await self._launch(paths, record, incoming=source / _MEMORY)
+                await self._await_incoming(paths)
+                channel = await self._connect(paths, self._boot_timeout_s)
+                await channel.call(
+                    {"op": "identity", "hostname": spec.sandbox_id,
+                     "machine_id": uuid.uuid4().hex},
+                    os.urandom(64),
+                )  # fmt: skip
+            except BaseException:
+                await asyncio.shield(self._teardown(spec.sandbox_id, paths))
+                raise
+        log.info("sandbox_restored", sandbox_id=spec.sandbox_id, snapshot=source.name,
+                 ms=round((time.monotonic() - started) * 1000))  # fmt: skip
+        return SandboxHandle(
+            sandbox_id=spec.sandbox_id,
+            runtime=self.name,
+            created_at=time.time(),
+            data={"template": str(record["template"]), "dir": str(paths.dir),
+                  "accel": str(record["accel"])},
+        )  # fmt: skip
+
     # ---- teardown ----------------------------------------------------------------
 
     async def destroy(self, handle: SandboxHandle) -> None:
@@ -612,6 +776,10 @@ class QemuMicrovmRuntime:
         channel = self._channels.pop(sandbox_id, None)
         if channel is not None:
             await channel.close()
+        await self._kill(paths)
+        await asyncio.to_thread(_remove, paths)
+
+    async def _kill(self, paths: _Paths) -> None:
         pid = self._pid(paths)
         if pid is not None and _pid_alive(pid, str(paths.dir)):
             with contextlib.suppress(ProcessLookupError):
@@ -620,7 +788,7 @@ class QemuMicrovmRuntime:
             # Not our child (QEMU daemonized itself): its exit can only be polled.
             while _pid_alive(pid, str(paths.dir)) and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-        await asyncio.to_thread(_remove, paths)
+        paths.pidfile.unlink(missing_ok=True)
 
 
 async def qmp(socket_path: Path, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
@@ -658,6 +826,12 @@ async def qmp(socket_path: Path, command: str, arguments: Mapping[str, Any] | No
         writer.close()
         with contextlib.suppress(OSError, ConnectionError):
             await writer.wait_closed()
+
+
+def _validate_env(env: Mapping[str, str]) -> None:
+    for key, value in env.items():
+        if not _ENV_KEY_RE.fullmatch(key) or "\0" in value:
+            raise InvalidArgumentError(f"invalid environment variable name or value: {key!r}")
 
 
 def _remove(paths: _Paths) -> None:

@@ -17,6 +17,7 @@ with frames of the same ``id``:
     read {path}               -> {ev: data} + body ..., then {ev: ok}
     list {path}               -> {ev: ok, entries: [...]}
     remove {path} / mkdir {path} / sync -> {ev: ok}
+    identity {hostname, machine_id} + body (random seed) -> {ev: ok}   (a fork's new self)
 
 Failures answer ``{ev: error, code: not_found|invalid|io, message}``. When the agent goes
 away (the port reads EOF) every running command is killed: nobody is left to read it.
@@ -84,6 +85,18 @@ def prepare_guest() -> None:
         fh.write(uuid.uuid4().hex + "\n")
     os.makedirs("/work", exist_ok=True)
     os.makedirs("/tmp", mode=0o1777, exist_ok=True)  # noqa: S108 (the guest's own /tmp)
+
+
+def set_identity(hostname: str, machine_id: str, seed: bytes) -> None:
+    """Become a new machine: a fork must not share its parent's name, id or random state."""
+    socket.sethostname(hostname)
+    with open("/etc/hostname", "w") as fh:
+        fh.write(hostname + "\n")
+    with open("/etc/machine-id", "w") as fh:
+        fh.write(machine_id + "\n")
+    if seed:
+        with open("/dev/urandom", "wb") as fh:  # mixed into the pool (not credited)
+            fh.write(seed)
 
 
 def find_port() -> str:
@@ -255,9 +268,11 @@ class Daemon:
         self.writes: dict[int, tuple[str, BinaryIO]] = {}
 
     def reset(self) -> None:
-        """The agent disconnected: nothing it started may keep running unobserved."""
+        """The agent disconnected: commands still running for it are killed (nobody reads
+        them). What a finished command left in the background is the user's and stays."""
         for ex in self.execs.values():
-            ex.kill()
+            if ex.proc is not None and ex.proc.poll() is None:
+                ex.kill()
         self.execs.clear()
         for tmp, fh in self.writes.values():
             fh.close()
@@ -308,6 +323,9 @@ class Daemon:
                 self.port.send({"id": rid, "ev": "ok"})
             elif op == "sync":
                 os.sync()
+                self.port.send({"id": rid, "ev": "ok"})
+            elif op == "identity":
+                set_identity(str(header["hostname"]), str(header["machine_id"]), body)
                 self.port.send({"id": rid, "ev": "ok"})
             else:
                 self.port.send(

@@ -154,6 +154,10 @@ class Sandboxes:
         self._handles.append(handle)
         return handle
 
+    def adopt(self, handle: SandboxHandle) -> None:
+        """Destroy this sandbox too at the end (one made another way, e.g. restored)."""
+        self._handles.append(handle)
+
     async def destroy_all(self) -> None:
         for handle in self._handles:
             await self.runtime.destroy(handle)
