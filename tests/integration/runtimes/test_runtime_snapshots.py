@@ -104,7 +104,9 @@ async def test_a_restored_snapshot_is_a_new_machine_with_the_old_state(
     assert (await out(runtime, sandbox, "echo still here")).strip() == "still here"
 
     child_spec = SandboxSpec(
-        sandbox_id=f"{sandbox.sandbox_id}-fork",
+        # Not "<parent id>-fork": runsc takes a container id prefix as a match, so no id
+        # may be a prefix of another's (Corral's own ids are fixed-length).
+        sandbox_id=f"fork-{sandbox.sandbox_id}"[:63],
         tenant_id="tenant-contract",
         template="base",
         cpu=1,
