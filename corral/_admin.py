@@ -59,10 +59,11 @@ class Tenant:
     id: str
     name: str
     created_at: datetime | None = None
+    required_isolation: str | None = None
 
     @classmethod
     def from_wire(cls, wire: TenantWire) -> Tenant:
-        return cls(wire.id, wire.name, utc(wire.created_at))
+        return cls(wire.id, wire.name, utc(wire.created_at), wire.required_isolation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +251,15 @@ class AdminClient:
 
     def get_tenant(self, tenant_id: str) -> Tenant:
         response = self._call("GET", f"/v1/tenants/{_seg(tenant_id)}")
+        return Tenant.from_wire(parse(TenantWire, response, self._about))
+
+    def set_tenant_policy(self, tenant_id: str, *, required_isolation: str | None) -> Tenant:
+        """Require ``"microvm"`` isolation for every sandbox of a tenant (``None`` clears it)."""
+        response = self._call(
+            "PUT",
+            f"/v1/tenants/{_seg(tenant_id)}/policy",
+            json={"required_isolation": required_isolation},
+        )
         return Tenant.from_wire(parse(TenantWire, response, self._about))
 
     # ---- API keys ----

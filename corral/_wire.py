@@ -56,6 +56,7 @@ class SandboxWire(_Edge):
     id: str
     state: str
     template: str = ""
+    isolation: str = "gvisor"
     cpu: int | None = None
     memory_mb: int | None = None
     timeout_s: int | None = None
@@ -114,6 +115,7 @@ class TenantWire(_Edge):
     id: str
     name: str
     created_at: datetime | None = None
+    required_isolation: str | None = None
 
 
 class ApiKeyWire(_Edge):

@@ -109,6 +109,9 @@ def sandbox_create(
     timeout: int = typer.Option(300, help="Seconds until the sandbox is killed."),
     env: list[str] | None = typer.Option(None, "--env", help="KEY=VALUE, repeatable."),
     metadata: list[str] | None = typer.Option(None, "--metadata", help="KEY=VALUE, repeatable."),
+    isolation: str | None = typer.Option(
+        None, help="gvisor or microvm (default: the tenant's policy, else gvisor)."
+    ),
 ) -> None:
     """Start a sandbox and print its id."""
     env_vars = _pairs(env, "--env")
@@ -121,6 +124,7 @@ def sandbox_create(
             timeout=timeout,
             env=env_vars,
             metadata=meta,
+            isolation=isolation,
         )
         sandbox.close()
     typer.echo(sandbox.id)
@@ -228,6 +232,22 @@ def tenant_create(name: str = typer.Argument(..., help="Tenant name.")) -> None:
         f"Created tenant [bold]{escape(created.tenant.name)}[/bold] ({created.tenant.id})."
     )
     _show_secret(console, "API key", created.api_key.key)
+
+
+@tenant_app.command("policy")
+def tenant_policy(
+    tenant: str = typer.Argument(..., help="Tenant id."),
+    require_isolation: str = typer.Option(
+        ..., "--require-isolation", help="microvm, or none to clear the requirement."
+    ),
+) -> None:
+    """Require an isolation class for every sandbox of a tenant."""
+    required = None if require_isolation == "none" else require_isolation
+    with _friendly(), AdminClient() as admin:
+        updated = admin.set_tenant_policy(tenant, required_isolation=required)
+    _out().print(
+        f"Tenant {updated.id} requires {updated.required_isolation or 'no particular'} isolation."
+    )
 
 
 @tenant_app.command("ls")

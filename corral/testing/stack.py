@@ -51,6 +51,13 @@ class StackError(Exception):
     """The stack could not be started; the message says what to look at."""
 
 
+def default_runtime() -> str:
+    """gVisor, plus QEMU microVMs where QEMU is installed (``make up`` installs it)."""
+    import shutil
+
+    return "gvisor,qemu-microvm" if shutil.which("qemu-system-x86_64") else "gvisor"
+
+
 class LocalStack:
     def __init__(
         self,
@@ -58,7 +65,7 @@ class LocalStack:
         *,
         ports: Mapping[str, int] | None = None,
         templates_dir: Path | None = None,
-        runtime: str = "gvisor",
+        runtime: str | None = None,
         database_url: str | None = None,
         progress: Progress | None = None,
         extra_env: Mapping[str, str] | None = None,
@@ -67,7 +74,7 @@ class LocalStack:
         self.run_dir = self.home / "run"
         self.logs = self.home / "logs"
         self.templates_dir = (templates_dir or self.home / "templates").resolve()
-        self.runtime = runtime
+        self.runtime = runtime or default_runtime()
         self.database_url = database_url
         self.progress = progress or (lambda _msg: None)
         self.extra_env = dict(extra_env or {})
@@ -184,7 +191,7 @@ class LocalStack:
         """Start whatever is not running; idempotent. Returns the dev credentials."""
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "stack.json").write_text(json.dumps({"ports": self.ports}, indent=2))
-        if self.runtime == "gvisor":
+        if self.runtime != "memory":
             from byoc_agent.runtimes.templates import ensure_template
 
             self.progress("template: ensuring 'base' (first build takes about a minute)")
@@ -227,6 +234,8 @@ class LocalStack:
                 "CORRAL_AGENT_DATAPLANE_PORT": str(self.ports["dataplane"]),
                 "CORRAL_AGENT_RUNTIME": self.runtime,
                 "CORRAL_AGENT_TEMPLATES_DIR": str(self.templates_dir),
+                # Guest kernel and disk images, shared by every stack using these templates.
+                "CORRAL_AGENT_MICROVM_CACHE": str(self.templates_dir.parent / "microvm"),
                 "CORRAL_AGENT_HEARTBEAT_INTERVAL_S": "2",
                 # A dev machine overcommits CPU (each sandbox still gets its cgroup quota).
                 "CORRAL_AGENT_CPU_TOTAL": str(4 * (os.cpu_count() or 2)),
@@ -303,7 +312,7 @@ class LocalStack:
         the agent left running (it never kills them itself)."""
         for name in ("agent", "control-plane", "nats"):
             self.stop_service(name)
-        if destroy_sandboxes and self.runtime == "gvisor":
+        if destroy_sandboxes and self.runtime != "memory":
             self._destroy_sandboxes()
 
     def stop_service(self, name: str) -> None:
@@ -341,15 +350,18 @@ class LocalStack:
         import asyncio
 
         from byoc_agent.protocol.messages import SandboxState
-        from byoc_agent.runtimes.gvisor import GVisorRuntime
+        from byoc_agent.runtimes import RuntimeOptions, build_runtime
         from byoc_agent.state import AgentStateStore
 
         db = self.home / "agent" / "agent-state.db"
         if not db.exists():
             return
         state = AgentStateStore(db)
-        runtime = GVisorRuntime(
-            state_dir=self.home / "agent" / "runtime" / "gvisor", templates_root=self.templates_dir
+        runtime = build_runtime(
+            self.runtime,
+            state_dir=self.home / "agent" / "runtime",
+            templates_root=self.templates_dir,
+            options=RuntimeOptions(microvm_cache=self.templates_dir.parent / "microvm"),
         )
 
         async def destroy_all() -> None:
