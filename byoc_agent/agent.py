@@ -39,7 +39,6 @@ from byoc_agent import __version__
 from byoc_agent.hosts.autoscale import MAX_HOSTS
 from byoc_agent.hosts.fleet import HostFleet
 from byoc_agent.meter import UsageMeter
-from byoc_agent.meter.usage_meter import MICROVM_RUNTIMES
 from byoc_agent.protocol import messages, signing, subjects, verify
 from byoc_agent.protocol.errors import (
     CapacityError,
@@ -59,6 +58,7 @@ from byoc_agent.runtimes.base import (
     SandboxHandle,
     SandboxSpec,
 )
+from byoc_agent.runtimes.multi import runtime_isolations, runtime_names
 from byoc_agent.state import AgentIdentity, AgentStateStore, SandboxRecord
 from byoc_agent.transport.nats import (
     IncomingJob,
@@ -321,10 +321,10 @@ class Agent:
         existing = self.state.get_sandbox(body.sandbox_id)
         if existing is not None:
             return _report(existing)
-        if body.isolation == "microvm" and self.runtime.name not in MICROVM_RUNTIMES:
+        if body.isolation not in runtime_isolations(self.runtime):
             raise InvalidArgumentError(
-                f"this agent runs {self.runtime.name} sandboxes only; microvm isolation needs "
-                "an agent with a microVM runtime",
+                f"this agent runs {self.runtime.name} sandboxes only; {body.isolation} "
+                "isolation needs an agent with a runtime that provides it",
                 job_id=job_id,
             )
         free_cpu, free_mem, _ = self.free_capacity()
@@ -342,6 +342,7 @@ class Agent:
             memory_mb=body.memory_mb,
             timeout_s=body.timeout_s,
             env=dict(body.env),
+            isolation=body.isolation,
         )
         handle = await self.runtime.create(spec)
         now = time.time()
@@ -510,7 +511,7 @@ class Agent:
                 "at": time.time(),
                 "version": __version__,
                 "data_plane_url": self.config.data_plane_url,
-                "runtimes": [self.runtime.name],
+                "runtimes": runtime_names(self.runtime),
                 "templates": self._templates(),
                 "capacity": {
                     "cpu_total": self.config.cpu_total,
