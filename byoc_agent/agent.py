@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import structlog
 
 from byoc_agent import __version__
+from byoc_agent.hosts.autoscale import MAX_HOSTS
+from byoc_agent.hosts.fleet import HostFleet
 from byoc_agent.meter import UsageMeter
 from byoc_agent.protocol import messages, signing, subjects, verify
 from byoc_agent.protocol.errors import (
@@ -90,6 +92,7 @@ class AgentConfig:
     heartbeat_interval_s: float = 5.0
     reaper_interval_s: float = 0.5
     usage_interval_s: float = 60.0
+    fleet_interval_s: float = 5.0
     host: str = dataclasses.field(default_factory=socket.gethostname)
 
 
@@ -105,6 +108,7 @@ class Agent:
         transport: NatsAgentTransport,
         config: AgentConfig,
         templates: Callable[[], list[str]] = list,
+        fleet: HostFleet | None = None,
     ) -> None:
         self.identity = identity
         self.signing_key = signing_key
@@ -114,6 +118,7 @@ class Agent:
         self.transport = transport
         self.config = config
         self._templates = templates
+        self.fleet = fleet
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._outbox_wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -134,6 +139,8 @@ class Agent:
             tg.create_task(self._heartbeat_loop())
             tg.create_task(self._reaper_loop())
             tg.create_task(self._meter_loop())
+            if self.fleet is not None:
+                tg.create_task(self.fleet.run(self.config.fleet_interval_s))
 
     async def recover(self) -> None:
         """Reattach to sandboxes that were running before a restart; finish cut-off jobs."""
@@ -514,6 +521,11 @@ class Agent:
                     "sandboxes": n,
                 },
                 "running": [r.sandbox_id for r in self.state.sandboxes(SandboxState.RUNNING)],
+                "hosts": (
+                    None
+                    if self.fleet is None
+                    else [dataclasses.asdict(h) for h in self.fleet.report()[:MAX_HOSTS]]
+                ),
             }
         )
         return signing.sign(self.signing_key, messages.HEARTBEAT_TYP, messages.to_json_bytes(hb))

@@ -17,6 +17,7 @@ from byoc_agent import runtimes
 from byoc_agent.agent import Agent, AgentConfig
 from byoc_agent.dataplane import create_dataplane_app, serve
 from byoc_agent.enroll import enroll, keyring_from_state, load_or_create_key, refresh_keys
+from byoc_agent.hosts.setup import build_fleet
 from byoc_agent.log_config import configure_logging
 from byoc_agent.protocol.errors import CorralError
 from byoc_agent.runtimes.multi import runtime_names
@@ -68,6 +69,7 @@ async def run_agent(settings: AgentSettings) -> None:
             state=state,
         )
     keyring = keyring_from_state(state)
+    fleet = build_fleet(settings.hosts, state, ident) if settings.hosts else None
     transport = NatsAgentTransport(
         settings.nats_url or ident.nats_url, ident.tenant_id, ident.agent_id,
         name=f"corral-agent-{ident.agent_id}",
@@ -87,8 +89,10 @@ async def run_agent(settings: AgentSettings) -> None:
             heartbeat_interval_s=settings.heartbeat_interval_s,
             reaper_interval_s=settings.reaper_interval_s,
             usage_interval_s=settings.usage_interval_s,
+            fleet_interval_s=settings.hosts.interval_s if settings.hosts else 5.0,
         ),
         templates=lambda: _templates(settings),
+        fleet=fleet,
     )
     app = create_dataplane_app(agent)
     log.info("agent_started", agent_id=ident.agent_id, tenant_id=ident.tenant_id,

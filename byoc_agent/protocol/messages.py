@@ -12,7 +12,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 JOB_TYP = "corral-job+json"
 RESULT_TYP = "corral-result+json"
@@ -168,8 +168,31 @@ class Capacity(_Wire):
     sandboxes: int
 
 
+class HostSummary(_Wire):
+    """One host an agent manages, as the control plane may see it (allow-listed fields:
+    no address, no tags, nothing from the provider's credentials). ``*_free`` is the room
+    left for new sandboxes after the agent's overcommit ratio, so with overcommit it can
+    exceed ``*_total`` (the host's physical size); zero unless the host is ready."""
+
+    host_id: Annotated[str, Field(min_length=1, max_length=128)]
+    instance_type: Annotated[str, Field(min_length=1, max_length=64)]
+    state: Literal["requested", "provisioning", "ready", "draining", "terminated", "failed"]
+    cpu_total: Annotated[int, Field(ge=0)]
+    cpu_free: Annotated[int, Field(ge=0)]
+    memory_mb_total: Annotated[int, Field(ge=0)]
+    memory_mb_free: Annotated[int, Field(ge=0)]
+    gpus_total: Annotated[int, Field(ge=0)] = 0
+    gpus_free: Annotated[int, Field(ge=0)] = 0
+    kvm: bool = False
+    sandboxes: Annotated[int, Field(ge=0)] = 0
+
+
 class Heartbeat(_Wire):
-    """Sent by the agent every few seconds on core NATS. Signed by the agent."""
+    """Sent by the agent every few seconds on core NATS. Signed by the agent.
+
+    ``hosts`` is present only when the agent manages hosts (ADR 0017): an agent without
+    a host provider sends exactly the bytes it sent before the field existed.
+    """
 
     schema_: Literal["corral.heartbeat/v1"] = Field("corral.heartbeat/v1", alias="schema")
     agent_id: Id
@@ -181,8 +204,16 @@ class Heartbeat(_Wire):
     templates: list[str]
     capacity: Capacity
     running: list[Id] = Field(default_factory=list, max_length=10000)
+    hosts: Annotated[list[HostSummary], Field(max_length=1000)] | None = None
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_hosts(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        data: dict[str, object] = handler(self)
+        if self.hosts is None:
+            data.pop("hosts", None)
+        return data
 
 
 class UsageReport(_Wire):

@@ -17,6 +17,7 @@ from byoc_agent.protocol.messages import (
     Capacity,
     CreateSandboxBody,
     Heartbeat,
+    HostSummary,
     Job,
     JobResult,
     KillSandboxBody,
@@ -162,6 +163,33 @@ EXAMPLES: tuple[Example, ...] = (
                 sandboxes=1,
             ),
             running=[_SBX],
+        ),
+        messages.HEARTBEAT_TYP,
+        AGENT_KEY,
+    ),
+    Example(
+        "heartbeat_with_hosts",
+        Heartbeat(
+            agent_id=AGENT, tenant_id=TENANT, at=NOW + 10.0, version="0.1.0",
+            data_plane_url="https://agt-golden.example.internal:8443",
+            runtimes=["gvisor"], templates=["base"],
+            capacity=Capacity(
+                cpu_total=16, cpu_free=16, memory_mb_total=65536, memory_mb_free=65536,
+                sandboxes=0,
+            ),
+            running=[],
+            hosts=[
+                HostSummary(
+                    host_id="i-0123456789abcdef0", instance_type="c5.metal", state="ready",
+                    cpu_total=96, cpu_free=94, memory_mb_total=196608, memory_mb_free=194560,
+                    gpus_total=0, gpus_free=0, kvm=True, sandboxes=1,
+                ),
+                HostSummary(
+                    host_id="ch-5f1c0e2a9b7d4c3e8f6a1b2c3d4e5f60", instance_type="p5.48xlarge",
+                    state="requested", cpu_total=192, cpu_free=0, memory_mb_total=2097152,
+                    memory_mb_free=0, gpus_total=8, gpus_free=0, kvm=False, sandboxes=0,
+                ),
+            ],
         ),
         messages.HEARTBEAT_TYP,
         AGENT_KEY,
