@@ -34,7 +34,13 @@ from billing import Invoice, Period, PriceBook
 from billing.exports import draft_batches, invoice_batches, write_csv, write_focus
 from billing.exports.parquet_export import write_parquet
 from byoc_agent.protocol.errors import InvalidArgumentError
-from control_plane.invoicing import InvoiceService, StoredUsageSource, memory_gib, usage_record
+from control_plane.invoicing import (
+    READ_BATCH,
+    InvoiceService,
+    StoredUsageSource,
+    memory_gib,
+    usage_record,
+)
 from control_plane.store import Database
 
 __all__ = [
@@ -99,10 +105,13 @@ def parse_format(text: str) -> ExportFormat:
 class UsageExporter:
     """Streams a period's export rows from the stored usage into a writer."""
 
-    def __init__(self, db: Database, pricebook: PriceBook | None = None) -> None:
+    def __init__(
+        self, db: Database, pricebook: PriceBook | None = None, *, read_batch: int = READ_BATCH
+    ) -> None:
         self._db = db
         self._invoices = InvoiceService(db, pricebook)
         self._pricebook = self._invoices.pricebook
+        self._read_batch = read_batch
 
     def tenants(self, period: Period) -> list[str]:
         return self._invoices.tenants(period)
@@ -117,7 +126,7 @@ class UsageExporter:
 
     def batches(self, s: Session, tenant_id: str, period: Period) -> Iterator[pa.RecordBatch]:
         """One tenant's export rows for the period: its finalized invoice's, else its draft's."""
-        source = StoredUsageSource(s)
+        source = StoredUsageSource(s, self._read_batch)
         finalized = self._invoices.finalized(tenant_id)
         stored: Invoice | None = next(
             (invoice for invoice in finalized if invoice.period == str(period)), None
@@ -158,9 +167,12 @@ _END = object()
 class _ChunkSink(io.RawIOBase):
     """A write-only stream that hands ``CHUNK_BYTES`` chunks to a bounded queue."""
 
-    def __init__(self, chunks: queue.Queue[object], stop: threading.Event) -> None:
+    def __init__(
+        self, chunks: queue.Queue[object], stop: threading.Event, chunk_bytes: int
+    ) -> None:
         super().__init__()
         self._chunks = chunks
+        self._chunk_bytes = chunk_bytes
         self._stop = stop
         self._buffer = bytearray()
         self._position = 0
@@ -175,9 +187,9 @@ class _ChunkSink(io.RawIOBase):
         size = len(data)
         self._buffer += data
         self._position += size
-        if len(self._buffer) >= CHUNK_BYTES:
-            self.send(bytes(self._buffer))
-            self._buffer.clear()
+        while len(self._buffer) >= self._chunk_bytes:
+            self.send(bytes(self._buffer[: self._chunk_bytes]))
+            del self._buffer[: self._chunk_bytes]
         return size
 
     def finish(self) -> None:
@@ -198,7 +210,12 @@ class _ChunkSink(io.RawIOBase):
 
 
 async def stream_export(
-    exporter: UsageExporter, period: Period, fmt: ExportFormat, tenants: list[str]
+    exporter: UsageExporter,
+    period: Period,
+    fmt: ExportFormat,
+    tenants: list[str],
+    *,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> AsyncGenerator[bytes, None]:
     """The export's bytes, produced by a worker thread, in order, with bounded buffering.
 
@@ -209,7 +226,7 @@ async def stream_export(
     stop = threading.Event()
 
     def produce() -> None:
-        sink = _ChunkSink(chunks, stop)
+        sink = _ChunkSink(chunks, stop, chunk_bytes)
         try:
             # pyarrow writes to any object with write/tell; _ChunkSink is one, not a real file
             exporter.write(period, fmt, cast(BinaryIO, sink), tenants=tenants)
