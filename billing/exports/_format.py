@@ -67,12 +67,19 @@ _CLOCK: list[pa.Array] = []
 
 
 def _clock() -> pa.Array:
-    """``HH:MM:SSZ`` for every second of a day, built once."""
+    """``THH:MM:SSZ`` for every second of a day, built once, column-wise."""
     if not _CLOCK:
-        _CLOCK.append(pa.array(
-            [f"T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}Z" for s in range(_SECONDS_PER_DAY)],
-            pa.string(),
-        ))
+        second = pa.array(range(_SECONDS_PER_DAY), pa.int64())
+
+        def two_digits(values: pa.Array) -> pa.Array:
+            return pc.utf8_lpad(pc.cast(values, pa.string()), width=2, padding="0")
+
+        hours = two_digits(pc.divide(second, 3600))
+        minutes = two_digits(pc.divide(pc.subtract(second, pc.multiply(pc.divide(second, 3600),
+                                                                        3600)), 60))
+        seconds = two_digits(pc.subtract(second, pc.multiply(pc.divide(second, 60), 60)))
+        _CLOCK.append(pc.binary_join_element_wise("T", hours, ":", minutes, ":", seconds, "Z",
+                                                  ""))
     return _CLOCK[0]
 
 
@@ -80,6 +87,12 @@ def timestamp_text(column: pa.Array) -> pa.Array:
     """UTC second timestamps as ``YYYY-MM-DDTHH:MM:SSZ``: the few distinct days are formatted
     once, the time of day looked up, and the two joined (formatting every value is slower)."""
     seconds = pc.cast(pc.cast(column, pa.timestamp("s", tz="UTC")), pa.int64())
+    if len(seconds) == 0:
+        return pa.array([], pa.string())
+    bounds = pc.min_max(seconds)
+    if bounds["min"] == bounds["max"]:  # a constant column (billing period bounds)
+        only = format_timestamp(column[0].as_py())
+        return pa.repeat(pa.scalar(only, pa.string()), len(seconds))
     day = pc.divide(seconds, _SECONDS_PER_DAY)
     offset = pc.subtract(seconds, pc.multiply(day, _SECONDS_PER_DAY))
     negative = pc.less(offset, 0)
