@@ -27,6 +27,7 @@ never enforced::
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import platform
 import random
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type information
 import pyarrow.compute as pc  # type: ignore[import-untyped]
@@ -197,7 +199,7 @@ def tenant_runs(path: Path) -> Iterator[tuple[str, pa.RecordBatch]]:
             begin = end
 
 
-def run_corral(n: int, usage: Path, out: Path) -> dict[str, str]:
+def run_corral(n: int, usage: Path, out: BinaryIO | CountingSink) -> dict[str, str]:
     """Draft every tenant's invoice and stream its export rows into CSV, in one pass."""
     pricebook = PriceBook()
     drafts: list[Invoice] = []
@@ -216,7 +218,7 @@ def run_corral(n: int, usage: Path, out: Path) -> dict[str, str]:
         if rater is not None:
             drafts.append(rater.invoice(n))
 
-    write_csv(rows(), out)
+    write_csv(rows(), cast(BinaryIO, out))
     return {draft.tenant_id: str(draft.total) for draft in drafts}
 
 
@@ -245,12 +247,12 @@ def _rate(resource_: Resource) -> Decimal:
     return next(r.per_hour for r in DEFAULT_RATES if r.resource is resource_)
 
 
-def run_baseline(n: int, usage: Path, out: Path) -> dict[str, str]:
+def run_baseline(n: int, usage: Path, out: BinaryIO | CountingSink) -> dict[str, str]:
     """Sum unit-seconds per tenant with pyarrow compute, price per line, write CSV via Arrow."""
     rates = {name: float(_rate(res)) / 3600 for name, res in
              (("v", Resource.VCPU), ("m", Resource.MEMORY), ("g", Resource.GPU))}
     partials: list[pa.Table] = []
-    with pacsv.CSVWriter(str(out), _SCHEMA) as writer:
+    with pacsv.CSVWriter(out, _SCHEMA) as writer:
         for batch in _usage_batches(usage):
             begin = pc.cast(batch["start"], pa.int64())
             seconds = pc.subtract(pc.cast(batch["end"], pa.int64()), begin)
@@ -328,26 +330,49 @@ def _memory_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def _worker(side: str, n: int, usage: Path) -> None:
+class CountingSink(io.RawIOBase):
+    """A write-only stream that keeps nothing and counts the bytes (``--to-disk`` off)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.size
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self.size += len(data)
+        return len(data)
+
+
+def _worker(side: str, n: int, usage: Path, to_disk: bool) -> None:
     base = _memory_kib("VmRSS")
+    run = run_corral if side == "corral" else run_baseline
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
-        out = Path(tmp) / "export.csv"
+        path = Path(tmp) / "export.csv"
+        counted = CountingSink()
         began, began_cpu = time.perf_counter(), time.process_time()
-        run = run_corral if side == "corral" else run_baseline
-        totals = run(n, usage, out)
+        if to_disk:
+            with path.open("wb") as handle:
+                totals = run(n, usage, handle)
+        else:
+            totals = run(n, usage, counted)
         elapsed, cpu = time.perf_counter() - began, time.process_time() - began_cpu
-        size = out.stat().st_size
+        size = path.stat().st_size if to_disk else counted.size
     peak = _memory_kib("VmHWM")
     json.dump({"side": side, "records": n, "seconds": elapsed, "cpu_seconds": cpu,
                "peak_rss_kib": peak,
                "base_rss_kib": base, "csv_bytes": size, "totals": totals}, sys.stdout)
 
 
-def _run_side(side: str, n: int, usage: Path) -> SideResult:
+def _run_side(side: str, n: int, usage: Path, to_disk: bool) -> SideResult:
     print(f"… {side} at {n:,} records", file=sys.stderr, flush=True)
     done = subprocess.run(
         [sys.executable, "-m", "bench.billing_export", "--worker", side, "--records", str(n),
-         "--usage", str(usage)],
+         "--usage", str(usage), *(["--to-disk"] if to_disk else [])],
         check=False, capture_output=True, text=True,
     )
     if done.returncode != 0:
@@ -384,13 +409,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the second, smaller size (default: a quarter of --records)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each side at each size; the fastest is reported")
+    parser.add_argument("--to-disk", action="store_true",
+                        help="write the CSV files to disk (default: encode them and count the "
+                             "bytes, so the disk's speed is not measured)")
     parser.add_argument("--worker", choices=("corral", "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("--usage", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.records < 10:
         parser.error("--records must be at least 10")
     if args.worker:
-        _worker(args.worker, args.records, args.usage)
+        _worker(args.worker, args.records, args.usage, args.to_disk)
         return 0
 
     sizes = (args.records, args.small or args.records // 4)
@@ -403,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs: dict[str, list[SideResult]] = {"baseline": [], "corral": []}
             for _ in range(max(1, args.repeat)):
                 for side in ("baseline", "corral"):  # interleaved: both see the same load
-                    runs[side].append(_run_side(side, n, usage))
+                    runs[side].append(_run_side(side, n, usage, args.to_disk))
             for side, done in runs.items():
                 results[(side, n)] = _best(done)
             usage.unlink()
@@ -412,7 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"Python {platform.python_version()}, pyarrow {pa.__version__}, "
           f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"best of {max(1, args.repeat)} runs per side and size; wall and CPU time "
-          "(the machine may be shared: CPU time is the steadier of the two)")
+          "(the machine may be shared: CPU time is the steadier of the two); CSV "
+          + ("written to disk" if args.to_disk else "encoded, bytes counted, not written"))
     for n in sizes:
         corral, baseline = results[("corral", n)], results[("baseline", n)]
         ratio = corral.seconds / baseline.seconds
