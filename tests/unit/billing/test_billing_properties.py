@@ -25,6 +25,7 @@ from billing import (
     PriceBook,
     Rate,
     Resource,
+    UnpricedResourceError,
     UsageLedger,
     UsageRecord,
     build_draft,
@@ -247,3 +248,10 @@ def test_one_record_split_per_second_costs_what_the_whole_record_costs(seconds: 
         for i in range(seconds)
     )
     assert build_draft(TENANT, "2025-01", pieces, pricebook).lines == whole.lines
+
+
+def test_a_draft_with_an_unpriced_gpu_model_refuses_instead_of_billing_zero() -> None:
+    """A B200 has no rate: drafting raises rather than leaving it off the invoice."""
+    ledger = _ledger([usage_record("r-1"), usage_record("r-2", gpu_count=1, gpu_model="B200")])
+    with pytest.raises(UnpricedResourceError):
+        build_draft(TENANT, "2025-01", ledger, PriceBook())
