@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import platform
 import random
 import subprocess
@@ -368,12 +369,15 @@ def _worker(side: str, n: int, usage: Path, to_disk: bool) -> None:
                "base_rss_kib": base, "csv_bytes": size, "totals": totals}, sys.stdout)
 
 
-def _run_side(side: str, n: int, usage: Path, to_disk: bool) -> SideResult:
+def _run_side(side: str, n: int, usage: Path, to_disk: bool, pool: str) -> SideResult:
     print(f"… {side} at {n:,} records", file=sys.stderr, flush=True)
+    env = dict(os.environ)
+    if pool != "default":
+        env["ARROW_DEFAULT_MEMORY_POOL"] = pool
     done = subprocess.run(
         [sys.executable, "-m", "bench.billing_export", "--worker", side, "--records", str(n),
          "--usage", str(usage), *(["--to-disk"] if to_disk else [])],
-        check=False, capture_output=True, text=True,
+        check=False, capture_output=True, text=True, env=env,
     )
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
@@ -412,6 +416,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--to-disk", action="store_true",
                         help="write the CSV files to disk (default: encode them and count the "
                              "bytes, so the disk's speed is not measured)")
+    parser.add_argument("--memory-pool", choices=("default", "system", "jemalloc", "mimalloc"),
+                        default="default",
+                        help="Arrow's allocator in both workers (ARROW_DEFAULT_MEMORY_POOL); "
+                             "mimalloc, the default, keeps freed memory longer")
     parser.add_argument("--worker", choices=("corral", "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("--usage", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -431,7 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs: dict[str, list[SideResult]] = {"baseline": [], "corral": []}
             for _ in range(max(1, args.repeat)):
                 for side in ("baseline", "corral"):  # interleaved: both see the same load
-                    runs[side].append(_run_side(side, n, usage, args.to_disk))
+                    runs[side].append(
+                        _run_side(side, n, usage, args.to_disk, args.memory_pool))
             for side, done in runs.items():
                 results[(side, n)] = _best(done)
             usage.unlink()
@@ -441,7 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"best of {max(1, args.repeat)} runs per side and size; wall and CPU time "
           "(the machine may be shared: CPU time is the steadier of the two); CSV "
-          + ("written to disk" if args.to_disk else "encoded, bytes counted, not written"))
+          + ("written to disk" if args.to_disk else "encoded, bytes counted, not written")
+          + f"; Arrow memory pool: {args.memory_pool} ({pa.default_memory_pool().backend_name} "
+          "when not set)")
     for n in sizes:
         corral, baseline = results[("corral", n)], results[("baseline", n)]
         ratio = corral.seconds / baseline.seconds
