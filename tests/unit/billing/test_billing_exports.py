@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import csv
+import io
 import resource
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pytest
 from focus_validator_runner import FocusValidator
 
-from billing import Invoice, PriceBook, Rate, Resource, UsageLedger, build_draft, finalize
+from billing import (
+    Invoice,
+    Period,
+    PriceBook,
+    Rate,
+    Resource,
+    UsageLedger,
+    build_draft,
+    finalize,
+)
+from billing.columns import TIMESTAMP, USAGE_SCHEMA
 from billing.exports import (
     ExportRow,
     batches_from_rows,
+    draft_batches,
     export_batches,
     iter_export_rows,
     read_csv,
@@ -223,3 +236,66 @@ def test_a_large_export_streams_with_bounded_memory(
     # Holding all 200,000 rows would raise peak RSS by about 150 MiB.
     growth = _peak_rss_bytes() - before
     assert growth < 64 * 2**20, f"peak RSS grew by {growth / 2**20:.1f} MiB"
+
+
+class _GeneratedUsage:
+    """A UsageSource that makes a tenant's records column-wise, batch after batch, on demand."""
+
+    def __init__(self, batches: int, size: int) -> None:
+        self.count, self.size = batches, size
+        self.pulled = 0
+
+    def watermark_for(self, tenant_id: str) -> int:
+        return self.count * self.size
+
+    def batches(self, tenant_id: str, periods: Sequence[Period]) -> Iterator[pa.RecordBatch]:
+        january = int(utc(2025, 1, 1).timestamp())
+        for number in range(self.count):
+            first = number * self.size
+            seq = pa.array(range(first + 1, first + self.size + 1), pa.int64())
+            start = pc.add(pc.multiply(pc.subtract(seq, 1), 2), january)
+            self.pulled += 1
+            yield pa.RecordBatch.from_arrays([
+                seq,
+                pa.repeat(pa.scalar("a-1"), self.size),
+                pc.cast(seq, pa.string()),
+                pa.repeat(pa.scalar("sbx-1"), self.size),
+                start.cast(TIMESTAMP),
+                pc.add(start, 3600).cast(TIMESTAMP),
+                pa.repeat(pa.scalar(2), self.size),
+                pa.repeat(pa.scalar(1_500_000), self.size),
+                pa.repeat(pa.scalar(0), self.size),
+                pa.nulls(self.size, pa.string()),
+                pa.repeat(pa.scalar("gvisor"), self.size),
+                pa.repeat(pa.scalar("base"), self.size),
+                pa.repeat(pa.scalar("h-1"), self.size),
+            ], schema=USAGE_SCHEMA)
+
+
+class _Discard(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        return len(data)
+
+
+def test_drafting_and_exporting_400_000_records_holds_one_batch_at_a_time() -> None:
+    """Usage is pulled a batch at a time while rows are written; memory does not follow N."""
+    usage = _GeneratedUsage(batches=80, size=5_000)
+    pricebook = PriceBook()
+    before = _peak_rss_bytes()
+    draft = build_draft("t-acme", "2025-01", usage, pricebook)
+    pulled_by_draft = usage.pulled
+    progress: list[tuple[int, int]] = []
+    rows = draft_batches("t-acme", "2025-01", usage, pricebook)
+    written = write_csv(rows, _Discard(),  # type: ignore[arg-type]
+                        progress=lambda n: progress.append((usage.pulled, n)))
+    assert pulled_by_draft == 80
+    assert written == 2 * 400_000
+    # Each batch of rows was written before the next batch of usage was made.
+    assert [pulled - pulled_by_draft for pulled, _ in progress] == list(range(1, 81))
+    assert draft.total > 0
+    # 800,000 rows held at once would be several hundred MiB.
+    growth = _peak_rss_bytes() - before
+    assert growth < 96 * 2**20, f"peak RSS grew by {growth / 2**20:.1f} MiB"
