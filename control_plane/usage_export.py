@@ -251,7 +251,8 @@ async def stream_export(
     worker.start()
     try:
         while True:
-            item = await anyio.to_thread.run_sync(take)
+            # A cancelled wait is abandoned; take() then returns within 0.2 s of stop being set.
+            item = await anyio.to_thread.run_sync(take, abandon_on_cancel=True)
             if item is _END:
                 return
             if isinstance(item, BaseException):
