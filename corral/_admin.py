@@ -37,7 +37,8 @@ from corral.errors import APIError
 DEFAULT_ENROLLMENT_TTL_S = 3600
 EXPORT_FORMATS = ("csv", "parquet", "focus")
 EXPORT_WAIT_S = 600.0
-"""How long to wait for the first byte of an export: the server builds it before sending."""
+"""How long to wait for the next bytes of an export: the server rates it while it sends, and
+a tenant with a long history can take a while before its first rows."""
 
 W = TypeVar("W", bound=BaseModel)
 

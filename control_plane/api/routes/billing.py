@@ -2,20 +2,19 @@
 
 The reads (usage, invoices, export) take the operator token or a billing key (the
 ``billing`` role, for finance); finalizing and minting billing keys take the operator.
-The export is built with :mod:`billing` into a temporary file (bounded memory,
-see :mod:`control_plane.usage_export`) and streamed.
+The export is rated and encoded batch by batch while it is sent (bounded memory,
+see :mod:`control_plane.usage_export`); it has no Content-Length.
 Invoices are drafted live and finalized by :mod:`control_plane.invoicing`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path as FilePath
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
-from fastapi.responses import FileResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import StreamingResponse
 
 from billing import Invoice
 from byoc_agent.protocol.errors import InvalidArgumentError
@@ -36,7 +35,7 @@ from control_plane.invoicing import InvoiceService
 from control_plane.store import MAX_PAGE, billing_keys, usage
 from control_plane.store.billing_keys import BillingKeyRecord
 from control_plane.store.usage import StoredUsage
-from control_plane.usage_export import UsageExporter, parse_format, parse_period
+from control_plane.usage_export import UsageExporter, parse_format, parse_period, stream_export
 
 router = APIRouter(prefix="/v1/billing", tags=["billing"])
 
@@ -127,22 +126,43 @@ async def list_usage(
     return UsagePage(items=[_usage_out(u) for u in page.items], next_cursor=encode_cursor(last))
 
 
-@router.get("/export", response_class=FileResponse)
+@router.get("/export", response_class=StreamingResponse)
 async def export(
     _: BillingReader,
     svc: Svc,
     period: Annotated[str, Query(max_length=16)],
     format_name: Annotated[str, Query(alias="format", max_length=16)] = "csv",
-) -> FileResponse:
-    """The period's draft invoices as rows (CSV, Parquet or FOCUS 1.2), streamed."""
+) -> StreamingResponse:
+    """The period's invoices as rows (CSV, Parquet or FOCUS 1.2), streamed as they are rated.
+
+    Errors found before the first chunk (bad input, a finalized invoice that fails its
+    hash) are ordinary HTTP errors; a failure later cuts the response short, which the
+    client sees as an incomplete body.
+    """
     month = parse_period(period)
     fmt = parse_format(format_name)
-    path = await asyncio.to_thread(UsageExporter(svc.db).write, month, fmt)
-    return FileResponse(
-        path,
+    exporter = UsageExporter(svc.db)
+    tenants = await asyncio.to_thread(exporter.check, month)
+    body = stream_export(exporter, month, fmt, tenants)
+    try:
+        first = await anext(body)
+    except BaseException:
+        await body.aclose()
+        raise
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            yield first
+            async for chunk in body:
+                yield chunk
+        finally:
+            await body.aclose()
+
+    filename = f"corral-usage-{month}-{fmt.value}.{fmt.suffix}"
+    return StreamingResponse(
+        chunks(),
         media_type=fmt.media_type,
-        filename=f"corral-usage-{month}-{fmt.value}.{fmt.suffix}",
-        background=BackgroundTask(FilePath(path).unlink, missing_ok=True),
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
 
