@@ -39,7 +39,11 @@ async def run_agent(settings: AgentSettings) -> None:
     state = AgentStateStore(settings.state_db)
     key = load_or_create_key(settings.key_file)
     runtime = runtimes.build_runtime(
-        settings.runtime, state_dir=settings.runtime_dir, templates_root=settings.templates_root
+        settings.runtime,
+        state_dir=settings.runtime_dir,
+        templates_root=settings.templates_root,
+        disk_mb=settings.sandbox_disk_mb,
+        pids_max=settings.sandbox_pids_max,
     )
     ident = state.identity()
     if ident is None:

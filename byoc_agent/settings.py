@@ -26,6 +26,9 @@ class AgentSettings:
     key_refresh_interval_s: float = 30.0
     reaper_interval_s: float = 0.5
     usage_interval_s: float = 60.0
+    # Per-sandbox host limits of the gVisor runtime (0: none): disk quota, tasks.
+    sandbox_disk_mb: int = 10 * 1024
+    sandbox_pids_max: int = 4096
 
     @property
     def state_db(self) -> Path:
@@ -70,4 +73,6 @@ class AgentSettings:
             key_refresh_interval_s=float(e.get(p + "KEY_REFRESH_INTERVAL_S", "30")),
             reaper_interval_s=float(e.get(p + "REAPER_INTERVAL_S", "0.5")),
             usage_interval_s=float(e.get(p + "USAGE_INTERVAL_S", "60")),
+            sandbox_disk_mb=int(e.get(p + "SANDBOX_DISK_MB", str(10 * 1024))),
+            sandbox_pids_max=int(e.get(p + "SANDBOX_PIDS_MAX", "4096")),
         )

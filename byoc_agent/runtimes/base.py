@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from byoc_agent.protocol.messages import SandboxState
 
@@ -52,6 +52,8 @@ class EndReason(StrEnum):
     EXITED = "exited"
     CREATE_FAILED = "create_failed"
     LOST = "lost"
+    OOM_KILLED = "oom_killed"  # over its memory limit: the host's OOM killer ended it
+    PIDS_LIMIT = "pids_limit"  # too many tasks (e.g. a fork bomb): the process cap ended it
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,4 +177,18 @@ class Runtime(Protocol):
 
     async def destroy(self, handle: SandboxHandle) -> None:
         """Stop the sandbox and free everything it held. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class KnowsStopReason(Protocol):
+    """Optional: a runtime that can tell why a sandbox stopped on its own.
+
+    A separate interface so runtimes that cannot tell need not pretend; the agent asks
+    only those that implement it, before it destroys the sandbox.
+    """
+
+    async def stop_reason(self, handle: SandboxHandle) -> EndReason | None:
+        """``OOM_KILLED`` (over its memory limit), ``PIDS_LIMIT`` (too many tasks), or
+        ``None`` when it simply exited or the runtime cannot say."""
         ...
