@@ -96,25 +96,33 @@ class UsageExporter:
             invoice = self._invoices.draft(tenant_id, period, ledger)
         return TenantBill(invoice, ledger)
 
-    def bills(self, period: Period) -> Iterator[TenantBill]:
-        """Each tenant's bill in turn; only one tenant's ledger is alive at a time."""
-        for tenant_id in self.tenants(period):
-            yield self.bill(tenant_id, period)
+    def bills(self, period: Period, tenant_id: str | None = None) -> Iterator[TenantBill]:
+        """Each tenant's bill in turn (or one tenant's); one ledger is alive at a time."""
+        chosen = self.tenants(period) if tenant_id is None else [tenant_id]
+        for tenant in chosen:
+            yield self.bill(tenant, period)
 
-    def rows(self, period: Period) -> Iterator[ExportRow]:
-        """Every export row of the period, tenant by tenant."""
-        for bill in self.bills(period):
+    def rows(self, period: Period, tenant_id: str | None = None) -> Iterator[ExportRow]:
+        """Every export row of the period (of one tenant, if given), tenant by tenant."""
+        for bill in self.bills(period, tenant_id):
             yield from iter_export_rows([bill.invoice], bill.ledger, self._pricebook)
 
-    def write(self, period: Period, fmt: ExportFormat, directory: Path | None = None) -> Path:
-        """Write the period's export to a new temporary file and return its path."""
+    def write(
+        self,
+        period: Period,
+        fmt: ExportFormat,
+        directory: Path | None = None,
+        *,
+        tenant_id: str | None = None,
+    ) -> Path:
+        """Write the period's export (one tenant's, if given) to a new temporary file."""
         handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 (the caller deletes the file)
             prefix=f"corral-usage-{period}-", suffix=f".{fmt.suffix}", dir=directory, delete=False
         )
         handle.close()
         path = Path(handle.name)
         try:
-            rows = self.rows(period)
+            rows = self.rows(period, tenant_id)
             if fmt is ExportFormat.CSV:
                 write_csv(rows, path)
             elif fmt is ExportFormat.FOCUS:

@@ -16,7 +16,8 @@ from fastapi import FastAPI
 
 from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimit
-from control_plane.api.routes import agents, billing, jobs, sandboxes, tenants
+from control_plane.api.rate_limit import TenantRateLimiter
+from control_plane.api.routes import agents, api_keys, billing, jobs, sandboxes, tenants
 from control_plane.api.schemas import Health
 from control_plane.api.services import Services
 from control_plane.jobs.inbox import AgentInbox
@@ -56,6 +57,9 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
         issuer=issuer,
         sandboxes=SandboxService(db, issuer, keys, settings),
         inbox=AgentInbox(db, waiters),
+        create_limiter=TenantRateLimiter(
+            settings.sandbox_create_rate_per_s, settings.sandbox_create_burst
+        ),
     )
 
     @contextlib.asynccontextmanager
@@ -92,10 +96,10 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
-    @app.get("/healthz", response_model=Health, tags=["health"])
+    @app.get("/healthz", response_model=Health, tags=["health"], responses=errors.COMMON_ERRORS)
     async def healthz() -> Health:
         return Health()
 
-    for module in (tenants, agents, sandboxes, jobs, billing):
-        app.include_router(module.router)
+    for module in (tenants, api_keys, agents, sandboxes, jobs, billing):
+        app.include_router(module.router, responses=errors.COMMON_ERRORS)
     return app
