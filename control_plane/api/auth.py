@@ -83,7 +83,8 @@ def bearer(authorization: str | None) -> str:
 
 async def caller(
     svc: Annotated[Services, Depends(services)],
-    authorization: Annotated[str | None, Header()] = None,
+    # Not a documented parameter: it is the credential, described in ARCHITECTURE.md.
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
     """Whoever the bearer token authenticates, in any role."""
     token = bearer(authorization)

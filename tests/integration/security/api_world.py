@@ -199,10 +199,10 @@ def world(tmp_path: Path, database_url: str, settings: Settings | None = None) -
     """Two tenants (A and B), each with a key per role, an online agent, a running
     sandbox, a job and a usage record; and a platform billing key."""
     publisher = AnsweringPublisher()
-    base = make_settings(tmp_path, database_url, job_timeout_s=10.0)
+    base = make_settings(tmp_path, database_url, job_timeout_s=10.0, heartbeat_offline_s=3600)
     # Rate limiting is off unless the test asks for it (it has a test of its own).
     chosen = settings or dataclasses.replace(base, sandbox_create_rate_per_s=0)
-    app = create_app(chosen, publisher=publisher)
+    app = create_app(chosen, publisher=publisher)  # agents stay online for the whole test
     with TestClient(app, raise_server_exceptions=False) as client:
         svc = app.state.services
         publisher.inbox = svc.inbox
