@@ -12,12 +12,13 @@ Who can call the control plane::
     sandboxes:access      x     x     x                  data-plane tokens (exec, files)
     jobs:read             x     x     x      x
     agents:read           x     x     x      x
-    billing:read          x                         x    the tenant's own usage and invoices
+    billing:read                                    x    the tenant's own usage and invoices
     keys:manage           x     x                        the tenant's own API keys
 
 An admin manages keys but cannot mint or revoke an ``owner`` key, so an admin cannot
-make itself an owner. Keys that existed before roles (migration 0005) became ``member``:
-exactly what they could do before.
+make itself an owner. Billing is separate duty: not even an owner key reads it; an owner
+mints a ``billing`` key for whoever does. Keys that existed before roles (migration 0005)
+became ``member``: exactly what they could do before.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ _OPERATE = frozenset(
 )
 
 ROLE_PERMISSIONS: Mapping[KeyRole, frozenset[Permission]] = {
-    KeyRole.OWNER: frozenset(Permission),
+    KeyRole.OWNER: _OPERATE | {Permission.KEYS_MANAGE},
     KeyRole.ADMIN: _OPERATE | {Permission.KEYS_MANAGE},
     KeyRole.MEMBER: _OPERATE,
     KeyRole.VIEWER: frozenset(

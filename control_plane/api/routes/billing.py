@@ -1,9 +1,9 @@
 """Billing: stored usage, monthly invoices and the period's finance export.
 
 The reads (usage, invoices, export) take the operator token, a billing key (the platform's
-``billing`` role, for finance, across tenants) or a tenant API key whose role has
-``billing:read`` (``owner`` or ``billing``), which sees its own tenant only: naming another
-tenant is a 404. Finalizing and minting billing keys take the operator.
+``billing`` role, for finance, across tenants) or a tenant API key with the ``billing``
+role, which sees its own tenant only: naming another tenant is a 404. Finalizing and
+minting billing keys take the operator.
 The export is built with :mod:`billing` into a temporary file (bounded memory,
 see :mod:`control_plane.usage_export`) and streamed.
 Invoices are drafted live and finalized by :mod:`control_plane.invoicing`.

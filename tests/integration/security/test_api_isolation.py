@@ -51,7 +51,7 @@ SANDBOX_READERS = frozenset({"owner", "admin", "member", "viewer"})
 SANDBOX_WRITERS = frozenset({"owner", "admin", "member"})
 READERS = SANDBOX_READERS | {"operator"}
 KEY_MANAGERS = frozenset({"owner", "admin"})
-BILLING = frozenset({"operator", "finance", "owner", "billing"})
+BILLING = frozenset({"operator", "finance", "billing"})
 NOV = "2026-11"
 
 
@@ -288,7 +288,8 @@ def test_tenant_a_gets_404_for_everything_of_tenant_b(tmp_path: Path, database_u
         got = w.client.get(f"/v1/sandboxes/{w.b.sandbox_id}", headers=b).json()
         assert (got["state"], got["timeout_s"]) == ("running", 300)
         assert w.client.get("/v1/sandboxes", headers=bearer(w.b.keys["member"])).status_code == 200
-        usage = w.client.get("/v1/billing/usage", params={"period": NOV}, headers=b).json()
+        b_billing = bearer(w.b.keys["billing"])
+        usage = w.client.get("/v1/billing/usage", params={"period": NOV}, headers=b_billing).json()
         assert [u["record_id"] for u in usage["items"]] == ["rec-b"]
         # And the data-plane token A asked for names A's sandbox only.
         token = w.client.post(
