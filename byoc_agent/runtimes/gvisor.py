@@ -107,8 +107,15 @@ _BASE_ENV: Mapping[str, str] = {
     "HOME": _HOME,
     "LANG": "C.UTF-8",
 }
-# PID 1: sleeps forever and reaps orphans (``wait`` in sh waits on any child).
-_INIT = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep infinity & wait; done"]
+# PID 1: sleeps forever and reaps orphans (``wait`` in sh waits on any child). It first
+# drops the stdio runsc gave it — the host's runsc.log — so that nothing in the sandbox can
+# write to a host file through /proc/1/fd/1 (that would bypass the disk quota).
+_INIT = [
+    "/bin/sh",
+    "-c",
+    "exec </dev/null >/dev/null 2>&1; trap 'exit 0' TERM; "
+    "while :; do sleep infinity & wait; done",
+]
 # Docker's default capability set: root in the sandbox can chown, bind low ports, etc.
 _CAPS = [
     "CAP_CHOWN",

@@ -372,10 +372,40 @@ async def test_filling_the_disk_stops_at_the_quota_and_hurts_nobody(
     assert used <= quota_mb, ran.stdout
     host_used_mb = (host_free_before - shutil.disk_usage(sandboxes.root).free) / 2**20
     assert host_used_mb < quota_mb + 16, host_used_mb
+    # Init's stdio (the host's runsc.log) is not a way around the quota either.
+    outside = await asyncio.to_thread(_bytes_outside_the_disk, runtime.sandbox_dir(sb.sandbox_id))
+    leak = await run(
+        runtime,
+        sb,
+        "for fd in 0 1 2; do head -c 8000000 /dev/zero > /proc/1/fd/$fd; done; echo done",
+        timeout_s=120,
+    )
+    assert "done" in leak.stdout, leak
+    grown = (
+        await asyncio.to_thread(_bytes_outside_the_disk, runtime.sandbox_dir(sb.sandbox_id))
+        - outside
+    )
+    assert grown < 64 * 1024, grown
     await still_works(runtime, sb)
     await still_works(runtime, neighbour)
     freed = await run(runtime, sb, "rm /root/fill /tmp/more; echo again > /root/ok; cat /root/ok")
     assert freed.stdout == "again\n", freed
+
+
+def _bytes_outside_the_disk(sandbox_dir: Path) -> int:
+    """Bytes in the sandbox's host directory apart from its quota disk and its root mount."""
+    total = 0
+    for root, dirs, files in os.walk(sandbox_dir):
+        here = Path(root)
+        dirs[:] = [
+            d
+            for d in dirs
+            if here / d not in (sandbox_dir / "disk", sandbox_dir / "bundle" / "rootfs")
+        ]
+        total += sum(
+            (here / f).stat().st_size for f in files if here / f != sandbox_dir / "disk.img"
+        )
+    return total
 
 
 # ---- processes: fork bomb --------------------------------------------------------------
