@@ -390,6 +390,14 @@ async def test_filling_the_disk_stops_at_the_quota_and_hurts_nobody(
     await still_works(runtime, neighbour)
     freed = await run(runtime, sb, "rm /root/fill /tmp/more; echo again > /root/ok; cat /root/ok")
     assert freed.stdout == "again\n", freed
+    image = runtime.sandbox_dir(sb.sandbox_id) / "disk.img"
+    await runtime.destroy(sb)  # and the loop device goes with the sandbox
+    proc = await asyncio.create_subprocess_exec(
+        "losetup", "-j", str(image), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert out == b""
+    assert not image.exists()
 
 
 def _bytes_outside_the_disk(sandbox_dir: Path) -> int:
