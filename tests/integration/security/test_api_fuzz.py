@@ -10,6 +10,7 @@ Bounded: ``MAX_EXAMPLES`` per operation, caller and mode, and no shrinking.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,8 @@ from schemathesis.checks import (
 )
 from schemathesis.core.failures import FailureGroup
 
-MAX_EXAMPLES = 5
+# Deeper runs: CORRAL_FUZZ_EXAMPLES=50 pytest tests/integration/security/test_api_fuzz.py
+MAX_EXAMPLES = int(os.environ.get("CORRAL_FUZZ_EXAMPLES", "5"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
