@@ -53,6 +53,7 @@ from byoc_agent.protocol.errors import (
 from byoc_agent.protocol.messages import SandboxReport, SandboxState
 from byoc_agent.runtimes.base import (
     EndReason,
+    KnowsStopReason,
     Liveness,
     Runtime,
     SandboxHandle,
@@ -161,7 +162,12 @@ class Agent:
             if alive is Liveness.RUNNING:
                 self.log.info("sandbox_reattached", sandbox_id=rec.sandbox_id)
             else:
-                await self.publish_event(await self._end(rec, SandboxState.FAILED, EndReason.LOST))
+                # Ended while the agent was down: say why when the runtime can tell.
+                reason = EndReason.LOST
+                if alive is Liveness.STOPPED:
+                    known = await self._stop_reason(rec.handle)
+                    reason = known if known is not EndReason.EXITED else EndReason.LOST
+                await self.publish_event(await self._end(rec, SandboxState.FAILED, reason))
         if self.meter.settle():
             self._outbox_wakeup.set()
 
@@ -437,8 +443,19 @@ class Agent:
                     self.log.warning("inspect_failed", sandbox_id=rec.sandbox_id, error=str(e))
                     continue
                 if alive is not Liveness.RUNNING:
-                    ended = await self._end(current, SandboxState.FAILED, EndReason.EXITED)
+                    reason = await self._stop_reason(current.handle)
+                    self.log.info("sandbox_stopped", sandbox_id=rec.sandbox_id, reason=reason)
+                    ended = await self._end(current, SandboxState.FAILED, reason)
                     await self.publish_event(ended)
+
+    async def _stop_reason(self, handle: SandboxHandle) -> EndReason:
+        """Why a sandbox stopped on its own: out of memory, too many tasks, or it exited."""
+        if isinstance(self.runtime, KnowsStopReason):
+            try:
+                return await self.runtime.stop_reason(handle) or EndReason.EXITED
+            except CorralError as e:
+                self.log.warning("stop_reason_failed", sandbox_id=handle.sandbox_id, error=str(e))
+        return EndReason.EXITED
 
     async def reap_expired(self) -> None:
         now = time.time()

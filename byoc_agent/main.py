@@ -45,7 +45,10 @@ async def run_agent(settings: AgentSettings) -> None:
         state_dir=settings.runtime_dir,
         templates_root=settings.templates_root,
         options=runtimes.RuntimeOptions(
-            microvm_cache=settings.microvm_cache, microvm_accel=settings.microvm_accel
+            microvm_cache=settings.microvm_cache,
+            microvm_accel=settings.microvm_accel,
+            disk_mb=settings.sandbox_disk_mb,
+            pids_max=settings.sandbox_pids_max,
         ),
     )
     ident = state.identity()

@@ -144,6 +144,9 @@ class AgentSettings:
     reaper_interval_s: float = 0.5
     usage_interval_s: float = 60.0
     hosts: HostSettings | None = None
+    # Per-sandbox host limits of the gVisor runtime (0: none): disk quota, tasks.
+    sandbox_disk_mb: int = 10 * 1024
+    sandbox_pids_max: int = 4096
 
     @property
     def state_db(self) -> Path:
@@ -195,4 +198,6 @@ class AgentSettings:
             reaper_interval_s=float(e.get(p + "REAPER_INTERVAL_S", "0.5")),
             usage_interval_s=float(e.get(p + "USAGE_INTERVAL_S", "60")),
             hosts=HostSettings.from_env(e),
+            sandbox_disk_mb=int(e.get(p + "SANDBOX_DISK_MB", str(10 * 1024))),
+            sandbox_pids_max=int(e.get(p + "SANDBOX_PIDS_MAX", "4096")),
         )

@@ -13,8 +13,10 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 MASTER_KEY_BYTES = 32
+_N = TypeVar("_N", int, float)
 
 
 class SettingsError(ValueError):
@@ -52,6 +54,9 @@ class Settings:
     job_ttl_s: int = 300
     max_body_bytes: int = 1024 * 1024
     enrollment_token_max_ttl_s: int = 7 * 86400
+    # Per-tenant token bucket for POST /v1/sandboxes (0 disables): rate per second, burst.
+    sandbox_create_rate_per_s: float = 5.0
+    sandbox_create_burst: int = 50
 
     def __repr__(self) -> str:
         return (
@@ -141,4 +146,16 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         job_timeout_s=_float(env, "CORRAL_JOB_TIMEOUT_S", 60.0),
         heartbeat_offline_s=_float(env, "CORRAL_HEARTBEAT_OFFLINE_S", 15.0),
         sandbox_token_ttl_s=_int(env, "CORRAL_SANDBOX_TOKEN_TTL_S", 900),
+        sandbox_create_rate_per_s=_non_negative(
+            _float(env, "CORRAL_SANDBOX_CREATE_RATE_PER_S", 5.0), "CORRAL_SANDBOX_CREATE_RATE_PER_S"
+        ),
+        sandbox_create_burst=_non_negative(
+            _int(env, "CORRAL_SANDBOX_CREATE_BURST", 50), "CORRAL_SANDBOX_CREATE_BURST"
+        ),
     )
+
+
+def _non_negative(value: _N, name: str) -> _N:
+    if value < 0:
+        raise SettingsError(f"{name} must not be negative")
+    return value

@@ -75,6 +75,7 @@ class ApiKey:
     name: str
     created_at: datetime | None = None
     revoked_at: datetime | None = None
+    role: str | None = None  # owner, admin, member, viewer, billing (None for billing keys)
 
     @property
     def revoked(self) -> bool:
@@ -89,6 +90,7 @@ class NewApiKey:
     name: str
     key: str = field(repr=False)
     created_at: datetime | None = None
+    role: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,10 +267,13 @@ class AdminClient:
 
     # ---- API keys ----
 
-    def create_api_key(self, tenant_id: str, name: str) -> NewApiKey:
-        """Create an API key for a tenant; its secret is in the result, this once."""
+    def create_api_key(self, tenant_id: str, name: str, role: str = "member") -> NewApiKey:
+        """Create an API key for a tenant in ``role`` (owner, admin, member, viewer or
+        billing); its secret is in the result, this once."""
         response = self._call(
-            "POST", f"/v1/tenants/{_seg(tenant_id)}/api-keys", json={"name": name}
+            "POST",
+            f"/v1/tenants/{_seg(tenant_id)}/api-keys",
+            json={"name": name, "role": role},
         )
         wire = parse(ApiKeyWire, response, self._about)
         if wire.key is None:
@@ -277,12 +282,14 @@ class AdminClient:
                 "try again.",
                 status_code=response.status_code,
             )
-        return NewApiKey(wire.id, wire.name, wire.key, utc(wire.created_at))
+        return NewApiKey(wire.id, wire.name, wire.key, utc(wire.created_at), wire.role)
 
     def list_api_keys(self, tenant_id: str) -> builtins.list[ApiKey]:
-        """A tenant's API keys, without secrets."""
+        """A tenant's API keys with their roles, without secrets."""
         items = self._pages(f"/v1/tenants/{_seg(tenant_id)}/api-keys", _ApiKeyPage, ApiKeyWire)
-        return [ApiKey(w.id, w.name, utc(w.created_at), utc(w.revoked_at)) for w in items]
+        return [
+            ApiKey(w.id, w.name, utc(w.created_at), utc(w.revoked_at), w.role) for w in items
+        ]
 
     def revoke_api_key(self, tenant_id: str, key_id: str) -> None:
         """Revoke a key; requests with it fail with 401 from now on."""

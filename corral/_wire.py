@@ -124,6 +124,7 @@ class ApiKeyWire(_Edge):
     created_at: datetime | None = None
     revoked_at: datetime | None = None
     key: str | None = None
+    role: str | None = None
 
 
 class TenantCreatedWire(_Edge):

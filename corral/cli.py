@@ -267,12 +267,17 @@ def tenant_ls() -> None:
 def apikey_create(
     tenant: str = typer.Option(..., "--tenant", help="Tenant id."),
     name: str = typer.Option("default", help="A name to recognise the key by."),
+    role: str = typer.Option(
+        "member", help="owner, admin, member, viewer or billing (see SECURITY.md)."
+    ),
 ) -> None:
     """Create an API key for a tenant and print it, once."""
     with _friendly(), AdminClient() as admin:
-        key = admin.create_api_key(tenant, name)
+        key = admin.create_api_key(tenant, name, role)
     console = _out()
-    console.print(f"Created API key [bold]{escape(key.name)}[/bold] ({key.id}).")
+    console.print(
+        f"Created {escape(key.role or role)} API key [bold]{escape(key.name)}[/bold] ({key.id})."
+    )
     _show_secret(console, "API key", key.key)
 
 
@@ -282,10 +287,12 @@ def apikey_ls(tenant: str = typer.Option(..., "--tenant", help="Tenant id.")) ->
     with _friendly(), AdminClient() as admin:
         keys = admin.list_api_keys(tenant)
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "NAME", "CREATED", "REVOKED"):
+    for column in ("ID", "NAME", "ROLE", "CREATED", "REVOKED"):
         table.add_column(column, overflow="fold")
     for key in keys:
-        table.add_row(key.id, key.name, _when(key.created_at), _when(key.revoked_at))
+        table.add_row(
+            key.id, key.name, key.role or "", _when(key.created_at), _when(key.revoked_at)
+        )
     _out().print(table if keys else "No API keys.")
 
 

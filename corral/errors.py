@@ -16,6 +16,7 @@
     │   └── CommandTimeoutError        a command passed its ``timeout``
     ├── CommandExitError               ``CommandResult.check()`` on a non-zero exit
     ├── CapacityError                  503 capacity: no agent has room right now   (retryable)
+    ├── RateLimitedError               429: too many requests; ``.retry_after_s``   (retryable)
     ├── ServiceUnavailableError        503/502/504, or the API could not be reached (retryable)
     └── APIError                       any other status, or a response the SDK cannot read
 
@@ -159,6 +160,13 @@ class CapacityError(CorralError):
     retryable = True
 
 
+class RateLimitedError(CorralError):
+    """The tenant sent too many requests of this kind; retry after ``retry_after_s``."""
+
+    retryable = True
+    retry_after_s: float | None = None
+
+
 class ServiceUnavailableError(CorralError):
     """The API could not be reached or did not answer in time."""
 
@@ -181,6 +189,7 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "PermissionDeniedError",
+    "RateLimitedError",
     "SandboxNotFoundError",
     "SandboxNotRunningError",
     "SandboxTimeoutError",

@@ -37,6 +37,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     CONFLICT = "conflict"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    RATE_LIMITED = "rate_limited"
     REJECTED = "rejected"
     INTERNAL = "internal"
     UNAVAILABLE = "unavailable"
@@ -161,6 +162,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CONFLICT: 409,
     ErrorCode.SANDBOX_NOT_RUNNING: 409,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL: 500,
     ErrorCode.REJECTED: 502,
     ErrorCode.CAPACITY: 503,

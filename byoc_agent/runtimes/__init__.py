@@ -13,16 +13,27 @@ from byoc_agent.runtimes.base import Runtime
 
 @dataclass(frozen=True, slots=True)
 class RuntimeOptions:
-    """Per-runtime settings beyond the state and templates directories."""
+    """Per-runtime settings beyond the state and templates directories.
+
+    ``disk_mb`` and ``pids_max`` are gVisor's per-sandbox host limits (0: none; see
+    GVisorRuntime); ``microvm_cache`` and ``microvm_accel`` are the QEMU runtime's.
+    """
 
     microvm_cache: Path | None = None
     microvm_accel: str = "auto"
+    disk_mb: int | None = None
+    pids_max: int | None = None
 
 
 def _gvisor(state_dir: Path, templates_root: Path, options: RuntimeOptions) -> Runtime:
-    from byoc_agent.runtimes.gvisor import GVisorRuntime
+    from byoc_agent.runtimes.gvisor import DEFAULT_DISK_MB, DEFAULT_PIDS_MAX, GVisorRuntime
 
-    return GVisorRuntime(state_dir=state_dir / "gvisor", templates_root=templates_root)
+    return GVisorRuntime(
+        state_dir=state_dir / "gvisor",
+        templates_root=templates_root,
+        disk_mb=DEFAULT_DISK_MB if options.disk_mb is None else options.disk_mb,
+        pids_max=DEFAULT_PIDS_MAX if options.pids_max is None else options.pids_max,
+    )
 
 
 def _qemu_microvm(state_dir: Path, templates_root: Path, options: RuntimeOptions) -> Runtime:

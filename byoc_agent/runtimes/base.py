@@ -53,6 +53,8 @@ class EndReason(StrEnum):
     EXITED = "exited"
     CREATE_FAILED = "create_failed"
     LOST = "lost"
+    OOM_KILLED = "oom_killed"  # over its memory limit: the host's OOM killer ended it
+    PIDS_LIMIT = "pids_limit"  # too many tasks (e.g. a fork bomb): the process cap ended it
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,4 +212,18 @@ class Snapshotting(Protocol):
     async def restore(self, spec: SandboxSpec, source: Path) -> SandboxHandle:
         """Start a new sandbox (``spec.sandbox_id``) from a snapshot. It is a new machine:
         its own id, hostname, machine-id and random seed. cpu and memory are the snapshot's."""
+        ...
+
+
+@runtime_checkable
+class KnowsStopReason(Protocol):
+    """Optional: a runtime that can tell why a sandbox stopped on its own.
+
+    A separate interface so runtimes that cannot tell need not pretend; the agent asks
+    only those that implement it, before it destroys the sandbox.
+    """
+
+    async def stop_reason(self, handle: SandboxHandle) -> EndReason | None:
+        """``OOM_KILLED`` (over its memory limit), ``PIDS_LIMIT`` (too many tasks), or
+        ``None`` when it simply exited or the runtime cannot say."""
         ...

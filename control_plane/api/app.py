@@ -17,7 +17,16 @@ from fastapi.responses import RedirectResponse
 
 from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimit
-from control_plane.api.routes import agents, billing, console_users, jobs, sandboxes, tenants
+from control_plane.api.rate_limit import TenantRateLimiter
+from control_plane.api.routes import (
+    agents,
+    api_keys,
+    billing,
+    console_users,
+    jobs,
+    sandboxes,
+    tenants,
+)
 from control_plane.api.schemas import Health
 from control_plane.api.services import Services
 from control_plane.jobs.inbox import AgentInbox
@@ -57,6 +66,9 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
         issuer=issuer,
         sandboxes=SandboxService(db, issuer, keys, settings),
         inbox=AgentInbox(db, waiters),
+        create_limiter=TenantRateLimiter(
+            settings.sandbox_create_rate_per_s, settings.sandbox_create_burst
+        ),
     )
 
     @contextlib.asynccontextmanager
@@ -93,12 +105,12 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
-    @app.get("/healthz", response_model=Health, tags=["health"])
+    @app.get("/healthz", response_model=Health, tags=["health"], responses=errors.COMMON_ERRORS)
     async def healthz() -> Health:
         return Health()
 
-    for module in (tenants, agents, sandboxes, jobs, billing, console_users):
-        app.include_router(module.router)
+    for module in (tenants, api_keys, agents, sandboxes, jobs, billing, console_users):
+        app.include_router(module.router, responses=errors.COMMON_ERRORS)
 
     @app.get("/console", include_in_schema=False)
     async def console_root() -> RedirectResponse:

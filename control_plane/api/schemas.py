@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 from byoc_agent.protocol.messages import MAX_ENV_VALUE, MAX_ENV_VARS, EnvName, JobKind, JobStatus
 from byoc_agent.protocol.messages import SandboxState as WireSandboxState
 from byoc_agent.protocol.signing import public_key_from_text
+from control_plane.roles import DEFAULT_KEY_ROLE, KeyRole
 
 TEMPLATE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 METADATA_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$"
@@ -38,6 +39,7 @@ class CreateTenantRequest(_Body):
 
 class CreateApiKeyRequest(_Body):
     name: Name
+    role: KeyRole = DEFAULT_KEY_ROLE
 
 
 Isolation = Literal["gvisor", "microvm"]
@@ -127,6 +129,7 @@ class ApiKeyOut(_Out):
     id: str
     tenant_id: str
     name: str
+    role: KeyRole
     created_at: datetime
     revoked_at: datetime | None
 
@@ -140,9 +143,15 @@ class NewApiKeyOut(_Out):
     created_at: datetime
 
 
+class NewTenantApiKeyOut(NewApiKeyOut):
+    """A freshly created tenant API key with its role; ``key`` is shown this once."""
+
+    role: KeyRole
+
+
 class CreatedTenantOut(_Out):
     tenant: TenantOut
-    api_key: NewApiKeyOut
+    api_key: NewTenantApiKeyOut
 
 
 class TenantPage(_Out):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from control_plane.api.rate_limit import TenantRateLimiter
 from control_plane.jobs.inbox import AgentInbox
 from control_plane.jobs.issuer import JobIssuer
 from control_plane.jobs.keys import SigningKeys
@@ -22,6 +23,7 @@ class Services:
     issuer: JobIssuer
     sandboxes: SandboxService
     inbox: AgentInbox
+    create_limiter: TenantRateLimiter
 
 
 def services(request: Request) -> Services:

@@ -8,6 +8,8 @@ secret in the response and never again.
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from datetime import timedelta
 from pathlib import Path as FilePath
 from typing import Annotated
@@ -476,7 +478,20 @@ async def billing_export(
     await viewer_of(request, Permission.VIEW_BILLING)
     month = parse_period(period)
     fmt = parse_format(format_name)
-    path = await asyncio.to_thread(UsageExporter(services_of(request).db).write, month, fmt)
+    exporter = UsageExporter(services_of(request).db)
+
+    def write() -> str:
+        fd, name = tempfile.mkstemp(prefix=f"corral-usage-{month}-", suffix=f".{fmt.suffix}")
+        os.close(fd)
+        try:
+            exporter.check(month)  # a finalized invoice that fails its hash is an error
+            exporter.write(month, fmt, FilePath(name))
+        except BaseException:
+            FilePath(name).unlink(missing_ok=True)
+            raise
+        return name
+
+    path = await asyncio.to_thread(write)
     return FileResponse(
         path,
         media_type=fmt.media_type,

@@ -8,7 +8,7 @@ import structlog
 from fastapi import APIRouter, Query
 
 from byoc_agent.protocol.errors import InvalidArgumentError
-from control_plane.api.auth import AnyPrincipal, Operator, Role, Svc
+from control_plane.api.auth import AgentReader, Operator, Svc
 from control_plane.api.pagination import decode_cursor, encode_cursor
 from control_plane.api.schemas import (
     AgentOut,
@@ -73,13 +73,13 @@ async def enroll(body: EnrollRequest, svc: Svc) -> EnrolledAgentOut:
 
 @router.get("/v1/agents", response_model=AgentPage)
 async def list_agents(
-    who: AnyPrincipal,
+    who: AgentReader,
     svc: Svc,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=256)] = None,
 ) -> AgentPage:
     after = decode_cursor(cursor)
-    tenant_id = who.tenant_id if who.role == Role.TENANT else None
+    tenant_id = who.scope()
     page = await svc.db.run(
         lambda s: agents.list_agents(s, tenant_id=tenant_id, after=after, limit=limit)
     )
@@ -92,8 +92,8 @@ async def list_agents(
 
 
 @router.get("/v1/agents/{agent_id}", response_model=AgentOut)
-async def get_agent(agent_id: str, who: AnyPrincipal, svc: Svc) -> AgentOut:
-    tenant_id = who.tenant_id if who.role == Role.TENANT else None
+async def get_agent(agent_id: str, who: AgentReader, svc: Svc) -> AgentOut:
+    tenant_id = who.scope()
     agent = await svc.db.run(lambda s: agents.get_agent(s, agent_id, tenant_id=tenant_id))
     return agent_out(agent, now=utcnow(), offline_after_s=svc.settings.heartbeat_offline_s)
 

@@ -1,7 +1,9 @@
 """Billing: stored usage, monthly invoices and the period's finance export.
 
-The reads (usage, invoices, export) take the operator token or a billing key (the
-``billing`` role, for finance); finalizing and minting billing keys take the operator.
+The reads (usage, invoices, export) take the operator token, a billing key (the platform's
+``billing`` role, for finance, across tenants) or a tenant API key with the ``billing``
+role, which sees its own tenant only: naming another tenant is a 404. Finalizing and
+minting billing keys take the operator.
 The export is rated and encoded batch by batch while it is sent (bounded memory,
 see :mod:`control_plane.usage_export`); it has no Content-Length.
 Invoices are drafted live and finalized by :mod:`control_plane.invoicing`.
@@ -32,7 +34,7 @@ from control_plane.api.schemas import (
     UsageRecordOut,
 )
 from control_plane.invoicing import InvoiceService
-from control_plane.store import MAX_PAGE, billing_keys, usage
+from control_plane.store import MAX_PAGE, billing_keys, tenants, usage
 from control_plane.store.billing_keys import BillingKeyRecord
 from control_plane.store.usage import StoredUsage
 from control_plane.usage_export import UsageExporter, parse_format, parse_period, stream_export
@@ -102,7 +104,7 @@ def _after_seq(cursor: str | None) -> int | None:
 
 @router.get("/usage", response_model=UsagePage)
 async def list_usage(
-    _: BillingReader,
+    who: BillingReader,
     svc: Svc,
     period: Annotated[str, Query(max_length=16)],
     tenant_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -112,12 +114,14 @@ async def list_usage(
     """Usage records overlapping the month, in arrival order, optionally for one tenant."""
     month = parse_period(period)
     after = _after_seq(cursor)
+    who.check_tenant(tenant_id or None)
+    scope = who.scope() or tenant_id or None
     page = await svc.db.run(
         lambda s: usage.list_usage(
             s,
             start=month.start,
             end=month.end,
-            tenant_id=tenant_id or None,
+            tenant_id=scope,
             after_seq=after,
             limit=limit,
         )
@@ -128,10 +132,11 @@ async def list_usage(
 
 @router.get("/export", response_class=StreamingResponse)
 async def export(
-    _: BillingReader,
+    who: BillingReader,
     svc: Svc,
     period: Annotated[str, Query(max_length=16)],
     format_name: Annotated[str, Query(alias="format", max_length=16)] = "csv",
+    tenant_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> StreamingResponse:
     """The period's invoices as rows (CSV, Parquet or FOCUS 1.2), streamed as they are rated.
 
@@ -141,9 +146,14 @@ async def export(
     """
     month = parse_period(period)
     fmt = parse_format(format_name)
+    who.check_tenant(tenant_id or None)
+    scope = who.scope() or tenant_id or None
+    if scope is not None:
+        await svc.db.run(lambda s: tenants.get_tenant(s, scope))
     exporter = UsageExporter(svc.db)
-    tenants = await asyncio.to_thread(exporter.check, month)
-    body = stream_export(exporter, month, fmt, tenants)
+    billed = await asyncio.to_thread(exporter.check, month)
+    chosen = billed if scope is None else [t for t in billed if t == scope]
+    body = stream_export(exporter, month, fmt, chosen)
     try:
         first = await anext(body)
     except BaseException:
@@ -172,22 +182,25 @@ PeriodPath = Annotated[str, Path(max_length=16)]
 
 @router.get("/invoices", response_model=InvoiceList)
 async def list_invoices(
-    _: BillingReader,
+    who: BillingReader,
     svc: Svc,
     period: Annotated[str, Query(max_length=16)],
     tenant_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> InvoiceList:
     """The month's invoices, finalized or drafted live, for one tenant or every billed one."""
     month = parse_period(period)
-    found = await asyncio.to_thread(InvoiceService(svc.db).invoices, month, tenant_id or None)
+    who.check_tenant(tenant_id or None)
+    scope = who.scope() or tenant_id or None
+    found = await asyncio.to_thread(InvoiceService(svc.db).invoices, month, scope)
     return InvoiceList(items=[_invoice_out(invoice) for invoice in found])
 
 
 @router.get("/invoices/{tenant_id}/{period}", response_model=InvoiceOut)
 async def get_invoice(
-    _: BillingReader, svc: Svc, tenant_id: TenantPath, period: PeriodPath
+    who: BillingReader, svc: Svc, tenant_id: TenantPath, period: PeriodPath
 ) -> InvoiceOut:
     """The finalized invoice (hash verified), or the draft as the usage stands now."""
+    who.check_tenant(tenant_id)
     month = parse_period(period)
     invoice = await asyncio.to_thread(InvoiceService(svc.db).invoice, tenant_id, month)
     return _invoice_out(invoice)

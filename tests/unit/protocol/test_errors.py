@@ -39,6 +39,7 @@ _UNTYPED = [
     ErrorCode.FORBIDDEN,
     ErrorCode.CONFLICT,
     ErrorCode.PAYLOAD_TOO_LARGE,
+    ErrorCode.RATE_LIMITED,  # an HTTP answer of the control plane; agents never send it
     ErrorCode.REJECTED,
     ErrorCode.INTERNAL,
 ]
