@@ -90,6 +90,18 @@ async def set_timeout(
     return sandbox_out(await svc.sandboxes.set_timeout(tenant_id, sandbox_id, body.timeout_s))
 
 
+@router.post("/{sandbox_id}/pause", response_model=SandboxOut)
+async def pause_sandbox(sandbox_id: str, tenant_id: TenantId, svc: Svc) -> SandboxOut:
+    """Save the sandbox's memory and files on its agent and stop it (not billed while paused)."""
+    return sandbox_out(await svc.sandboxes.pause(tenant_id, sandbox_id))
+
+
+@router.post("/{sandbox_id}/resume", response_model=SandboxOut)
+async def resume_sandbox(sandbox_id: str, tenant_id: TenantId, svc: Svc) -> SandboxOut:
+    """Continue a paused sandbox where it stopped."""
+    return sandbox_out(await svc.sandboxes.resume(tenant_id, sandbox_id))
+
+
 @router.delete("/{sandbox_id}", status_code=204)
 async def kill_sandbox(sandbox_id: str, tenant_id: TenantId, svc: Svc) -> Response:
     await svc.sandboxes.kill(tenant_id, sandbox_id)
