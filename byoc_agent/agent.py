@@ -58,6 +58,7 @@ from byoc_agent.runtimes.base import (
     Runtime,
     SandboxHandle,
     SandboxSpec,
+    Snapshotting,
 )
 from byoc_agent.runtimes.multi import runtime_isolations, runtime_names
 from byoc_agent.state import AgentIdentity, AgentStateStore, SandboxRecord
@@ -258,6 +259,10 @@ class Agent:
                     report = await self._create(job.job_id, body)
                 elif isinstance(body, messages.KillSandboxBody):
                     report = await self._kill(body.sandbox_id)
+                elif isinstance(body, messages.PauseSandboxBody):
+                    report = await self._pause(body.sandbox_id)
+                elif isinstance(body, messages.ResumeSandboxBody):
+                    report = await self._resume(body.sandbox_id)
                 else:
                     report = await self._set_timeout(body.sandbox_id, body.timeout_s)
                 result = self._result(job, "succeeded", sandbox=report)
@@ -370,9 +375,49 @@ class Agent:
         rec = self.state.get_sandbox(sandbox_id)
         if rec is None:
             raise SandboxNotFoundError(f"sandbox {sandbox_id} is not on this agent")
-        if rec.state is not SandboxState.RUNNING:
+        if rec.state not in (SandboxState.RUNNING, SandboxState.PAUSED):
             return _report(rec)
         return _report(await self._end(rec, SandboxState.KILLED, EndReason.KILLED))
+
+    async def _pause(self, sandbox_id: str) -> SandboxReport:
+        """Save and stop: billing stops at the pause; the timeout clock stops too."""
+        rec = self.state.get_sandbox(sandbox_id)
+        if rec is None:
+            raise SandboxNotFoundError(f"sandbox {sandbox_id} is not on this agent")
+        if rec.state is SandboxState.PAUSED:
+            return _report(rec)
+        if rec.state is not SandboxState.RUNNING:
+            raise SandboxNotRunningError(f"sandbox {sandbox_id} is {rec.state.value}")
+        runtime = self.runtime
+        if not isinstance(runtime, Snapshotting):
+            raise InvalidArgumentError(f"runtime {runtime.name} cannot pause sandboxes")
+        await runtime.pause(rec.handle)
+        paused = dataclasses.replace(rec, state=SandboxState.PAUSED)
+        self.state.put_sandbox(paused)
+        self.meter.pause(paused, time.time())
+        self._outbox_wakeup.set()
+        return _report(paused)
+
+    async def _resume(self, sandbox_id: str) -> SandboxReport:
+        rec = self.state.get_sandbox(sandbox_id)
+        if rec is None:
+            raise SandboxNotFoundError(f"sandbox {sandbox_id} is not on this agent")
+        if rec.state is SandboxState.RUNNING:
+            return _report(rec)
+        if rec.state is not SandboxState.PAUSED:
+            raise SandboxNotRunningError(f"sandbox {sandbox_id} is {rec.state.value}")
+        runtime = self.runtime
+        if not isinstance(runtime, Snapshotting):
+            raise InvalidArgumentError(f"runtime {runtime.name} cannot resume sandboxes")
+        await runtime.resume(rec.handle)
+        now = time.time()
+        # The timeout clock stood still while paused: what was left when it paused is left.
+        paused_at = self.meter.paused_since(rec) or now
+        left = max(rec.deadline - paused_at, 1.0)
+        resumed = dataclasses.replace(rec, state=SandboxState.RUNNING, deadline=now + left)
+        self.meter.resume(resumed, now)
+        self.state.put_sandbox(resumed)
+        return _report(resumed)
 
     async def _set_timeout(self, sandbox_id: str, timeout_s: int) -> SandboxReport:
         rec = self.state.get_sandbox(sandbox_id)

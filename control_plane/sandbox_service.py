@@ -31,6 +31,8 @@ from byoc_agent.protocol.messages import (
     CreateSandboxBody,
     JobStatus,
     KillSandboxBody,
+    PauseSandboxBody,
+    ResumeSandboxBody,
     SandboxState,
     SetTimeoutBody,
 )
@@ -223,6 +225,60 @@ class SandboxService:
             log.info("sandbox_killed", tenant_id=tenant_id, sandbox_id=sandbox_id)
             return
         raise outcome_error(outcome)
+
+    async def pause(self, tenant_id: str, sandbox_id: str) -> SandboxRecord:
+        """Pause a running sandbox: its memory and files are saved on its agent, it holds
+        no CPU or memory and is not billed until resumed; its timeout stops counting."""
+        sandbox = await self.get(tenant_id, sandbox_id)
+        if sandbox.state == SandboxState.PAUSED:
+            return sandbox
+        if sandbox.state != SandboxState.RUNNING:
+            raise SandboxNotRunningError("the sandbox is not running", sandbox_id=sandbox_id)
+        await self._lifecycle_job(sandbox, PauseSandboxBody(sandbox_id=sandbox.id))
+
+        def paused(s: Session) -> SandboxRecord:
+            # The timeout clock stands still while paused: remember what is left.
+            current = sandboxes.get_sandbox(s, sandbox_id, tenant_id=tenant_id)
+            if current.expires_at is not None:
+                left = max(int((current.expires_at - utcnow()).total_seconds()), 1)
+                sandboxes.set_expiry(s, sandbox_id, left, None)
+            return sandboxes.get_sandbox(s, sandbox_id, tenant_id=tenant_id)
+
+        return await self._db.run(paused)
+
+    async def resume(self, tenant_id: str, sandbox_id: str) -> SandboxRecord:
+        """Continue a paused sandbox where it stopped."""
+        sandbox = await self.get(tenant_id, sandbox_id)
+        if sandbox.state == SandboxState.RUNNING:
+            return sandbox
+        if sandbox.state != SandboxState.PAUSED:
+            raise SandboxNotRunningError(
+                f"the sandbox is {sandbox.state.value}, not paused", sandbox_id=sandbox_id
+            )
+        await self._lifecycle_job(sandbox, ResumeSandboxBody(sandbox_id=sandbox.id))
+
+        def resumed(s: Session) -> SandboxRecord:
+            current = sandboxes.get_sandbox(s, sandbox_id, tenant_id=tenant_id)
+            left = current.timeout_s
+            sandboxes.set_expiry(s, sandbox_id, left, utcnow() + timedelta(seconds=left))
+            return sandboxes.get_sandbox(s, sandbox_id, tenant_id=tenant_id)
+
+        return await self._db.run(resumed)
+
+    async def _lifecycle_job(
+        self, sandbox: SandboxRecord, body: PauseSandboxBody | ResumeSandboxBody
+    ) -> None:
+        outcome = await self._issuer.run(
+            tenant_id=sandbox.tenant_id,
+            agent_id=sandbox.agent_id,
+            sandbox_id=sandbox.id,
+            body=body,
+            timeout_s=self._settings.job_timeout_s,
+        )
+        if outcome.status != JobStatus.SUCCEEDED:
+            raise outcome_error(outcome)
+        log.info(f"sandbox_{body.kind.removesuffix('_sandbox')}d", tenant_id=sandbox.tenant_id,
+                 sandbox_id=sandbox.id)  # fmt: skip
 
     async def set_timeout(self, tenant_id: str, sandbox_id: str, timeout_s: int) -> SandboxRecord:
         sandbox = await self.get(tenant_id, sandbox_id)

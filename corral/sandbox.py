@@ -302,6 +302,57 @@ class Sandbox:
         self._info = SandboxInfo.from_wire(parse(SandboxWire, response, about))
         return self._info
 
+    def pause(self) -> SandboxInfo:
+        """Save the sandbox's memory and files and stop it; it is not billed while paused.
+
+        Commands and file calls fail until :meth:`Sandbox.resume`; running command streams
+        end. Processes, open files and everything written are there after resume.
+        """
+        about = About("control", resource="sandbox", sandbox_id=self.id)
+        response = self._http.request(
+            "POST",
+            f"{self._config.api_url}/v1/sandboxes/{self.id}/pause",
+            about,
+            token=self._config.api_key,
+        )
+        self._info = SandboxInfo.from_wire(parse(SandboxWire, response, about))
+        return self._info
+
+    @classmethod
+    def resume(
+        cls,
+        sandbox_id: str,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        request_timeout: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> Sandbox:
+        """Continue a paused sandbox where it stopped, and connect to it."""
+        if not _SANDBOX_ID_RE.match(sandbox_id):
+            raise InvalidArgumentError(f"{sandbox_id!r} is not a sandbox id.")
+        config = ConnectionConfig.resolve(
+            api_key=api_key, api_url=api_url, request_timeout=request_timeout
+        )
+        about = About("control", resource="sandbox", sandbox_id=sandbox_id)
+        http = HttpClient(config.request_timeout, transport)
+        try:
+            http.request(
+                "POST",
+                f"{config.api_url}/v1/sandboxes/{sandbox_id}/resume",
+                about,
+                token=config.api_key,
+            )
+        finally:
+            http.close()
+        return cls.connect(
+            sandbox_id,
+            api_key=api_key,
+            api_url=api_url,
+            request_timeout=request_timeout,
+            transport=transport,
+        )
+
     def kill(self) -> bool:
         """Kill the sandbox and close this client; False if it was already gone."""
         about = About("control", resource="sandbox", sandbox_id=self.id)

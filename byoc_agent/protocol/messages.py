@@ -50,6 +50,8 @@ class JobKind(StrEnum):
     CREATE_SANDBOX = "create_sandbox"
     KILL_SANDBOX = "kill_sandbox"
     SET_TIMEOUT = "set_timeout"
+    PAUSE_SANDBOX = "pause_sandbox"
+    RESUME_SANDBOX = "resume_sandbox"
 
 
 class CreateSandboxBody(_Wire):
@@ -76,8 +78,21 @@ class SetTimeoutBody(_Wire):
     timeout_s: Annotated[int, Field(ge=1, le=86400)]
 
 
+class PauseSandboxBody(_Wire):
+    """Save the sandbox's memory and files to the agent's disk and stop it."""
+
+    kind: Literal["pause_sandbox"] = "pause_sandbox"
+    sandbox_id: Id
+
+
+class ResumeSandboxBody(_Wire):
+    kind: Literal["resume_sandbox"] = "resume_sandbox"
+    sandbox_id: Id
+
+
 JobBody = Annotated[
-    CreateSandboxBody | KillSandboxBody | SetTimeoutBody, Field(discriminator="kind")
+    CreateSandboxBody | KillSandboxBody | SetTimeoutBody | PauseSandboxBody | ResumeSandboxBody,
+    Field(discriminator="kind"),
 ]
 
 
@@ -109,6 +124,7 @@ class SandboxState(StrEnum):
 
     PENDING = "pending"
     RUNNING = "running"
+    PAUSED = "paused"  # memory and files saved on the agent; holds no CPU or memory
     KILLED = "killed"
     TIMED_OUT = "timed_out"
     FAILED = "failed"

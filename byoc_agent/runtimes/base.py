@@ -33,7 +33,10 @@ ALLOWED_TRANSITIONS: Mapping[SandboxState, frozenset[SandboxState]] = {
         {SandboxState.RUNNING, SandboxState.FAILED, SandboxState.KILLED}
     ),
     SandboxState.RUNNING: frozenset(
-        {SandboxState.KILLED, SandboxState.TIMED_OUT, SandboxState.FAILED}
+        {SandboxState.PAUSED, SandboxState.KILLED, SandboxState.TIMED_OUT, SandboxState.FAILED}
+    ),
+    SandboxState.PAUSED: frozenset(
+        {SandboxState.RUNNING, SandboxState.KILLED, SandboxState.TIMED_OUT, SandboxState.FAILED}
     ),
     SandboxState.KILLED: frozenset(),
     SandboxState.TIMED_OUT: frozenset(),

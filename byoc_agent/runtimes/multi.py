@@ -8,6 +8,7 @@ sandboxes recovered after a restart find their own runtime again.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 
 from byoc_agent.protocol.errors import InvalidArgumentError, SandboxNotRunningError
 from byoc_agent.runtimes.base import (
@@ -18,6 +19,7 @@ from byoc_agent.runtimes.base import (
     Runtime,
     SandboxHandle,
     SandboxSpec,
+    Snapshotting,
 )
 
 # Isolation class -> runtime names that provide it, best first.
@@ -103,6 +105,23 @@ class RuntimeSet:
     async def destroy(self, handle: SandboxHandle) -> None:
         if handle.runtime in self._by_name:
             await self._of(handle).destroy(handle)
+
+    def _snapshots(self, runtime: Runtime) -> Snapshotting:
+        if not isinstance(runtime, Snapshotting):
+            raise InvalidArgumentError(f"runtime {runtime.name} cannot pause or snapshot")
+        return runtime
+
+    async def pause(self, handle: SandboxHandle) -> None:
+        await self._snapshots(self._of(handle)).pause(handle)
+
+    async def resume(self, handle: SandboxHandle) -> None:
+        await self._snapshots(self._of(handle)).resume(handle)
+
+    async def snapshot(self, handle: SandboxHandle, dest: Path) -> None:
+        await self._snapshots(self._of(handle)).snapshot(handle, dest)
+
+    async def restore(self, spec: SandboxSpec, source: Path) -> SandboxHandle:
+        return await self._snapshots(self.for_isolation(spec.isolation)).restore(spec, source)
 
 
 def runtime_names(runtime: Runtime) -> list[str]:

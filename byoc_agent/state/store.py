@@ -333,6 +333,28 @@ class AgentStateStore:
                 raise
         return True
 
+    def skip_usage(self, sandbox_id: str, *, start: int, to: int) -> bool:
+        """Move a sandbox's cursor from ``start`` to ``to`` with no record: the seconds in
+        between are not billed (it was paused). Compare-and-set like :meth:`spool_usage`."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT last_end, final FROM usage_cursors WHERE sandbox_id = ?",
+                    (sandbox_id,),
+                ).fetchone()
+                if (row is not None and (bool(row[1]) or int(row[0]) != start)) or to < start:
+                    self._db.execute("ROLLBACK")
+                    return False
+                self._db.execute(
+                    "INSERT OR REPLACE INTO usage_cursors VALUES (?, ?, 0)", (sandbox_id, to)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return True
+
     # sandboxes ------------------------------------------------------------
     def put_sandbox(self, rec: SandboxRecord) -> None:
         h = rec.handle

@@ -290,6 +290,9 @@ def _apply_job_to_sandbox(
                 reason=EndReason.CREATE_FAILED.value,
                 source=job_id,
             )
+    elif kind in (JobKind.PAUSE_SANDBOX, JobKind.RESUME_SANDBOX):
+        if status == JobStatus.SUCCEEDED and report is not None:
+            sandboxes.transition(s, sandbox_id, report.state, reason=None, source=job_id)
     elif kind == JobKind.KILL_SANDBOX:
         if status == JobStatus.SUCCEEDED:
             state = (

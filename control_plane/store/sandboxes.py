@@ -215,7 +215,10 @@ def transition(
     now = utcnow()
     row.state = to.value
     if to == SandboxState.RUNNING:
-        row.started_at = started_at or now
+        if current == SandboxState.PENDING or row.started_at is None:  # not on a resume
+            row.started_at = started_at or now
+    elif to == SandboxState.PAUSED:
+        pass  # neither started nor ended: the state history records when
     elif to != SandboxState.PENDING:
         row.ended_at = ended_at or now
         row.end_reason = reason
@@ -232,7 +235,10 @@ def transition(
     return True
 
 
-def set_expiry(s: Session, sandbox_id: str, timeout_s: int, expires_at: datetime) -> None:
+def set_expiry(
+    s: Session, sandbox_id: str, timeout_s: int, expires_at: datetime | None
+) -> None:
+    """Set the timeout; ``expires_at`` is None while the sandbox is paused (its clock stops)."""
     row = s.get(Sandbox, sandbox_id)
     if row is None:
         raise NotFoundError("no such sandbox", sandbox_id=sandbox_id)

@@ -99,6 +99,18 @@ async def set_timeout(
     )
 
 
+@router.post("/{sandbox_id}/pause", response_model=SandboxOut, responses=AGENT_ERRORS)
+async def pause_sandbox(sandbox_id: str, who: SandboxWriter, svc: Svc) -> SandboxOut:
+    """Save the sandbox's memory and files on its agent and stop it (not billed while paused)."""
+    return sandbox_out(await svc.sandboxes.pause(who.tenant_id, sandbox_id))
+
+
+@router.post("/{sandbox_id}/resume", response_model=SandboxOut, responses=AGENT_ERRORS)
+async def resume_sandbox(sandbox_id: str, who: SandboxWriter, svc: Svc) -> SandboxOut:
+    """Continue a paused sandbox where it stopped."""
+    return sandbox_out(await svc.sandboxes.resume(who.tenant_id, sandbox_id))
+
+
 @router.delete("/{sandbox_id}", status_code=204, responses=AGENT_ERRORS)
 async def kill_sandbox(sandbox_id: str, who: SandboxWriter, svc: Svc) -> Response:
     await svc.sandboxes.kill(who.tenant_id, sandbox_id)

@@ -21,6 +21,8 @@ from byoc_agent.protocol.messages import (
     Job,
     JobResult,
     KillSandboxBody,
+    PauseSandboxBody,
+    ResumeSandboxBody,
     SandboxEvent,
     SandboxReport,
     SandboxState,
@@ -106,6 +108,24 @@ EXAMPLES: tuple[Example, ...] = (
         Job(
             job_id="job-0002", tenant_id=TENANT, agent_id=AGENT, iat=NOW + 700,
             exp=NOW + 1000, seq=2, body=KillSandboxBody(sandbox_id=_SBX),
+        ),
+        messages.JOB_TYP,
+        CONTROL_PLANE_KEY,
+    ),
+    Example(
+        "job_pause_sandbox",
+        Job(
+            job_id="job-0005", tenant_id=TENANT, agent_id=AGENT, iat=NOW + 800,
+            exp=NOW + 1100, seq=5, body=PauseSandboxBody(sandbox_id=_SBX),
+        ),
+        messages.JOB_TYP,
+        CONTROL_PLANE_KEY,
+    ),
+    Example(
+        "job_resume_sandbox",
+        Job(
+            job_id="job-0006", tenant_id=TENANT, agent_id=AGENT, iat=NOW + 900,
+            exp=NOW + 1200, seq=6, body=ResumeSandboxBody(sandbox_id=_SBX),
         ),
         messages.JOB_TYP,
         CONTROL_PLANE_KEY,
