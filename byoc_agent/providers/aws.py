@@ -102,6 +102,7 @@ class AwsProvider:
         instance_types: Sequence[str] = DEFAULT_INSTANCE_TYPES,
         root_volume_gib: int = 100,
         call_timeout_s: float = 60.0,
+        max_attempts: int = 3,
     ) -> None:
         self._region = region
         self._image_id = image_id
@@ -110,7 +111,7 @@ class AwsProvider:
         self._call_timeout_s = call_timeout_s
         self._root_device: str | None = None
         config = Config(
-            retries={"mode": "standard", "max_attempts": 3},
+            retries={"mode": "standard", "max_attempts": max_attempts},
             connect_timeout=10,
             read_timeout=30,
         )

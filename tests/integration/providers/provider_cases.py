@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
@@ -17,6 +19,42 @@ if TYPE_CHECKING:
 
 REGION = "us-east-1"
 BM_TYPE = "bm.8c.16g"
+
+
+def gcp_unavailable() -> str | None:
+    """Why the GCP suites cannot run here, or None."""
+    if importlib.util.find_spec("google.cloud.compute_v1") is None:
+        return "GCP provider tests need google-cloud-compute (the `gcp` extra or `dev`)"
+    return None
+
+
+def azure_unavailable() -> str | None:
+    """Why the Azure suites cannot run here, or None."""
+    if importlib.util.find_spec("azure.mgmt.compute") is None:
+        return "Azure provider tests need azure-mgmt-compute (the `azure` extra or `dev`)"
+    return None
+
+
+class Faults(Protocol):
+    """How a test makes one backend refuse a provision the way the real service would."""
+
+    def exhaust_quota(self) -> None:
+        """The account (or inventory) limit leaves no room for one more host."""
+
+    def exhaust_capacity(self) -> None:
+        """The zone/region (or inventory) has no free host of the suite's type right now."""
+
+    def revoke_credentials(self) -> bool:
+        """Make the backend refuse our credentials; False if the backend has none."""
+
+    def restore(self) -> None:
+        """Undo every fault: the same request now succeeds."""
+
+
+def unavailable(name: str) -> str | None:
+    return {"aws": aws_unavailable, "gcp": gcp_unavailable, "azure": azure_unavailable}.get(
+        name, lambda: None
+    )()
 
 
 def aws_unavailable() -> str | None:
@@ -45,6 +83,7 @@ class ProviderCase:
     name: str
     provider: HostProvider
     instance_type: str
+    faults: Faults | None = None
     subnet_id: str | None = None
     security_group_ids: tuple[str, ...] = field(default_factory=tuple)
 
@@ -101,3 +140,48 @@ def loopback_hosts(port: int | None) -> list[dict[str, object]]:
     for h in (first, second):
         h.update(memory_mib=16384, gpus=0, labels={"rack": "1"})
     return [first, second]
+
+
+class InventoryFaults:
+    """Bare metal: the quota is ``limits.max_claims``; capacity runs out when hosts are cordoned."""
+
+    def __init__(self, path: Path, hosts: list[dict[str, object]]) -> None:
+        self._path = path
+        self._hosts = hosts
+
+    def _write(self, hosts: list[dict[str, object]], limits: dict[str, int] | None = None) -> None:
+        doc: dict[str, object] = {"hosts": hosts}
+        if limits is not None:
+            doc["limits"] = limits
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(tmp, self._path)  # a new inode: the provider sees the change at once
+
+    def exhaust_quota(self) -> None:
+        self._write(self._hosts, {"max_claims": 0})
+
+    def exhaust_capacity(self) -> None:
+        self._write([{**h, "cordoned": True} for h in self._hosts])
+
+    def revoke_credentials(self) -> bool:
+        return False
+
+    def restore(self) -> None:
+        self._write(self._hosts)
+
+
+class StaticTokenCredential:
+    """An Azure ``TokenCredential`` (test code) that hands out a fixed bearer token."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def get_token(self, *scopes: str, **kwargs: object) -> object:
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+    def get_token_info(self, *scopes: str, options: object = None) -> object:
+        from azure.core.credentials import AccessTokenInfo
+
+        return AccessTokenInfo(self.token, int(time.time()) + 3600)
