@@ -103,7 +103,10 @@ class AwsProvider:
         root_volume_gib: int = 100,
         call_timeout_s: float = 60.0,
         max_attempts: int = 3,
+        session: boto3.session.Session | None = None,
     ) -> None:
+        """``session``: a boto3 session to create the EC2 client from (its loaded service
+        models are reused); a new one for ``region`` by default."""
         self._region = region
         self._image_id = image_id
         self._instance_types = tuple(instance_types)
@@ -115,9 +118,8 @@ class AwsProvider:
             connect_timeout=10,
             read_timeout=30,
         )
-        self._ec2: EC2Client = boto3.session.Session(region_name=region).client(
-            "ec2", config=config
-        )
+        session = session or boto3.session.Session(region_name=region)
+        self._ec2: EC2Client = session.client("ec2", region_name=region, config=config)
 
     async def list_offerings(self) -> list[Offering]:
         resp = await self._call(

@@ -40,6 +40,8 @@ from provider_cases import (
 )
 
 if TYPE_CHECKING:
+    import boto3
+
     from byoc_agent.providers.azure import AzureProvider
     from byoc_agent.providers.gcp import GcpProvider
     from fake_azure import FakeArm
@@ -97,9 +99,35 @@ def ec2_proxy(moto_endpoint: str) -> Iterator[tuple[FaultProxy, str]]:
         yield proxy, url
 
 
+@pytest.fixture(scope="session")
+def boto_session(moto_endpoint: str) -> boto3.session.Session:
+    """One boto3 session for the suite: a client costs ~1 s to build until its session has
+    loaded the EC2 model once. Credentials and endpoints still come from each test's env."""
+    import boto3
+
+    return boto3.session.Session(region_name=REGION)
+
+
+@pytest.fixture(scope="session")
+def moto_ami(moto_endpoint: str) -> str:
+    """An x86_64 Amazon AMI of moto's catalogue (listing it costs ~2 s; ids survive a reset)."""
+    import boto3
+
+    ec2 = boto3.session.Session(
+        region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
+    ).client("ec2", endpoint_url=moto_endpoint)
+    images = ec2.describe_images(
+        Owners=["amazon"], Filters=[{"Name": "architecture", "Values": ["x86_64"]}]
+    )["Images"]
+    assert images, "moto offers no x86_64 Amazon AMI"
+    return images[0]["ImageId"]
+
+
 @pytest.fixture
 def moto_ec2(
     moto_endpoint: str,
+    moto_ami: str,
+    boto_session: boto3.session.Session,
     ec2_proxy: tuple[FaultProxy, str],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -109,21 +137,20 @@ def moto_ec2(
     boto3 in the provider goes through the fault proxy (``AWS_ENDPOINT_URL_EC2``); the
     client the test reads back with goes to moto directly.
     """
-    import boto3
-
     proxy, proxy_url = ec2_proxy
     proxy.clear()
     reset = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")  # noqa: S310 (loopback http)
     with urllib.request.urlopen(reset, timeout=10) as resp:  # noqa: S310 (loopback http)
         assert resp.status == 200
     use_fake_aws_env(monkeypatch, tmp_path, proxy_url)
-    ec2: EC2Client = boto3.session.Session(region_name=REGION).client(
-        "ec2", endpoint_url=moto_endpoint
+    ec2: EC2Client = boto_session.client(
+        "ec2",
+        endpoint_url=moto_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
-    images = ec2.describe_images(
-        Owners=["amazon"], Filters=[{"Name": "architecture", "Values": ["x86_64"]}]
-    )["Images"]
-    assert images, "moto offers no x86_64 Amazon AMI"
+    images = ec2.describe_images(ImageIds=[moto_ami])["Images"]
+    assert [i["ImageId"] for i in images] == [moto_ami]
     subnet = ec2.describe_subnets()["Subnets"][0]
     group = ec2.create_security_group(
         GroupName="corral-hosts", Description="corral hosts", VpcId=subnet["VpcId"]
@@ -131,7 +158,7 @@ def moto_ec2(
     yield MotoEc2(
         endpoint=moto_endpoint,
         ec2=ec2,
-        image_id=images[0]["ImageId"],
+        image_id=moto_ami,
         subnet_id=subnet["SubnetId"],
         security_group_id=group["GroupId"],
     )
@@ -139,7 +166,9 @@ def moto_ec2(
 
 
 @pytest.fixture
-def aws_case(moto_ec2: MotoEc2, ec2_proxy: tuple[FaultProxy, str]) -> ProviderCase:
+def aws_case(
+    moto_ec2: MotoEc2, ec2_proxy: tuple[FaultProxy, str], boto_session: boto3.session.Session
+) -> ProviderCase:
     from fault_proxy import Ec2Faults
 
     from byoc_agent.providers.aws import AwsProvider
@@ -148,7 +177,9 @@ def aws_case(moto_ec2: MotoEc2, ec2_proxy: tuple[FaultProxy, str]) -> ProviderCa
         name="aws",
         # One attempt: EC2 answers InsufficientInstanceCapacity with a 500, which botocore
         # would otherwise retry with backoff.
-        provider=AwsProvider(region=REGION, image_id=moto_ec2.image_id, max_attempts=1),
+        provider=AwsProvider(
+            region=REGION, image_id=moto_ec2.image_id, max_attempts=1, session=boto_session
+        ),
         instance_type="c5.metal",
         faults=Ec2Faults(ec2_proxy[0]),
         subnet_id=moto_ec2.subnet_id,
