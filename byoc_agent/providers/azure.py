@@ -6,7 +6,7 @@ location:
 * **KVM.** Sizes whose family supports nested virtualization (``Standard_D*s_v5`` and
   friends, matched by :data:`DEFAULT_NESTED_VIRT_SIZES`) expose ``/dev/kvm`` to the guest
   with no extra setting; the offering says ``kvm=True``. The GPU size
-  ``Standard_ND96isr_H100_v5`` carries 8 × H100.
+  ``Standard_ND96isr_H100_v5`` carries 8 x H100.
 * **Network.** ``HostSpec.subnet_id`` is the subnet's resource id; the first entry of
   ``HostSpec.security_group_ids`` is a network security group id. The VM creates its own
   NIC (``networkInterfaceConfigurations``, deleted with the VM) with no public IP; its
@@ -79,7 +79,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 DEFAULT_VM_SIZES: tuple[str, ...] = ("Standard_D32s_v5", "Standard_ND96isr_H100_v5")
-# Intel D/E families with premium storage (v3–v5) support nested virtualization.
+# Intel D/E families with premium storage (v3-v5) support nested virtualization.
 DEFAULT_NESTED_VIRT_SIZES = r"^Standard_[DE]\d+d?s_v[345]$"
 NETWORK_API_VERSION = "2023-09-01"
 
@@ -142,8 +142,8 @@ class AzureProvider:
         credential: TokenCredential | None = None,
         base_url: str | None = None,
         connection_verify: str | bool = True,
-        polling_interval: float | None = None,
-        retry_total: int | None = None,
+        polling_interval: float = 30.0,
+        retry_total: int = 10,
         call_timeout_s: float = 60.0,
     ) -> None:
         self._cfg = config
@@ -153,13 +153,14 @@ class AzureProvider:
             from azure.identity import DefaultAzureCredential
 
             credential = DefaultAzureCredential(exclude_interactive_browser_credential=True)
-        kwargs: dict[str, object] = {"connection_verify": connection_verify}
-        if polling_interval is not None:
-            kwargs["polling_interval"] = polling_interval
-        if retry_total is not None:
-            kwargs["retry_total"] = retry_total
+        # Defaults are the SDK's own: ARM's Retry-After decides the poll rate in practice.
         self._client = ComputeManagementClient(
-            credential, config.subscription_id, base_url=base_url, **kwargs
+            credential,
+            config.subscription_id,
+            base_url=base_url,
+            connection_verify=connection_verify,
+            polling_interval=polling_interval,
+            retry_total=retry_total,
         )
         self._offerings: dict[str, Offering] | None = None
         self._lock = asyncio.Lock()
@@ -201,11 +202,10 @@ class AzureProvider:
                 await asyncio.to_thread(self._ledger.record, entry)
             vm = self._vm(name, spec, tags)
             try:
-                created = await self._call(
+                created = await self._call_long(
                     lambda: self._client.virtual_machines.begin_create_or_update(
                         self._cfg.resource_group, name, vm
                     ).result(),
-                    timeout_s=_LRO_TIMEOUT_S,
                     **fields,
                 )
             except CorralError:
@@ -254,11 +254,10 @@ class AzureProvider:
                     launched_at=host.launched_at,
                 ),
             )
-        await self._call(
+        await self._call_long(
             lambda: self._client.virtual_machines.begin_delete(
                 self._cfg.resource_group, host_id
             ).result(),
-            timeout_s=_LRO_TIMEOUT_S,
             host_id=host_id,
         )
         await asyncio.to_thread(self._ledger.mark_terminated, host_id)
@@ -274,11 +273,10 @@ class AzureProvider:
         with contextlib.suppress(CorralError, ResourceNotFoundError):
             vm = await self._get(name)
             if vm is not None and vm.provisioning_state == "Failed" and _managed(vm):
-                await self._call(
+                await self._call_long(
                     lambda: self._client.virtual_machines.begin_delete(
                         self._cfg.resource_group, name
                     ).result(),
-                    timeout_s=_LRO_TIMEOUT_S,
                     host_id=name,
                 )
 
@@ -297,21 +295,23 @@ class AzureProvider:
         )
         ip_config = m.VirtualMachineNetworkInterfaceIPConfiguration(
             name="primary",
-            primary=True,
-            subnet=m.SubResource(id=spec.subnet_id) if spec.subnet_id else None,
+            properties=m.VirtualMachineNetworkInterfaceIPConfigurationProperties(
+                primary=True,
+                subnet=m.SubResource(id=spec.subnet_id) if spec.subnet_id else None,
+            ),
         )
         nic = m.VirtualMachineNetworkInterfaceConfiguration(
             name=f"{name}-nic",
-            primary=True,
-            delete_option="Delete",
-            ip_configurations=[ip_config],
-            network_security_group=m.SubResource(id=spec.security_group_ids[0])
-            if spec.security_group_ids
-            else None,
+            properties=m.VirtualMachineNetworkInterfaceConfigurationProperties(
+                primary=True,
+                delete_option="Delete",
+                ip_configurations=[ip_config],
+                network_security_group=m.SubResource(id=spec.security_group_ids[0])
+                if spec.security_group_ids
+                else None,
+            ),
         )
-        vm = m.VirtualMachine(
-            location=cfg.location,
-            tags=dict(tags),
+        properties = m.VirtualMachineProperties(
             hardware_profile=m.HardwareProfile(vm_size=spec.instance_type),
             storage_profile=m.StorageProfile(image_reference=_image(cfg.image), os_disk=os_disk),
             os_profile=m.OSProfile(
@@ -335,6 +335,7 @@ class AzureProvider:
             ),
             security_profile=m.SecurityProfile(encryption_at_host=cfg.encryption_at_host),
         )
+        vm = m.VirtualMachine(location=cfg.location, tags=dict(tags), properties=properties)
         if cfg.host_identity_id:
             vm.identity = m.VirtualMachineIdentity(
                 type="UserAssigned",
@@ -363,11 +364,10 @@ class AzureProvider:
 
     async def _get(self, name: str, **fields: str) -> m.VirtualMachine | None:
         try:
-            return await self._call(
+            return await self._call_may_be_missing(
                 lambda: self._client.virtual_machines.get(
                     self._cfg.resource_group, name, expand="instanceView"
                 ),
-                raw_not_found=True,
                 **fields,
             )
         except ResourceNotFoundError:
@@ -386,7 +386,7 @@ class AzureProvider:
             response.raise_for_status()
             return response.json()
 
-        body = await self._call(fetch, raw_not_found=True)
+        body = await self._call_may_be_missing(fetch)
         if not isinstance(body, dict):
             return None
         for config in body.get("properties", {}).get("ipConfigurations", []):
@@ -414,16 +414,27 @@ class AzureProvider:
             host_id=host_id,
         )
 
-    async def _call(
+    async def _call(self, fn: Callable[[], T], **fields: str) -> T:
+        """Run one blocking SDK call in a thread, with a deadline, converting its errors."""
+        return await self._invoke(fn, fields, raw_not_found=False, timeout_s=self._timeout_s)
+
+    async def _call_may_be_missing(self, fn: Callable[[], T], **fields: str) -> T:
+        """Like ``_call``, but lets ``ResourceNotFoundError`` through."""
+        return await self._invoke(fn, fields, raw_not_found=True, timeout_s=self._timeout_s)
+
+    async def _call_long(self, fn: Callable[[], T], **fields: str) -> T:
+        """Like ``_call``, for a long-running operation polled to its end."""
+        return await self._invoke(fn, fields, raw_not_found=False, timeout_s=_LRO_TIMEOUT_S)
+
+    async def _invoke(
         self,
         fn: Callable[[], T],
+        fields: Mapping[str, str],
         *,
-        raw_not_found: bool = False,
-        timeout_s: float | None = None,
-        **fields: str,
+        raw_not_found: bool,
+        timeout_s: float,
     ) -> T:
-        """Run one blocking SDK call in a thread, with a deadline, converting its errors."""
-        limit = timeout_s or self._timeout_s
+        limit = timeout_s
         try:
             async with asyncio.timeout(limit):
                 return await asyncio.to_thread(fn)

@@ -5,7 +5,7 @@ The only module that imports the Google Cloud SDK. Hosts are instances in one zo
 * **KVM.** A machine type from a family that supports nested virtualization (``n2-…`` by
   default) is launched with ``advanced_machine_features.enable_nested_virtualization``, so
   ``/dev/kvm`` exists in the guest; ``*-metal`` types have it natively. GPU types
-  (``a3-highgpu-8g``: 8 × H100) carry their accelerators in the machine type and are
+  (``a3-highgpu-8g``: 8 x H100) carry their accelerators in the machine type and are
   launched with ``on_host_maintenance=TERMINATE`` (a GPU host cannot live-migrate).
 * **Network.** ``HostSpec.subnet_id`` is the subnetwork (self link or
   ``regions/R/subnetworks/S``); ``HostSpec.security_group_ids`` become network tags, which
@@ -359,11 +359,10 @@ class GcpProvider:
 
     async def _get(self, name: str, **fields: str) -> compute_v1.Instance | None:
         try:
-            return await self._call(
+            return await self._call_may_be_missing(
                 lambda: self._instances.get(
                     project=self._cfg.project, zone=self._cfg.zone, instance=name
                 ),
-                raw_not_found=True,
                 **fields,
             )
         except gexc.NotFound:
@@ -398,8 +397,17 @@ class GcpProvider:
             host_id=host_id,
         )
 
-    async def _call(self, fn: Callable[[], T], *, raw_not_found: bool = False, **fields: str) -> T:
+    async def _call(self, fn: Callable[[], T], **fields: str) -> T:
         """Run one blocking SDK call in a thread, with a deadline, converting its errors."""
+        return await self._invoke(fn, fields, raw_not_found=False)
+
+    async def _call_may_be_missing(self, fn: Callable[[], T], **fields: str) -> T:
+        """Like ``_call``, but lets ``google.api_core.exceptions.NotFound`` through."""
+        return await self._invoke(fn, fields, raw_not_found=True)
+
+    async def _invoke(
+        self, fn: Callable[[], T], fields: Mapping[str, str], *, raw_not_found: bool
+    ) -> T:
         try:
             async with asyncio.timeout(self._timeout_s):
                 return await asyncio.to_thread(fn)

@@ -29,11 +29,12 @@ from provider_cases import (
     InventoryFaults,
     MotoEc2,
     ProviderCase,
-    StaticTokenCredential,
     aws_unavailable,
     azure_unavailable,
     gcp_unavailable,
     loopback_hosts,
+    make_azure_provider,
+    make_gcp_provider,
     unavailable,
     use_fake_aws_env,
     write_inventory,
@@ -41,9 +42,6 @@ from provider_cases import (
 
 if TYPE_CHECKING:
     import boto3
-
-    from byoc_agent.providers.azure import AzureProvider
-    from byoc_agent.providers.gcp import GcpProvider
     from fake_azure import FakeArm
     from fake_gcp import FakeCompute
     from fault_proxy import FaultProxy
@@ -180,6 +178,9 @@ def aws_case(
         provider=AwsProvider(
             region=REGION, image_id=moto_ec2.image_id, max_attempts=1, session=boto_session
         ),
+        reopen=lambda: AwsProvider(
+            region=REGION, image_id=moto_ec2.image_id, max_attempts=1, session=boto_session
+        ),
         instance_type="c5.metal",
         faults=Ec2Faults(ec2_proxy[0]),
         subnet_id=moto_ec2.subnet_id,
@@ -204,37 +205,16 @@ def gcp_fake() -> Iterator[tuple[FakeCompute, Recorder]]:
         yield fake, recorder
 
 
-def make_gcp_provider(fake: FakeCompute, ledger: Path | None) -> GcpProvider:
-    from fake_gcp import PROJECT, ZONE
-    from google.auth.credentials import AnonymousCredentials
-
-    from byoc_agent.providers.gcp import GcpConfig, GcpProvider
-
-    config = GcpConfig(
-        project=PROJECT,
-        zone=ZONE,
-        image="projects/debian-cloud/global/images/family/debian-12",
-        machine_types=("n2-standard-32", "a3-highgpu-8g", "c3-highcpu-192-metal"),
-        service_account="corral-host@corral-test.iam.gserviceaccount.com",
-    )
-    return GcpProvider(
-        config,
-        ledger_path=ledger,
-        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-        api_endpoint=fake.base_url,
-        call_timeout_s=20,
-    )
-
-
 @pytest.fixture
 def gcp_case(gcp_fake: tuple[FakeCompute, Recorder], tmp_path: Path) -> ProviderCase:
     from fake_gcp import GcpFaults
 
     fake, _ = gcp_fake
-    provider = make_gcp_provider(fake, tmp_path / "gcp-ledger.json")
+    ledger = tmp_path / "gcp-ledger.json"
     return ProviderCase(
         name="gcp",
-        provider=provider,
+        provider=make_gcp_provider(fake, ledger),
+        reopen=lambda: make_gcp_provider(fake, ledger),
         instance_type=GCP_TYPE,
         faults=GcpFaults(fake, GCP_TYPE),
         subnet_id="regions/us-central1/subnetworks/corral-hosts",
@@ -270,36 +250,6 @@ def azure_fake(arm_tls: tuple[ssl.SSLContext, Path]) -> Iterator[tuple[FakeArm, 
         yield fake, recorder
 
 
-def make_azure_provider(
-    fake: FakeArm, cert: Path, ledger: Path | None, token: str
-) -> AzureProvider:
-    from fake_azure import LOCATION, RESOURCE_GROUP, SUBSCRIPTION
-
-    from byoc_agent.providers.azure import AzureConfig, AzureProvider
-
-    config = AzureConfig(
-        subscription_id=SUBSCRIPTION,
-        resource_group=RESOURCE_GROUP,
-        location=LOCATION,
-        image="Canonical:ubuntu-24_04-lts:server:latest",
-        admin_username="corral",
-        ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBvCorralTestKeyOnly corral@test",
-        vm_sizes=("Standard_D32s_v5", "Standard_ND96isr_H100_v5", "Standard_F8s_v2"),
-        host_identity_id=f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
-        "/providers/Microsoft.ManagedIdentity/userAssignedIdentities/corral-host",
-    )
-    return AzureProvider(
-        config,
-        ledger_path=ledger,
-        credential=StaticTokenCredential(token),  # type: ignore[arg-type]
-        base_url=fake.base_url,
-        connection_verify=str(cert),
-        polling_interval=0,
-        retry_total=0,
-        call_timeout_s=20,
-    )
-
-
 @pytest.fixture
 def azure_case(
     azure_fake: tuple[FakeArm, Recorder], arm_tls: tuple[ssl.SSLContext, Path], tmp_path: Path
@@ -307,11 +257,12 @@ def azure_case(
     from fake_azure import LOCATION, SUBSCRIPTION, TOKEN, ArmFaults
 
     fake, _ = azure_fake
-    provider = make_azure_provider(fake, arm_tls[1], tmp_path / "azure-ledger.json", TOKEN)
+    ledger = tmp_path / "azure-ledger.json"
     network = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/corral-net/providers/Microsoft.Network"
     return ProviderCase(
         name="azure",
-        provider=provider,
+        provider=make_azure_provider(fake, arm_tls[1], ledger, TOKEN),
+        reopen=lambda: make_azure_provider(fake, arm_tls[1], ledger, TOKEN),
         instance_type=AZURE_SIZE,
         faults=ArmFaults(fake, AZURE_SIZE),
         subnet_id=f"{network}/virtualNetworks/corral-{LOCATION}/subnets/hosts",
@@ -340,6 +291,7 @@ def baremetal_case(tmp_path: Path, loopback_port: int) -> ProviderCase:
     return ProviderCase(
         name="baremetal",
         provider=BareMetalProvider(inventory),
+        reopen=lambda: BareMetalProvider(inventory),
         instance_type=BM_TYPE,
         faults=InventoryFaults(inventory, hosts),
     )

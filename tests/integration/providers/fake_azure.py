@@ -383,7 +383,7 @@ class FakeArm:
                     op["error"] = {
                         "code": "AllocationFailed",
                         "message": "Allocation failed. We do not have sufficient capacity for "
-                        f"the requested VM size in this region. Read more about improving "
+                        "the requested VM size in this region. Read more about improving "
                         "likelihood of allocation success at http://aka.ms/allocation-guidance",
                     }
                     op["status"] = "Failed"

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -15,7 +16,12 @@ import pytest
 from byoc_agent.providers.base import HostProvider, HostSpec
 
 if TYPE_CHECKING:
+    from fake_azure import FakeArm
+    from fake_gcp import FakeCompute
     from mypy_boto3_ec2.client import EC2Client
+
+    from byoc_agent.providers.azure import AzureProvider
+    from byoc_agent.providers.gcp import GcpProvider
 
 REGION = "us-east-1"
 BM_TYPE = "bm.8c.16g"
@@ -86,6 +92,8 @@ class ProviderCase:
     faults: Faults | None = None
     subnet_id: str | None = None
     security_group_ids: tuple[str, ...] = field(default_factory=tuple)
+    # A new provider object on the same backend and state files: the agent after a restart.
+    reopen: Callable[[], HostProvider] | None = None
 
     def spec(self, client_token: str, *, tenant: str = "t-1", agent: str = "a-1") -> HostSpec:
         return HostSpec(
@@ -185,3 +193,55 @@ class StaticTokenCredential:
         from azure.core.credentials import AccessTokenInfo
 
         return AccessTokenInfo(self.token, int(time.time()) + 3600)
+
+
+def make_gcp_provider(fake: FakeCompute, ledger: Path | None) -> GcpProvider:
+    from fake_gcp import PROJECT, ZONE
+    from google.auth.credentials import AnonymousCredentials
+
+    from byoc_agent.providers.gcp import GcpConfig, GcpProvider
+
+    config = GcpConfig(
+        project=PROJECT,
+        zone=ZONE,
+        image="projects/debian-cloud/global/images/family/debian-12",
+        machine_types=("n2-standard-32", "a3-highgpu-8g", "c3-highcpu-192-metal"),
+        service_account="corral-host@corral-test.iam.gserviceaccount.com",
+    )
+    return GcpProvider(
+        config,
+        ledger_path=ledger,
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        api_endpoint=fake.base_url,
+        call_timeout_s=20,
+    )
+
+
+def make_azure_provider(
+    fake: FakeArm, cert: Path, ledger: Path | None, token: str
+) -> AzureProvider:
+    from fake_azure import LOCATION, RESOURCE_GROUP, SUBSCRIPTION
+
+    from byoc_agent.providers.azure import AzureConfig, AzureProvider
+
+    config = AzureConfig(
+        subscription_id=SUBSCRIPTION,
+        resource_group=RESOURCE_GROUP,
+        location=LOCATION,
+        image="Canonical:ubuntu-24_04-lts:server:latest",
+        admin_username="corral",
+        ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBvCorralTestKeyOnly corral@test",
+        vm_sizes=("Standard_D32s_v5", "Standard_ND96isr_H100_v5", "Standard_F8s_v2"),
+        host_identity_id=f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
+        "/providers/Microsoft.ManagedIdentity/userAssignedIdentities/corral-host",
+    )
+    return AzureProvider(
+        config,
+        ledger_path=ledger,
+        credential=StaticTokenCredential(token),  # type: ignore[arg-type]
+        base_url=fake.base_url,
+        connection_verify=str(cert),
+        polling_interval=0,
+        retry_total=0,
+        call_timeout_s=20,
+    )

@@ -123,6 +123,28 @@ async def test_terminate_is_idempotent_and_the_token_still_names_the_same_host(
     assert replay.state is HostState.TERMINATED
 
 
+async def test_a_restarted_provider_sees_the_same_hosts_and_honours_the_same_tokens(
+    provider_case: ProviderCase,
+) -> None:
+    """A new provider object on the same backend and state: nothing forgotten, nothing doubled."""
+    assert provider_case.reopen is not None
+    before = provider_case.provider
+    live = await before.provision(provider_case.spec("tok-live", agent="a-restart"))
+    gone = await before.provision(provider_case.spec("tok-gone", agent="a-restart"))
+    await before.terminate(gone.host_id)
+    await wait_for_state(before, gone.host_id, HostState.TERMINATED)
+
+    after = provider_case.reopen()
+    assert [h.host_id for h in await after.list_by_tag(TAG_AGENT, "a-restart")] == [live.host_id]
+    assert (await after.describe(gone.host_id)).state is HostState.TERMINATED
+    assert (await after.provision(provider_case.spec("tok-live", agent="a-restart"))).host_id == (
+        live.host_id
+    )
+    replay = await after.provision(provider_case.spec("tok-gone", agent="a-restart"))
+    assert (replay.host_id, replay.state) == (gone.host_id, HostState.TERMINATED)
+    assert [h.host_id for h in await after.list_by_tag(TAG_AGENT, "a-restart")] == [live.host_id]
+
+
 async def test_describe_of_an_unknown_host_raises_host_not_found(
     provider_case: ProviderCase,
 ) -> None:
