@@ -126,6 +126,9 @@ class AzureConfig:
     disk_encryption_set_id: str | None = None
     # User-assigned managed identity attached to each host.
     host_identity_id: str | None = None
+    # Used when a HostSpec names no subnet / security group.
+    subnet_id: str | None = None
+    network_security_group_id: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -293,11 +296,17 @@ class AzureProvider:
                 else None,
             ),
         )
+        subnet = spec.subnet_id or cfg.subnet_id
+        nsg = (
+            spec.security_group_ids[0]
+            if spec.security_group_ids
+            else cfg.network_security_group_id
+        )
         ip_config = m.VirtualMachineNetworkInterfaceIPConfiguration(
             name="primary",
             properties=m.VirtualMachineNetworkInterfaceIPConfigurationProperties(
                 primary=True,
-                subnet=m.SubResource(id=spec.subnet_id) if spec.subnet_id else None,
+                subnet=m.SubResource(id=subnet) if subnet else None,
             ),
         )
         nic = m.VirtualMachineNetworkInterfaceConfiguration(
@@ -306,9 +315,7 @@ class AzureProvider:
                 primary=True,
                 delete_option="Delete",
                 ip_configurations=[ip_config],
-                network_security_group=m.SubResource(id=spec.security_group_ids[0])
-                if spec.security_group_ids
-                else None,
+                network_security_group=m.SubResource(id=nsg) if nsg else None,
             ),
         )
         properties = m.VirtualMachineProperties(

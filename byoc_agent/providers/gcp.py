@@ -115,6 +115,9 @@ class GcpConfig:
     machine_types: tuple[str, ...] = DEFAULT_MACHINE_TYPES
     nested_virt_families: tuple[str, ...] = DEFAULT_NESTED_VIRT_FAMILIES
     service_account: str | None = None
+    # Used when a HostSpec names no subnet / security groups (network tags).
+    subnetwork: str | None = None
+    network_tags: tuple[str, ...] = ()
     boot_disk_gib: int = 100
     boot_disk_type: str = "pd-balanced"
     # Customer-managed key for the boot disk; Google-managed encryption when None.
@@ -287,8 +290,8 @@ class GcpProvider:
         if cfg.kms_key:
             disk.disk_encryption_key = compute_v1.CustomerEncryptionKey(kms_key_name=cfg.kms_key)
         nic = compute_v1.NetworkInterface()  # no access_configs: no external IP
-        if spec.subnet_id:
-            nic.subnetwork = spec.subnet_id
+        if spec.subnet_id or cfg.subnetwork:
+            nic.subnetwork = spec.subnet_id or cfg.subnetwork or ""
         inst = compute_v1.Instance(
             name=name,
             machine_type=f"zones/{cfg.zone}/machineTypes/{spec.instance_type}",
@@ -307,8 +310,9 @@ class GcpProvider:
                 enable_integrity_monitoring=True,
             ),
         )
-        if spec.security_group_ids:
-            inst.tags = compute_v1.Tags(items=list(spec.security_group_ids))
+        network_tags = spec.security_group_ids or cfg.network_tags
+        if network_tags:
+            inst.tags = compute_v1.Tags(items=list(network_tags))
         if offering.kvm and not offering.bare_metal:
             inst.advanced_machine_features = compute_v1.AdvancedMachineFeatures(
                 enable_nested_virtualization=True

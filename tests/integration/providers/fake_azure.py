@@ -12,6 +12,7 @@ delete is ``202`` + ``Azure-AsyncOperation`` + ``Location``. Errors use ARM's bo
 * a size family over its vCPU quota: 409 ``QuotaExceeded``;
 * a size in ``sku_not_available``: 409 ``SkuNotAvailable``; in ``allocation_fails``: the
   create operation ends ``Failed`` with ``AllocationFailed``;
+* an action in ``forbidden_actions``: 403 ``AuthorizationFailed``;
 * no bearer token: 401 ``AuthenticationFailed``; a token other than ``token``: 401
   ``InvalidAuthenticationToken``; unknown VM: 404 ``ResourceNotFound``.
 """
@@ -131,6 +132,8 @@ class FakeArm:
         }
     )
     sku_not_available: set[str] = field(default_factory=set)
+    # RBAC actions the caller's identity lacks, e.g. "Microsoft.Compute/virtualMachines/write"
+    forbidden_actions: set[str] = field(default_factory=set)
     allocation_fails: set[str] = field(default_factory=set)
     vms: dict[str, dict[str, object]] = field(default_factory=dict)
     nics: dict[str, dict[str, object]] = field(default_factory=dict)
@@ -167,6 +170,17 @@ class FakeArm:
                 if rg != RESOURCE_GROUP:
                     return _error(
                         404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found."
+                    )
+                action = "Microsoft.Compute/virtualMachines/" + {
+                    "PUT": "write", "DELETE": "delete"
+                }.get(req.method, "read")
+                if action in self.forbidden_actions:
+                    return _error(
+                        403, "AuthorizationFailed",
+                        "The client '6d1b2c3a-0000-4000-8000-00000000c0de' with object id "
+                        f"'6d1b2c3a-0000-4000-8000-00000000c0de' does not have authorization to "
+                        f"perform action '{action}' over scope '{req.path}' or the scope is "
+                        "invalid. If access was recently granted, please refresh your credentials.",
                     )
                 if name is None and req.method == "GET":
                     return Reply(200, {"value": [self._view(v, False) for v in self.vms.values()]})
