@@ -226,11 +226,17 @@ class AzureProvider:
         raise self._not_found(host_id)
 
     async def list_by_tag(self, key: str, value: str) -> list[Host]:
+        """ARM cannot filter VMs by tag: list the resource group (with instance views) and
+        filter here. The resource group should hold Corral's hosts only."""
         vms = await self._call(
-            lambda: list(self._client.virtual_machines.list(self._cfg.resource_group))
+            lambda: list(
+                self._client.virtual_machines.list(
+                    self._cfg.resource_group, expand="instanceView"
+                )
+            )
         )
         chosen = [v for v in vms if _managed(v) and (v.tags or {}).get(key) == value]
-        hosts = [await self._host(await self._get(v.name or "") or v) for v in chosen]
+        hosts = [await self._host(v) for v in chosen]
         return sorted(
             (h for h in hosts if h.state is not HostState.TERMINATED), key=lambda h: h.launched_at
         )
@@ -245,18 +251,22 @@ class AzureProvider:
             return
         if not _managed(vm):
             raise self._not_found(host_id)
-        if entry is None:  # launched by an agent whose ledger was lost: remember it now
-            host = await self._host(vm)
-            await asyncio.to_thread(
-                self._ledger.record,
-                LedgerEntry(
-                    host_id=host_id,
-                    client_token=host.tags.get(TAG_CLIENT_TOKEN, ""),
-                    instance_type=host.instance_type,
-                    tags=host.tags,
-                    launched_at=host.launched_at,
-                ),
-            )
+        # Remember what the host was (its address included) before it is gone; this also
+        # re-ledgers a host launched by an agent whose ledger was lost.
+        host = await self._host(vm)
+        await asyncio.to_thread(
+            self._ledger.record,
+            LedgerEntry(
+                host_id=host_id,
+                client_token=entry.client_token
+                if entry
+                else host.tags.get(TAG_CLIENT_TOKEN, ""),
+                instance_type=host.instance_type,
+                tags=host.tags,
+                launched_at=entry.launched_at if entry else host.launched_at,
+                private_ip=host.private_ip,
+            ),
+        )
         await self._call_long(
             lambda: self._client.virtual_machines.begin_delete(
                 self._cfg.resource_group, host_id

@@ -244,16 +244,22 @@ class GcpProvider:
             host_id=host_id,
         )
         await self._wait(op.name, host_id=host_id)
-        if entry is None:  # launched by an agent whose ledger was lost: remember it now
-            host = _host(inst)
-            entry = LedgerEntry(
+        # Remember what the host was (its address included); this also re-ledgers a host
+        # launched by an agent whose ledger was lost.
+        host = _host(inst)
+        await asyncio.to_thread(
+            self._ledger.record,
+            LedgerEntry(
                 host_id=host_id,
-                client_token=host.tags.get(TAG_CLIENT_TOKEN, ""),
+                client_token=entry.client_token
+                if entry
+                else host.tags.get(TAG_CLIENT_TOKEN, ""),
                 instance_type=host.instance_type,
                 tags=host.tags,
-                launched_at=host.launched_at,
-            )
-            await asyncio.to_thread(self._ledger.record, entry)
+                launched_at=entry.launched_at if entry else host.launched_at,
+                private_ip=host.private_ip,
+            ),
+        )
         await asyncio.to_thread(self._ledger.mark_terminated, host_id)
 
     # -- GCP-specific ---------------------------------------------------------------------

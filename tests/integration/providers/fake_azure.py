@@ -183,7 +183,8 @@ class FakeArm:
                         "invalid. If access was recently granted, please refresh your credentials.",
                     )
                 if name is None and req.method == "GET":
-                    return Reply(200, {"value": [self._view(v, False) for v in self.vms.values()]})
+                    expand = req.query.get("$expand") == "instanceView"
+                    return Reply(200, {"value": [self._view(v, expand) for v in self.vms.values()]})
                 if name is not None and req.method == "PUT":
                     return self._put(name, req)
                 if name is not None and req.method == "GET":
