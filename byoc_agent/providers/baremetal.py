@@ -10,6 +10,7 @@ Inventory, JSON (``{"hosts": [...]}``) or TOML (``[[hosts]]``)::
     id = "rack1-01"            # unique
     address = "10.0.4.11"
     port = 22                  # optional: readiness = a TCP connect to address:port
+    health_url = "http://10.0.4.11:8788/healthz"   # optional: readiness = a 2xx from it
     cpu = 64
     memory_mib = 262144
     gpus = 0
@@ -22,8 +23,10 @@ Inventory, JSON (``{"hosts": [...]}``) or TOML (``[[hosts]]``)::
     [limits]                   # optional
     max_claims = 4             # at most this many hosts claimed at once (the inventory's quota)
 
-Readiness: a TCP connect to ``address:port``; with no port, a loopback address is ready
-at once (a local host) and any other address is checked on port 22.
+Readiness: a 2xx answer from ``health_url`` when one is given (e.g. the data plane's
+``/healthz`` of an agent already running there); else a TCP connect to ``address:port``;
+with neither, a loopback address is ready at once (this machine) and any other address is
+checked on port 22.
 
 The file is read again when it changes (size, mtime or inode), so an operator can add,
 cordon or remove machines, or change the limit, without restarting the agent; a file that
@@ -43,6 +46,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import httpx
 
 from byoc_agent.protocol.errors import InvalidArgumentError
 from byoc_agent.providers.base import Host, HostSpec, HostState, Offering
@@ -68,6 +73,7 @@ class InventoryHost:
     gpus: int = 0
     gpu_model: str | None = None
     port: int | None = None
+    health_url: str | None = None
     instance_type: str = ""
     kvm: bool = True
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -171,6 +177,11 @@ def _parse_host(file: str, index: int, entry: object) -> InventoryHost:
     port = entry.get("port")
     if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
         raise InvalidArgumentError(f"{where}: 'port' must be between 1 and 65535")
+    health_url = entry.get("health_url")
+    if health_url is not None and (
+        not isinstance(health_url, str) or not health_url.startswith(("http://", "https://"))
+    ):
+        raise InvalidArgumentError(f"{where}: 'health_url' must be an http(s) URL")
     cpu, memory_mib, gpus = need_int("cpu"), need_int("memory_mib"), need_int("gpus", 0)
     gpu_model = entry.get("gpu_model")
     if gpu_model is not None and not isinstance(gpu_model, str):
@@ -197,6 +208,7 @@ def _parse_host(file: str, index: int, entry: object) -> InventoryHost:
         gpus=gpus,
         gpu_model=gpu_model or None,
         port=port,
+        health_url=health_url,
         instance_type=instance_type,
         kvm=kvm,
         labels=dict(labels),
@@ -421,11 +433,19 @@ class BareMetalProvider:
 
 
 async def check_ready(machine: InventoryHost, *, timeout_s: float = 2.0) -> bool:
-    """The readiness check: a TCP connect to ``address:port`` within ``timeout_s``.
+    """The readiness check, answered within ``timeout_s``.
 
-    With no port, a loopback address is this machine and is ready at once; any other
-    address is checked on port 22 (sshd answering means the machine is up).
+    A 2xx from ``health_url`` when the machine has one; else a TCP connect to
+    ``address:port``. With neither, a loopback address is this machine and is ready at
+    once; any other address is checked on port 22 (sshd answering means it is up).
     """
+    if machine.health_url is not None:
+        try:
+            async with httpx.AsyncClient(timeout=timeout_s) as client:
+                response = await client.get(machine.health_url)
+        except httpx.HTTPError:
+            return False
+        return response.is_success
     if machine.port is None and ipaddress.ip_address(machine.address).is_loopback:
         return True
     port = machine.port or _DEFAULT_READY_PORT

@@ -102,7 +102,8 @@ _CAPACITY = {
     "resourcePoolExhausted",
 }
 _LABEL_OK = re.compile(r"[^a-z0-9_-]")
-_OP_WAIT_S = 120.0
+_OP_WAIT_S = 600.0  # how long an insert or delete may take in all
+_OP_WAIT_CALL_S = 150.0  # one zoneOperations.wait call
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,11 +383,15 @@ class GcpProvider:
         """Wait for a zone operation with ``ZoneOperationsClient.wait``; raise its error."""
         deadline = time.monotonic() + _OP_WAIT_S
         while True:
-            op = await self._call(
+            # zoneOperations.wait returns when the operation is DONE or after about two
+            # minutes, whichever comes first: give the call longer than that.
+            op = await self._invoke(
                 lambda: self._ops.wait(
                     project=self._cfg.project, zone=self._cfg.zone, operation=operation
                 ),
-                **fields,
+                fields,
+                raw_not_found=False,
+                timeout_s=max(self._timeout_s, _OP_WAIT_CALL_S),
             )
             if op.status == compute_v1.Operation.Status.DONE:
                 break
@@ -409,17 +414,22 @@ class GcpProvider:
 
     async def _call(self, fn: Callable[[], T], **fields: str) -> T:
         """Run one blocking SDK call in a thread, with a deadline, converting its errors."""
-        return await self._invoke(fn, fields, raw_not_found=False)
+        return await self._invoke(fn, fields, raw_not_found=False, timeout_s=self._timeout_s)
 
     async def _call_may_be_missing(self, fn: Callable[[], T], **fields: str) -> T:
         """Like ``_call``, but lets ``google.api_core.exceptions.NotFound`` through."""
-        return await self._invoke(fn, fields, raw_not_found=True)
+        return await self._invoke(fn, fields, raw_not_found=True, timeout_s=self._timeout_s)
 
     async def _invoke(
-        self, fn: Callable[[], T], fields: Mapping[str, str], *, raw_not_found: bool
+        self,
+        fn: Callable[[], T],
+        fields: Mapping[str, str],
+        *,
+        raw_not_found: bool,
+        timeout_s: float,
     ) -> T:
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(timeout_s):
                 return await asyncio.to_thread(fn)
         except gexc.NotFound:
             if raw_not_found:
@@ -442,7 +452,7 @@ class GcpProvider:
             ) from e
         except TimeoutError as e:
             raise RetryableError(
-                f"the Compute Engine API did not answer within {self._timeout_s:.0f}s; retry",
+                f"the Compute Engine API did not answer within {timeout_s:.0f}s; retry",
                 **fields,
             ) from e
 

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from fake_http import Recorder, Reply, serve
 from provider_cases import BM_TYPE, ProviderCase, loopback_hosts, write_inventory
 
 from byoc_agent.main import resolve_capacity
@@ -172,3 +173,22 @@ async def test_the_agent_offers_its_inventory_capacity_times_the_cpu_overcommit(
     write_inventory(inventory, loopback_hosts(closed_port())[:1])
     with pytest.raises(CorralError, match="baremetal check"):
         await resolve_capacity(settings)
+
+
+async def test_a_machine_with_a_health_url_is_ready_only_while_it_answers_2xx(
+    tmp_path: Path,
+) -> None:
+    """health_url replaces the TCP check: 503 keeps the host provisioning, 200 makes it ready."""
+    answer = {"status": 503}
+    recorder = Recorder()
+    with serve(lambda _: Reply(answer["status"], {"status": "starting"}), recorder) as url:
+        hosts: list[dict[str, object]] = [
+            {"id": "h1", "address": "127.0.0.1", "cpu": 8, "memory_mib": 16384,
+             "health_url": f"{url}/healthz"},
+        ]
+        provider = BareMetalProvider(write_inventory(tmp_path / "inv.json", hosts))
+        host = await provider.provision(case_for(provider).spec("tok-health"))
+        assert host.state is HostState.PROVISIONING
+        answer["status"] = 200
+        assert (await provider.describe(host.host_id)).state is HostState.READY
+    assert {r.path for r in recorder.requests} == {"/healthz"}

@@ -16,6 +16,7 @@ from provider_cases import ProviderCase, gcp_unavailable, make_gcp_provider
 from byoc_agent.providers.base import TAG_MANAGED_BY, TAG_TENANT, HostState
 from byoc_agent.providers.errors import (
     HostNotFoundError,
+    ProviderAuthError,
     QuotaExceededError,
     UnknownInstanceTypeError,
 )
@@ -153,3 +154,24 @@ async def test_the_instance_name_comes_from_the_client_token(gcp_case: ProviderC
     again = await gcp_case.reopen().provision(gcp_case.spec("tok-name"))  # type: ignore[misc]
     assert again.host_id == host.host_id
     assert again.state in {HostState.PROVISIONING, HostState.READY}
+
+
+async def test_a_project_the_identity_may_not_use_is_an_auth_error(
+    gcp_fake: tuple[FakeCompute, Recorder], tmp_path: Path
+) -> None:
+    """403 PERMISSION_DENIED (not a quota) names the role to grant on that project."""
+    from google.auth.credentials import AnonymousCredentials
+
+    from byoc_agent.providers.gcp import GcpConfig, GcpProvider
+
+    fake, _ = gcp_fake
+    provider = GcpProvider(
+        GcpConfig(project="someone-elses", zone=ZONE, image="x"),
+        ledger_path=None,
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        api_endpoint=fake.base_url,
+    )
+    with pytest.raises(ProviderAuthError, match=r"roles/compute\.instanceAdmin\.v1") as caught:
+        await provider.list_offerings()
+    assert "someone-elses" in str(caught.value)
+    assert not caught.value.retryable
