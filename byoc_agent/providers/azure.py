@@ -175,7 +175,10 @@ class AzureProvider:
         return [offerings[s] for s in sorted(offerings)]
 
     async def provision(self, spec: HostSpec) -> Host:
-        """Measure, then act: a ledgered token or an existing VM is returned as is."""
+        """Measure, then act: a ledgered token or an existing VM is returned as is.
+
+        Provisions are serialized, so two calls with one token cannot both create.
+        """
         name = vm_name(spec.client_token)
         fields = {"tenant_id": spec.tenant_id, "instance_type": spec.instance_type}
         async with self._lock:

@@ -238,15 +238,8 @@ class GcpProvider:
             return
         if not _managed(inst):
             raise self._not_found(host_id)
-        op = await self._call(
-            lambda: self._instances.delete(
-                project=self._cfg.project, zone=self._cfg.zone, instance=host_id
-            ),
-            host_id=host_id,
-        )
-        await self._wait(op.name, host_id=host_id)
-        # Remember what the host was (its address included); this also re-ledgers a host
-        # launched by an agent whose ledger was lost.
+        # Remember what the host was (its address included) before it is gone; this also
+        # re-ledgers a host launched by an agent whose ledger was lost.
         host = _host(inst)
         await asyncio.to_thread(
             self._ledger.record,
@@ -261,6 +254,13 @@ class GcpProvider:
                 private_ip=host.private_ip,
             ),
         )
+        op = await self._call(
+            lambda: self._instances.delete(
+                project=self._cfg.project, zone=self._cfg.zone, instance=host_id
+            ),
+            host_id=host_id,
+        )
+        await self._wait(op.name, host_id=host_id)
         await asyncio.to_thread(self._ledger.mark_terminated, host_id)
 
     # -- GCP-specific ---------------------------------------------------------------------
