@@ -13,7 +13,7 @@ delete is ``202`` + ``Azure-AsyncOperation`` + ``Location``. Errors use ARM's bo
 * a size in ``sku_not_available``: 409 ``SkuNotAvailable``; in ``allocation_fails``: the
   create operation ends ``Failed`` with ``AllocationFailed``;
 * an action in ``forbidden_actions``: 403 ``AuthorizationFailed``;
-* no bearer token: 401 ``AuthenticationFailed``; a token other than ``token``: 401
+* no (or an empty) bearer token: 401 ``AuthenticationFailed``; a token other than ``token``: 401
   ``InvalidAuthenticationToken``; unknown VM: 404 ``ResourceNotFound``.
 """
 
@@ -144,7 +144,7 @@ class FakeArm:
 
     def handle(self, req: Request) -> Reply:
         auth = req.headers.get("authorization", "")
-        if not auth.startswith("Bearer "):
+        if not auth.startswith("Bearer ") or not auth.removeprefix("Bearer ").strip():
             return _error(
                 401, "AuthenticationFailed",
                 "Authentication failed. The 'Authorization' header is missing.",

@@ -6,12 +6,13 @@ What a create asks ARM for is read back from the body the server stored.
 from __future__ import annotations
 
 import dataclasses
+import ssl
 from pathlib import Path
 
 import pytest
 from fake_azure import LOCATION, SUBSCRIPTION, FakeArm
 from fake_http import Recorder
-from provider_cases import ProviderCase, azure_unavailable
+from provider_cases import ProviderCase, azure_unavailable, make_azure_provider
 
 from byoc_agent.providers.base import TAG_AGENT, TAG_MANAGED_BY, TAG_TENANT
 from byoc_agent.providers.errors import (
@@ -123,3 +124,15 @@ async def test_a_vm_without_the_corral_tag_is_never_touched(
         await azure_case.provider.terminate(host.host_id)
     assert host.host_id in fake.vms
     assert await azure_case.provider.list_by_tag(TAG_AGENT, "a-f") == []
+
+
+async def test_a_credential_that_yields_no_token_is_an_auth_error(
+    azure_fake: tuple[FakeArm, Recorder], arm_tls: tuple[ssl.SSLContext, Path]
+) -> None:
+    """401 AuthenticationFailed (no usable bearer token) says which identity to fix."""
+    fake, recorder = azure_fake
+    provider = make_azure_provider(fake, arm_tls[1], None, token="")
+    with pytest.raises(ProviderAuthError, match="managed identity") as caught:
+        await provider.list_offerings()
+    assert "Authentication failed" in str(caught.value)
+    assert recorder.requests[-1].headers["authorization"].strip() == "Bearer"
