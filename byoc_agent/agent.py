@@ -37,7 +37,6 @@ import structlog
 
 from byoc_agent import __version__
 from byoc_agent.meter import UsageMeter
-from byoc_agent.meter.usage_meter import MICROVM_RUNTIMES
 from byoc_agent.protocol import messages, signing, subjects, verify
 from byoc_agent.protocol.errors import (
     CapacityError,
@@ -57,6 +56,7 @@ from byoc_agent.runtimes.base import (
     SandboxHandle,
     SandboxSpec,
 )
+from byoc_agent.runtimes.multi import runtime_isolations, runtime_names
 from byoc_agent.state import AgentIdentity, AgentStateStore, SandboxRecord
 from byoc_agent.transport.nats import (
     IncomingJob,
@@ -314,10 +314,10 @@ class Agent:
         existing = self.state.get_sandbox(body.sandbox_id)
         if existing is not None:
             return _report(existing)
-        if body.isolation == "microvm" and self.runtime.name not in MICROVM_RUNTIMES:
+        if body.isolation not in runtime_isolations(self.runtime):
             raise InvalidArgumentError(
-                f"this agent runs {self.runtime.name} sandboxes only; microvm isolation needs "
-                "an agent with a microVM runtime",
+                f"this agent runs {self.runtime.name} sandboxes only; {body.isolation} "
+                "isolation needs an agent with a runtime that provides it",
                 job_id=job_id,
             )
         free_cpu, free_mem, _ = self.free_capacity()
@@ -335,6 +335,7 @@ class Agent:
             memory_mb=body.memory_mb,
             timeout_s=body.timeout_s,
             env=dict(body.env),
+            isolation=body.isolation,
         )
         handle = await self.runtime.create(spec)
         now = time.time()
@@ -503,7 +504,7 @@ class Agent:
                 "at": time.time(),
                 "version": __version__,
                 "data_plane_url": self.config.data_plane_url,
-                "runtimes": [self.runtime.name],
+                "runtimes": runtime_names(self.runtime),
                 "templates": self._templates(),
                 "capacity": {
                     "cpu_total": self.config.cpu_total,

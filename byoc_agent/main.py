@@ -19,6 +19,7 @@ from byoc_agent.dataplane import create_dataplane_app, serve
 from byoc_agent.enroll import enroll, keyring_from_state, load_or_create_key, refresh_keys
 from byoc_agent.log_config import configure_logging
 from byoc_agent.protocol.errors import CorralError
+from byoc_agent.runtimes.multi import runtime_names
 from byoc_agent.settings import AgentSettings
 from byoc_agent.state import AgentStateStore
 from byoc_agent.transport.nats import NatsAgentTransport
@@ -59,7 +60,12 @@ async def run_agent(settings: AgentSettings) -> None:
     state = AgentStateStore(settings.state_db)
     key = load_or_create_key(settings.key_file)
     runtime = runtimes.build_runtime(
-        settings.runtime, state_dir=settings.runtime_dir, templates_root=settings.templates_root
+        settings.runtime,
+        state_dir=settings.runtime_dir,
+        templates_root=settings.templates_root,
+        options=runtimes.RuntimeOptions(
+            microvm_cache=settings.microvm_cache, microvm_accel=settings.microvm_accel
+        ),
     )
     ident = state.identity()
     if ident is None:
@@ -75,7 +81,7 @@ async def run_agent(settings: AgentSettings) -> None:
             key=key,
             name=settings.name,
             data_plane_url=settings.advertised_dataplane_url,
-            runtimes=[runtime.name],
+            runtimes=runtime_names(runtime),
             templates=_templates(settings),
             cpu_total=cpu_total,
             memory_mb_total=memory_mb_total,

@@ -20,6 +20,9 @@ class AgentSettings:
     dataplane_public_url: str | None = None
     runtime: str = "gvisor"
     templates_dir: Path | None = None
+    # microVMs: where the guest kernel, initramfs and disk images are cached; kvm|tcg|auto.
+    microvm_cache_dir: Path | None = None
+    microvm_accel: str = "auto"
     cpu_total: int = 2
     memory_mb_total: int = 4096
     # A bare-metal inventory (see providers/baremetal.py): when set, the agent offers the
@@ -42,6 +45,10 @@ class AgentSettings:
     @property
     def runtime_dir(self) -> Path:
         return self.home / "runtime"
+
+    @property
+    def microvm_cache(self) -> Path:
+        return self.microvm_cache_dir or (self.home / "microvm")
 
     @property
     def templates_root(self) -> Path:
@@ -69,6 +76,8 @@ class AgentSettings:
             dataplane_public_url=e.get(p + "DATAPLANE_PUBLIC_URL") or None,
             runtime=e.get(p + "RUNTIME", "gvisor"),
             templates_dir=Path(templates) if templates else None,
+            microvm_cache_dir=Path(e[p + "MICROVM_CACHE"]) if e.get(p + "MICROVM_CACHE") else None,
+            microvm_accel=e.get(p + "MICROVM_ACCEL", "auto"),
             cpu_total=int(e.get(p + "CPU_TOTAL", str(os.cpu_count() or 2))),
             memory_mb_total=int(e.get(p + "MEMORY_MB_TOTAL", "4096")),
             inventory=Path(inventory) if inventory else None,

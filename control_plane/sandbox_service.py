@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from byoc_agent.protocol.errors import (
     CorralError,
     ErrorCode,
+    InvalidArgumentError,
     SandboxNotRunningError,
     error_from_code,
 )
@@ -39,9 +40,9 @@ from control_plane.jobs.issuer import JobIssuer
 from control_plane.jobs.keys import SigningKeys
 from control_plane.jobs.tokens import IssuedSandboxToken, mint_sandbox_token
 from control_plane.jobs.waiters import JobOutcome
-from control_plane.scheduler import Candidate, Request, choose
+from control_plane.scheduler import Candidate, Request, choose, isolations_of
 from control_plane.settings import Settings
-from control_plane.store import Database, agents, sandboxes, utcnow
+from control_plane.store import Database, agents, sandboxes, tenants, utcnow
 from control_plane.store.sandboxes import NewSandbox, SandboxRecord
 
 log = structlog.get_logger("control_plane.sandboxes")
@@ -56,6 +57,8 @@ class CreateSandbox:
     timeout_s: int
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # None: the tenant's required isolation, else gvisor.
+    isolation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,7 @@ class SandboxService:
                 Candidate(
                     agent_id=agent.id,
                     templates=frozenset(agent.templates),
+                    isolations=isolations_of(agent.runtimes),
                     cpu_free=agent.capacity.cpu_total - cpu,
                     memory_mb_free=agent.capacity.memory_mb_total - mem,
                 )
@@ -107,11 +111,21 @@ class SandboxService:
         return out
 
     async def create(self, req: CreateSandbox) -> SandboxAccess:
-        request = Request(
-            tenant_id=req.tenant_id, template=req.template, cpu=req.cpu, memory_mb=req.memory_mb
-        )
-
         def place(s: Session) -> SandboxRecord:
+            required = tenants.get_tenant(s, req.tenant_id).required_isolation
+            if required is not None and req.isolation not in (None, required):
+                raise InvalidArgumentError(
+                    f"isolation: this tenant's policy requires {required} sandboxes",
+                    tenant_id=req.tenant_id,
+                )
+            isolation = req.isolation or required or "gvisor"
+            request = Request(
+                tenant_id=req.tenant_id,
+                template=req.template,
+                cpu=req.cpu,
+                memory_mb=req.memory_mb,
+                isolation=isolation,
+            )
             chosen = choose(request, self._candidates(s, req.tenant_id))
             return sandboxes.create_sandbox(
                 s,
@@ -123,6 +137,7 @@ class SandboxService:
                     memory_mb=req.memory_mb,
                     timeout_s=req.timeout_s,
                     metadata=req.metadata,
+                    isolation=isolation,
                 ),
             )
 
@@ -140,6 +155,7 @@ class SandboxService:
             memory_mb=req.memory_mb,
             timeout_s=req.timeout_s,
             env=dict(req.env),
+            isolation="microvm" if sandbox.isolation == "microvm" else "gvisor",
         )
         try:
             outcome = await self._issuer.run(

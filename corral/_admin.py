@@ -24,6 +24,8 @@ from corral._http import About, HttpClient, JsonBody, QueryParams, converted, pa
 from corral._wire import (
     AgentWire,
     ApiKeyWire,
+    ConsoleUserListWire,
+    ConsoleUserWire,
     EnrollmentTokenWire,
     Page,
     TenantCreatedWire,
@@ -41,16 +43,27 @@ W = TypeVar("W", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleUser:
+    """A person who signs in to the web console at ``/console``."""
+
+    id: str
+    username: str
+    role: str
+    created_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Tenant:
     """A customer of the platform; its sandboxes and keys are invisible to other tenants."""
 
     id: str
     name: str
     created_at: datetime | None = None
+    required_isolation: str | None = None
 
     @classmethod
     def from_wire(cls, wire: TenantWire) -> Tenant:
-        return cls(wire.id, wire.name, utc(wire.created_at))
+        return cls(wire.id, wire.name, utc(wire.created_at), wire.required_isolation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +176,11 @@ class AdminClient:
         client._setup(config, credential_env, transport)
         return client
 
+    @property
+    def api_url(self) -> str:
+        """The control plane this client talks to."""
+        return self._config.api_url
+
     def close(self) -> None:
         self._http.close()
 
@@ -233,6 +251,15 @@ class AdminClient:
 
     def get_tenant(self, tenant_id: str) -> Tenant:
         response = self._call("GET", f"/v1/tenants/{_seg(tenant_id)}")
+        return Tenant.from_wire(parse(TenantWire, response, self._about))
+
+    def set_tenant_policy(self, tenant_id: str, *, required_isolation: str | None) -> Tenant:
+        """Require ``"microvm"`` isolation for every sandbox of a tenant (``None`` clears it)."""
+        response = self._call(
+            "PUT",
+            f"/v1/tenants/{_seg(tenant_id)}/policy",
+            json={"required_isolation": required_isolation},
+        )
         return Tenant.from_wire(parse(TenantWire, response, self._about))
 
     # ---- API keys ----
@@ -310,6 +337,23 @@ class AdminClient:
             )
             for w in self._pages("/v1/agents", _AgentPage, AgentWire)
         ]
+
+    # ---- console users ----
+
+    def create_console_user(self, username: str, password: str, role: str = "admin") -> ConsoleUser:
+        """Create a web-console user (role ``admin``, ``viewer`` or ``billing``)."""
+        response = self._call(
+            "POST",
+            "/v1/console/users",
+            json={"username": username, "password": password, "role": role},
+        )
+        w = parse(ConsoleUserWire, response, self._about)
+        return ConsoleUser(w.id, w.username, w.role, utc(w.created_at))
+
+    def list_console_users(self) -> builtins.list[ConsoleUser]:
+        response = self._call("GET", "/v1/console/users")
+        wire = parse(ConsoleUserListWire, response, self._about)
+        return [ConsoleUser(w.id, w.username, w.role, utc(w.created_at)) for w in wire.items]
 
     # ---- billing ----
 

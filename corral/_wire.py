@@ -56,6 +56,7 @@ class SandboxWire(_Edge):
     id: str
     state: str
     template: str = ""
+    isolation: str = "gvisor"
     cpu: int | None = None
     memory_mb: int | None = None
     timeout_s: int | None = None
@@ -114,6 +115,7 @@ class TenantWire(_Edge):
     id: str
     name: str
     created_at: datetime | None = None
+    required_isolation: str | None = None
 
 
 class ApiKeyWire(_Edge):
@@ -129,6 +131,18 @@ class TenantCreatedWire(_Edge):
 
     tenant: TenantWire
     api_key: ApiKeyWire
+
+
+class ConsoleUserWire(_Edge):
+    id: str
+    username: str
+    role: str
+    created_at: datetime | None = None
+    disabled_at: datetime | None = None
+
+
+class ConsoleUserListWire(_Edge):
+    items: list[ConsoleUserWire]
 
 
 class EnrollmentTokenWire(_Edge):

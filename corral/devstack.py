@@ -7,6 +7,7 @@ down/up. ``up`` is a no-op when the stack is already healthy.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -52,6 +53,20 @@ def _print_env(home: Path) -> None:
     for line in env.splitlines():
         print(f"  {line}")
     console.print(f"\nUse them: [bold]set -a; . {home / 'dev.env'}; set +a[/]")
+    _print_console_login(home)
+
+
+def _print_console_login(home: Path) -> None:
+    """Where the web console is and how to sign in (the first user, made by ``up``)."""
+    path = home / "console-admin.json"
+    stack = LocalStack(home)
+    console.print(f"\nWeb console: [bold]{stack.api_url}/console/[/]")
+    if not path.exists():
+        console.print("  add a user: corral admin console-user create NAME")
+        return
+    login = json.loads(path.read_text())
+    print(f"  username: {login.get('username', '')}")
+    print(f"  password: {login.get('password', '')}   (also in {path})")
 
 
 def down(home: Path) -> int:

@@ -71,6 +71,7 @@ class SandboxInfo:
     created_at: datetime | None = None
     expires_at: datetime | None = None
     end_reason: str | None = None
+    isolation: str = "gvisor"
 
     @property
     def is_running(self) -> bool:
@@ -90,6 +91,7 @@ class SandboxInfo:
             created_at=utc(wire.created_at),
             expires_at=utc(wire.expires_at),
             end_reason=wire.end_reason,
+            isolation=wire.isolation,
         )
 
 
@@ -143,12 +145,17 @@ class Sandbox:
         env: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
         *,
+        isolation: str | None = None,
         api_key: str | None = None,
         api_url: str | None = None,
         request_timeout: float | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> Sandbox:
-        """Start a sandbox and wait until it runs; it is killed after ``timeout`` seconds."""
+        """Start a sandbox and wait until it runs; it is killed after ``timeout`` seconds.
+
+        ``isolation``: ``"gvisor"`` (a user-space kernel) or ``"microvm"`` (a kernel of its
+        own in a virtual machine); by default the tenant's required isolation, else gvisor.
+        """
         config = ConnectionConfig.resolve(
             api_key=api_key, api_url=api_url, request_timeout=request_timeout
         )
@@ -167,6 +174,7 @@ class Sandbox:
                     "timeout_s": timeout,
                     "env": dict(env or {}),
                     "metadata": dict(metadata or {}),
+                    **({"isolation": isolation} if isolation is not None else {}),
                 },
             )
             wire = parse(SandboxWire, response, about)

@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from byoc_agent.protocol.messages import SandboxState
 
@@ -63,6 +64,8 @@ class SandboxSpec:
     memory_mb: int
     timeout_s: int
     env: Mapping[str, str] = field(default_factory=dict)
+    # "gvisor" or "microvm": which runtime of an agent's RuntimeSet runs it.
+    isolation: str = "gvisor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,7 @@ class FileInfo:
 
 class Liveness(StrEnum):
     RUNNING = "running"
+    PAUSED = "paused"  # stopped with its memory and files kept; resume() continues it
     STOPPED = "stopped"
     MISSING = "missing"
 
@@ -175,4 +179,35 @@ class Runtime(Protocol):
 
     async def destroy(self, handle: SandboxHandle) -> None:
         """Stop the sandbox and free everything it held. Idempotent."""
+        ...
+
+
+SNAPSHOT_META = "snapshot.json"  # in every snapshot directory: which runtime made it, and how
+
+
+@runtime_checkable
+class Snapshotting(Protocol):
+    """What a runtime that can pause, snapshot and restore sandboxes adds to :class:`Runtime`.
+
+    A snapshot is a directory holding the sandbox's memory and filesystem and
+    ``snapshot.json``; the filesystem is synced inside the sandbox before memory is saved.
+    """
+
+    async def pause(self, handle: SandboxHandle) -> None:
+        """Save the sandbox's state to disk and stop it: it holds no CPU or memory until
+        :meth:`resume`. Raises SandboxNotRunningError unless it is running."""
+        ...
+
+    async def resume(self, handle: SandboxHandle) -> None:
+        """Continue a paused sandbox where it stopped (processes, memory, files)."""
+        ...
+
+    async def snapshot(self, handle: SandboxHandle, dest: Path) -> None:
+        """Write a snapshot of a running sandbox to ``dest`` (a new directory); the sandbox
+        stops briefly and then runs on."""
+        ...
+
+    async def restore(self, spec: SandboxSpec, source: Path) -> SandboxHandle:
+        """Start a new sandbox (``spec.sandbox_id``) from a snapshot. It is a new machine:
+        its own id, hostname, machine-id and random seed. cpu and memory are the snapshot's."""
         ...

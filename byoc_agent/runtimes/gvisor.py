@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -57,6 +58,7 @@ from byoc_agent.protocol.errors import (
     SandboxNotRunningError,
 )
 from byoc_agent.runtimes.base import (
+    SNAPSHOT_META,
     ExecEvent,
     ExecRequest,
     Exit,
@@ -78,6 +80,9 @@ _CHUNK = 64 * 1024
 _STDIN_CHUNK = 1024 * 1024
 _CPU_PERIOD_US = 100_000
 _MIN_MEMORY_MB = 32
+_PAUSED = "paused"  # a paused sandbox's checkpoint, inside its directory
+_CHECKPOINT = "checkpoint.img"  # what runsc checkpoint writes into its image directory
+_CHECKPOINT_DIR = "checkpoint"  # in a snapshot directory
 _TIMEOUT_EXIT = 124  # what coreutils ``timeout`` reports; we report it for a timed-out command
 _KILLED_EXIT = 137  # ``timeout -s KILL`` exits 128 + 9 when the command ran out of time
 _RUNSC_FAILED = 128  # runsc exec's own failures (no such sandbox, no such cwd, ...)
@@ -317,6 +322,9 @@ class GVisorRuntime:
         paths.dir.mkdir(parents=True, mode=0o700)
         for d in (paths.rootfs, paths.upper, paths.work, paths.exec_dir):
             d.mkdir(parents=True)
+        # Every sandbox is its own machine: its own machine-id, over the template's.
+        (paths.upper / "etc").mkdir()
+        (paths.upper / "etc" / "machine-id").write_text(uuid.uuid4().hex + "\n")
         config = oci_config(spec, paths.rootfs, self._cgroup_path(spec.sandbox_id))
         (paths.bundle / "config.json").write_text(json.dumps(config, indent=2))
 
@@ -343,13 +351,15 @@ class GVisorRuntime:
         # The rootfs's /tmp is bind-mounted as /tmp: make sure it exists and is world-writable.
         await asyncio.to_thread(_ensure_tmp, paths.rootfs / "tmp")
 
-    async def _start(self, sandbox_id: str, paths: _Paths) -> None:
+    async def _start(self, sandbox_id: str, paths: _Paths, image: Path | None = None) -> None:
+        """``runsc run -detach``, or with ``image`` ``runsc restore`` from a checkpoint."""
         # runsc run -detach hands its stdio to the sandbox processes: never our pipes.
+        verb = ["run"] if image is None else ["restore", "--image-path", str(image)]
         logfile = await asyncio.to_thread(paths.log.open, "ab")
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._flags(),
-                "run",
+                *verb,
                 "-detach",
                 "--bundle",
                 str(paths.bundle),
@@ -393,7 +403,9 @@ class GVisorRuntime:
 
     async def inspect(self, handle: SandboxHandle) -> Liveness:
         """Ask runsc: ``running`` → RUNNING; any other status → STOPPED; unknown → MISSING."""
-        self._paths(handle.sandbox_id)
+        paths = self._paths(handle.sandbox_id)
+        if await asyncio.to_thread((paths.dir / _PAUSED / _CHECKPOINT).exists):
+            return Liveness.PAUSED
         done = await self._runsc_call(["state", handle.sandbox_id], self._stop_timeout_s)
         if done.exit_code != 0:
             return Liveness.MISSING
@@ -472,6 +484,152 @@ class GVisorRuntime:
                 return
             await asyncio.sleep(0.05)
 
+    # ---- pause, snapshot, restore ----------------------------------------------------
+
+    async def _checkpoint(self, handle: SandboxHandle, image_dir: Path) -> None:
+        """Sync the sandbox's files, write its state to ``image_dir`` (it stops), delete it."""
+        sid = handle.sandbox_id
+        synced = await self._helper(handle, "sync", "/")
+        if synced.exit_code != 0:
+            raise CorralError("sync before checkpoint failed", sandbox_id=sid)
+        await asyncio.to_thread(image_dir.mkdir, parents=True, exist_ok=True)
+        done = await self._runsc_call(
+            ["checkpoint", "--image-path", str(image_dir), sid], self._stop_timeout_s
+        )
+        if done.exit_code != 0:
+            await asyncio.to_thread(shutil.rmtree, image_dir, True)
+            raise CorralError(
+                f"runsc checkpoint failed: {done.stderr.decode(errors='replace')[-300:]}",
+                sandbox_id=sid,
+            )
+        await self._runsc_call(["delete", "-force", sid], self._stop_timeout_s)
+
+    async def pause(self, handle: SandboxHandle) -> None:
+        """``runsc checkpoint`` into the sandbox's ``paused/``; files stay in its overlay."""
+        paths = await self._require_running(handle)
+        started = time.monotonic()
+        async with self._lock(handle.sandbox_id):
+            await self._checkpoint(handle, paths.dir / _PAUSED)
+        log.info("sandbox_paused", sandbox_id=handle.sandbox_id,
+                 ms=round((time.monotonic() - started) * 1000))  # fmt: skip
+
+    async def resume(self, handle: SandboxHandle) -> None:
+        """``runsc restore`` from ``paused/``, then drop the checkpoint."""
+        paths = self._paths(handle.sandbox_id)
+        paused = paths.dir / _PAUSED
+        started = time.monotonic()
+        async with self._lock(handle.sandbox_id):
+            if not await asyncio.to_thread((paused / _CHECKPOINT).exists):
+                if await self.inspect(handle) is Liveness.RUNNING:
+                    return
+                raise SandboxNotRunningError(
+                    f"sandbox {handle.sandbox_id} is not paused", sandbox_id=handle.sandbox_id
+                )
+            await self._start(handle.sandbox_id, paths, image=paused)
+            await self._wait_ready(handle.sandbox_id)
+            await asyncio.to_thread(shutil.rmtree, paused, True)
+        log.info("sandbox_resumed", sandbox_id=handle.sandbox_id,
+                 ms=round((time.monotonic() - started) * 1000))  # fmt: skip
+
+    async def snapshot(self, handle: SandboxHandle, dest: Path) -> None:
+        """Checkpoint into ``dest``, copy the overlay's upper layer, restore the original."""
+        paths = await self._require_running(handle)
+        sid = handle.sandbox_id
+        async with self._lock(sid):
+            if await asyncio.to_thread(dest.exists):
+                raise InvalidArgumentError(f"snapshot {dest.name} already exists")
+            try:
+                await self._checkpoint(handle, dest / _CHECKPOINT_DIR)
+                try:
+                    await _copy_tree(paths.upper, dest / "upper")
+                    config = json.loads(
+                        await asyncio.to_thread((paths.bundle / "config.json").read_text)
+                    )
+                    meta = {"runtime": self.name, "template": handle.data.get("template", ""),
+                            "config": config}  # fmt: skip
+                    await asyncio.to_thread((dest / SNAPSHOT_META).write_text, json.dumps(meta))
+                finally:
+                    await self._start(sid, paths, image=dest / _CHECKPOINT_DIR)
+                    await self._wait_ready(sid)
+            except BaseException:
+                await asyncio.to_thread(shutil.rmtree, dest, True)
+                raise
+
+    async def restore(self, spec: SandboxSpec, source: Path) -> SandboxHandle:
+        """A new sandbox from a snapshot: its own overlay (a copy of the snapshot's upper
+        layer), restored with ``runsc restore``, then given its own hostname and machine-id."""
+        paths = self._paths(spec.sandbox_id)
+        _validate_env(spec.env)
+        try:
+            meta = json.loads(await asyncio.to_thread((source / SNAPSHOT_META).read_text))
+        except (OSError, ValueError) as e:
+            raise InvalidArgumentError(f"not a snapshot: {source.name} ({e})") from None
+        if meta.get("runtime") != self.name:
+            raise InvalidArgumentError(
+                f"snapshot {source.name} was made by {meta.get('runtime')!r}, not {self.name}"
+            )
+        template = str(meta.get("template") or spec.template)
+        lower = await asyncio.to_thread(template_rootfs, self._templates_root, template)
+        started = time.monotonic()
+        async with self._lock(spec.sandbox_id):
+            if await asyncio.to_thread(paths.dir.exists):
+                raise InvalidArgumentError(
+                    f"sandbox {spec.sandbox_id} already exists", sandbox_id=spec.sandbox_id
+                )
+            try:
+                await asyncio.to_thread(self._prepare_restore, spec, paths, meta["config"])
+                await _copy_tree(source / "upper", paths.upper)
+                await self._mount(lower, paths)
+                await self._start(spec.sandbox_id, paths, image=source / _CHECKPOINT_DIR)
+                await self._wait_ready(spec.sandbox_id)
+                await self._become(spec.sandbox_id)
+            except BaseException:
+                await asyncio.shield(self._teardown(spec.sandbox_id, paths))
+                raise
+        log.info("sandbox_restored", sandbox_id=spec.sandbox_id, snapshot=source.name,
+                 ms=round((time.monotonic() - started) * 1000))  # fmt: skip
+        return SandboxHandle(
+            sandbox_id=spec.sandbox_id,
+            runtime=self.name,
+            created_at=time.time(),
+            data={
+                "template": template,
+                "bundle": str(paths.bundle),
+                "runsc_root": str(self._root),
+                "cgroup": self._cgroup_path(spec.sandbox_id),
+            },
+        )
+
+    def _prepare_restore(self, spec: SandboxSpec, paths: _Paths, config: object) -> None:
+        """This sandbox's spec (its rootfs, cgroup, hostname) with the snapshot's limits,
+        which its memory image was made under."""
+        resources = config.get("linux", {}).get("resources", {}) if isinstance(config, dict) else {}
+        quota = int(resources.get("cpu", {}).get("quota", spec.cpu * _CPU_PERIOD_US))
+        cpu = quota // _CPU_PERIOD_US
+        memory_mb = int(resources.get("memory", {}).get("limit", spec.memory_mb << 20)) >> 20
+        own = dataclasses.replace(spec, cpu=max(cpu, 1), memory_mb=memory_mb)
+        self._prepare_bundle(own, paths)
+        shutil.rmtree(paths.upper)  # a copy of the snapshot's upper layer takes its place
+
+    async def _become(self, sandbox_id: str) -> None:
+        """A restored copy's own identity. Randomness needs nothing: gVisor reads it from the
+        host kernel on every request and keeps no pool that a checkpoint could copy."""
+        script = (
+            'hostname "$1" && echo "$1" > /etc/hostname && '
+            "cat /proc/sys/kernel/random/uuid | tr -d - > /etc/machine-id"
+        )
+        done = await self._runsc_call(
+            ["exec", "--cap", "CAP_SYS_ADMIN", sandbox_id, "/bin/sh", "-c", script, "sh",
+             sandbox_id],
+            self._start_timeout_s,
+        )  # fmt: skip
+        if done.exit_code != 0:
+            raise CorralError(
+                f"could not set the restored sandbox's identity: "
+                f"{done.stderr.decode(errors='replace')[-300:]}",
+                sandbox_id=sandbox_id,
+            )
+
     def sandbox_dir(self, sandbox_id: str) -> Path:
         """Host directory holding this sandbox's bundle, overlay layers and logs."""
         return self._paths(sandbox_id).dir
@@ -483,6 +641,10 @@ class GVisorRuntime:
         if not await asyncio.to_thread(paths.bundle.exists):
             raise SandboxNotRunningError(
                 f"sandbox {handle.sandbox_id} does not exist here", sandbox_id=handle.sandbox_id
+            )
+        if await asyncio.to_thread((paths.dir / _PAUSED).exists):
+            raise SandboxNotRunningError(
+                f"sandbox {handle.sandbox_id} is paused", sandbox_id=handle.sandbox_id
             )
         return paths
 
@@ -822,6 +984,22 @@ def oci_config(spec: SandboxSpec, rootfs: Path, cgroups_path: str) -> dict[str, 
             "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
         },
     }
+
+
+async def _copy_tree(src: Path, dest: Path) -> None:
+    """``cp -a``: keeps owners, modes, xattrs and overlayfs whiteouts (device nodes)."""
+    if not await asyncio.to_thread(src.exists):
+        await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
+        return
+    proc = await asyncio.create_subprocess_exec(
+        "cp", "-a", "--reflink=auto", str(src), str(dest),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise CorralError(f"copying {src.name} failed: {err.decode(errors='replace')[-300:]}")
 
 
 def _validate_env(env: Mapping[str, str]) -> None:

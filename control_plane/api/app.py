@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 
 import structlog
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 
 from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimit
-from control_plane.api.routes import agents, billing, jobs, sandboxes, tenants
+from control_plane.api.routes import agents, billing, console_users, jobs, sandboxes, tenants
 from control_plane.api.schemas import Health
 from control_plane.api.services import Services
 from control_plane.jobs.inbox import AgentInbox
@@ -96,6 +97,14 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
     async def healthz() -> Health:
         return Health()
 
-    for module in (tenants, agents, sandboxes, jobs, billing):
+    for module in (tenants, agents, sandboxes, jobs, billing, console_users):
         app.include_router(module.router)
+
+    @app.get("/console", include_in_schema=False)
+    async def console_root() -> RedirectResponse:
+        return RedirectResponse("/console/", status_code=307)
+
+    from control_plane.console.app import create_console  # it imports the API's services
+
+    app.mount("/console", create_console(svc))
     return app

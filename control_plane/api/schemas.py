@@ -40,6 +40,14 @@ class CreateApiKeyRequest(_Body):
     name: Name
 
 
+Isolation = Literal["gvisor", "microvm"]
+
+
+class TenantPolicyRequest(_Body):
+    # "microvm": every sandbox of the tenant gets a kernel of its own; null: no requirement.
+    required_isolation: Isolation | None
+
+
 class CreateBillingKeyRequest(_Body):
     name: Name
 
@@ -78,6 +86,8 @@ class EnrollRequest(_Body):
 
 class CreateSandboxRequest(_Body):
     template: StrictStr = Field(pattern=TEMPLATE_PATTERN)
+    # None: the tenant's required isolation if it has one, else gvisor.
+    isolation: Isolation | None = None
     cpu: StrictInt = 1
     memory_mb: StrictInt = 512
     timeout_s: StrictInt = 300
@@ -110,6 +120,7 @@ class TenantOut(_Out):
     id: str
     name: str
     created_at: datetime
+    required_isolation: str | None = None
 
 
 class ApiKeyOut(_Out):
@@ -211,6 +222,7 @@ class SandboxOut(_Out):
     tenant_id: str
     agent_id: str
     template: str
+    isolation: str
     cpu: int
     memory_mb: int
     timeout_s: int

@@ -22,7 +22,9 @@ from control_plane.store.tenants import ApiKeyRecord, TenantRecord
 
 
 def tenant_out(r: TenantRecord) -> TenantOut:
-    return TenantOut(id=r.id, name=r.name, created_at=r.created_at)
+    return TenantOut(
+        id=r.id, name=r.name, created_at=r.created_at, required_isolation=r.required_isolation
+    )
 
 
 def api_key_out(r: ApiKeyRecord) -> ApiKeyOut:
@@ -68,6 +70,7 @@ def sandbox_fields(r: SandboxRecord) -> dict[str, object]:
         "tenant_id": r.tenant_id,
         "agent_id": r.agent_id,
         "template": r.template,
+        "isolation": r.isolation,
         "cpu": r.cpu,
         "memory_mb": r.memory_mb,
         "timeout_s": r.timeout_s,

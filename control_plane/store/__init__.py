@@ -7,6 +7,7 @@ that read and write its tables and return frozen records, never ORM rows.
 from control_plane.store import (
     agents,
     billing_keys,
+    console_users,
     invoices,
     jobs,
     sandboxes,
@@ -25,6 +26,7 @@ __all__ = [
     "Page",
     "agents",
     "billing_keys",
+    "console_users",
     "invoices",
     "jobs",
     "new_id",

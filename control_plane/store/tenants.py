@@ -21,6 +21,8 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Policy: when set ("microvm"), every sandbox of the tenant must use this isolation.
+    required_isolation: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class ApiKey(Base):
@@ -39,6 +41,7 @@ class TenantRecord:
     id: str
     name: str
     created_at: datetime
+    required_isolation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,12 @@ class IssuedApiKey:
 
 
 def _tenant(row: Tenant) -> TenantRecord:
-    return TenantRecord(id=row.id, name=row.name, created_at=row.created_at)
+    return TenantRecord(
+        id=row.id,
+        name=row.name,
+        created_at=row.created_at,
+        required_isolation=row.required_isolation,
+    )
 
 
 def _key(row: ApiKey) -> ApiKeyRecord:
@@ -86,6 +94,16 @@ def get_tenant(s: Session, tenant_id: str) -> TenantRecord:
     row = s.get(Tenant, tenant_id)
     if row is None:
         raise NotFoundError("no such tenant", tenant_id=tenant_id)
+    return _tenant(row)
+
+
+def set_required_isolation(s: Session, tenant_id: str, isolation: str | None) -> TenantRecord:
+    """Require (or, with ``None``, stop requiring) one isolation class for a tenant's sandboxes."""
+    row = s.get(Tenant, tenant_id)
+    if row is None:
+        raise NotFoundError("no such tenant", tenant_id=tenant_id)
+    row.required_isolation = isolation
+    s.flush()
     return _tenant(row)
 
 

@@ -18,12 +18,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from corral._admin import AdminClient
+from corral.errors import ConflictError
 from corral.testing.nats_server import NatsServer, free_port
 
 DEFAULT_PORTS = {"nats": 14222, "api": 18080, "dataplane": 18788}
@@ -38,10 +39,23 @@ class StackInfo:
     tenant_id: str
     nats_url: str
     data_plane_url: str
+    console_user: str = ""
+    console_password: str = field(default="", repr=False)
+
+    @property
+    def console_url(self) -> str:
+        return f"{self.api_url}/console/"
 
 
 class StackError(Exception):
     """The stack could not be started; the message says what to look at."""
+
+
+def default_runtime() -> str:
+    """gVisor, plus QEMU microVMs where QEMU is installed (``make up`` installs it)."""
+    import shutil
+
+    return "gvisor,qemu-microvm" if shutil.which("qemu-system-x86_64") else "gvisor"
 
 
 class LocalStack:
@@ -51,7 +65,7 @@ class LocalStack:
         *,
         ports: Mapping[str, int] | None = None,
         templates_dir: Path | None = None,
-        runtime: str = "gvisor",
+        runtime: str | None = None,
         database_url: str | None = None,
         progress: Progress | None = None,
         extra_env: Mapping[str, str] | None = None,
@@ -60,7 +74,7 @@ class LocalStack:
         self.run_dir = self.home / "run"
         self.logs = self.home / "logs"
         self.templates_dir = (templates_dir or self.home / "templates").resolve()
-        self.runtime = runtime
+        self.runtime = runtime or default_runtime()
         self.database_url = database_url
         self.progress = progress or (lambda _msg: None)
         self.extra_env = dict(extra_env or {})
@@ -177,7 +191,7 @@ class LocalStack:
         """Start whatever is not running; idempotent. Returns the dev credentials."""
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "stack.json").write_text(json.dumps({"ports": self.ports}, indent=2))
-        if self.runtime == "gvisor":
+        if self.runtime != "memory":
             from byoc_agent.runtimes.templates import ensure_template
 
             self.progress("template: ensuring 'base' (first build takes about a minute)")
@@ -209,6 +223,7 @@ class LocalStack:
             self._wait("control plane", lambda: _http_ok(f"{self.api_url}/healthz"),
                        "control-plane")
         dev = self._bootstrap_tenant(admin)
+        console_login = self._bootstrap_console_user(admin)
         if self._pid("agent") is None:
             self._check_port_free("dataplane")
             self.progress(f"agent: starting ({self.runtime}), data plane on {self.data_plane_url}")
@@ -219,6 +234,8 @@ class LocalStack:
                 "CORRAL_AGENT_DATAPLANE_PORT": str(self.ports["dataplane"]),
                 "CORRAL_AGENT_RUNTIME": self.runtime,
                 "CORRAL_AGENT_TEMPLATES_DIR": str(self.templates_dir),
+                # Guest kernel and disk images, shared by every stack using these templates.
+                "CORRAL_AGENT_MICROVM_CACHE": str(self.templates_dir.parent / "microvm"),
                 "CORRAL_AGENT_HEARTBEAT_INTERVAL_S": "2",
                 # One bare-metal host, this machine: the agent offers what it has.
                 "CORRAL_AGENT_INVENTORY": str(self.write_local_inventory()),
@@ -237,6 +254,8 @@ class LocalStack:
             api_url=self.api_url, api_key=dev["api_key"], admin_token=admin,
             tenant_id=dev["tenant_id"], nats_url=self.nats_url,
             data_plane_url=self.data_plane_url,
+            console_user=console_login.get("username", ""),
+            console_password=console_login.get("password", ""),
         )
         self.write_env(info)
         return info
@@ -258,6 +277,25 @@ class LocalStack:
         dev = {"tenant_id": created.tenant.id, "api_key": created.api_key.key}
         self._write_secret(self.home / "dev-tenant.json", json.dumps(dev))
         return dev
+
+    def _bootstrap_console_user(self, admin: str) -> dict[str, str]:
+        """The first web-console user (``admin``), created once; its login in
+        ``console-admin.json`` (mode 0600). ``{}`` when the user exists without that file."""
+        saved = self._load_json("console-admin.json")
+        if saved.get("username") and saved.get("password"):
+            return {"username": str(saved["username"]), "password": str(saved["password"])}
+        login = {"username": "admin", "password": secrets.token_urlsafe(18)}
+        try:
+            with AdminClient(admin, api_url=self.api_url) as client:
+                client.create_console_user(login["username"], login["password"], "admin")
+        except ConflictError:
+            self.progress(
+                "console: user 'admin' exists but its password is not in console-admin.json; "
+                "add one with `corral admin console-user create NAME`"
+            )
+            return {}
+        self._write_secret(self.home / "console-admin.json", json.dumps(login))
+        return login
 
     def _agent_online(self, admin: str, tenant_id: str) -> bool:
         try:
@@ -283,7 +321,7 @@ class LocalStack:
         the agent left running (it never kills them itself)."""
         for name in ("agent", "control-plane", "nats"):
             self.stop_service(name)
-        if destroy_sandboxes and self.runtime == "gvisor":
+        if destroy_sandboxes and self.runtime != "memory":
             self._destroy_sandboxes()
 
     def stop_service(self, name: str) -> None:
@@ -321,15 +359,18 @@ class LocalStack:
         import asyncio
 
         from byoc_agent.protocol.messages import SandboxState
-        from byoc_agent.runtimes.gvisor import GVisorRuntime
+        from byoc_agent.runtimes import RuntimeOptions, build_runtime
         from byoc_agent.state import AgentStateStore
 
         db = self.home / "agent" / "agent-state.db"
         if not db.exists():
             return
         state = AgentStateStore(db)
-        runtime = GVisorRuntime(
-            state_dir=self.home / "agent" / "runtime" / "gvisor", templates_root=self.templates_dir
+        runtime = build_runtime(
+            self.runtime,
+            state_dir=self.home / "agent" / "runtime",
+            templates_root=self.templates_dir,
+            options=RuntimeOptions(microvm_cache=self.templates_dir.parent / "microvm"),
         )
 
         async def destroy_all() -> None:

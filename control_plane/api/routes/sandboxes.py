@@ -38,6 +38,7 @@ async def create_sandbox(
         CreateSandbox(
             tenant_id=tenant_id,
             template=body.template,
+            isolation=body.isolation,
             cpu=body.cpu,
             memory_mb=body.memory_mb,
             timeout_s=body.timeout_s,

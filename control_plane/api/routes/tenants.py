@@ -16,6 +16,7 @@ from control_plane.api.schemas import (
     NewApiKeyOut,
     TenantOut,
     TenantPage,
+    TenantPolicyRequest,
 )
 from control_plane.api.views import api_key_out, tenant_out
 from control_plane.store import MAX_PAGE, tenants
@@ -52,6 +53,17 @@ async def list_tenants(
 @router.get("/{tenant_id}", response_model=TenantOut)
 async def get_tenant(tenant_id: str, _: Operator, svc: Svc) -> TenantOut:
     return tenant_out(await svc.db.run(lambda s: tenants.get_tenant(s, tenant_id)))
+
+
+@router.put("/{tenant_id}/policy", response_model=TenantOut)
+async def set_tenant_policy(
+    tenant_id: str, body: TenantPolicyRequest, _: Operator, svc: Svc
+) -> TenantOut:
+    """Require an isolation class (``microvm``) for every sandbox of the tenant, or clear it."""
+    record = await svc.db.run(
+        lambda s: tenants.set_required_isolation(s, tenant_id, body.required_isolation)
+    )
+    return tenant_out(record)
 
 
 @router.post("/{tenant_id}/api-keys", status_code=201, response_model=NewApiKeyOut)
