@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import re
 import threading
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -134,7 +135,7 @@ class FakeCompute:
         cpus, mem, accel = MACHINE_TYPES[name]
         body: dict[str, object] = {
             "kind": "compute#machineType",
-            "id": str(abs(hash(name)) % 10**12),
+            "id": str(zlib.crc32(name.encode())),
             "name": name,
             "guestCpus": cpus,
             "memoryMb": mem,
