@@ -36,8 +36,28 @@ def _templates(settings: AgentSettings) -> list[str]:
     return list_templates(settings.templates_root)
 
 
+async def resolve_capacity(settings: AgentSettings) -> tuple[int, int]:
+    """(cpu, memory MiB) the agent offers: from its inventory's ready machines, if it has one."""
+    if settings.inventory is None:
+        return settings.cpu_total, settings.memory_mb_total
+    from byoc_agent.providers.baremetal import inventory_capacity
+
+    capacity = await inventory_capacity(settings.inventory)
+    if not capacity.ready_hosts:
+        raise CorralError(
+            f"no machine in the inventory {settings.inventory} is ready (not ready: "
+            f"{', '.join(capacity.not_ready_hosts) or 'none listed'}); check it with "
+            f"`python -m byoc_agent.providers.baremetal check {settings.inventory}`"
+        )
+    log.info("inventory_capacity", hosts=list(capacity.ready_hosts), cpu=capacity.cpu,
+             memory_mib=capacity.memory_mib, gpus=capacity.gpus,
+             not_ready=list(capacity.not_ready_hosts))
+    return max(1, int(capacity.cpu * settings.cpu_overcommit)), capacity.memory_mib
+
+
 async def run_agent(settings: AgentSettings) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
+    cpu_total, memory_mb_total = await resolve_capacity(settings)
     state = AgentStateStore(settings.state_db)
     key = load_or_create_key(settings.key_file)
     runtime = runtimes.build_runtime(
@@ -67,8 +87,8 @@ async def run_agent(settings: AgentSettings) -> None:
             data_plane_url=settings.advertised_dataplane_url,
             runtimes=runtime_names(runtime),
             templates=_templates(settings),
-            cpu_total=settings.cpu_total,
-            memory_mb_total=settings.memory_mb_total,
+            cpu_total=cpu_total,
+            memory_mb_total=memory_mb_total,
             state=state,
         )
     keyring = keyring_from_state(state)
@@ -87,8 +107,8 @@ async def run_agent(settings: AgentSettings) -> None:
         transport=transport,
         config=AgentConfig(
             data_plane_url=settings.advertised_dataplane_url,
-            cpu_total=settings.cpu_total,
-            memory_mb_total=settings.memory_mb_total,
+            cpu_total=cpu_total,
+            memory_mb_total=memory_mb_total,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             reaper_interval_s=settings.reaper_interval_s,
             usage_interval_s=settings.usage_interval_s,

@@ -139,6 +139,10 @@ class AgentSettings:
     microvm_accel: str = "auto"
     cpu_total: int = 2
     memory_mb_total: int = 4096
+    # A bare-metal inventory (see providers/baremetal.py): when set, the agent offers the
+    # ready machines' cpu (times cpu_overcommit) and memory instead of the two totals above.
+    inventory: Path | None = None
+    cpu_overcommit: float = 1.0
     heartbeat_interval_s: float = 5.0
     key_refresh_interval_s: float = 30.0
     reaper_interval_s: float = 0.5
@@ -178,6 +182,7 @@ class AgentSettings:
         p = "CORRAL_AGENT_"
         home = Path(e.get(p + "HOME", ".corral/agent"))
         templates = e.get(p + "TEMPLATES_DIR")
+        inventory = e.get(p + "INVENTORY")
         return cls(
             home=home,
             control_plane_url=e.get(p + "CONTROL_PLANE_URL", "http://127.0.0.1:8080"),
@@ -193,6 +198,8 @@ class AgentSettings:
             microvm_accel=e.get(p + "MICROVM_ACCEL", "auto"),
             cpu_total=int(e.get(p + "CPU_TOTAL", str(os.cpu_count() or 2))),
             memory_mb_total=int(e.get(p + "MEMORY_MB_TOTAL", "4096")),
+            inventory=Path(inventory) if inventory else None,
+            cpu_overcommit=float(e.get(p + "CPU_OVERCOMMIT", "1")),
             heartbeat_interval_s=float(e.get(p + "HEARTBEAT_INTERVAL_S", "5")),
             key_refresh_interval_s=float(e.get(p + "KEY_REFRESH_INTERVAL_S", "30")),
             reaper_interval_s=float(e.get(p + "REAPER_INTERVAL_S", "0.5")),

@@ -237,9 +237,10 @@ class LocalStack:
                 # Guest kernel and disk images, shared by every stack using these templates.
                 "CORRAL_AGENT_MICROVM_CACHE": str(self.templates_dir.parent / "microvm"),
                 "CORRAL_AGENT_HEARTBEAT_INTERVAL_S": "2",
+                # One bare-metal host, this machine: the agent offers what it has.
+                "CORRAL_AGENT_INVENTORY": str(self.write_local_inventory()),
                 # A dev machine overcommits CPU (each sandbox still gets its cgroup quota).
-                "CORRAL_AGENT_CPU_TOTAL": str(4 * (os.cpu_count() or 2)),
-                "CORRAL_AGENT_MEMORY_MB_TOTAL": "8192",
+                "CORRAL_AGENT_CPU_OVERCOMMIT": "4",
             }
             if not (self.home / "agent" / "agent-state.db").exists():
                 with AdminClient(admin, api_url=self.api_url) as client:
@@ -258,6 +259,14 @@ class LocalStack:
         )
         self.write_env(info)
         return info
+
+    def write_local_inventory(self) -> Path:
+        """``<home>/agent/inventory.json``: a one-host inventory for this machine (127.0.0.1)."""
+        from byoc_agent.providers.baremetal import this_machine, write_inventory
+
+        path = self.home / "agent" / "inventory.json"
+        write_inventory(path, [this_machine("local")])
+        return path
 
     def _bootstrap_tenant(self, admin: str) -> dict[str, str]:
         saved = self._load_json("dev-tenant.json")

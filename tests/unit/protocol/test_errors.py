@@ -15,6 +15,7 @@ from byoc_agent.protocol.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermanentError,
+    QuotaExceededError,
     RejectReason,
     RetryableError,
     SandboxNotRunningError,
@@ -30,6 +31,7 @@ _TYPED = [
     (ErrorCode.SANDBOX_NOT_RUNNING, SandboxNotRunningError),
     (ErrorCode.TIMEOUT, CommandTimeoutError),
     (ErrorCode.CAPACITY, CapacityError),
+    (ErrorCode.QUOTA_EXCEEDED, QuotaExceededError),
     (ErrorCode.UNAVAILABLE, RetryableError),
 ]
 
