@@ -52,6 +52,11 @@ class Settings:
     job_ttl_s: int = 300
     max_body_bytes: int = 1024 * 1024
     enrollment_token_max_ttl_s: int = 7 * 86400
+    # E2B-compatible API (control_plane/e2b): sizes E2B's create does not carry, and the
+    # lifetime of the envdAccessToken (the SDK never refreshes it; see docs/e2b-compat.md)
+    e2b_cpu: int = 1
+    e2b_memory_mb: int = 512
+    e2b_access_token_ttl_s: int = 86400
 
     def __repr__(self) -> str:
         return (
@@ -141,4 +146,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         job_timeout_s=_float(env, "CORRAL_JOB_TIMEOUT_S", 60.0),
         heartbeat_offline_s=_float(env, "CORRAL_HEARTBEAT_OFFLINE_S", 15.0),
         sandbox_token_ttl_s=_int(env, "CORRAL_SANDBOX_TOKEN_TTL_S", 900),
+        e2b_cpu=_int(env, "CORRAL_E2B_CPU", 1),
+        e2b_memory_mb=_int(env, "CORRAL_E2B_MEMORY_MB", 512),
+        e2b_access_token_ttl_s=_int(env, "CORRAL_E2B_ACCESS_TOKEN_TTL_S", 86400),
     )

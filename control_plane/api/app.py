@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import structlog
 from fastapi import FastAPI
 
+from control_plane import e2b
 from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimit
 from control_plane.api.routes import agents, billing, jobs, sandboxes, tenants
@@ -98,4 +99,5 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
 
     for module in (tenants, agents, sandboxes, jobs, billing):
         app.include_router(module.router)
+    app.include_router(e2b.router)  # E2B-compatible lifecycle API (docs/e2b-compat.md)
     return app
