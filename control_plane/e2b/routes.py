@@ -313,3 +313,28 @@ async def pause_or_resume(sandbox_id: str, tenant_id: Tenant, svc: Svc) -> JSONR
     raise E2BError(501, "pause and resume are not supported by Corral yet")
 
 
+# E2B calls Corral has no counterpart for: a 501 naming it, so the SDK raises a clear
+# SandboxException instead of mistaking a bare 404 for "sandbox not found".
+_NOT_SUPPORTED: dict[str, tuple[str, list[str]]] = {
+    "/sandboxes/{sandbox_id}/fork": ("forks", ["POST"]),
+    "/sandboxes/{sandbox_id}/snapshots": ("snapshots", ["POST"]),
+    "/snapshots": ("snapshots", ["GET"]),
+    "/sandboxes/{sandbox_id}/metrics": ("sandbox metrics", ["GET"]),
+    "/sandboxes/{sandbox_id}/logs": ("sandbox logs", ["GET"]),
+    "/v2/sandboxes/{sandbox_id}/logs": ("sandbox logs", ["GET"]),
+    "/sandboxes/{sandbox_id}/network": ("network rules (sandboxes have no network)", ["PUT"]),
+    "/sandboxes/{sandbox_id}/refreshes": ("refreshes (use set_timeout)", ["POST"]),
+}
+
+
+def _not_supported(what: str) -> Callable[[Tenant], Coroutine[Any, Any, JSONResponse]]:
+    async def handler(tenant_id: Tenant) -> JSONResponse:
+        raise E2BError(501, f"{what}: not supported by Corral")
+
+    return handler
+
+
+for _path, (_what, _methods) in _NOT_SUPPORTED.items():
+    router.add_api_route(_path, _not_supported(_what), methods=_methods)
+
+

@@ -27,19 +27,19 @@ def sbx(e2b_stack: StackInfo) -> Iterator[Sandbox]:
 
 def test_run_with_envs_cwd_timeout_and_output_callbacks(sbx: Sandbox) -> None:
     """``commands.run`` streams stdout/stderr to the callbacks and honours envs and cwd."""
-    sbx.files.make_dir("/work/run")
+    sbx.files.make_dir("/data/run")
     out: list[str] = []
     err: list[str] = []
     result = sbx.commands.run(
         'echo "$FROM_CREATE $FROM_RUN $(pwd)"; echo warn >&2',
         envs={"FROM_RUN": "too"},
-        cwd="/work/run",
+        cwd="/data/run",
         timeout=30,
         on_stdout=out.append,
         on_stderr=err.append,
     )
     assert result.exit_code == 0
-    assert result.stdout == "yes too /work/run\n"
+    assert result.stdout == "yes too /data/run\n"
     assert result.stderr == "warn\n"
     assert "".join(out) == result.stdout
     assert "".join(err) == result.stderr
@@ -87,48 +87,60 @@ def test_background_command_can_be_killed_and_is_listed_until_then(sbx: Sandbox)
 
 def test_files_write_and_read_text_and_bytes(sbx: Sandbox) -> None:
     """``files.write``/``read`` carry text and arbitrary bytes unchanged."""
-    info = sbx.files.write("/work/files/hello.txt", "héllo wörld\n")
-    assert info.path == "/work/files/hello.txt"
+    info = sbx.files.write("/data/files/hello.txt", "héllo wörld\n")
+    assert info.path == "/data/files/hello.txt"
     assert info.name == "hello.txt"
     blob = bytes(range(256)) * 4
-    sbx.files.write("/work/files/blob.bin", blob)
-    assert sbx.files.read("/work/files/hello.txt") == "héllo wörld\n"
-    assert bytes(sbx.files.read("/work/files/blob.bin", format="bytes")) == blob
+    sbx.files.write("/data/files/blob.bin", blob)
+    assert sbx.files.read("/data/files/hello.txt") == "héllo wörld\n"
+    assert bytes(sbx.files.read("/data/files/blob.bin", format="bytes")) == blob
     with pytest.raises(FileNotFoundException):
-        sbx.files.read("/work/files/missing.txt")
+        sbx.files.read("/data/files/missing.txt")
+
+
+def test_files_gzip_uploads_several_files_and_streamed_reads(sbx: Sandbox) -> None:
+    """gzip octet-stream uploads, multi-file multipart uploads and ``format="stream"``."""
+    sbx.files.write("/data/gz/one.txt", "squeezed " * 1000, gzip=True)
+    written = sbx.files.write_files(
+        [{"path": "/data/gz/two.txt", "data": "2"}, {"path": "/data/gz/three.txt", "data": b"3"}]
+    )
+    assert sorted(w.path for w in written) == ["/data/gz/three.txt", "/data/gz/two.txt"]
+    with sbx.files.read("/data/gz/one.txt", format="stream") as stream:
+        assert b"".join(stream) == b"squeezed " * 1000
+    assert sbx.files.read("/data/gz/three.txt") == "3"
 
 
 def test_files_list_exists_remove_rename_and_make_dir(sbx: Sandbox) -> None:
     """The filesystem RPCs: make_dir, list, exists, rename, remove."""
-    assert sbx.files.make_dir("/work/tree/sub") is True
-    assert sbx.files.make_dir("/work/tree/sub") is False
-    sbx.files.write("/work/tree/a.txt", "a")
-    entries = {e.name: e for e in sbx.files.list("/work/tree")}
+    assert sbx.files.make_dir("/data/tree/sub") is True
+    assert sbx.files.make_dir("/data/tree/sub") is False
+    sbx.files.write("/data/tree/a.txt", "a")
+    entries = {e.name: e for e in sbx.files.list("/data/tree")}
     assert set(entries) == {"a.txt", "sub"}
     assert entries["a.txt"].type == FileType.FILE
     assert entries["a.txt"].size == 1
     assert entries["sub"].type == FileType.DIR
-    assert entries["a.txt"].path == "/work/tree/a.txt"
-    assert sbx.files.exists("/work/tree/a.txt")
-    moved = sbx.files.rename("/work/tree/a.txt", "/work/tree/sub/b.txt")
-    assert moved.path == "/work/tree/sub/b.txt"
-    assert not sbx.files.exists("/work/tree/a.txt")
-    assert sbx.files.read("/work/tree/sub/b.txt") == "a"
-    deep = {e.path for e in sbx.files.list("/work/tree", depth=2)}
-    assert deep == {"/work/tree/sub", "/work/tree/sub/b.txt"}
-    sbx.files.remove("/work/tree/sub")
-    assert not sbx.files.exists("/work/tree/sub")
+    assert entries["a.txt"].path == "/data/tree/a.txt"
+    assert sbx.files.exists("/data/tree/a.txt")
+    moved = sbx.files.rename("/data/tree/a.txt", "/data/tree/sub/b.txt")
+    assert moved.path == "/data/tree/sub/b.txt"
+    assert not sbx.files.exists("/data/tree/a.txt")
+    assert sbx.files.read("/data/tree/sub/b.txt") == "a"
+    deep = {e.path for e in sbx.files.list("/data/tree", depth=2)}
+    assert deep == {"/data/tree/sub", "/data/tree/sub/b.txt"}
+    sbx.files.remove("/data/tree/sub")
+    assert not sbx.files.exists("/data/tree/sub")
     with pytest.raises(FileNotFoundException):
-        sbx.files.remove("/work/tree/sub")
+        sbx.files.remove("/data/tree/sub")
     with pytest.raises(FileNotFoundException):
-        sbx.files.list("/work/nowhere")
+        sbx.files.list("/data/nowhere")
 
 
 def test_a_50_mb_file_round_trips(sbx: Sandbox) -> None:
     """A 50 MB upload and download through ``/files`` arrive byte for byte."""
     data = os.urandom(50 * 1024 * 1024)
-    sbx.files.write("/work/big.bin", data)
-    size = sbx.commands.run("wc -c < /work/big.bin").stdout.strip()
+    sbx.files.write("/data/big.bin", data)
+    size = sbx.commands.run("wc -c < /data/big.bin").stdout.strip()
     assert size == str(len(data))
-    back = sbx.files.read("/work/big.bin", format="bytes", request_timeout=120)
+    back = sbx.files.read("/data/big.bin", format="bytes", request_timeout=120)
     assert hashlib.sha256(back).hexdigest() == hashlib.sha256(data).hexdigest()

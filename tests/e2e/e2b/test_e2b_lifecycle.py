@@ -154,3 +154,22 @@ def test_pause_is_reported_as_not_supported(e2b_stack: StackInfo) -> None:
         assert sbx.is_running()
     finally:
         sbx.kill()
+
+
+@pytest.mark.asyncio
+async def test_the_async_sdk_works_the_same_way() -> None:
+    """``AsyncSandbox``: create, run, write, read, list, kill."""
+    from e2b import AsyncSandbox
+
+    sbx = await AsyncSandbox.create(timeout=120, metadata={"suite": "e2b-async"})
+    try:
+        result = await sbx.commands.run("echo async-ok")
+        assert result.stdout == "async-ok\n"
+        await sbx.files.write("/root/async.txt", "from asyncio")
+        assert await sbx.files.read("/root/async.txt") == "from asyncio"
+        listed = await AsyncSandbox.list(
+            query=SandboxQuery(metadata={"suite": "e2b-async"})
+        ).next_items()
+        assert [s.sandbox_id for s in listed] == [sbx.sandbox_id]
+    finally:
+        await sbx.kill()
