@@ -70,11 +70,14 @@ def build_router(access: SandboxAccess) -> APIRouter:
     ) -> Response:
         try:
             who = caller(request)
+        except EnvdError as e:
+            return envd_error_response(e)
+        try:
             data = await access.runtime.read_file(who.handle, _path(path))
         except EnvdError as e:
             return envd_error_response(e)
         except CorralError as e:
-            return envd_error_response(from_corral(e, request.headers.get("e2b-sandbox-id", "")))
+            return envd_error_response(from_corral(e, who.sandbox_id))
         return Response(content=data, media_type="application/octet-stream")
 
     @router.post("/files")
@@ -83,6 +86,9 @@ def build_router(access: SandboxAccess) -> APIRouter:
     ) -> Response:
         try:
             who = caller(request)
+        except EnvdError as e:
+            return envd_error_response(e)
+        try:
             declared = request.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES + 1024 * 1024:
                 raise EnvdError(413, "file is over 1 GiB")
@@ -99,7 +105,7 @@ def build_router(access: SandboxAccess) -> APIRouter:
         except EnvdError as e:
             return envd_error_response(e)
         except CorralError as e:
-            return envd_error_response(from_corral(e, request.headers.get("e2b-sandbox-id", "")))
+            return envd_error_response(from_corral(e, who.sandbox_id))
         return JSONResponse(
             [{"name": p.rstrip("/").rsplit("/", 1)[-1], "type": "file", "path": p} for p in written]
         )
