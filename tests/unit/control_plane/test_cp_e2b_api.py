@@ -15,6 +15,9 @@ from control_plane.transport import MemoryPublisher
 
 OPERATOR = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
+pytestmark = pytest.mark.e2b
+
+
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:

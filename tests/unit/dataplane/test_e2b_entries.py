@@ -8,6 +8,9 @@ from connectrpc.errors import ConnectError
 from byoc_agent.dataplane.e2b.filesystem import parse_entries, sandbox_path
 from byoc_agent.dataplane.envd.filesystem import filesystem_pb
 
+pytestmark = pytest.mark.e2b
+
+
 
 def _record(*fields: str) -> bytes:
     return b"".join(f.encode() + b"\0" for f in fields)
