@@ -71,6 +71,18 @@ def test_background_command_waits_for_its_result(sbx: Sandbox) -> None:
     assert result.stdout == "done-late\n"
 
 
+def test_connect_attaches_to_a_running_command(sbx: Sandbox) -> None:
+    """``commands.connect(pid)`` follows a command another handle started."""
+    handle = sbx.commands.run(
+        "for i in 1 2 3; do echo tick $i; sleep 0.5; done", background=True
+    )
+    follower = sbx.commands.connect(handle.pid)
+    result = follower.wait()
+    assert result.exit_code == 0
+    assert "tick 3\n" in result.stdout
+    assert handle.wait().stdout == "tick 1\ntick 2\ntick 3\n"
+
+
 def test_background_command_can_be_killed_and_is_listed_until_then(sbx: Sandbox) -> None:
     """``commands.list()`` shows a running command; the handle's ``kill()`` ends it."""
     handle = sbx.commands.run("sleep 300", background=True, timeout=0)

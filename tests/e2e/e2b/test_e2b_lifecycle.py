@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 from e2b import Sandbox, SandboxQuery
 from e2b.exceptions import (
@@ -173,3 +174,40 @@ async def test_the_async_sdk_works_the_same_way() -> None:
         assert [s.sandbox_id for s in listed] == [sbx.sandbox_id]
     finally:
         await sbx.kill()
+
+
+def test_an_e2b_sandbox_is_recorded_and_metered_like_any_other(e2b_stack: StackInfo) -> None:
+    """Same service underneath: Corral's API sees it, and the agent's meter bills it."""
+    sbx = Sandbox.create(timeout=120, metadata={"suite": "e2b-metered"})
+    sbx.commands.run("true")
+    sbx.kill()
+    tenant = {"authorization": f"Bearer {e2b_stack.api_key}"}
+    records: list[dict[str, object]] = []
+    deadline = time.monotonic() + 20
+    with httpx.Client(base_url=e2b_stack.api_url, timeout=5) as http:
+        while time.monotonic() < deadline:
+            own = http.get(f"/v1/sandboxes/{sbx.sandbox_id}", headers=tenant).json()
+            records = _usage(http, e2b_stack, sbx.sandbox_id)
+            if own["state"] == "killed" and records:
+                break
+            time.sleep(0.3)
+    assert own["state"] == "killed"
+    assert own["template"] == "base"
+    assert own["metadata"] == {"suite": "e2b-metered"}
+    assert records, "the agent's meter sent no usage record for the E2B sandbox"
+
+
+def _usage(http: httpx.Client, info: StackInfo, sandbox_id: str) -> list[dict[str, object]]:
+    """The sandbox's usage records this month, following pagination."""
+    params = {"period": datetime.now(UTC).strftime("%Y-%m"), "tenant_id": info.tenant_id,
+              "limit": "50"}
+    headers = {"authorization": f"Bearer {info.admin_token}"}
+    found: list[dict[str, object]] = []
+    while True:
+        page = http.get("/v1/billing/usage", params=params, headers=headers)
+        page.raise_for_status()
+        body = page.json()
+        found += [u for u in body["items"] if u["sandbox_id"] == sandbox_id]
+        if not body["next_cursor"]:
+            return found
+        params["cursor"] = body["next_cursor"]
