@@ -165,11 +165,6 @@ class ProcessTable:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def close(self) -> None:
-        """Stop every command still attached (agent shutdown)."""
-        for proc in list(self._by_pid.values()):
-            await self.kill(proc)
-
 
 def _end_event(event: Exit) -> process_pb.ProcessEvent.EndEvent:
     if event.timed_out:
