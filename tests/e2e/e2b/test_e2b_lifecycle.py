@@ -179,7 +179,8 @@ async def test_the_async_sdk_works_the_same_way() -> None:
 def test_an_e2b_sandbox_is_recorded_and_metered_like_any_other(e2b_stack: StackInfo) -> None:
     """Same service underneath: Corral's API sees it, and the agent's meter bills it."""
     sbx = Sandbox.create(timeout=120, metadata={"suite": "e2b-metered"})
-    sbx.commands.run("true")
+    # Records cover whole seconds; a sandbox that lives less than one may bill none.
+    sbx.commands.run("sleep 1.5")
     sbx.kill()
     tenant = {"authorization": f"Bearer {e2b_stack.api_key}"}
     records: list[dict[str, object]] = []
