@@ -16,6 +16,7 @@ import structlog
 from byoc_agent import runtimes
 from byoc_agent.agent import Agent, AgentConfig
 from byoc_agent.dataplane import create_dataplane_app, serve
+from byoc_agent.dataplane.e2b import envd_asgi
 from byoc_agent.enroll import enroll, keyring_from_state, load_or_create_key, refresh_keys
 from byoc_agent.hosts.setup import build_fleet
 from byoc_agent.log_config import configure_logging
@@ -117,7 +118,7 @@ async def run_agent(settings: AgentSettings) -> None:
         templates=lambda: _templates(settings),
         fleet=fleet,
     )
-    app = create_dataplane_app(agent)
+    app = envd_asgi(create_dataplane_app(agent), agent)
     log.info("agent_started", agent_id=ident.agent_id, tenant_id=ident.tenant_id,
              data_plane=settings.advertised_dataplane_url, runtime=runtime.name)
 

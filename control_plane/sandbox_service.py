@@ -112,7 +112,7 @@ class SandboxService:
             )
         return out
 
-    async def create(self, req: CreateSandbox) -> SandboxAccess:
+    async def create(self, req: CreateSandbox, *, token_ttl_s: int | None = None) -> SandboxAccess:
         def place(s: Session) -> SandboxRecord:
             required = tenants.get_tenant(s, req.tenant_id).required_isolation
             if required is not None and req.isolation not in (None, required):
@@ -188,16 +188,18 @@ class SandboxService:
 
         sandbox = await self._db.run(started)
         bound.info("sandbox_created", state=sandbox.state.value)
-        return await self._access(sandbox)
+        return await self._access(sandbox, token_ttl_s)
 
-    async def _access(self, sandbox: SandboxRecord) -> SandboxAccess:
+    async def _access(
+        self, sandbox: SandboxRecord, token_ttl_s: int | None = None
+    ) -> SandboxAccess:
         agent = await self._db.run(lambda s: agents.get_agent(s, sandbox.agent_id))
         token = mint_sandbox_token(
             self._keys.active,
             tenant_id=sandbox.tenant_id,
             agent_id=sandbox.agent_id,
             sandbox_id=sandbox.id,
-            ttl_s=self._settings.sandbox_token_ttl_s,
+            ttl_s=token_ttl_s or self._settings.sandbox_token_ttl_s,
         )
         return SandboxAccess(sandbox=sandbox, data_plane_url=agent.data_plane_url, token=token)
 
@@ -300,9 +302,11 @@ class SandboxService:
 
         return await self._db.run(extend)
 
-    async def access(self, tenant_id: str, sandbox_id: str) -> SandboxAccess:
+    async def access(
+        self, tenant_id: str, sandbox_id: str, *, token_ttl_s: int | None = None
+    ) -> SandboxAccess:
         """A fresh data-plane token for a running sandbox."""
         sandbox = await self.get(tenant_id, sandbox_id)
         if sandbox.state != SandboxState.RUNNING:
             raise SandboxNotRunningError("the sandbox is not running", sandbox_id=sandbox_id)
-        return await self._access(sandbox)
+        return await self._access(sandbox, token_ttl_s)

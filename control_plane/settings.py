@@ -57,6 +57,11 @@ class Settings:
     # Per-tenant token bucket for POST /v1/sandboxes (0 disables): rate per second, burst.
     sandbox_create_rate_per_s: float = 5.0
     sandbox_create_burst: int = 50
+    # E2B-compatible API (control_plane/e2b): sizes E2B's create does not carry, and the
+    # lifetime of the envdAccessToken (the SDK never refreshes it; see docs/e2b-compat.md)
+    e2b_cpu: int = 1
+    e2b_memory_mb: int = 512
+    e2b_access_token_ttl_s: int = 86400
 
     def __repr__(self) -> str:
         return (
@@ -152,6 +157,9 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         sandbox_create_burst=_non_negative(
             _int(env, "CORRAL_SANDBOX_CREATE_BURST", 50), "CORRAL_SANDBOX_CREATE_BURST"
         ),
+        e2b_cpu=_int(env, "CORRAL_E2B_CPU", 1),
+        e2b_memory_mb=_int(env, "CORRAL_E2B_MEMORY_MB", 512),
+        e2b_access_token_ttl_s=_int(env, "CORRAL_E2B_ACCESS_TOKEN_TTL_S", 86400),
     )
 
 

@@ -24,7 +24,9 @@ def _stack(home: Path) -> LocalStack:
 
 def up(home: Path) -> int:
     stack = _stack(home)
-    if stack.healthy() and (home / "dev.env").exists():
+    env = home / "dev.env"
+    # A dev.env written before the E2B variables existed is rewritten by start().
+    if stack.healthy() and env.exists() and "E2B_API_URL=" in env.read_text():
         console.print("[green]Corral is already running[/] (nothing to do).")
         _print_env(home)
         return 0

@@ -15,6 +15,7 @@ import structlog
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
+from control_plane import e2b
 from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimit
 from control_plane.api.rate_limit import TenantRateLimiter
@@ -119,4 +120,5 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
     from control_plane.console.app import create_console  # it imports the API's services
 
     app.mount("/console", create_console(svc))
+    app.include_router(e2b.router)  # E2B-compatible lifecycle API (docs/e2b-compat.md)
     return app

@@ -312,7 +312,10 @@ class LocalStack:
         self._write_secret(
             path,
             f"CORRAL_API_URL={info.api_url}\nCORRAL_API_KEY={info.api_key}\n"
-            f"CORRAL_ADMIN_TOKEN={info.admin_token}\n",
+            f"CORRAL_ADMIN_TOKEN={info.admin_token}\n"
+            # the e2b SDKs, unchanged (docs/e2b-compat.md)
+            f"E2B_API_URL={info.api_url}\nE2B_SANDBOX_URL={info.data_plane_url}\n"
+            f"E2B_API_KEY={info.api_key}\n",
         )
         return path
 
