@@ -103,7 +103,9 @@ def _first_error(e: RequestValidationError | ValidationError) -> str:
     return f"{where or 'body'}: {first.get('msg', 'invalid value')}"
 
 
-router = APIRouter(tags=["e2b"], route_class=E2BRoute, include_in_schema=True)
+# Not in Corral's /openapi.json: this is E2B's API, specified by E2B; docs/e2b-compat.md lists
+# what Corral serves of it, and tests/e2e/e2b drives it with the real SDKs.
+router = APIRouter(tags=["e2b"], route_class=E2BRoute, include_in_schema=False)
 
 Svc = Annotated[Services, Depends(services)]
 

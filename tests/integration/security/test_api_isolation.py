@@ -231,7 +231,8 @@ def _api_routes(routes: Sequence[BaseRoute]) -> Iterator[APIRoute]:
 
 
 def _is_e2b(path: str) -> bool:
-    """E2B's own paths (``X-API-KEY``, not a bearer token): test_e2b_api_roles.py."""
+    """E2B's own paths (``X-API-KEY``, not a bearer token, and not in Corral's OpenAPI
+    document): their roles and isolation are tested in test_e2b_api_roles.py."""
     return path.startswith(("/sandboxes", "/v2/", "/snapshots"))
 
 
