@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from byoc_agent.protocol import signing, verify
 from byoc_agent.protocol.errors import CorralError, InvalidArgumentError, RetryableError
 from byoc_agent.state import AgentIdentity, AgentStateStore
+from byoc_agent.transport.credentials import NatsUserFiles
 
 log = structlog.get_logger(__name__)
 HTTP_TIMEOUT_S = 10.0
@@ -48,9 +49,12 @@ def enroll(
     cpu_total: int,
     memory_mb_total: int,
     state: AgentStateStore,
+    nats_user: NatsUserFiles | None = None,
+    cosign_rules: list[str] | None = None,
 ) -> AgentIdentity:
-    """Spend the enrollment token; store the identity and the control plane's keys."""
-    body = {
+    """Spend the enrollment token; store the identity, the control plane's keys and the
+    NATS user JWT. Only public keys leave this machine (message key and NATS nkey)."""
+    body: dict[str, object] = {
         "token": token,
         "name": name,
         "public_key": key.public_text,
@@ -65,6 +69,10 @@ def enroll(
             "sandboxes": 0,
         },
     }
+    if nats_user is not None:
+        body["nats_public_key"] = nats_user.public_key()
+    if cosign_rules:
+        body["cosign_rules"] = cosign_rules
     try:
         r = httpx.post(
             f"{control_plane_url.rstrip('/')}/v1/agents/enroll", json=body, timeout=HTTP_TIMEOUT_S
@@ -77,6 +85,9 @@ def enroll(
             "ask the operator for a new enrollment token"
         )
     data = r.json()
+    nats_jwt = data.get("nats_jwt")
+    if nats_user is not None and isinstance(nats_jwt, str) and nats_jwt:
+        nats_user.save_jwt(nats_jwt)
     ident = AgentIdentity(
         agent_id=str(data["agent_id"]),
         tenant_id=str(data["tenant_id"]),

@@ -18,9 +18,11 @@ from byoc_agent.agent import Agent, AgentConfig
 from byoc_agent.dataplane import create_dataplane_app, serve
 from byoc_agent.enroll import enroll, keyring_from_state, load_or_create_key, refresh_keys
 from byoc_agent.log_config import configure_logging
+from byoc_agent.protocol.cosign import CosignPolicy
 from byoc_agent.protocol.errors import CorralError
 from byoc_agent.settings import AgentSettings
 from byoc_agent.state import AgentStateStore
+from byoc_agent.transport.credentials import NatsUserFiles
 from byoc_agent.transport.nats import NatsAgentTransport
 
 log = structlog.get_logger(__name__)
@@ -36,11 +38,16 @@ def _templates(settings: AgentSettings) -> list[str]:
 
 async def run_agent(settings: AgentSettings) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
+    try:
+        cosign_policy = CosignPolicy.from_config(settings.cosigner_keys, settings.cosign_rules)
+    except ValueError as e:
+        raise CorralError(f"CORRAL_AGENT_COSIGNER_KEYS / CORRAL_AGENT_COSIGN_RULES: {e}") from e
     state = AgentStateStore(settings.state_db)
     key = load_or_create_key(settings.key_file)
     runtime = runtimes.build_runtime(
         settings.runtime, state_dir=settings.runtime_dir, templates_root=settings.templates_root
     )
+    nats_user = NatsUserFiles.under(settings.home)
     ident = state.identity()
     if ident is None:
         if not settings.enrollment_token:
@@ -60,11 +67,13 @@ async def run_agent(settings: AgentSettings) -> None:
             cpu_total=settings.cpu_total,
             memory_mb_total=settings.memory_mb_total,
             state=state,
+            nats_user=nats_user,
+            cosign_rules=list(settings.cosign_rules),
         )
     keyring = keyring_from_state(state)
     transport = NatsAgentTransport(
         settings.nats_url or ident.nats_url, ident.tenant_id, ident.agent_id,
-        name=f"corral-agent-{ident.agent_id}",
+        name=f"corral-agent-{ident.agent_id}", credentials=nats_user.credentials(),
     )
     await transport.connect()
     agent = Agent(
@@ -81,6 +90,7 @@ async def run_agent(settings: AgentSettings) -> None:
             heartbeat_interval_s=settings.heartbeat_interval_s,
             reaper_interval_s=settings.reaper_interval_s,
             usage_interval_s=settings.usage_interval_s,
+            cosign_policy=cosign_policy,
         ),
         templates=lambda: _templates(settings),
     )

@@ -26,6 +26,8 @@ class AgentSettings:
     key_refresh_interval_s: float = 30.0
     reaper_interval_s: float = 0.5
     usage_interval_s: float = 60.0
+    cosigner_keys: tuple[str, ...] = ()
+    cosign_rules: tuple[str, ...] = ()
 
     @property
     def state_db(self) -> Path:
@@ -70,4 +72,11 @@ class AgentSettings:
             key_refresh_interval_s=float(e.get(p + "KEY_REFRESH_INTERVAL_S", "30")),
             reaper_interval_s=float(e.get(p + "REAPER_INTERVAL_S", "0.5")),
             usage_interval_s=float(e.get(p + "USAGE_INTERVAL_S", "60")),
+            cosigner_keys=_words(e.get(p + "COSIGNER_KEYS", "")),
+            cosign_rules=_words(e.get(p + "COSIGN_RULES", "")),
         )
+
+
+def _words(text: str) -> tuple[str, ...]:
+    """A comma- or space-separated list."""
+    return tuple(w for w in text.replace(",", " ").split() if w)

@@ -144,6 +144,7 @@ class SandboxService:
         try:
             outcome = await self._issuer.run(
                 tenant_id=sandbox.tenant_id,
+                actor=f"tenant:{sandbox.tenant_id}",
                 agent_id=sandbox.agent_id,
                 sandbox_id=sandbox.id,
                 body=body,
@@ -175,7 +176,7 @@ class SandboxService:
     async def _access(self, sandbox: SandboxRecord) -> SandboxAccess:
         agent = await self._db.run(lambda s: agents.get_agent(s, sandbox.agent_id))
         token = mint_sandbox_token(
-            self._keys.active,
+            await self._keys.current(),
             tenant_id=sandbox.tenant_id,
             agent_id=sandbox.agent_id,
             sandbox_id=sandbox.id,
@@ -195,6 +196,7 @@ class SandboxService:
             return
         outcome = await self._issuer.run(
             tenant_id=sandbox.tenant_id,
+            actor=f"tenant:{sandbox.tenant_id}",
             agent_id=sandbox.agent_id,
             sandbox_id=sandbox.id,
             body=KillSandboxBody(sandbox_id=sandbox.id),
@@ -214,6 +216,7 @@ class SandboxService:
             raise SandboxNotRunningError("the sandbox is not running", sandbox_id=sandbox_id)
         outcome = await self._issuer.run(
             tenant_id=sandbox.tenant_id,
+            actor=f"tenant:{sandbox.tenant_id}",
             agent_id=sandbox.agent_id,
             sandbox_id=sandbox.id,
             body=SetTimeoutBody(sandbox_id=sandbox.id, timeout_s=timeout_s),

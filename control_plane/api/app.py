@@ -14,11 +14,13 @@ from collections.abc import AsyncIterator
 import structlog
 from fastapi import FastAPI
 
+from control_plane import nats_auth
 from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimit
-from control_plane.api.routes import agents, billing, jobs, sandboxes, tenants
+from control_plane.api.routes import admin_keys, agents, audit, billing, jobs, sandboxes, tenants
 from control_plane.api.schemas import Health
 from control_plane.api.services import Services
+from control_plane.audit import AuditLog
 from control_plane.jobs.inbox import AgentInbox
 from control_plane.jobs.issuer import JobIssuer
 from control_plane.jobs.keys import SigningKeys
@@ -56,6 +58,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
         issuer=issuer,
         sandboxes=SandboxService(db, issuer, keys, settings),
         inbox=AgentInbox(db, waiters),
+        audit=AuditLog(db),
     )
 
     @contextlib.asynccontextmanager
@@ -64,6 +67,16 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
             await asyncio.to_thread(upgrade_to_head, settings.database_url)
             key = await keys.load()
             log.info("signing_key_loaded", kid=key.kid)
+            if settings.nats_auth == "jwt":
+                authority = await asyncio.to_thread(
+                    nats_auth.load_or_create, db, settings.master_key
+                )
+                svc.nats.authority = authority
+                log.info("nats_authority_loaded", account=authority.account_public)
+                if nats_transport is not None:
+                    nats_transport.use_credentials(
+                        authority.new_user("corral-control-plane", permissions=None)
+                    )
             if nats_transport is not None:
                 await nats_transport.connect()
                 await nats_transport.ensure_streams()
@@ -96,6 +109,6 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
     async def healthz() -> Health:
         return Health()
 
-    for module in (tenants, agents, sandboxes, jobs, billing):
+    for module in (tenants, agents, sandboxes, jobs, billing, admin_keys, audit):
         app.include_router(module.router)
     return app

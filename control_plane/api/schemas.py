@@ -65,6 +65,17 @@ class EnrollRequest(_Body):
     runtimes: list[ListItem] = Field(default_factory=list, max_length=32)
     templates: list[ListItem] = Field(default_factory=list, max_length=256)
     capacity: CapacityModel
+    # The agent's own NATS user nkey (U…); the private seed never leaves the agent.
+    nats_public_key: StrictStr | None = Field(default=None, max_length=64)
+
+    @field_validator("nats_public_key")
+    @classmethod
+    def _nkey(cls, value: str | None) -> str | None:
+        from control_plane.nats_auth import is_user_public_key
+
+        if value is not None and not is_user_public_key(value):
+            raise ValueError("must be a NATS user public nkey (U…, 56 characters)")
+        return value
 
     @field_validator("public_key")
     @classmethod
@@ -177,6 +188,52 @@ class EnrolledAgentOut(_Out):
     tenant_id: str
     nats_url: str
     control_plane_keys: list[SigningKeyOut]
+    # A user JWT for the agent's own nkey, allowed only its own subjects; null when the
+    # control plane runs NATS without auth.
+    nats_jwt: str | None = None
+
+
+class SigningKeyAdminOut(_Out):
+    kid: str
+    public_key: str
+    status: Literal["active", "retired", "revoked"]
+    created_at: datetime
+    retired_at: datetime | None
+    revoked_at: datetime | None
+
+
+class SigningKeyAdminList(_Out):
+    keys: list[SigningKeyAdminOut]
+
+
+class RevokedKeyOut(_Out):
+    revoked: SigningKeyAdminOut
+    replaced_by: SigningKeyAdminOut | None
+
+
+class AuditEntryOut(_Out):
+    seq: int
+    at: datetime
+    actor: str
+    tenant_id: str | None
+    action: str
+    subject: str | None
+    detail: dict[str, str]
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(_Out):
+    items: list[AuditEntryOut]
+    next_cursor: str | None
+
+
+class AuditVerifyOut(_Out):
+    ok: bool
+    entries: int
+    head_hash: str
+    first_bad_seq: int | None
+    problem: str | None
 
 
 class CapacityOut(_Out):

@@ -6,9 +6,11 @@ that read and write its tables and return frozen records, never ORM rows.
 
 from control_plane.store import (
     agents,
+    audit,
     billing_keys,
     invoices,
     jobs,
+    nats_keys,
     sandboxes,
     signing_keys,
     tenants,
@@ -24,9 +26,11 @@ __all__ = [
     "Database",
     "Page",
     "agents",
+    "audit",
     "billing_keys",
     "invoices",
     "jobs",
+    "nats_keys",
     "new_id",
     "sandboxes",
     "signing_keys",

@@ -25,6 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from nats.js.client import JetStreamContext
 
 from byoc_agent.protocol import subjects
+from control_plane.nats_auth import UserCredentials, sign_nonce
 from control_plane.transport.base import Disposition, Inbox
 
 log = structlog.get_logger("control_plane.transport")
@@ -64,20 +65,36 @@ def stream_configs() -> list[StreamConfig]:
 class NatsTransport:
     """Connects to NATS, ensures streams, publishes jobs, and runs the inbound loops."""
 
-    def __init__(self, url: str, *, client_name: str = "corral-control-plane") -> None:
+    def __init__(
+        self, url: str, *, client_name: str = "corral-control-plane",
+        credentials: UserCredentials | None = None,
+    ) -> None:
         self._url = url
         self._client_name = client_name
+        self._credentials = credentials
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+
+    def use_credentials(self, credentials: UserCredentials) -> None:
+        """Connect as this NATS user (set before :meth:`connect`)."""
+        self._credentials = credentials
 
     def __repr__(self) -> str:
         return f"NatsTransport(connected={self._nc is not None and self._nc.is_connected})"
 
     async def connect(self) -> None:
+        creds = self._credentials
+        auth: dict[str, object] = {}
+        if creds is not None:
+            auth = {
+                "user_jwt_cb": lambda: creds.jwt.encode("ascii"),
+                "signature_cb": lambda nonce: sign_nonce(creds.seed, nonce),
+            }
         async with asyncio.timeout(OP_TIMEOUT_S):
             self._nc = await nats.connect(
                 self._url,
                 name=self._client_name,
+                **auth,
                 connect_timeout=5,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
