@@ -6,6 +6,7 @@ enrollment token (bound to a tenant, minted by the control plane) is spent here.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -137,6 +138,17 @@ async def refresh_keys(
         return
     state.replace_control_plane_keys(keys)
     update_keyring(ring, keys)
+
+
+async def key_refresh_loop(
+    client: httpx.AsyncClient, control_plane_url: str, state: AgentStateStore,
+    ring: verify.Keyring, *, interval_s: float,
+) -> None:
+    """Refresh the keyring every ``interval_s`` (``CORRAL_AGENT_KEY_REFRESH_INTERVAL_S``):
+    a kid the control plane revokes is refused here within one interval."""
+    while True:
+        await refresh_keys(client, control_plane_url, state, ring)
+        await asyncio.sleep(interval_s)
 
 
 def _keys(raw: object) -> list[tuple[str, str, str]]:

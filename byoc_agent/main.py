@@ -16,7 +16,7 @@ import structlog
 from byoc_agent import runtimes
 from byoc_agent.agent import Agent, AgentConfig
 from byoc_agent.dataplane import create_dataplane_app, serve
-from byoc_agent.enroll import enroll, keyring_from_state, load_or_create_key, refresh_keys
+from byoc_agent.enroll import enroll, key_refresh_loop, keyring_from_state, load_or_create_key
 from byoc_agent.log_config import configure_logging
 from byoc_agent.protocol.cosign import CosignPolicy
 from byoc_agent.protocol.errors import CorralError
@@ -98,16 +98,14 @@ async def run_agent(settings: AgentSettings) -> None:
     log.info("agent_started", agent_id=ident.agent_id, tenant_id=ident.tenant_id,
              data_plane=settings.advertised_dataplane_url, runtime=runtime.name)
 
-    async def key_refresh(http: httpx.AsyncClient) -> None:
-        while True:
-            await refresh_keys(http, settings.control_plane_url, state, keyring)
-            await asyncio.sleep(settings.key_refresh_interval_s)
-
     try:
         async with httpx.AsyncClient() as http, asyncio.TaskGroup() as tg:
             tg.create_task(agent.run())
             tg.create_task(serve(app, settings.dataplane_host, settings.dataplane_port))
-            tg.create_task(key_refresh(http))
+            tg.create_task(key_refresh_loop(
+                http, settings.control_plane_url, state, keyring,
+                interval_s=settings.key_refresh_interval_s,
+            ))
     finally:
         log.info("agent_stopping", detail="draining; sandboxes keep running")
         with contextlib.suppress(Exception):

@@ -183,11 +183,22 @@ class LocalStack:
             self.progress("template: ensuring 'base' (first build takes about a minute)")
             ensure_template(self.templates_dir, "base", progress=self.progress)
         admin = self.admin_token()
+        cp_env = {
+            "CORRAL_HOME": str(self.home / "control-plane"),
+            "CORRAL_ADMIN_TOKEN": admin,
+            "CORRAL_NATS_URL": self.nats_url,
+            "CORRAL_NATS_AUTH": "jwt",
+            "CORRAL_LISTEN_HOST": "127.0.0.1",
+            "CORRAL_LISTEN_PORT": str(self.ports["api"]),
+        }
+        if self.database_url:
+            cp_env["CORRAL_DATABASE_URL"] = self.database_url
         if self._pid("nats") is None:
             self._check_port_free("nats")
-            self.progress(f"nats-server: starting on {self.nats_url}")
+            self.progress(f"nats-server: starting on {self.nats_url} (per-agent JWT users)")
             server = NatsServer(port=self.ports["nats"], store_dir=self.home / "nats",
-                                log_file=self.logs / "nats.log")
+                                log_file=self.logs / "nats.log",
+                                config=self._nats_auth_config(cp_env))
             conf = server.write_config()
             from corral.testing.nats_server import nats_server_binary
 
@@ -196,16 +207,7 @@ class LocalStack:
         if self._pid("control-plane") is None:
             self._check_port_free("api")
             self.progress(f"control plane: starting on {self.api_url}")
-            env = {
-                "CORRAL_HOME": str(self.home / "control-plane"),
-                "CORRAL_ADMIN_TOKEN": admin,
-                "CORRAL_NATS_URL": self.nats_url,
-                "CORRAL_LISTEN_HOST": "127.0.0.1",
-                "CORRAL_LISTEN_PORT": str(self.ports["api"]),
-            }
-            if self.database_url:
-                env["CORRAL_DATABASE_URL"] = self.database_url
-            self._spawn("control-plane", [sys.executable, "-m", "control_plane.main"], env)
+            self._spawn("control-plane", [sys.executable, "-m", "control_plane.main"], cp_env)
             self._wait("control plane", lambda: _http_ok(f"{self.api_url}/healthz"),
                        "control-plane")
         dev = self._bootstrap_tenant(admin)
@@ -224,7 +226,15 @@ class LocalStack:
                 "CORRAL_AGENT_CPU_TOTAL": str(4 * (os.cpu_count() or 2)),
                 "CORRAL_AGENT_MEMORY_MB_TOTAL": "8192",
             }
-            if not (self.home / "agent" / "agent-state.db").exists():
+            agent_home = self.home / "agent"
+            if (agent_home / "agent-state.db").exists() and not (
+                agent_home / "nats-user.jwt"
+            ).exists():
+                # Enrolled before NATS had per-agent users: enroll again for credentials.
+                self.progress("agent: enrolled without a NATS user; enrolling again")
+                for name in ("agent-state.db", "agent-state.db-wal", "agent-state.db-shm"):
+                    (agent_home / name).unlink(missing_ok=True)
+            if not (agent_home / "agent-state.db").exists():
                 with AdminClient(admin, api_url=self.api_url) as client:
                     token = client.create_enrollment_token(dev["tenant_id"])
                 env["CORRAL_AGENT_ENROLLMENT_TOKEN"] = token.token
@@ -239,6 +249,25 @@ class LocalStack:
         )
         self.write_env(info)
         return info
+
+    def _nats_auth_config(self, cp_env: Mapping[str, str]) -> str:
+        """The nats-server operator/account configuration from the control plane's NATS
+        authority (created in its database on first use, sealed with its master key)."""
+        out = self.home / "nats" / "auth.conf"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with (self.logs / "nats-auth.log").open("ab") as log:
+            done = subprocess.run(
+                [sys.executable, "-m", "control_plane.nats_auth", "server-config",
+                 "--out", str(out)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **self.extra_env, **cp_env}, cwd=self.home, check=False,
+                timeout=120,
+            )
+        if done.returncode != 0:
+            raise StackError(
+                f"could not write the NATS auth configuration; see {self.logs / 'nats-auth.log'}"
+            )
+        return out.read_text()
 
     def _bootstrap_tenant(self, admin: str) -> dict[str, str]:
         saved = self._load_json("dev-tenant.json")
