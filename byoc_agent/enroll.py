@@ -52,6 +52,7 @@ def enroll(
     state: AgentStateStore,
     nats_user: NatsUserFiles | None = None,
     cosign_rules: list[str] | None = None,
+    cosigner_keys: list[str] | None = None,
 ) -> AgentIdentity:
     """Spend the enrollment token; store the identity, the control plane's keys and the
     NATS user JWT. Only public keys leave this machine (message key and NATS nkey)."""
@@ -74,6 +75,7 @@ def enroll(
         body["nats_public_key"] = nats_user.public_key()
     if cosign_rules:
         body["cosign_rules"] = cosign_rules
+        body["cosigner_keys"] = cosigner_keys or []
     try:
         r = httpx.post(
             f"{control_plane_url.rstrip('/')}/v1/agents/enroll", json=body, timeout=HTTP_TIMEOUT_S

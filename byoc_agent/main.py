@@ -69,6 +69,7 @@ async def run_agent(settings: AgentSettings) -> None:
             state=state,
             nats_user=nats_user,
             cosign_rules=list(settings.cosign_rules),
+            cosigner_keys=list(settings.cosigner_keys),
         )
     keyring = keyring_from_state(state)
     transport = NatsAgentTransport(

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from byoc_agent.protocol import messages, signing
 from byoc_agent.protocol.errors import EnvelopeRejectedError, RejectReason
@@ -123,11 +123,13 @@ def body_digest_of(kind_and_fields: Mapping[str, object]) -> str:
     return body_digest(parse_body(kind_and_fields))
 
 
-def parse_body(raw: Mapping[str, object]) -> BaseModel:
-    from pydantic import TypeAdapter
+AnyJobBody = messages.CreateSandboxBody | messages.KillSandboxBody | messages.SetTimeoutBody
 
-    adapter: TypeAdapter[BaseModel] = TypeAdapter(messages.JobBody)
-    return adapter.validate_python(dict(raw))
+
+def parse_body(raw: Mapping[str, object]) -> AnyJobBody:
+    """A job body from its JSON form, strictly (raises pydantic.ValidationError)."""
+    adapter: TypeAdapter[AnyJobBody] = TypeAdapter(messages.JobBody)
+    return adapter.validate_python(dict(raw), strict=False)
 
 
 def cosign(

@@ -17,7 +17,16 @@ from fastapi import FastAPI
 from control_plane import nats_auth
 from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimit
-from control_plane.api.routes import admin_keys, agents, audit, billing, jobs, sandboxes, tenants
+from control_plane.api.routes import (
+    admin_keys,
+    agents,
+    audit,
+    billing,
+    cosign,
+    jobs,
+    sandboxes,
+    tenants,
+)
 from control_plane.api.schemas import Health
 from control_plane.api.services import Services
 from control_plane.audit import AuditLog
@@ -109,6 +118,6 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
     async def healthz() -> Health:
         return Health()
 
-    for module in (tenants, agents, sandboxes, jobs, billing, admin_keys, audit):
+    for module in (tenants, agents, sandboxes, jobs, billing, admin_keys, audit, cosign):
         app.include_router(module.router)
     return app

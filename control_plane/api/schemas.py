@@ -67,6 +67,28 @@ class EnrollRequest(_Body):
     capacity: CapacityModel
     # The agent's own NATS user nkey (U…); the private seed never leaves the agent.
     nats_public_key: StrictStr | None = Field(default=None, max_length=64)
+    # Customer co-signing the agent enforces: rules ("create_sandbox:cpu>8") and the
+    # customer's Ed25519 public keys. The control plane holds matching jobs for a
+    # cosignature instead of sending them to be refused.
+    cosign_rules: list[StrictStr] = Field(default_factory=list, max_length=32)
+    cosigner_keys: list[StrictStr] = Field(default_factory=list, max_length=16)
+
+    @field_validator("cosign_rules")
+    @classmethod
+    def _rules(cls, value: list[str]) -> list[str]:
+        from byoc_agent.protocol.cosign import CosignRule
+
+        return [str(CosignRule.parse(v)) for v in value]
+
+    @field_validator("cosigner_keys")
+    @classmethod
+    def _cosigners(cls, value: list[str]) -> list[str]:
+        for v in value:
+            try:
+                public_key_from_text(v)
+            except ValueError:
+                raise ValueError("must be base64url Ed25519 public keys (32 bytes)") from None
+        return value
 
     @field_validator("nats_public_key")
     @classmethod
@@ -284,6 +306,38 @@ class SandboxCreatedOut(SandboxOut):
     data_plane_url: str
     access_token: str
     access_token_expires_at: datetime
+    # Set when the agent's rules need a customer cosignature first: the sandbox stays
+    # pending until `corral cosign sign <id>` (POST /v1/cosign-requests/{id}/cosignature).
+    cosign_request_id: str | None = None
+
+
+class CosignRequestOut(_Out):
+    id: str
+    tenant_id: str
+    agent_id: str
+    sandbox_id: str | None
+    kind: str
+    body: dict[str, object]
+    body_sha256: str
+    rule: str
+    status: Literal["pending", "released"]
+    created_at: datetime
+    expires_at: datetime
+    released_at: datetime | None
+
+
+class CosignRequestPage(_Out):
+    items: list[CosignRequestOut]
+    next_cursor: str | None
+
+
+class CosignatureRequest(_Body):
+    cosignature: StrictStr = Field(min_length=1, max_length=2048)
+
+
+class CosignReleasedOut(_Out):
+    job_id: str
+    status: str
 
 
 class SandboxPage(_Out):

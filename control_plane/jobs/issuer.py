@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
 from sqlalchemy.orm import Session
 
-from byoc_agent.protocol import subjects
+from byoc_agent.protocol import cosign, subjects
 from byoc_agent.protocol.errors import ErrorCode
 from byoc_agent.protocol.messages import JOB_TYP, Job, JobBody, JobKind, JobStatus, to_json_bytes
 from byoc_agent.protocol.signing import sign
@@ -71,6 +72,7 @@ class JobIssuer:
         body: JobBody,
         job_id: str | None = None,
         actor: str = "control-plane",
+        cosignatures: Sequence[bytes] = (),
     ) -> IssuedJob:
         """Publish one job; returns once JetStream acknowledged it (status ``delivered``)."""
         job_id = job_id or new_id("j")
@@ -108,7 +110,7 @@ class JobIssuer:
                 body=body,
             )
             key = await self._keys.current()
-            data = sign(key, JOB_TYP, to_json_bytes(job))
+            data = cosign.attach(sign(key, JOB_TYP, to_json_bytes(job)), cosignatures)
             try:
                 async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                     await self._publisher.publish_job(

@@ -77,7 +77,10 @@ async def enroll(body: EnrollRequest, svc: Svc) -> EnrolledAgentOut:
         )
 
     def run(s: Session) -> tuple[AgentRecord, str | None]:
-        agent = agents.enroll(s, body.token, body.name, body.public_key, report)
+        agent = agents.enroll(
+            s, body.token, body.name, body.public_key, report,
+            cosign_rules=tuple(body.cosign_rules), cosigner_keys=tuple(body.cosigner_keys),
+        )
         jwt = None
         if authority is not None and body.nats_public_key is not None:
             jwt = authority.user_jwt(

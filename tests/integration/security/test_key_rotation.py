@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,12 +82,12 @@ async def setup(database_url: str, tmp_path: Path) -> AsyncIterator[Setup]:
             state.close()
 
 
-async def wait_for(what: str, check: object, timeout: float) -> float:
-    """Seconds until ``check()`` holds; fails after ``timeout``."""
+async def wait_for(what: str, check: Callable[[], bool], within_s: float) -> float:
+    """Seconds until ``check()`` holds; fails after ``within_s``."""
     start = time.monotonic()
-    while not check():  # type: ignore[operator]
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
+    while not check():
+        if time.monotonic() - start > within_s:
+            raise AssertionError(f"{what} did not happen within {within_s} s")
         await asyncio.sleep(0.02)
     return time.monotonic() - start
 

@@ -53,9 +53,9 @@ class Conn:
     nc: Any
     errors: list[str] = field(default_factory=list)
 
-    async def violation(self, needle: str, timeout: float = 5.0) -> str:
+    async def violation(self, needle: str, within_s: float = 5.0) -> str:
         """Wait for a permissions violation naming ``needle``; return its text."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within_s):
             while True:
                 for e in self.errors:
                     # nats-py lower-cases the server's -ERR text.
@@ -238,12 +238,12 @@ async def test_connecting_without_credentials_or_with_a_self_made_jwt_is_refused
     world: dict[str, Any], server: NatsServer, tmp_path: Path
 ) -> None:
     """Only users signed by the control plane's account key get in."""
-    with pytest.raises(Exception, match="(?i)authorization"):
+    with pytest.raises(Exception, match=r"(?i)authorization"):
         await connect_as(server, None)
     rogue = NatsAuthority.generate()  # a different operator/account: not trusted
     files = NatsUserFiles.under(tmp_path / "rogue")
     files.save_jwt(rogue.user_jwt(files.public_key(), "rogue", None))
-    with pytest.raises(Exception, match="(?i)authorization"):
+    with pytest.raises(Exception, match=r"(?i)authorization"):
         await connect_as(server, files.credentials())
 
 

@@ -1,10 +1,12 @@
-"""Audit log (hash-chained, append-only) and the NATS operator/account nkey seeds.
+"""Audit log (hash-chained, append-only), NATS nkey seeds, customer co-signing.
 
 Revision ID: 0005
 Revises: 0004
 ``audit_head`` is one row (seq, hash of the last entry) that every append updates first,
 so appends are serialized and the chain cannot fork; ``prev_hash`` is unique for the
 same reason. ``nats_keys`` holds nkey seeds sealed with the master key (AES-256-GCM).
+``cosign_requests`` holds jobs waiting for a customer cosignature; ``agents`` gains the
+co-signing rules and customer public keys the agent reported when it enrolled.
 """
 
 from __future__ import annotations
@@ -55,7 +57,34 @@ def upgrade() -> None:
     )
 
 
+    op.create_table(
+        "cosign_requests",
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        sa.Column("agent_id", sa.String(length=64), nullable=False),
+        sa.Column("sandbox_id", sa.String(length=64), nullable=True),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("body", sa.JSON(), nullable=False),
+        sa.Column("body_sha256", sa.String(length=64), nullable=False),
+        sa.Column("rule", sa.String(length=160), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("released_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_cosign_requests_tenant_id", "cosign_requests", ["tenant_id"])
+    with op.batch_alter_table("agents") as batch:
+        batch.add_column(sa.Column("cosign_rules", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("cosigner_keys", sa.JSON(), nullable=True))
+
+
 def downgrade() -> None:
+    with op.batch_alter_table("agents") as batch:
+        batch.drop_column("cosigner_keys")
+        batch.drop_column("cosign_rules")
+    op.drop_index("ix_cosign_requests_tenant_id", table_name="cosign_requests")
+    op.drop_table("cosign_requests")
     op.drop_table("nats_keys")
     op.drop_table("audit_head")
     op.drop_index("ix_audit_log_action", table_name="audit_log")
