@@ -213,6 +213,23 @@ class NatsAuthority:
         return UserCredentials(jwt=self.user_jwt(public_of(seed), name, permissions), seed=seed)
 
 
+def format_creds(creds: UserCredentials) -> str:
+    """The standard NATS ``.creds`` file text (JWT and seed), as nats-py and the ``nats``
+    CLI read it."""
+    return (
+        "-----BEGIN NATS USER JWT-----\n"
+        f"{creds.jwt}\n"
+        "------END NATS USER JWT------\n\n"
+        "************************* IMPORTANT *************************\n"
+        "NKEY Seed printed below can be used to sign and prove identity.\n"
+        "NKEYs are sensitive and should be treated as secrets.\n\n"
+        "-----BEGIN USER NKEY SEED-----\n"
+        f"{creds.seed.decode('ascii')}\n"
+        "------END USER NKEY SEED------\n\n"
+        "*************************************************************\n"
+    )
+
+
 def load_or_create(db: Database, master_key: bytes) -> NatsAuthority:
     """The authority stored in the database, created (and sealed) on first use."""
 
@@ -247,6 +264,13 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     cfg = sub.add_parser("server-config", help="write the nats-server auth configuration")
     cfg.add_argument("--out", required=True, type=Path, help="file to write (mode 0600)")
+    user = sub.add_parser(
+        "user-creds",
+        help="write a .creds file for an unrestricted NATS user (operator debugging; "
+        "it can read every tenant's traffic, so keep it short-lived)",
+    )
+    user.add_argument("--name", required=True)
+    user.add_argument("--out", required=True, type=Path, help="file to write (mode 0600)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(os.environ)
@@ -261,9 +285,13 @@ def main(argv: list[str] | None = None) -> None:
         db.dispose()
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.command == "server-config":
+        text = authority.server_config()
+    else:
+        text = format_creds(authority.new_user(args.name, permissions=None))
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(authority.server_config())
+        f.write(text)
 
 
 if __name__ == "__main__":

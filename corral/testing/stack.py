@@ -183,16 +183,7 @@ class LocalStack:
             self.progress("template: ensuring 'base' (first build takes about a minute)")
             ensure_template(self.templates_dir, "base", progress=self.progress)
         admin = self.admin_token()
-        cp_env = {
-            "CORRAL_HOME": str(self.home / "control-plane"),
-            "CORRAL_ADMIN_TOKEN": admin,
-            "CORRAL_NATS_URL": self.nats_url,
-            "CORRAL_NATS_AUTH": "jwt",
-            "CORRAL_LISTEN_HOST": "127.0.0.1",
-            "CORRAL_LISTEN_PORT": str(self.ports["api"]),
-        }
-        if self.database_url:
-            cp_env["CORRAL_DATABASE_URL"] = self.database_url
+        cp_env = self._control_plane_env(admin)
         if self._pid("nats") is None:
             self._check_port_free("nats")
             self.progress(f"nats-server: starting on {self.nats_url} (per-agent JWT users)")
@@ -250,24 +241,46 @@ class LocalStack:
         self.write_env(info)
         return info
 
+    def _control_plane_env(self, admin: str) -> dict[str, str]:
+        env = {
+            "CORRAL_HOME": str(self.home / "control-plane"),
+            "CORRAL_ADMIN_TOKEN": admin,
+            "CORRAL_NATS_URL": self.nats_url,
+            "CORRAL_NATS_AUTH": "jwt",
+            "CORRAL_LISTEN_HOST": "127.0.0.1",
+            "CORRAL_LISTEN_PORT": str(self.ports["api"]),
+        }
+        if self.database_url:
+            env["CORRAL_DATABASE_URL"] = self.database_url
+        return env
+
+    def nats_observer_creds(self) -> Path:
+        """A ``.creds`` file for an unrestricted NATS user (tests that watch all traffic)."""
+        out = self.home / "run" / "observer.creds"
+        self._nats_auth(["user-creds", "--name", "observer", "--out", str(out)],
+                        self._control_plane_env(self.admin_token()))
+        return out
+
     def _nats_auth_config(self, cp_env: Mapping[str, str]) -> str:
         """The nats-server operator/account configuration from the control plane's NATS
         authority (created in its database on first use, sealed with its master key)."""
         out = self.home / "nats" / "auth.conf"
+        self._nats_auth(["server-config", "--out", str(out)], cp_env)
+        return out.read_text()
+
+    def _nats_auth(self, args: list[str], cp_env: Mapping[str, str]) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         with (self.logs / "nats-auth.log").open("ab") as log:
             done = subprocess.run(
-                [sys.executable, "-m", "control_plane.nats_auth", "server-config",
-                 "--out", str(out)],
+                [sys.executable, "-m", "control_plane.nats_auth", *args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, **self.extra_env, **cp_env}, cwd=self.home, check=False,
                 timeout=120,
             )
         if done.returncode != 0:
             raise StackError(
-                f"could not write the NATS auth configuration; see {self.logs / 'nats-auth.log'}"
+                f"control_plane.nats_auth {args[0]} failed; see {self.logs / 'nats-auth.log'}"
             )
-        return out.read_text()
 
     def _bootstrap_tenant(self, admin: str) -> dict[str, str]:
         saved = self._load_json("dev-tenant.json")
