@@ -162,6 +162,34 @@ def split(data: bytes) -> tuple[bytes, list[bytes]]:
     return job, parts
 
 
+def verify_cosignature(
+    data: bytes, job: messages.Job, policy: CosignPolicy, *, now: float | None = None
+) -> tuple[str, Cosignature]:
+    """One cosignature: size, shape, a customer kid, signature, strict schema, then that it
+    approves exactly this job (ids and body digest) and is within its validity window.
+    Returns (kid, cosignature); raises EnvelopeRejectedError with the first failure."""
+    kid, c = verify_model(
+        data, typ=COSIGNATURE_TYP, model=Cosignature, keyring=policy.keys,
+        max_bytes=MAX_COSIGNATURE_BYTES,
+    )
+    ids = {"job_id": job.job_id, "agent_id": job.agent_id}
+    if (c.job_id, c.tenant_id, c.agent_id) != (job.job_id, job.tenant_id, job.agent_id):
+        raise EnvelopeRejectedError(
+            RejectReason.MISSING_COSIGNATURE, "the cosignature names another job", **ids
+        )
+    if c.body_sha256 != body_digest(job.body):
+        raise EnvelopeRejectedError(
+            RejectReason.MISSING_COSIGNATURE, "the cosignature approves another body", **ids
+        )
+    t = time.time() if now is None else now
+    if c.exp <= t - CLOCK_SKEW_S or c.iat > t + CLOCK_SKEW_S or c.exp <= c.iat:
+        raise EnvelopeRejectedError(
+            RejectReason.MISSING_COSIGNATURE, "the cosignature is outside its validity window",
+            **ids,
+        )
+    return kid, c
+
+
 def check(
     job: messages.Job, cosignatures: Sequence[bytes], policy: CosignPolicy,
     *, now: float | None = None,
@@ -171,30 +199,18 @@ def check(
     rule = policy.required_by(job.body)
     if rule is None:
         return None
-    ids = {"job_id": job.job_id, "agent_id": job.agent_id}
-    digest = body_digest(job.body)
-    t = time.time() if now is None else now
     problems: list[str] = []
     for data in cosignatures:
         try:
-            kid, c = verify_model(
-                data, typ=COSIGNATURE_TYP, model=Cosignature, keyring=policy.keys,
-                max_bytes=MAX_COSIGNATURE_BYTES,
-            )
+            kid, _ = verify_cosignature(data, job, policy, now=now)
         except EnvelopeRejectedError as e:
-            problems.append(e.reason.value)
+            problems.append(e.message if e.reason is RejectReason.MISSING_COSIGNATURE
+                            else e.reason.value)
             continue
-        if (c.job_id, c.tenant_id, c.agent_id) != (job.job_id, job.tenant_id, job.agent_id):
-            problems.append("names another job")
-        elif c.body_sha256 != digest:
-            problems.append("approves another body")
-        elif c.exp <= t - CLOCK_SKEW_S or c.iat > t + CLOCK_SKEW_S or c.exp <= c.iat:
-            problems.append("outside its validity window")
-        else:
-            return kid
+        return kid
     why = "; ".join(problems) if problems else "none attached"
     raise EnvelopeRejectedError(
         RejectReason.MISSING_COSIGNATURE,
         f"rule {rule} needs a customer cosignature ({why})",
-        **ids,
+        job_id=job.job_id, agent_id=job.agent_id,
     )
