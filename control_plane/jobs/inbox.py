@@ -12,7 +12,7 @@ and late or out-of-order records are accepted as they come.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -316,6 +316,12 @@ def _apply_job_to_sandbox(
                 source=job_id,
                 started_at=_when(report.started_at) if report else None,
             )
+            current = sandboxes.get_sandbox(s, sandbox_id, tenant_id=None)
+            if current.expires_at is None and current.state == SandboxState.RUNNING:
+                # A job released by a cosignature: no API call is waiting to set this.
+                begin = current.started_at or utcnow()
+                sandboxes.set_expiry(s, sandbox_id, current.timeout_s,
+                                     begin + timedelta(seconds=current.timeout_s))
         else:
             sandboxes.transition(
                 s,

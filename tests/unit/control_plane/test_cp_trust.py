@@ -343,6 +343,11 @@ def test_a_high_risk_sandbox_is_held_until_the_customer_cosigns(world: World) ->
     again = world.client.post(f"/v1/cosign-requests/{request_id}/cosignature",
                               json={"cosignature": good.decode()}, headers=auth)
     assert again.status_code == 409
+    # The agent runs it; its result makes the sandbox running, with its deadline.
+    answer(world, key, published.data, state=messages.SandboxState.RUNNING)
+    sandbox = world.client.get(f"/v1/sandboxes/{created['id']}", headers=auth).json()
+    assert sandbox["state"] == "running"
+    assert sandbox["expires_at"] is not None
     actions = [e["action"] for e in world.audit(auth)]
     assert "job.held_for_cosignature" in actions
     assert "job.cosigned" in actions
