@@ -38,6 +38,7 @@ MAX_COSIGNATURES = 4
 MAX_COSIGNATURE_BYTES = 2048
 DEFAULT_TTL_S = 3600
 
+_COMPACT_RE = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _RULE_RE = re.compile(r"^([a-z][a-z0-9_]{0,63})(?::([a-z][a-z0-9_]{0,63})>(\d{1,12}))?$")
 
 
@@ -150,14 +151,17 @@ def attach(job: bytes, cosignatures: Sequence[bytes]) -> bytes:
 
 
 def split(data: bytes) -> tuple[bytes, list[bytes]]:
-    """The job and the cosignatures after it (at most a few, each small; extra is refused
-    later as malformed by the job verifier, which sees the whole remainder)."""
+    """The job and the cosignatures after it: at most a few, each a small compact message.
+    Anything else is not split off, and the job verifier refuses it as malformed."""
     job, sep, rest = data.partition(b"\n")
     if not sep:
         return job, []
     parts = rest.split(b"\n")
-    if len(parts) > MAX_COSIGNATURES or any(len(p) > MAX_COSIGNATURE_BYTES for p in parts):
-        # Do not split: the verifier will refuse the whole thing as malformed.
+    if len(parts) > MAX_COSIGNATURES or not all(
+        0 < len(p) <= MAX_COSIGNATURE_BYTES and _COMPACT_RE.fullmatch(p) for p in parts
+    ):
+        # Do not split: the job verifier refuses the whole thing as malformed, so a stray
+        # newline or junk after a job is never silently ignored.
         return data, []
     return job, parts
 

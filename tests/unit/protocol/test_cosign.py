@@ -6,10 +6,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from byoc_agent.protocol import cosign, messages
+from byoc_agent.protocol import cosign, messages, signing, verify
 from byoc_agent.protocol.errors import EnvelopeRejectedError, RejectReason
 
-from .wire_examples import CREATE_JOB, CUSTOMER_KEY, NOW, STRANGER_KEY, keyring_for
+from .wire_examples import (
+    CONTROL_PLANE_KEY,
+    CREATE_JOB,
+    CUSTOMER_KEY,
+    NOW,
+    STRANGER_KEY,
+    keyring_for,
+)
 
 pytestmark = pytest.mark.security
 
@@ -93,3 +100,21 @@ def test_too_many_or_too_long_cosignature_lines_are_not_split_off() -> None:
     assert cosign.split(many) == (many, [])
     long = cosign.attach(b"a.b.c", [b"x" * (cosign.MAX_COSIGNATURE_BYTES + 1)])
     assert cosign.split(long) == (long, [])
+
+
+@pytest.mark.parametrize(
+    "suffix", [b"\n", b"\n\n", b"\nnot-compact", b"\na.b", b"\na.b.c\n", b"\na.b.c d"]
+)
+def test_a_job_followed_by_anything_but_cosignatures_is_malformed(suffix: bytes) -> None:
+    """A stray newline or junk after a job is not split off and ignored: the verifier
+    sees it and refuses the job."""
+    job = cosign.attach(_signed_job(), [])
+    data, extra = cosign.split(job + suffix)
+    assert extra == []
+    with pytest.raises(EnvelopeRejectedError) as e:
+        verify.verify_signed_job(data, keyring=keyring_for(CONTROL_PLANE_KEY))
+    assert e.value.reason is RejectReason.MALFORMED
+
+
+def _signed_job() -> bytes:
+    return signing.sign(CONTROL_PLANE_KEY, messages.JOB_TYP, messages.to_json_bytes(CREATE_JOB))
