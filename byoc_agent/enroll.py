@@ -138,8 +138,22 @@ async def refresh_keys(
     except (httpx.HTTPError, KeyError, ValueError, TypeError) as e:
         log.warning("key_refresh_failed", error=str(e))
         return
+    keys = keep_revocations(state.control_plane_keys(), keys)
     state.replace_control_plane_keys(keys)
     update_keyring(ring, keys)
+
+
+def keep_revocations(
+    previous: list[tuple[str, str, str]], fresh: list[tuple[str, str, str]]
+) -> list[tuple[str, str, str]]:
+    """A revocation is final: a later key list (stale, replayed, or from an impostor) that
+    shows a revoked kid as active, or leaves it out, does not bring it back."""
+    revoked = {kid: public for kid, public, status in previous if status == "revoked"}
+    out = [(kid, public, "revoked" if kid in revoked else status)
+           for kid, public, status in fresh]
+    listed = {kid for kid, _, _ in fresh}
+    out += [(kid, public, "revoked") for kid, public in revoked.items() if kid not in listed]
+    return out
 
 
 async def key_refresh_loop(

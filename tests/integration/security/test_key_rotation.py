@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
-from byoc_agent.enroll import key_refresh_loop
+from byoc_agent.enroll import key_refresh_loop, refresh_keys
 from byoc_agent.protocol import messages, signing, verify
 from byoc_agent.protocol.errors import EnvelopeRejectedError, RejectReason
 from byoc_agent.state import AgentStateStore
@@ -141,3 +141,29 @@ async def test_revoking_needs_the_operator_and_an_existing_kid(setup: Setup) -> 
     assert (await setup.http.post("/v1/admin/signing-keys/nope/revoke",
                                   headers=OPERATOR)).status_code == 404
     assert setup.svc.keys.active.kid == kid
+
+
+async def test_a_revocation_survives_a_stale_or_forged_key_list(tmp_path: Path) -> None:
+    """Once the agent has seen a kid revoked, a later list calling it active (a replayed
+    old response, say) or leaving it out does not make it trusted again."""
+    key = signing.SigningKey.generate()
+    lists = [
+        [{"kid": key.kid, "public_key": key.public_text, "status": "revoked"}],
+        [{"kid": key.kid, "public_key": key.public_text, "status": "active"}],
+        [],
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"keys": lists.pop(0)})
+
+    state = AgentStateStore(tmp_path / "agent-state.db")
+    ring = verify.Keyring()
+    try:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            for _ in range(3):
+                await refresh_keys(http, "http://control-plane", state, ring)
+                assert key.kid in ring.revoked
+                assert key.kid not in ring.keys
+                assert (key.kid, key.public_text, "revoked") in state.control_plane_keys()
+    finally:
+        state.close()
