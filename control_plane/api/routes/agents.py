@@ -39,6 +39,7 @@ async def create_enrollment_token(
 ) -> EnrollmentTokenOut:
     if body.ttl_s > svc.settings.enrollment_token_max_ttl_s:
         raise InvalidArgumentError("ttl_s is too long", field="ttl_s")
+
     def create(s: Session) -> agents.IssuedEnrollmentToken:
         issued = agents.create_enrollment_token(s, body.tenant_id, body.ttl_s)
         audit.append(s, AuditEvent(
