@@ -25,7 +25,7 @@ steps = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None, database=None)
+@settings(max_examples=40, deadline=None, database=None)
 @given(steps=steps)
 def test_replays_and_non_increasing_seqs_are_refused_across_restarts(
     steps: list[tuple[int, int, bool]],
