@@ -90,16 +90,43 @@ class NatsTransport:
                 "user_jwt_cb": lambda: creds.jwt.encode("ascii"),
                 "signature_cb": lambda nonce: sign_nonce(creds.seed, nonce),
             }
-        async with asyncio.timeout(OP_TIMEOUT_S):
-            self._nc = await nats.connect(
-                self._url,
-                name=self._client_name,
-                **auth,
-                connect_timeout=5,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=1,
-            )
+        errors: list[str] = []
+        connecting: asyncio.Future[Client] | None = None
+
+        async def on_error(e: Exception) -> None:
+            errors.append(str(e))
+            log.warning("nats_error", error=str(e)[:200])
+            # An authorization failure will not go away by retrying: stop connecting.
+            if "authorization" in str(e).lower() and connecting is not None:
+                connecting.cancel()
+
+        connecting = asyncio.ensure_future(nats.connect(
+            self._url,
+            name=self._client_name,
+            **auth,
+            error_cb=on_error,
+            connect_timeout=5,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+        ))
+        try:
+            async with asyncio.timeout(OP_TIMEOUT_S):
+                self._nc = await connecting
+        except (TimeoutError, asyncio.CancelledError, nats.errors.Error, OSError) as e:
+            connecting.cancel()
+            task = asyncio.current_task()
+            if isinstance(e, asyncio.CancelledError) and task is not None and task.cancelling():
+                raise  # we are being cancelled, not refused
+            last = errors[-1] if errors else type(e).__name__
+            hint = ""
+            if "authorization" in last.lower():
+                hint = (
+                    "; nats-server must trust this control plane's NATS account: write its "
+                    "config with `python -m control_plane.nats_auth server-config` "
+                    "(or set CORRAL_NATS_AUTH=none for a server without auth)"
+                )
+            raise ConnectionError(f"cannot connect to NATS at {self._url}: {last}{hint}") from e
         self._js = self._nc.jetstream(timeout=OP_TIMEOUT_S)
         log.info("nats_connected")
 

@@ -261,3 +261,16 @@ async def test_the_control_plane_user_is_separate_and_unrestricted(
     assert info.state.messages == 1
     assert decode_jwt_claims(files[A].jwt_file.read_text())["sub"] != decode_jwt_claims(
         files[B].jwt_file.read_text())["sub"]
+
+
+@pytest.mark.asyncio
+async def test_a_control_plane_the_server_does_not_trust_fails_with_what_to_do(
+    server: NatsServer,
+) -> None:
+    """A control plane whose NATS authority is not in the server's config gets a clear
+    error naming the command that writes the config, not a bare timeout."""
+    stranger = NatsTransport(server.url)
+    stranger.use_credentials(NatsAuthority.generate().new_user("cp", permissions=None))
+    with pytest.raises(ConnectionError, match="nats_auth server-config"):
+        await stranger.connect()
+    await stranger.close()
