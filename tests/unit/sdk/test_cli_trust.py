@@ -3,6 +3,7 @@ plane app (uvicorn, SQLite, in-memory job publisher)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner
 
-from byoc_agent.protocol import cosign
+from byoc_agent.protocol import cosign, subjects
 from byoc_agent.protocol.messages import CreateSandboxBody
 from byoc_agent.protocol.signing import SigningKey
 from control_plane.api import create_app
@@ -19,8 +20,9 @@ from control_plane.api.services import Services
 from control_plane.store import agents, cosign_requests, tenants
 from control_plane.store.agents import AgentReport, Capacity
 from control_plane.store.audit import AuditEntryRow
-from control_plane.testing import ADMIN_TOKEN, make_settings
+from control_plane.testing import ADMIN_TOKEN, heartbeat_message, make_settings
 from control_plane.transport import MemoryPublisher
+from corral import CosignatureRequiredError, Sandbox
 from corral.cli import app
 
 from .fake_corral import ServedApp
@@ -164,3 +166,26 @@ def test_cosign_keygen_ls_and_sign_release_the_held_job(
     other_key = tmp_path / "other.pem"
     run("cosign", "keygen", str(other_key))
     assert "Nothing to co-sign" in run("cosign", "ls")[1]
+
+
+def test_the_sdk_says_when_a_sandbox_waits_for_a_cosignature(
+    cp: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sandbox.create raises CosignatureRequiredError at once, naming the request to sign,
+    instead of polling a sandbox that stays pending."""
+    db = cp.svc.db
+    tenant, api_key = db.run_sync(lambda s: tenants.create_tenant(s, "acme"))
+    token = db.run_sync(lambda s: agents.create_enrollment_token(s, tenant.id, 600))
+    agent_key = SigningKey.generate()
+    report = AgentReport("http://10.0.0.5:8788", ("gvisor",), ("base",),
+                         Capacity(8, 8, 8192, 8192, 0))
+    agent = db.run_sync(lambda s: agents.enroll(
+        s, token.token, "edge", agent_key.public_text, report,
+        cosign_rules=("create_sandbox",), cosigner_keys=(SigningKey.generate().public_text,)))
+    hb = heartbeat_message(agent_key, agent_id=agent.id, tenant_id=tenant.id)
+    asyncio.run(cp.svc.inbox.handle(subjects.heartbeat(tenant.id, agent.id), hb))
+    with pytest.raises(CosignatureRequiredError, match="corral cosign sign") as e:
+        Sandbox.create(api_key=api_key.key, api_url=cp.served.url)
+    assert e.value.sandbox_id
+    assert e.value.cosign_request_id
+    assert cp.publisher.published == []
