@@ -20,9 +20,11 @@ from sqlalchemy.orm import Session
 
 from byoc_agent.protocol import cosign, messages
 from byoc_agent.protocol.errors import EnvelopeRejectedError, InvalidArgumentError
+from byoc_agent.protocol.messages import SandboxState
+from byoc_agent.runtimes.base import EndReason
 from control_plane.errors import ConflictError
 from control_plane.jobs.issuer import IssuedJob, JobIssuer
-from control_plane.store import Database, audit, cosign_requests
+from control_plane.store import Database, agents, audit, cosign_requests, sandboxes
 from control_plane.store.agents import AgentRecord
 from control_plane.store.audit import AuditEvent
 from control_plane.store.cosign_requests import CosignRequest
@@ -62,17 +64,31 @@ class CosignService:
         ))
         return request
 
+    def expire_in(self, s: Session, tenant_id: str) -> int:
+        """Expire the tenant's overdue requests; their sandboxes fail (``create_failed``),
+        so they stop holding the agent's capacity. Runs lazily before each placement."""
+        expired = cosign_requests.expire_due(s, tenant_id)
+        for r in expired:
+            if r.sandbox_id is not None:
+                sandboxes.transition(s, r.sandbox_id, SandboxState.FAILED,
+                                     reason=EndReason.CREATE_FAILED.value, source=r.id)
+            audit.append(s, AuditEvent(
+                action="job.cosign_expired", actor="control-plane", tenant_id=tenant_id,
+                subject=r.id, detail={"agent_id": r.agent_id, "sandbox_id": r.sandbox_id or ""},
+            ))
+        return len(expired)
+
     async def release(self, tenant_id: str, request_id: str, cosignature: str) -> IssuedJob:
         """Check the customer's cosignature, then sign and publish the held job with it."""
-        from control_plane.store import agents
-
         request = await self._db.run(
             lambda s: cosign_requests.get(s, request_id, tenant_id=tenant_id)
         )
+        if request.status == cosign_requests.EXPIRED or (
+            time.time() > request.expires_at.timestamp()
+        ):
+            raise ConflictError("this cosign request expired; create the sandbox again")
         if request.status != cosign_requests.PENDING:
             raise ConflictError("this cosign request was already released")
-        if time.time() > request.expires_at.timestamp():
-            raise ConflictError("this cosign request expired; create the sandbox again")
         agent = await self._db.run(lambda s: agents.get_agent(s, request.agent_id))
         policy = agent_policy(agent)
         body = cosign.parse_body(request.body)

@@ -137,6 +137,7 @@ class SandboxService:
 
         lock = self._placing.setdefault(req.tenant_id, asyncio.Lock())
         async with lock:
+            await self._db.run(lambda s: self._cosign.expire_in(s, req.tenant_id))
             sandbox = await self._db.run(place)
         bound = log.bind(
             tenant_id=sandbox.tenant_id, agent_id=sandbox.agent_id, sandbox_id=sandbox.id

@@ -320,7 +320,7 @@ class CosignRequestOut(_Out):
     body: dict[str, object]
     body_sha256: str
     rule: str
-    status: Literal["pending", "released"]
+    status: Literal["pending", "released", "expired"]
     created_at: datetime
     expires_at: datetime
     released_at: datetime | None

@@ -19,6 +19,7 @@ from control_plane.store.pages import Page, page_of
 
 PENDING = "pending"
 RELEASED = "released"
+EXPIRED = "expired"
 
 
 class CosignRequestRow(Base):
@@ -106,3 +107,18 @@ def mark_released(s: Session, request_id: str) -> bool:
         .values(status=RELEASED, released_at=utcnow())
     )
     return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+def expire_due(s: Session, tenant_id: str) -> list[CosignRequest]:
+    """Pending requests of the tenant past their deadline become ``expired``."""
+    rows = list(s.scalars(
+        select(CosignRequestRow).where(
+            CosignRequestRow.tenant_id == tenant_id,
+            CosignRequestRow.status == PENDING,
+            CosignRequestRow.expires_at <= utcnow(),
+        ).with_for_update()
+    ))
+    for row in rows:
+        row.status = EXPIRED
+    s.flush()
+    return [_record(r) for r in rows]

@@ -33,7 +33,7 @@ def request_out(r: CosignRequest) -> CosignRequestOut:
 async def list_cosign_requests(
     tenant_id: TenantId,
     svc: Svc,
-    status: Annotated[str | None, Query(pattern="^(pending|released)$")] = None,
+    status: Annotated[str | None, Query(pattern="^(pending|released|expired)$")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=256)] = None,
 ) -> CosignRequestPage:

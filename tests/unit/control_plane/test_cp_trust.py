@@ -25,6 +25,7 @@ from control_plane.nats_auth import decode_jwt_claims
 from control_plane.store import audit, utcnow
 from control_plane.store.agents import EnrollmentToken
 from control_plane.store.audit import AuditEntryRow
+from control_plane.store.cosign_requests import CosignRequestRow
 from control_plane.testing import ADMIN_TOKEN, heartbeat_message, make_settings, result_message
 from control_plane.transport import MemoryPublisher
 
@@ -367,3 +368,33 @@ def test_cosign_rules_and_keys_are_validated_at_enrollment(world: World) -> None
             world.token(tenant_id), SigningKey.generate(), **extra))
         assert r.status_code == 400
         assert field in r.json()["error"]["field"]
+
+
+def test_an_unsigned_request_expires_and_its_sandbox_fails(world: World) -> None:
+    """Past its deadline a held job can no longer be co-signed, and its pending sandbox
+    fails instead of holding the agent's capacity forever."""
+    tenant_id, auth = world.tenant()
+    customer = SigningKey.generate()
+    agent_id = online_agent(world, tenant_id, SigningKey.generate(),
+                            cosign_rules=["create_sandbox"],
+                            cosigner_keys=[customer.public_text])
+    created = world.client.post("/v1/sandboxes", json={"template": "base"}, headers=auth).json()
+    request_id = created["cosign_request_id"]
+    world.svc.db.run_sync(lambda s: s.execute(
+        update(CosignRequestRow).where(CosignRequestRow.id == request_id)
+        .values(expires_at=utcnow() - timedelta(seconds=1))
+    ))
+    body = cosign.parse_body(world.client.get(f"/v1/cosign-requests/{request_id}",
+                                              headers=auth).json()["body"])
+    late = cosign.cosign(customer, job_id=request_id, tenant_id=tenant_id, agent_id=agent_id,
+                         body=body)
+    r = world.client.post(f"/v1/cosign-requests/{request_id}/cosignature",
+                          json={"cosignature": late.decode()}, headers=auth)
+    assert r.status_code == 409
+    world.client.post("/v1/sandboxes", json={"template": "base"}, headers=auth)
+    first = world.client.get(f"/v1/sandboxes/{created['id']}", headers=auth).json()
+    assert (first["state"], first["end_reason"]) == ("failed", "create_failed")
+    status = world.client.get(f"/v1/cosign-requests/{request_id}", headers=auth).json()
+    assert status["status"] == "expired"
+    assert world.publisher.published == []
+    assert "job.cosign_expired" in [e["action"] for e in world.audit(auth)]
