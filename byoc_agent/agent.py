@@ -39,7 +39,7 @@ from byoc_agent import __version__
 from byoc_agent.hosts.autoscale import MAX_HOSTS
 from byoc_agent.hosts.fleet import HostFleet
 from byoc_agent.meter import UsageMeter
-from byoc_agent.protocol import messages, signing, subjects, verify
+from byoc_agent.protocol import cosign, messages, signing, subjects, verify
 from byoc_agent.protocol.errors import (
     CapacityError,
     CorralError,
@@ -79,6 +79,7 @@ _ANSWERABLE = frozenset(
         RejectReason.EXPIRED,
         RejectReason.NOT_YET_VALID,
         RejectReason.SEQ_NOT_INCREASING,
+        RejectReason.MISSING_COSIGNATURE,
     }
 )
 
@@ -96,6 +97,7 @@ class AgentConfig:
     usage_interval_s: float = 60.0
     fleet_interval_s: float = 5.0
     host: str = dataclasses.field(default_factory=socket.gethostname)
+    cosign_policy: cosign.CosignPolicy = dataclasses.field(default_factory=cosign.CosignPolicy)
 
 
 class Agent:
@@ -148,7 +150,8 @@ class Agent:
         """Reattach to sandboxes that were running before a restart; finish cut-off jobs."""
         for data in self.state.unfinished_jobs():
             try:
-                job = verify.verify_signed_job(data, keyring=self.keyring)
+                job_bytes, _ = cosign.split(data)  # co-signing was checked at acceptance
+                job = verify.verify_signed_job(job_bytes, keyring=self.keyring)
             except EnvelopeRejectedError as e:  # e.g. its key was revoked meanwhile
                 self.log.warning("unfinished_job_dropped", reason=e.reason.value, **e.fields)
                 continue
@@ -200,8 +203,9 @@ class Agent:
     async def accept(self, data: bytes) -> messages.Job | None:
         """Verify one job. Returns it if it should be executed now; None if it was
         rejected or already answered (the reason is logged; nothing was executed)."""
+        job_bytes, cosignatures = cosign.split(data)
         try:
-            job = verify.verify_signed_job(data, keyring=self.keyring)
+            job = verify.verify_signed_job(job_bytes, keyring=self.keyring)
         except EnvelopeRejectedError as e:
             self.log.warning("job_rejected", reason=e.reason.value, detail=e.message, **e.fields)
             return None
@@ -213,6 +217,14 @@ class Agent:
             if e.reason in _ANSWERABLE:
                 self._answer_rejected(job, e)
             return None
+        try:
+            cosigner = cosign.check(job, cosignatures, self.config.cosign_policy)
+        except EnvelopeRejectedError as e:
+            jlog.warning("job_rejected", reason=e.reason.value, detail=e.message)
+            self._answer_rejected(job, e)
+            return None
+        if cosigner is not None:
+            jlog.info("job_cosigned", cosigner_kid=cosigner)
         if job.job_id in self._inflight:
             jlog.info("job_duplicate", detail="already executing; this delivery is dropped")
             return None
@@ -296,7 +308,9 @@ class Agent:
             return
         result = self._result(
             job, "rejected",
-            error=messages.WireError(code=ErrorCode.REJECTED.value, message=e.message[:2000]),
+            error=messages.WireError(
+                code=ErrorCode.REJECTED.value, message=f"{e.reason.value}: {e.message}"[:2000]
+            ),
         )
         data = signing.sign(self.signing_key, messages.RESULT_TYP, messages.to_json_bytes(result))
         self.state.enqueue(

@@ -17,13 +17,15 @@ from byoc_agent import runtimes
 from byoc_agent.agent import Agent, AgentConfig
 from byoc_agent.dataplane import create_dataplane_app, serve
 from byoc_agent.dataplane.e2b import envd_asgi
-from byoc_agent.enroll import enroll, keyring_from_state, load_or_create_key, refresh_keys
+from byoc_agent.enroll import enroll, key_refresh_loop, keyring_from_state, load_or_create_key
 from byoc_agent.hosts.setup import build_fleet
 from byoc_agent.log_config import configure_logging
+from byoc_agent.protocol.cosign import CosignPolicy
 from byoc_agent.protocol.errors import CorralError
 from byoc_agent.runtimes.multi import runtime_names
 from byoc_agent.settings import AgentSettings
 from byoc_agent.state import AgentStateStore
+from byoc_agent.transport.credentials import NatsUserFiles
 from byoc_agent.transport.nats import NatsAgentTransport
 
 log = structlog.get_logger(__name__)
@@ -59,6 +61,10 @@ async def resolve_capacity(settings: AgentSettings) -> tuple[int, int]:
 async def run_agent(settings: AgentSettings) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     cpu_total, memory_mb_total = await resolve_capacity(settings)
+    try:
+        cosign_policy = CosignPolicy.from_config(settings.cosigner_keys, settings.cosign_rules)
+    except ValueError as e:
+        raise CorralError(f"CORRAL_AGENT_COSIGNER_KEYS / CORRAL_AGENT_COSIGN_RULES: {e}") from e
     state = AgentStateStore(settings.state_db)
     key = load_or_create_key(settings.key_file)
     runtime = runtimes.build_runtime(
@@ -72,6 +78,7 @@ async def run_agent(settings: AgentSettings) -> None:
             pids_max=settings.sandbox_pids_max,
         ),
     )
+    nats_user = NatsUserFiles.under(settings.home)
     ident = state.identity()
     if ident is None:
         if not settings.enrollment_token:
@@ -91,12 +98,15 @@ async def run_agent(settings: AgentSettings) -> None:
             cpu_total=cpu_total,
             memory_mb_total=memory_mb_total,
             state=state,
+            nats_user=nats_user,
+            cosign_rules=list(settings.cosign_rules),
+            cosigner_keys=list(settings.cosigner_keys),
         )
     keyring = keyring_from_state(state)
     fleet = build_fleet(settings.hosts, state, ident) if settings.hosts else None
     transport = NatsAgentTransport(
         settings.nats_url or ident.nats_url, ident.tenant_id, ident.agent_id,
-        name=f"corral-agent-{ident.agent_id}",
+        name=f"corral-agent-{ident.agent_id}", credentials=nats_user.credentials(),
     )
     await transport.connect()
     agent = Agent(
@@ -114,6 +124,7 @@ async def run_agent(settings: AgentSettings) -> None:
             reaper_interval_s=settings.reaper_interval_s,
             usage_interval_s=settings.usage_interval_s,
             fleet_interval_s=settings.hosts.interval_s if settings.hosts else 5.0,
+            cosign_policy=cosign_policy,
         ),
         templates=lambda: _templates(settings),
         fleet=fleet,
@@ -122,16 +133,14 @@ async def run_agent(settings: AgentSettings) -> None:
     log.info("agent_started", agent_id=ident.agent_id, tenant_id=ident.tenant_id,
              data_plane=settings.advertised_dataplane_url, runtime=runtime.name)
 
-    async def key_refresh(http: httpx.AsyncClient) -> None:
-        while True:
-            await refresh_keys(http, settings.control_plane_url, state, keyring)
-            await asyncio.sleep(settings.key_refresh_interval_s)
-
     try:
         async with httpx.AsyncClient() as http, asyncio.TaskGroup() as tg:
             tg.create_task(agent.run())
             tg.create_task(serve(app, settings.dataplane_host, settings.dataplane_port))
-            tg.create_task(key_refresh(http))
+            tg.create_task(key_refresh_loop(
+                http, settings.control_plane_url, state, keyring,
+                interval_s=settings.key_refresh_interval_s,
+            ))
     finally:
         log.info("agent_stopping", detail="draining; sandboxes keep running")
         with contextlib.suppress(Exception):

@@ -151,6 +151,8 @@ class AgentSettings:
     # Per-sandbox host limits of the gVisor runtime (0: none): disk quota, tasks.
     sandbox_disk_mb: int = 10 * 1024
     sandbox_pids_max: int = 4096
+    cosigner_keys: tuple[str, ...] = ()
+    cosign_rules: tuple[str, ...] = ()
 
     @property
     def state_db(self) -> Path:
@@ -207,4 +209,11 @@ class AgentSettings:
             hosts=HostSettings.from_env(e),
             sandbox_disk_mb=int(e.get(p + "SANDBOX_DISK_MB", str(10 * 1024))),
             sandbox_pids_max=int(e.get(p + "SANDBOX_PIDS_MAX", "4096")),
+            cosigner_keys=_words(e.get(p + "COSIGNER_KEYS", "")),
+            cosign_rules=_words(e.get(p + "COSIGN_RULES", "")),
         )
+
+
+def _words(text: str) -> tuple[str, ...]:
+    """A comma- or space-separated list."""
+    return tuple(w for w in text.replace(",", " ").split() if w)

@@ -13,6 +13,7 @@ Create, step by step::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -37,6 +38,7 @@ from byoc_agent.protocol.messages import (
     SetTimeoutBody,
 )
 from byoc_agent.runtimes.base import EndReason
+from control_plane.cosign_service import CosignService, agent_policy
 from control_plane.errors import AgentFailedError, JobRejectedError, PublishError
 from control_plane.jobs.issuer import JobIssuer
 from control_plane.jobs.keys import SigningKeys
@@ -44,7 +46,7 @@ from control_plane.jobs.tokens import IssuedSandboxToken, mint_sandbox_token
 from control_plane.jobs.waiters import JobOutcome
 from control_plane.scheduler import Candidate, Request, choose, isolations_of
 from control_plane.settings import Settings
-from control_plane.store import Database, agents, sandboxes, tenants, utcnow
+from control_plane.store import Database, agents, new_id, sandboxes, tenants, utcnow
 from control_plane.store.sandboxes import NewSandbox, SandboxRecord
 
 log = structlog.get_logger("control_plane.sandboxes")
@@ -68,6 +70,7 @@ class SandboxAccess:
     sandbox: SandboxRecord
     data_plane_url: str
     token: IssuedSandboxToken
+    cosign_request_id: str | None = None
 
 
 def outcome_error(outcome: JobOutcome) -> CorralError:
@@ -87,9 +90,14 @@ class SandboxService:
     ) -> None:
         self._db = db
         self._issuer = issuer
+        self._cosign = CosignService(db, issuer)
         self._keys = keys
         self._settings = settings
         self._placing: dict[str, asyncio.Lock] = {}
+
+    @property
+    def cosign(self) -> CosignService:
+        return self._cosign
 
     def _candidates(self, s: Session, tenant_id: str) -> list[Candidate]:
         now = utcnow()
@@ -145,6 +153,7 @@ class SandboxService:
 
         lock = self._placing.setdefault(req.tenant_id, asyncio.Lock())
         async with lock:
+            await self._db.run(lambda s: self._cosign.expire_in(s, req.tenant_id))
             sandbox = await self._db.run(place)
         bound = log.bind(
             tenant_id=sandbox.tenant_id, agent_id=sandbox.agent_id, sandbox_id=sandbox.id
@@ -159,9 +168,14 @@ class SandboxService:
             env=dict(req.env),
             isolation="microvm" if sandbox.isolation == "microvm" else "gvisor",
         )
+        held = await self._hold_if_high_risk(sandbox, body, has_env=bool(req.env))
+        if held is not None:
+            access = await self._access(sandbox)
+            return dataclasses.replace(access, cosign_request_id=held)
         try:
             outcome = await self._issuer.run(
                 tenant_id=sandbox.tenant_id,
+                actor=f"tenant:{sandbox.tenant_id}",
                 agent_id=sandbox.agent_id,
                 sandbox_id=sandbox.id,
                 body=body,
@@ -190,12 +204,45 @@ class SandboxService:
         bound.info("sandbox_created", state=sandbox.state.value)
         return await self._access(sandbox, token_ttl_s)
 
+    async def _hold_if_high_risk(
+        self, sandbox: SandboxRecord, body: CreateSandboxBody, *, has_env: bool
+    ) -> str | None:
+        """When the agent's co-signing rules match, store the job for the customer to
+        co-sign instead of sending it; returns the cosign request (= job) id."""
+        agent = await self._db.run(lambda s: agents.get_agent(s, sandbox.agent_id))
+        policy = agent_policy(agent)
+        rule = policy.required_by(body) if policy is not None else None
+        if rule is None:
+            return None
+        if has_env:
+            await self._db.run(
+                lambda s: sandboxes.transition(
+                    s, sandbox.id, SandboxState.FAILED, reason=EndReason.CREATE_FAILED.value
+                )
+            )
+            raise InvalidArgumentError(
+                f"this sandbox needs a customer cosignature (agent rule {rule}), so its job "
+                "waits in the control plane: env cannot be sent that way; write secrets with "
+                "sandbox.files once it runs",
+                field="env",
+            )
+        job_id = new_id("j")
+        await self._db.run(
+            lambda s: self._cosign.hold_in(
+                s, job_id=job_id, agent=agent, sandbox_id=sandbox.id, body=body, rule=rule,
+                actor=f"tenant:{sandbox.tenant_id}",
+            )
+        )
+        log.info("sandbox_awaits_cosignature", sandbox_id=sandbox.id, job_id=job_id,
+                 rule=str(rule))
+        return job_id
+
     async def _access(
         self, sandbox: SandboxRecord, token_ttl_s: int | None = None
     ) -> SandboxAccess:
         agent = await self._db.run(lambda s: agents.get_agent(s, sandbox.agent_id))
         token = mint_sandbox_token(
-            self._keys.active,
+            await self._keys.current(),
             tenant_id=sandbox.tenant_id,
             agent_id=sandbox.agent_id,
             sandbox_id=sandbox.id,
@@ -215,6 +262,7 @@ class SandboxService:
             return
         outcome = await self._issuer.run(
             tenant_id=sandbox.tenant_id,
+            actor=f"tenant:{sandbox.tenant_id}",
             agent_id=sandbox.agent_id,
             sandbox_id=sandbox.id,
             body=KillSandboxBody(sandbox_id=sandbox.id),
@@ -288,6 +336,7 @@ class SandboxService:
             raise SandboxNotRunningError("the sandbox is not running", sandbox_id=sandbox_id)
         outcome = await self._issuer.run(
             tenant_id=sandbox.tenant_id,
+            actor=f"tenant:{sandbox.tenant_id}",
             agent_id=sandbox.agent_id,
             sandbox_id=sandbox.id,
             body=SetTimeoutBody(sandbox_id=sandbox.id, timeout_s=timeout_s),

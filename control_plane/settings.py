@@ -62,6 +62,10 @@ class Settings:
     e2b_cpu: int = 1
     e2b_memory_mb: int = 512
     e2b_access_token_ttl_s: int = 86400
+    # "jwt": nats-server runs in operator mode trusting this control plane's NATS
+    # authority (python -m control_plane.nats_auth server-config); each agent gets its own
+    # NATS user at enrollment. "none": NATS without auth (tests that do not need it).
+    nats_auth: str = "none"
 
     def __repr__(self) -> str:
         return (
@@ -138,8 +142,12 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         timeout_s_max=_int(env, "CORRAL_LIMIT_TIMEOUT_S_MAX", 86400),
         metadata_max_keys=_int(env, "CORRAL_LIMIT_METADATA_MAX_KEYS", 64),
     )
+    nats_auth = env.get("CORRAL_NATS_AUTH") or "jwt"
+    if nats_auth not in ("jwt", "none"):
+        raise SettingsError("CORRAL_NATS_AUTH must be 'jwt' or 'none'")
     return Settings(
         home=home,
+        nats_auth=nats_auth,
         database_url=env.get("CORRAL_DATABASE_URL") or f"sqlite:///{home / 'control-plane.db'}",
         nats_url=nats_url,
         public_nats_url=env.get("CORRAL_PUBLIC_NATS_URL") or nats_url,

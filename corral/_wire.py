@@ -68,6 +68,7 @@ class SandboxWire(_Edge):
     data_plane_url: str | None = None
     access_token: str | None = None
     access_token_expires_at: datetime | None = None
+    cosign_request_id: str | None = None
 
     def initial_access(self) -> AccessWire | None:
         """The data-plane access that came with a create response, if any."""

@@ -456,6 +456,13 @@ def billing_export(
     _err().print(f"wrote {written} bytes to {escape(str(output))}")
 
 
+from corral.cli_trust import audit_app, cosign_app, keys_app  # noqa: E402 (uses helpers above)
+
+admin_app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+app.add_typer(cosign_app, name="cosign")
+
+
 def main() -> None:
     """Entry point of the ``corral`` console script."""
     app()

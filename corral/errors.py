@@ -11,6 +11,7 @@
     │   └── FileNotFoundInSandboxError (also a builtin FileNotFoundError)
     ├── InvalidArgumentError           400 / 413; ``.field`` names the offending input
     ├── ConflictError                  409
+    ├── CosignatureRequiredError       the agent's rules need the customer's cosignature first
     ├── SandboxNotRunningError         the sandbox was killed, timed out or failed
     ├── SandboxTimeoutError            the sandbox (or a wait for it) ran out of time
     │   └── CommandTimeoutError        a command passed its ``timeout``
@@ -109,6 +110,15 @@ class InvalidArgumentError(CorralError):
 
 class ConflictError(CorralError):
     """The request conflicts with the resource's current state."""
+
+
+class CosignatureRequiredError(CorralError):
+    """The sandbox waits, pending, until the customer co-signs its job: ``corral cosign
+    sign <cosign_request_id> --key FILE``, then ``Sandbox.connect(sandbox_id)``."""
+
+    def __init__(self, message: str, *, sandbox_id: str, cosign_request_id: str) -> None:
+        super().__init__(message, sandbox_id=sandbox_id, code="cosignature_required")
+        self.cosign_request_id = cosign_request_id
 
 
 class SandboxNotRunningError(CorralError):

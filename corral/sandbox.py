@@ -31,6 +31,7 @@ from corral._files import Files
 from corral._http import About, HttpClient, parse
 from corral._wire import Page, SandboxWire, utc
 from corral.errors import (
+    CosignatureRequiredError,
     InvalidArgumentError,
     SandboxNotFoundError,
     SandboxNotRunningError,
@@ -178,6 +179,13 @@ class Sandbox:
                 },
             )
             wire = parse(SandboxWire, response, about)
+            if wire.cosign_request_id:
+                raise CosignatureRequiredError(
+                    f"Sandbox {wire.id} waits for your cosignature (agent rule): run `corral "
+                    f"cosign sign {wire.cosign_request_id} --key <your key file>`, then "
+                    f"Sandbox.connect({wire.id!r}).",
+                    sandbox_id=wire.id, cosign_request_id=wire.cosign_request_id,
+                )
             access = wire.initial_access()
             sandbox = cls(
                 SandboxInfo.from_wire(wire),

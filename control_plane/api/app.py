@@ -15,21 +15,25 @@ import structlog
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
-from control_plane import e2b
+from control_plane import e2b, nats_auth
 from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimit
 from control_plane.api.rate_limit import TenantRateLimiter
 from control_plane.api.routes import (
+    admin_keys,
     agents,
     api_keys,
+    audit,
     billing,
     console_users,
+    cosign,
     jobs,
     sandboxes,
     tenants,
 )
 from control_plane.api.schemas import Health
 from control_plane.api.services import Services
+from control_plane.audit import AuditLog
 from control_plane.jobs.inbox import AgentInbox
 from control_plane.jobs.issuer import JobIssuer
 from control_plane.jobs.keys import SigningKeys
@@ -70,6 +74,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
         create_limiter=TenantRateLimiter(
             settings.sandbox_create_rate_per_s, settings.sandbox_create_burst
         ),
+        audit=AuditLog(db),
     )
 
     @contextlib.asynccontextmanager
@@ -78,6 +83,16 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
             await asyncio.to_thread(upgrade_to_head, settings.database_url)
             key = await keys.load()
             log.info("signing_key_loaded", kid=key.kid)
+            if settings.nats_auth == "jwt":
+                authority = await asyncio.to_thread(
+                    nats_auth.load_or_create, db, settings.master_key
+                )
+                svc.nats.authority = authority
+                log.info("nats_authority_loaded", account=authority.account_public)
+                if nats_transport is not None:
+                    nats_transport.use_credentials(
+                        authority.new_user("corral-control-plane", permissions=None)
+                    )
             if nats_transport is not None:
                 await nats_transport.connect()
                 await nats_transport.ensure_streams()
@@ -110,7 +125,10 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
     async def healthz() -> Health:
         return Health()
 
-    for module in (tenants, api_keys, agents, sandboxes, jobs, billing, console_users):
+    for module in (
+        tenants, api_keys, agents, sandboxes, jobs, billing, console_users, admin_keys, audit,
+        cosign,
+    ):  # fmt: skip
         app.include_router(module.router, responses=errors.COMMON_ERRORS)
 
     @app.get("/console", include_in_schema=False)

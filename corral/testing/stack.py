@@ -197,11 +197,13 @@ class LocalStack:
             self.progress("template: ensuring 'base' (first build takes about a minute)")
             ensure_template(self.templates_dir, "base", progress=self.progress)
         admin = self.admin_token()
+        cp_env = self._control_plane_env(admin)
         if self._pid("nats") is None:
             self._check_port_free("nats")
-            self.progress(f"nats-server: starting on {self.nats_url}")
+            self.progress(f"nats-server: starting on {self.nats_url} (per-agent JWT users)")
             server = NatsServer(port=self.ports["nats"], store_dir=self.home / "nats",
-                                log_file=self.logs / "nats.log")
+                                log_file=self.logs / "nats.log",
+                                config=self._nats_auth_config(cp_env))
             conf = server.write_config()
             from corral.testing.nats_server import nats_server_binary
 
@@ -210,16 +212,7 @@ class LocalStack:
         if self._pid("control-plane") is None:
             self._check_port_free("api")
             self.progress(f"control plane: starting on {self.api_url}")
-            env = {
-                "CORRAL_HOME": str(self.home / "control-plane"),
-                "CORRAL_ADMIN_TOKEN": admin,
-                "CORRAL_NATS_URL": self.nats_url,
-                "CORRAL_LISTEN_HOST": "127.0.0.1",
-                "CORRAL_LISTEN_PORT": str(self.ports["api"]),
-            }
-            if self.database_url:
-                env["CORRAL_DATABASE_URL"] = self.database_url
-            self._spawn("control-plane", [sys.executable, "-m", "control_plane.main"], env)
+            self._spawn("control-plane", [sys.executable, "-m", "control_plane.main"], cp_env)
             self._wait("control plane", lambda: _http_ok(f"{self.api_url}/healthz"),
                        "control-plane")
         dev = self._bootstrap_tenant(admin)
@@ -242,7 +235,15 @@ class LocalStack:
                 # A dev machine overcommits CPU (each sandbox still gets its cgroup quota).
                 "CORRAL_AGENT_CPU_OVERCOMMIT": "4",
             }
-            if not (self.home / "agent" / "agent-state.db").exists():
+            agent_home = self.home / "agent"
+            if (agent_home / "agent-state.db").exists() and not (
+                agent_home / "nats-user.jwt"
+            ).exists():
+                # Enrolled before NATS had per-agent users: enroll again for credentials.
+                self.progress("agent: enrolled without a NATS user; enrolling again")
+                for name in ("agent-state.db", "agent-state.db-wal", "agent-state.db-shm"):
+                    (agent_home / name).unlink(missing_ok=True)
+            if not (agent_home / "agent-state.db").exists():
                 with AdminClient(admin, api_url=self.api_url) as client:
                     token = client.create_enrollment_token(dev["tenant_id"])
                 env["CORRAL_AGENT_ENROLLMENT_TOKEN"] = token.token
@@ -267,6 +268,47 @@ class LocalStack:
         path = self.home / "agent" / "inventory.json"
         write_inventory(path, [this_machine("local")])
         return path
+
+    def _control_plane_env(self, admin: str) -> dict[str, str]:
+        env = {
+            "CORRAL_HOME": str(self.home / "control-plane"),
+            "CORRAL_ADMIN_TOKEN": admin,
+            "CORRAL_NATS_URL": self.nats_url,
+            "CORRAL_NATS_AUTH": "jwt",
+            "CORRAL_LISTEN_HOST": "127.0.0.1",
+            "CORRAL_LISTEN_PORT": str(self.ports["api"]),
+        }
+        if self.database_url:
+            env["CORRAL_DATABASE_URL"] = self.database_url
+        return env
+
+    def nats_observer_creds(self) -> Path:
+        """A ``.creds`` file for an unrestricted NATS user (tests that watch all traffic)."""
+        out = self.home / "run" / "observer.creds"
+        self._nats_auth(["user-creds", "--name", "observer", "--out", str(out)],
+                        self._control_plane_env(self.admin_token()))
+        return out
+
+    def _nats_auth_config(self, cp_env: Mapping[str, str]) -> str:
+        """The nats-server operator/account configuration from the control plane's NATS
+        authority (created in its database on first use, sealed with its master key)."""
+        out = self.home / "nats" / "auth.conf"
+        self._nats_auth(["server-config", "--out", str(out)], cp_env)
+        return out.read_text()
+
+    def _nats_auth(self, args: list[str], cp_env: Mapping[str, str]) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with (self.logs / "nats-auth.log").open("ab") as log:
+            done = subprocess.run(
+                [sys.executable, "-m", "control_plane.nats_auth", *args],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **self.extra_env, **cp_env}, cwd=self.home, check=False,
+                timeout=120,
+            )
+        if done.returncode != 0:
+            raise StackError(
+                f"control_plane.nats_auth {args[0]} failed; see {self.logs / 'nats-auth.log'}"
+            )
 
     def _bootstrap_tenant(self, admin: str) -> dict[str, str]:
         saved = self._load_json("dev-tenant.json")

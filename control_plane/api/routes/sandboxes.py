@@ -59,6 +59,7 @@ async def create_sandbox(
             "data_plane_url": access.data_plane_url,
             "access_token": access.token.token,
             "access_token_expires_at": access.token.expires_at,
+            "cosign_request_id": access.cosign_request_id,
         }
     )
 

@@ -61,6 +61,14 @@ def fresh_key(w: World, role: str = "member") -> str:
     return w.mint_key(w.a.id, role)["id"]
 
 
+def retired_kid(w: World) -> str:
+    """Rotate the control plane's signing key and return the kid it retired."""
+    listed = w.client.get("/v1/admin/signing-keys", headers=OPERATOR).json()["keys"]
+    active = next(k["kid"] for k in listed if k["status"] == "active")
+    w.client.post("/v1/admin/signing-keys/rotate", headers=OPERATOR).raise_for_status()
+    return str(active)
+
+
 def fresh_billing_key(w: World) -> str:
     r = w.client.post("/v1/billing/keys", json={"name": "spare"}, headers=OPERATOR)
     return str(r.json()["id"])
@@ -81,6 +89,22 @@ MATRIX: dict[tuple[str, str], Endpoint] = {
     ("GET", "/v1/tenants"): Endpoint(OPERATOR_ONLY, 200, lambda w: Req("/v1/tenants")),
     ("GET", "/v1/tenants/{tenant_id}"): Endpoint(
         OPERATOR_ONLY, 200, lambda w: Req(f"/v1/tenants/{w.a.id}")
+    ),
+    # audit log: the operator sees everything, a tenant key its own tenant's entries
+    ("GET", "/v1/audit"): Endpoint(READERS, 200, lambda w: Req("/v1/audit"), lists=True),
+    ("GET", "/v1/audit/verify"): Endpoint(OPERATOR_ONLY, 200, lambda w: Req("/v1/audit/verify")),
+    # co-signing: no request is pending in this world, so an allowed caller gets 404 (the
+    # role check comes first: a refused one gets 403)
+    ("GET", "/v1/cosign-requests"): Endpoint(
+        SANDBOX_READERS, 200, lambda w: Req("/v1/cosign-requests"), lists=True
+    ),
+    ("GET", "/v1/cosign-requests/{request_id}"): Endpoint(
+        SANDBOX_READERS, 404, lambda w: Req("/v1/cosign-requests/j_nonexistent")
+    ),
+    ("POST", "/v1/cosign-requests/{request_id}/cosignature"): Endpoint(
+        SANDBOX_WRITERS,
+        404,
+        lambda w: Req("/v1/cosign-requests/j_nonexistent/cosignature", json={"cosignature": "x"}),
     ),
     ("PUT", "/v1/tenants/{tenant_id}/policy"): Endpoint(
         OPERATOR_ONLY,
@@ -216,6 +240,17 @@ MATRIX: dict[tuple[str, str], Endpoint] = {
     ("GET", "/v1/billing/keys"): Endpoint(OPERATOR_ONLY, 200, lambda w: Req("/v1/billing/keys")),
     ("DELETE", "/v1/billing/keys/{key_id}"): Endpoint(
         OPERATOR_ONLY, 204, lambda w: Req(f"/v1/billing/keys/{fresh_billing_key(w)}")
+    ),
+    # control-plane signing keys (operator only); last: rotating makes the scripted agent
+    # refuse jobs signed with the new key, so nothing may need a job after these
+    ("GET", "/v1/admin/signing-keys"): Endpoint(
+        OPERATOR_ONLY, 200, lambda w: Req("/v1/admin/signing-keys")
+    ),
+    ("POST", "/v1/admin/signing-keys/rotate"): Endpoint(
+        OPERATOR_ONLY, 201, lambda w: Req("/v1/admin/signing-keys/rotate")
+    ),
+    ("POST", "/v1/admin/signing-keys/{kid}/revoke"): Endpoint(
+        OPERATOR_ONLY, 200, lambda w: Req(f"/v1/admin/signing-keys/{retired_kid(w)}/revoke")
     ),
 }
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
-from byoc_agent.protocol import messages, signing, verify
+from byoc_agent.protocol import cosign, messages, signing, verify
 from byoc_agent.protocol.messages import (
     Capacity,
     CreateSandboxBody,
@@ -38,6 +38,7 @@ CONTROL_PLANE_SEED = bytes.fromhex(
 )
 AGENT_SEED = bytes.fromhex("202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f")
 STRANGER_SEED = bytes.fromhex("404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f")
+CUSTOMER_SEED = bytes.fromhex("606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f")
 
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
 TENANT = "ten-golden"
@@ -53,6 +54,7 @@ def key_from_seed(seed: bytes) -> signing.SigningKey:
 CONTROL_PLANE_KEY = key_from_seed(CONTROL_PLANE_SEED)
 AGENT_KEY = key_from_seed(AGENT_SEED)
 STRANGER_KEY = key_from_seed(STRANGER_SEED)
+CUSTOMER_KEY = key_from_seed(CUSTOMER_SEED)  # the customer's co-signing key
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,11 @@ SANDBOX_TOKEN = SandboxToken(
     scopes=[Scope.EXEC, Scope.FILES],
     iat=NOW,
     exp=NOW + 900,
+)
+
+COSIGNATURE = cosign.Cosignature(
+    job_id=CREATE_JOB.job_id, tenant_id=TENANT, agent_id=AGENT,
+    body_sha256=cosign.body_digest(CREATE_JOB.body), iat=NOW, exp=NOW + 3600,
 )
 
 EXAMPLES: tuple[Example, ...] = (
@@ -226,6 +233,7 @@ EXAMPLES: tuple[Example, ...] = (
         AGENT_KEY,
     ),
     Example("sandbox_token", SANDBOX_TOKEN, messages.SANDBOX_TOKEN_TYP, CONTROL_PLANE_KEY),
+    Example("cosignature", COSIGNATURE, cosign.COSIGNATURE_TYP, CUSTOMER_KEY),
 )
 
 
