@@ -74,6 +74,7 @@ async def run_agent(settings: AgentSettings) -> None:
         options=runtimes.RuntimeOptions(
             microvm_cache=settings.microvm_cache,
             microvm_accel=settings.microvm_accel,
+            microvm_egress=settings.microvm_egress,
             disk_mb=settings.sandbox_disk_mb,
             pids_max=settings.sandbox_pids_max,
         ),

@@ -9,6 +9,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from byoc_agent.protocol.errors import InvalidArgumentError
+from byoc_agent.runtimes.base import parse_egress
 
 # On-demand $/hour (AWS us-east-1 Linux list prices when written); the budget cap is only
 # as good as these, so set CORRAL_AGENT_HOST_PRICES to what your account pays.
@@ -137,6 +138,8 @@ class AgentSettings:
     # microVMs: where the guest kernel, initramfs and disk images are cached; kvm|tcg|auto.
     microvm_cache_dir: Path | None = None
     microvm_accel: str = "auto"
+    # Destinations ("a.b.c.d:port") every microVM sandbox of this agent may connect to.
+    microvm_egress: tuple[str, ...] = ()
     cpu_total: int = 2
     memory_mb_total: int = 4096
     # A bare-metal inventory (see providers/baremetal.py): when set, the agent offers the
@@ -198,6 +201,12 @@ class AgentSettings:
             templates_dir=Path(templates) if templates else None,
             microvm_cache_dir=Path(e[p + "MICROVM_CACHE"]) if e.get(p + "MICROVM_CACHE") else None,
             microvm_accel=e.get(p + "MICROVM_ACCEL", "auto"),
+            microvm_egress=tuple(
+                str(rule)
+                for rule in parse_egress(
+                    w.strip() for w in e.get(p + "MICROVM_EGRESS", "").split(",") if w.strip()
+                )
+            ),
             cpu_total=int(e.get(p + "CPU_TOTAL", str(os.cpu_count() or 2))),
             memory_mb_total=int(e.get(p + "MEMORY_MB_TOTAL", "4096")),
             inventory=Path(inventory) if inventory else None,

@@ -20,13 +20,17 @@ contract suite in ``tests/integration/runtimes`` checks behaviour instead.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import ipaddress
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from byoc_agent.protocol.errors import InvalidArgumentError
 from byoc_agent.protocol.messages import SandboxState
+
+MAX_EGRESS = 16  # destinations in one allow-list
 
 ALLOWED_TRANSITIONS: Mapping[SandboxState, frozenset[SandboxState]] = {
     SandboxState.PENDING: frozenset(
@@ -71,6 +75,63 @@ class SandboxSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     # "gvisor" or "microvm": which runtime of an agent's RuntimeSet runs it.
     isolation: str = "gvisor"
+    # The TCP destinations ("a.b.c.d:port") the sandbox may connect to; empty: no network
+    # device at all. Only the microVM runtime provides one (see docs/microvm.md).
+    egress: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class EgressRule:
+    """One allowed TCP destination: an IPv4 address and a port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_egress(entries: Iterable[str]) -> tuple[EgressRule, ...]:
+    """Validate an egress allow-list of ``"a.b.c.d:port"`` entries (TCP, IPv4 literals only).
+
+    Raises InvalidArgumentError naming the first bad entry. Hostnames, IPv6, CIDR ranges,
+    port ranges, duplicates and addresses nobody can connect to (0.0.0.0, multicast,
+    broadcast) are rejected rather than guessed at.
+    """
+    rules: list[EgressRule] = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise InvalidArgumentError(f"egress entry {entry!r} must be a string 'a.b.c.d:port'")
+        host, sep, port_text = entry.partition(":")
+        try:
+            address = ipaddress.IPv4Address(host)
+        except ValueError:
+            address = None
+        if (
+            not sep
+            or address is None
+            or not port_text.isascii()
+            or not port_text.isdigit()
+            or port_text != str(int(port_text))
+            or not 1 <= int(port_text) <= 65535
+        ):
+            raise InvalidArgumentError(
+                f"egress entry {entry!r} must be an IPv4 address and a TCP port 1-65535, "
+                "like 192.0.2.10:443 (no hostnames, ranges or IPv6)"
+            )
+        if address.is_unspecified or address.is_multicast or address == ipaddress.IPv4Address(
+            "255.255.255.255"
+        ):
+            raise InvalidArgumentError(f"egress entry {entry!r} is not a connectable address")
+        rule = EgressRule(str(address), int(port_text))
+        if rule in rules:
+            raise InvalidArgumentError(f"egress entry {entry!r} is listed twice")
+        rules.append(rule)
+    if len(rules) > MAX_EGRESS:
+        raise InvalidArgumentError(
+            f"an egress allow-list holds at most {MAX_EGRESS} destinations, not {len(rules)}"
+        )
+    return tuple(rules)
 
 
 @dataclass(frozen=True, slots=True)

@@ -330,6 +330,7 @@ class GVisorRuntime:
                 f"memory_mb must be at least {_MIN_MEMORY_MB}", sandbox_id=spec.sandbox_id
             )
         _validate_env(spec.env)
+        _refuse_egress(spec)
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -707,6 +708,7 @@ class GVisorRuntime:
         layer), restored with ``runsc restore``, then given its own hostname and machine-id."""
         paths = self._paths(spec.sandbox_id)
         _validate_env(spec.env)
+        _refuse_egress(spec)
         try:
             meta = json.loads(await asyncio.to_thread((source / SNAPSHOT_META).read_text))
         except (OSError, ValueError) as e:
@@ -1145,6 +1147,17 @@ async def _copy_tree(src: Path, dest: Path) -> None:
     _, err = await proc.communicate()
     if proc.returncode != 0:
         raise CorralError(f"copying {src.name} failed: {err.decode(errors='replace')[-300:]}")
+
+
+def _refuse_egress(spec: SandboxSpec) -> None:
+    """runsc runs with --network=none: only that works on these kernels (see docs/microvm.md).
+    An allow-list is refused rather than ignored, so nobody believes it is in force."""
+    if spec.egress:
+        raise InvalidArgumentError(
+            "gvisor sandboxes have no network on this host; use isolation=microvm for an "
+            "egress allow-list",
+            sandbox_id=spec.sandbox_id,
+        )
 
 
 def _validate_env(env: Mapping[str, str]) -> None:

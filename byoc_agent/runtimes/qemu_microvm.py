@@ -14,7 +14,15 @@ clock calibration fail and the boot hang.
 
 Per-sandbox state lives in ``<state_dir>/sandboxes/<id>/`` (the overlay disk, spec, pid file,
 console log); the sockets live under a short directory (unix socket paths are limited to 108
-bytes). No network device is attached: the guest has no network at all.
+bytes).
+
+Network: none by default — no network device is attached and the guest has only ``lo``.
+A sandbox with an egress allow-list (``SandboxSpec.egress``, or the runtime's default list)
+gets one virtio-net device on QEMU's user-mode network with ``restrict=on``: the guest can
+reach nothing on the host or beyond except the listed destinations. Destination *i* appears
+in the guest at ``10.0.2.(100+i)`` on its own port; each connection there makes QEMU run a
+relay (``busybox nc``) to the real destination. The guest finds the mapping in
+``/run/corral/egress`` (one ``guest-address:port destination:port`` line each).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +54,7 @@ from byoc_agent.protocol.errors import (
 )
 from byoc_agent.runtimes.base import (
     SNAPSHOT_META,
+    EgressRule,
     ExecEvent,
     ExecRequest,
     Exit,
@@ -56,10 +65,11 @@ from byoc_agent.runtimes.base import (
     SandboxSpec,
     Stderr,
     Stdout,
+    parse_egress,
 )
 from byoc_agent.runtimes.guest import wire
 from byoc_agent.runtimes.guest.channel import ChannelClosed, GuestChannel
-from byoc_agent.runtimes.guest.image import GuestBoot, ensure_boot
+from byoc_agent.runtimes.guest.image import BUSYBOX, GuestBoot, ensure_boot
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +81,12 @@ _QMP_TIMEOUT_S = 5.0
 _MEMORY = "memory.bin"  # a saved VM (QEMU's migration stream) in a snapshot or pause dir
 _DISK = "disk.qcow2"
 _MIGRATE_TIMEOUT_S = 120.0
+_GUEST_NET_FIRST = 100  # destination i of an allow-list is 10.0.2.(100+i) in the guest
+
+
+def guest_address(index: int) -> str:
+    """Where the guest reaches the ``index``-th destination of its egress allow-list."""
+    return f"10.0.2.{_GUEST_NET_FIRST + index}"
 
 
 def _host_tsc_khz() -> int:
@@ -154,6 +170,7 @@ class QemuMicrovmRuntime:
         accel: str = "auto",
         boot_timeout_s: float = 90.0,
         socket_root: Path | None = None,
+        egress: Iterable[str] = (),
     ) -> None:
         found = qemu if qemu is not None else shutil.which("qemu-system-x86_64")
         if found is None:
@@ -163,6 +180,8 @@ class QemuMicrovmRuntime:
         if accel not in ("auto", "kvm", "tcg"):
             raise InvalidArgumentError(f"accel must be auto, kvm or tcg, not {accel!r}")
         self._qemu = found
+        # The allow-list of sandboxes whose spec names none (the agent's setting).
+        self._default_egress = parse_egress(egress)
         self._state_dir = state_dir.resolve()
         self._sandboxes = self._state_dir / "sandboxes"
         self._templates_root = templates_root
@@ -204,6 +223,7 @@ class QemuMicrovmRuntime:
                 sandbox_id=spec.sandbox_id,
             )
         _validate_env(spec.env)
+        parse_egress(spec.egress)
 
     async def accel(self) -> str:
         """``kvm`` if a guest really boots under KVM here, else ``tcg`` (probed once, cached)."""
@@ -269,9 +289,15 @@ class QemuMicrovmRuntime:
             "-no-reboot",
         ]
 
+    def _egress(self, spec: SandboxSpec) -> tuple[EgressRule, ...]:
+        return parse_egress(spec.egress) if spec.egress else self._default_egress
+
     @staticmethod
-    def _cmdline(accel: str, hostname: str) -> str:
+    def _cmdline(accel: str, hostname: str, egress: Iterable[str] = ()) -> str:
         parts = ["console=ttyS0", "quiet", "panic=-1", "reboot=t", f"corral.hostname={hostname}"]
+        mapping = [f"{guest_address(i)}:{r.port}={r}" for i, r in enumerate(parse_egress(egress))]
+        if mapping:
+            parts += ["corral.net=1", "corral.egress=" + ",".join(mapping)]
         if accel == "tcg":
             parts += [f"tsc_early_khz={_host_tsc_khz()}", "tsc=reliable"]
         return " ".join(parts)
@@ -297,9 +323,29 @@ class QemuMicrovmRuntime:
             "-pidfile", str(paths.pidfile),
             "-daemonize",
         ]  # fmt: skip
+        argv += self._network_args(record.get("egress") or [])
         if incoming is not None:
             argv += ["-incoming", f"exec:cat {shlex.quote(str(incoming))}"]
         return argv
+
+    @staticmethod
+    def _network_args(egress: Iterable[str]) -> list[str]:
+        """A restricted user-mode network with one forward per allowed destination, or none.
+
+        A forward runs a relay per connection (``-cmd:``) rather than naming a socket
+        chardev: a chardev connects once when QEMU starts (QEMU fails to start while the
+        destination is down) and carries a single connection.
+        """
+        rules = parse_egress(egress)
+        if not rules:
+            return []
+        netdev = "user,id=net0,restrict=on,ipv6=off,net=10.0.2.0/24"
+        for i, rule in enumerate(rules):
+            netdev += (
+                f",guestfwd=tcp:{guest_address(i)}:{rule.port}"
+                f"-cmd:{BUSYBOX} nc {rule.host} {rule.port}"
+            )
+        return ["-netdev", netdev, "-device", "virtio-net-device,netdev=net0"]
 
     def _pid(self, paths: _Paths) -> int | None:
         try:
@@ -358,6 +404,7 @@ class QemuMicrovmRuntime:
         self, spec: SandboxSpec, paths: _Paths, boot: GuestBoot, accel: str
     ) -> dict[str, Any]:
         paths.dir.mkdir(parents=True, mode=0o700)
+        egress = [str(rule) for rule in self._egress(spec)]
         record: dict[str, Any] = {
             "template": spec.template,
             "cpu": spec.cpu,
@@ -368,7 +415,8 @@ class QemuMicrovmRuntime:
             "kernel": str(boot.kernel),
             "initrd": str(boot.initrd),
             "base_disk": str(boot.disk),
-            "cmdline": self._cmdline(accel, spec.sandbox_id),
+            "cmdline": self._cmdline(accel, spec.sandbox_id, egress),
+            "egress": egress,
         }
         paths.spec.write_text(json.dumps(record))
         subprocess.run(

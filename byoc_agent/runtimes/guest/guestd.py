@@ -83,8 +83,22 @@ def prepare_guest() -> None:
         fh.write(hostname + "\n")
     with open("/etc/machine-id", "w") as fh:  # new per boot: forks never share one
         fh.write(uuid.uuid4().hex + "\n")
+    write_egress_map(args.get("corral.egress", ""))
     os.makedirs("/work", exist_ok=True)
     os.makedirs("/tmp", mode=0o1777, exist_ok=True)  # noqa: S108 (the guest's own /tmp)
+
+
+EGRESS_MAP = "/run/corral/egress"
+
+
+def write_egress_map(spec: str) -> None:
+    """Tell the guest's users where its allowed destinations are: one line per destination,
+    ``<guest address:port> <destination:port>`` (the initramfs configured eth0 already)."""
+    lines = [pair.replace("=", " ", 1) for pair in spec.split(",") if "=" in pair]
+    if lines:
+        os.makedirs(os.path.dirname(EGRESS_MAP), exist_ok=True)
+        with open(EGRESS_MAP, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
 
 
 def set_identity(hostname: str, machine_id: str, seed: bytes) -> None:

@@ -51,6 +51,12 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in $(cat /modules.order); do insmod /lib/modules/$m.ko; done
 if grep -q corral.probe=1 /proc/cmdline; then echo corral-probe-ok; reboot -f; fi
+ip link set lo up
+if grep -q corral.net=1 /proc/cmdline; then
+  n=0
+  while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 500 ]; do n=$((n+1)); sleep 0.01; done
+  ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up || echo "corral-init: no network"
+fi
 n=0
 while [ ! -b /dev/vda ]; do
   n=$((n+1)); [ $n -gt 1000 ] && { echo "corral-init: no root disk"; reboot -f; }
