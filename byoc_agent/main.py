@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 
@@ -104,7 +105,10 @@ async def run_agent(settings: AgentSettings) -> None:
             cosigner_keys=list(settings.cosigner_keys),
         )
     keyring = keyring_from_state(state)
-    fleet = build_fleet(settings.hosts, state, ident) if settings.hosts else None
+    hosts = settings.hosts
+    if hosts is not None and hosts.ledger is None:  # GCP/Azure remember deleted VMs here
+        hosts = dataclasses.replace(hosts, ledger=settings.home / "host-ledger.json")
+    fleet = build_fleet(hosts, state, ident) if hosts else None
     transport = NatsAgentTransport(
         settings.nats_url or ident.nats_url, ident.tenant_id, ident.agent_id,
         name=f"corral-agent-{ident.agent_id}", credentials=nats_user.credentials(),

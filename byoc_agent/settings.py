@@ -29,9 +29,20 @@ class HostSettings:
     the agent runs on (instance role, service account, managed identity).
     """
 
-    provider: str  # "aws" or "baremetal"
+    provider: str  # "aws", "gcp", "azure" or "baremetal"
     aws_region: str | None = None
     aws_image_id: str | None = None
+    # GCP: project, zone, image; Azure: subscription, resource group, location, image, the
+    # hosts' admin user and SSH public key (password login stays off).
+    gcp_project: str | None = None
+    gcp_zone: str | None = None
+    azure_subscription_id: str | None = None
+    azure_resource_group: str | None = None
+    azure_location: str | None = None
+    azure_admin_username: str = "corral"
+    azure_ssh_public_key: str | None = None
+    image: str | None = None
+    ledger: Path | None = None
     subnet_id: str | None = None
     security_group_ids: tuple[str, ...] = ()
     instance_types: tuple[str, ...] = ()
@@ -53,11 +64,23 @@ class HostSettings:
         provider = e.get(p + "_PROVIDER", "").strip()
         if not provider:
             return None
-        if provider not in ("aws", "baremetal"):
+        if provider not in ("aws", "gcp", "azure", "baremetal"):
             raise InvalidArgumentError(
-                f"{p}_PROVIDER={provider!r}: use 'aws' or 'baremetal' (or leave it unset "
-                "for an agent that manages no hosts)",
+                f"{p}_PROVIDER={provider!r}: use 'aws', 'gcp', 'azure' or 'baremetal' (or "
+                "leave it unset for an agent that manages no hosts)",
                 field=p + "_PROVIDER",
+            )
+        needed = {
+            "gcp": ("_GCP_PROJECT", "_GCP_ZONE", "_IMAGE"),
+            "azure": (
+                "_AZURE_SUBSCRIPTION_ID", "_AZURE_RESOURCE_GROUP", "_AZURE_LOCATION", "_IMAGE",
+                "_AZURE_SSH_PUBLIC_KEY",
+            ),
+        }.get(provider, ())  # fmt: skip
+        missing = [p + n for n in needed if not e.get(p + n)]
+        if missing:
+            raise InvalidArgumentError(
+                f"the {provider} host provider needs {', '.join(missing)}", field=missing[0]
             )
 
         def words(name: str) -> tuple[str, ...]:
@@ -106,6 +129,15 @@ class HostSettings:
             provider=provider,
             aws_region=e.get(p + "_AWS_REGION") or None,
             aws_image_id=e.get(p + "_AWS_IMAGE_ID") or None,
+            gcp_project=e.get(p + "_GCP_PROJECT") or None,
+            gcp_zone=e.get(p + "_GCP_ZONE") or None,
+            azure_subscription_id=e.get(p + "_AZURE_SUBSCRIPTION_ID") or None,
+            azure_resource_group=e.get(p + "_AZURE_RESOURCE_GROUP") or None,
+            azure_location=e.get(p + "_AZURE_LOCATION") or None,
+            azure_admin_username=e.get(p + "_AZURE_ADMIN_USERNAME") or "corral",
+            azure_ssh_public_key=e.get(p + "_AZURE_SSH_PUBLIC_KEY") or None,
+            image=e.get(p + "_IMAGE") or None,
+            ledger=Path(e[p + "_LEDGER"]) if e.get(p + "_LEDGER") else None,
             subnet_id=e.get(p + "_SUBNET_ID") or None,
             security_group_ids=words(p + "_SECURITY_GROUP_IDS"),
             instance_types=words(p + "_INSTANCE_TYPES"),

@@ -28,6 +28,45 @@ def build_provider(hs: HostSettings) -> HostProvider:
             image_id=hs.aws_image_id,
             instance_types=hs.instance_types or DEFAULT_INSTANCE_TYPES,
         )
+    if hs.provider == "gcp":
+        from byoc_agent.providers.gcp import GcpConfig, GcpProvider
+
+        if hs.gcp_project is None or hs.gcp_zone is None or hs.image is None:
+            raise InvalidArgumentError("the gcp host provider needs a project, a zone and an image")
+        gcp = GcpConfig(
+            project=hs.gcp_project,
+            zone=hs.gcp_zone,
+            image=hs.image,
+            subnetwork=hs.subnet_id,
+            network_tags=hs.security_group_ids,
+            **({"machine_types": hs.instance_types} if hs.instance_types else {}),  # type: ignore[arg-type]
+        )
+        return GcpProvider(gcp, ledger_path=hs.ledger)
+    if hs.provider == "azure":
+        from byoc_agent.providers.azure import AzureConfig, AzureProvider
+
+        if (
+            hs.azure_subscription_id is None
+            or hs.azure_resource_group is None
+            or hs.azure_location is None
+            or hs.image is None
+            or hs.azure_ssh_public_key is None
+        ):
+            raise InvalidArgumentError(
+                "the azure host provider needs a subscription, resource group, location, "
+                "image and SSH public key"
+            )
+        azure = AzureConfig(
+            subscription_id=hs.azure_subscription_id,
+            resource_group=hs.azure_resource_group,
+            location=hs.azure_location,
+            image=hs.image,
+            admin_username=hs.azure_admin_username,
+            ssh_public_key=hs.azure_ssh_public_key,
+            subnet_id=hs.subnet_id,
+            **({"vm_sizes": hs.instance_types} if hs.instance_types else {}),  # type: ignore[arg-type]
+        )
+        return AzureProvider(azure, ledger_path=hs.ledger)
     from byoc_agent.providers.baremetal import BareMetalProvider
 
     if hs.inventory is None:

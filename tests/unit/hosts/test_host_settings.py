@@ -52,6 +52,10 @@ def test_the_aws_knobs_are_read_with_prices_over_the_defaults() -> None:
         ({"CORRAL_AGENT_HOST_PROVIDER": "gcpp"}, "CORRAL_AGENT_HOST_PROVIDER"),
         ({"CORRAL_AGENT_HOST_PROVIDER": "aws"}, "CORRAL_AGENT_HOST_AWS_IMAGE_ID"),
         ({"CORRAL_AGENT_HOST_PROVIDER": "baremetal"}, "CORRAL_AGENT_HOST_INVENTORY"),
+        ({"CORRAL_AGENT_HOST_PROVIDER": "gcp", "CORRAL_AGENT_HOST_GCP_PROJECT": "p"},
+         "CORRAL_AGENT_HOST_GCP_ZONE"),
+        ({"CORRAL_AGENT_HOST_PROVIDER": "azure", "CORRAL_AGENT_HOST_IMAGE": "a:b:c:d"},
+         "CORRAL_AGENT_HOST_AZURE_SUBSCRIPTION_ID"),
         ({"CORRAL_AGENT_HOST_PROVIDER": "baremetal", "CORRAL_AGENT_HOST_INVENTORY": "i.toml",
           "CORRAL_AGENT_HOSTS_MAX": "lots"}, "CORRAL_AGENT_HOSTS_MAX"),
         ({"CORRAL_AGENT_HOST_PROVIDER": "baremetal", "CORRAL_AGENT_HOST_INVENTORY": "i.toml",
@@ -84,3 +88,31 @@ def test_build_fleet_gives_owned_inventory_hosts_a_zero_price(tmp_path: Path) ->
         assert fleet.default_price == Decimal(0)
     finally:
         store.close()
+
+
+def test_gcp_and_azure_settings_name_where_hosts_go(tmp_path: Path) -> None:
+    """The cloud providers come from CORRAL_AGENT_HOST_* too; no credential is configured
+    (the clients take the host's identity when built, which these tests never do: building
+    one would look for a metadata server)."""
+    gcp = HostSettings.from_env({
+        "CORRAL_AGENT_HOST_PROVIDER": "gcp", "CORRAL_AGENT_HOST_GCP_PROJECT": "proj-1",
+        "CORRAL_AGENT_HOST_GCP_ZONE": "europe-west4-a",
+        "CORRAL_AGENT_HOST_IMAGE": "projects/debian-cloud/global/images/family/debian-12",
+        "CORRAL_AGENT_HOST_LEDGER": str(tmp_path / "gcp-ledger.json"),
+    })
+    azure = HostSettings.from_env({
+        "CORRAL_AGENT_HOST_PROVIDER": "azure",
+        "CORRAL_AGENT_HOST_AZURE_SUBSCRIPTION_ID": "sub",
+        "CORRAL_AGENT_HOST_AZURE_RESOURCE_GROUP": "rg",
+        "CORRAL_AGENT_HOST_AZURE_LOCATION": "westeurope",
+        "CORRAL_AGENT_HOST_IMAGE": "Debian:debian-12:12-gen2:latest",
+        "CORRAL_AGENT_HOST_AZURE_SSH_PUBLIC_KEY": "ssh-ed25519 AAAA corral",
+    })
+    assert gcp is not None
+    assert (gcp.gcp_project, gcp.gcp_zone, gcp.ledger) == (
+        "proj-1", "europe-west4-a", tmp_path / "gcp-ledger.json"
+    )
+    assert azure is not None
+    assert (azure.azure_resource_group, azure.azure_location, azure.azure_admin_username) == (
+        "rg", "westeurope", "corral"
+    )
