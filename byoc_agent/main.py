@@ -44,7 +44,9 @@ async def run_agent(settings: AgentSettings) -> None:
         state_dir=settings.runtime_dir,
         templates_root=settings.templates_root,
         options=runtimes.RuntimeOptions(
-            microvm_cache=settings.microvm_cache, microvm_accel=settings.microvm_accel
+            microvm_cache=settings.microvm_cache,
+            microvm_accel=settings.microvm_accel,
+            firecracker_kernel=settings.firecracker_kernel,
         ),
     )
     ident = state.identity()

@@ -23,6 +23,8 @@ class AgentSettings:
     # microVMs: where the guest kernel, initramfs and disk images are cached; kvm|tcg|auto.
     microvm_cache_dir: Path | None = None
     microvm_accel: str = "auto"
+    # Firecracker's guest kernel (vmlinux, or a bzImage to extract it from).
+    firecracker_kernel: Path | None = None
     cpu_total: int = 2
     memory_mb_total: int = 4096
     heartbeat_interval_s: float = 5.0
@@ -73,6 +75,9 @@ class AgentSettings:
             templates_dir=Path(templates) if templates else None,
             microvm_cache_dir=Path(e[p + "MICROVM_CACHE"]) if e.get(p + "MICROVM_CACHE") else None,
             microvm_accel=e.get(p + "MICROVM_ACCEL", "auto"),
+            firecracker_kernel=(
+                Path(e[p + "FIRECRACKER_KERNEL"]) if e.get(p + "FIRECRACKER_KERNEL") else None
+            ),
             cpu_total=int(e.get(p + "CPU_TOTAL", str(os.cpu_count() or 2))),
             memory_mb_total=int(e.get(p + "MEMORY_MB_TOTAL", "4096")),
             heartbeat_interval_s=float(e.get(p + "HEARTBEAT_INTERVAL_S", "5")),
