@@ -539,3 +539,22 @@ def test_firecracker_is_registered_as_a_microvm_runtime() -> None:
         assert "firecracker" not in runtimes.available()
         with pytest.raises(InvalidArgumentError, match="'firecracker' on PATH"):
             runtimes.build_runtime("firecracker", state_dir=Path("s"), templates_root=Path("t"))
+
+
+@pytest.mark.asyncio
+async def test_a_missing_guest_kernel_is_named_in_the_error(
+    tmp_path: Path, bin_dir: Path, chroot_base: Path, small_templates: Path
+) -> None:
+    rt = make_runtime(tmp_path, bin_dir, chroot_base, small_templates, tmp_path / "nope")
+    with pytest.raises(InvalidArgumentError, match="is not a file"):
+        await rt.create(spec())
+    rt = FirecrackerRuntime(
+        tmp_path / "state2",
+        small_templates,
+        firecracker=str(bin_dir / "firecracker"),
+        jailer=str(bin_dir / "jailer"),
+        chroot_base=chroot_base,
+    )
+    with pytest.raises(InvalidArgumentError, match="CORRAL_AGENT_FIRECRACKER_KERNEL"):
+        await rt.create(spec())
+    assert not rt.sandbox_dir("fc-test").exists()
