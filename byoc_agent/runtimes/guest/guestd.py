@@ -469,13 +469,23 @@ def serve_vsock(port: int) -> None:
     serve_listener(listener)
 
 
+def vsock_port(args: dict[str, str]) -> int | None:
+    """The vsock port ``corral.channel=vsock:<port>`` names, or None for virtio-serial."""
+    channel = args.get("corral.channel", "virtio-serial")
+    if channel == "virtio-serial":
+        return None
+    if not channel.startswith("vsock:") or not channel[6:].isdigit():
+        raise ValueError(f"corral.channel must be virtio-serial or vsock:<port>, not {channel!r}")
+    return int(channel[6:])
+
+
 def serve_channel() -> None:
     """Serve over the channel the kernel command line names (virtio-serial by default)."""
-    channel = _cmdline_args().get("corral.channel", "virtio-serial")
-    if channel.startswith("vsock:"):
-        serve_vsock(int(channel.removeprefix("vsock:")))
+    port = vsock_port(_cmdline_args())
+    if port is None:
+        serve()
     else:
-        serve_channel()
+        serve_vsock(port)
 
 
 def init() -> None:

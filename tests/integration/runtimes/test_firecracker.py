@@ -558,3 +558,14 @@ async def test_a_missing_guest_kernel_is_named_in_the_error(
     with pytest.raises(InvalidArgumentError, match="CORRAL_AGENT_FIRECRACKER_KERNEL"):
         await rt.create(spec())
     assert not rt.sandbox_dir("fc-test").exists()
+
+
+def test_guestd_picks_its_channel_from_the_kernel_command_line() -> None:
+    """virtio-serial unless corral.channel=vsock:<port> (what the Firecracker runtime passes)."""
+    assert guestd.vsock_port({}) is None
+    assert guestd.vsock_port({"corral.channel": "virtio-serial"}) is None
+    assert guestd.vsock_port({"corral.channel": f"vsock:{VSOCK_PORT}"}) == VSOCK_PORT
+    with pytest.raises(ValueError, match=r"corral\.channel"):
+        guestd.vsock_port({"corral.channel": "vsock:x"})
+    args = dict(w.split("=", 1) for w in FirecrackerRuntime.boot_args("h").split() if "=" in w)
+    assert guestd.vsock_port(args) == VSOCK_PORT
