@@ -78,6 +78,7 @@ async def run_agent(settings: AgentSettings) -> None:
             microvm_egress=settings.microvm_egress,
             disk_mb=settings.sandbox_disk_mb,
             pids_max=settings.sandbox_pids_max,
+            firecracker_kernel=settings.firecracker_kernel,
         ),
     )
     nats_user = NatsUserFiles.under(settings.home)

@@ -172,6 +172,8 @@ class AgentSettings:
     microvm_accel: str = "auto"
     # Destinations ("a.b.c.d:port") every microVM sandbox of this agent may connect to.
     microvm_egress: tuple[str, ...] = ()
+    # Firecracker's guest kernel (vmlinux, or a bzImage to extract it from).
+    firecracker_kernel: Path | None = None
     cpu_total: int = 2
     memory_mb_total: int = 4096
     # A bare-metal inventory (see providers/baremetal.py): when set, the agent offers the
@@ -238,6 +240,9 @@ class AgentSettings:
                 for rule in parse_egress(
                     w.strip() for w in e.get(p + "MICROVM_EGRESS", "").split(",") if w.strip()
                 )
+            ),
+            firecracker_kernel=(
+                Path(e[p + "FIRECRACKER_KERNEL"]) if e.get(p + "FIRECRACKER_KERNEL") else None
             ),
             cpu_total=int(e.get(p + "CPU_TOTAL", str(os.cpu_count() or 2))),
             memory_mb_total=int(e.get(p + "MEMORY_MB_TOTAL", "4096")),

@@ -26,6 +26,8 @@ class RuntimeOptions:
     microvm_egress: tuple[str, ...] = ()
     disk_mb: int | None = None
     pids_max: int | None = None
+    # Firecracker's guest kernel: an uncompressed vmlinux (or a bzImage to extract it from).
+    firecracker_kernel: Path | None = None
 
 
 def _gvisor(state_dir: Path, templates_root: Path, options: RuntimeOptions) -> Runtime:
@@ -51,6 +53,17 @@ def _qemu_microvm(state_dir: Path, templates_root: Path, options: RuntimeOptions
     )
 
 
+def _firecracker(state_dir: Path, templates_root: Path, options: RuntimeOptions) -> Runtime:
+    from byoc_agent.runtimes.firecracker import FirecrackerRuntime
+
+    return FirecrackerRuntime(
+        state_dir=state_dir / "firecracker",
+        templates_root=templates_root,
+        kernel=options.firecracker_kernel,
+        cache_dir=options.microvm_cache,
+    )
+
+
 def _memory(state_dir: Path, templates_root: Path, options: RuntimeOptions) -> Runtime:
     from byoc_agent.runtimes.memory import InMemoryRuntime
 
@@ -60,6 +73,7 @@ def _memory(state_dir: Path, templates_root: Path, options: RuntimeOptions) -> R
 _FACTORIES: dict[str, tuple[Callable[[Path, Path, RuntimeOptions], Runtime], str | None]] = {
     "gvisor": (_gvisor, "runsc"),
     "qemu-microvm": (_qemu_microvm, "qemu-system-x86_64"),
+    "firecracker": (_firecracker, "firecracker"),
     "memory": (_memory, None),
 }
 

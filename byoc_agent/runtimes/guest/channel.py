@@ -1,6 +1,9 @@
-"""The agent's end of a microVM's virtio-serial port: many requests over one connection.
+"""The agent's end of a microVM's guest channel: many requests over one connection.
 
-QEMU exposes the port as a unix socket (``-chardev socket,server=on``). One
+QEMU exposes its virtio-serial port as a unix socket (``-chardev socket,server=on``).
+Firecracker exposes the guest's vsock the same way, behind a handshake: the host connects to
+the vsock's unix socket, writes ``CONNECT <port>\n`` and reads ``OK <host port>\n`` before the
+stream reaches the guest (``vsock_port`` turns that on). One
 :class:`GuestChannel` holds the connection, a reader task that routes frames to the request
 they answer (by ``id``), and a lock that keeps frames whole on the way out. When the VM dies or
 the connection breaks, every open request ends with :class:`ChannelClosed`.
@@ -27,8 +30,9 @@ class ChannelClosed(ConnectionError):
 
 
 class GuestChannel:
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(self, socket_path: Path, *, vsock_port: int | None = None) -> None:
         self.socket_path = socket_path
+        self.vsock_port = vsock_port
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
@@ -46,14 +50,26 @@ class GuestChannel:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                self._reader, self._writer = await asyncio.open_unix_connection(
+                reader, writer = await asyncio.open_unix_connection(
                     str(self.socket_path), limit=wire.MAX_BODY * 2
                 )
-                break
             except (FileNotFoundError, ConnectionRefusedError):
                 if time.monotonic() > deadline:
                     raise ChannelClosed(f"no guest socket at {self.socket_path}") from None
                 await asyncio.sleep(0.02)
+                continue
+            if self.vsock_port is None or await self._handshake(reader, writer, deadline):
+                self._reader, self._writer = reader, writer
+                break
+            writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await writer.wait_closed()
+            if time.monotonic() > deadline:
+                raise ChannelClosed(
+                    f"the guest did not accept vsock port {self.vsock_port} "
+                    f"within {timeout_s:.0f} s"
+                )
+            await asyncio.sleep(0.05)  # the guest daemon is not listening yet
         self._task = asyncio.create_task(self._read_loop())
         # Pings sent before the guest opens its port wait in the socket; the first answer
         # (to any of them) means the daemon is serving.
@@ -80,6 +96,21 @@ class GuestChannel:
         finally:
             watcher.cancel()
             self._queues.pop(rid, None)
+
+    async def _handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, deadline: float
+    ) -> bool:
+        """Firecracker's host-initiated vsock connection: ``CONNECT <port>`` -> ``OK <n>``.
+
+        Firecracker closes the connection when nothing listens on the port in the guest.
+        """
+        try:
+            writer.write(f"CONNECT {self.vsock_port}\n".encode())
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), max(deadline - time.monotonic(), 0.1))
+        except (OSError, TimeoutError, ValueError):
+            return False
+        return line.startswith(b"OK ") and line.endswith(b"\n")
 
     async def _read_loop(self) -> None:
         assert self._reader is not None

@@ -1,4 +1,8 @@
-"""The daemon inside every microVM: runs commands and serves files over one virtio-serial port.
+"""The daemon inside every microVM: runs commands and serves files over one guest channel.
+
+The channel is a virtio-serial port (QEMU) unless the kernel command line says
+``corral.channel=vsock:<port>`` (Firecracker): then the daemon listens on that AF_VSOCK port
+and serves one agent connection at a time, a new connection taking over from the old one.
 
 Standard library only — it runs on the template's own ``python3``. The initramfs copies it and
 ``wire.py`` to ``/run/corral`` and starts ``guestd.py --init`` as PID 1 in the root disk.
@@ -147,6 +151,28 @@ class Port:
     def read(self) -> bytes:
         try:
             return os.read(self.fd, READ_SIZE)
+        except OSError:
+            return b""
+
+
+class SocketPort(Port):
+    """One agent connection on a stream socket (vsock): the same interface as :class:`Port`."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.path = "socket"
+        self.fd = sock.fileno()
+        self.sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, header: dict[str, Any], body: bytes = b"") -> None:
+        data = wire.encode(header, body)
+        # OSError: the agent went away; its requests are being cancelled.
+        with self._lock, contextlib.suppress(OSError):
+            self.sock.sendall(data)
+
+    def read(self) -> bytes:
+        try:
+            return self.sock.recv(READ_SIZE)
         except OSError:
             return b""
 
@@ -405,6 +431,77 @@ def serve() -> None:
             daemon.handle(header, body)
 
 
+def serve_connection(conn: socket.socket) -> None:
+    """Serve one agent connection until it closes; its running commands die with it."""
+    port = SocketPort(conn)
+    daemon = Daemon(port)
+    decoder = wire.Decoder()
+    try:
+        while True:
+            data = port.read()
+            if not data:
+                break
+            try:
+                frames = decoder.feed(data)
+            except wire.FrameError:
+                break
+            for header, body in frames:
+                daemon.handle(header, body)
+    finally:
+        daemon.reset()
+        with contextlib.suppress(OSError):
+            conn.close()
+
+
+def serve_listener(listener: socket.socket) -> None:
+    """Accept agent connections one at a time; a new one replaces the current one (an agent
+    that restarted must not wait for its dead predecessor's connection to time out).
+    Returns when the listener is closed."""
+    current: tuple[socket.socket, threading.Thread] | None = None
+    while True:
+        try:
+            conn, _addr = listener.accept()
+        except OSError:
+            break
+        if current is not None:
+            with contextlib.suppress(OSError):
+                current[0].shutdown(socket.SHUT_RDWR)
+            current[1].join(timeout=5)
+        thread = threading.Thread(target=serve_connection, args=(conn,), daemon=True)
+        thread.start()
+        current = (conn, thread)
+    if current is not None:
+        with contextlib.suppress(OSError):
+            current[0].shutdown(socket.SHUT_RDWR)
+        current[1].join(timeout=5)
+
+
+def serve_vsock(port: int) -> None:
+    listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    listener.bind((socket.VMADDR_CID_ANY, port))
+    listener.listen(4)
+    serve_listener(listener)
+
+
+def vsock_port(args: dict[str, str]) -> int | None:
+    """The vsock port ``corral.channel=vsock:<port>`` names, or None for virtio-serial."""
+    channel = args.get("corral.channel", "virtio-serial")
+    if channel == "virtio-serial":
+        return None
+    if not channel.startswith("vsock:") or not channel[6:].isdigit():
+        raise ValueError(f"corral.channel must be virtio-serial or vsock:<port>, not {channel!r}")
+    return int(channel[6:])
+
+
+def serve_channel() -> None:
+    """Serve over the channel the kernel command line names (virtio-serial by default)."""
+    port = vsock_port(_cmdline_args())
+    if port is None:
+        serve()
+    else:
+        serve_vsock(port)
+
+
 def init() -> None:
     """PID 1: set up, run the daemon as a child (restarted if it dies), reap orphans."""
     prepare_guest()
@@ -414,7 +511,7 @@ def init() -> None:
             child = os.fork()
             if child == 0:
                 try:
-                    serve()
+                    serve_channel()
                 finally:
                     os._exit(1)
         try:
@@ -431,4 +528,4 @@ if __name__ == "__main__":
     if "--init" in sys.argv:
         init()
     else:
-        serve()
+        serve_channel()
