@@ -126,6 +126,7 @@ def result_message(
     end_reason: str | None = None,
     error_code: str | None = None,
     agent_id: str | None = None,
+    error_message: str | None = None,
 ) -> bytes:
     """A result for ``job``; a sandbox report is included when ``state`` is given."""
     now = time.time()
@@ -148,7 +149,9 @@ def result_message(
         status=status,  # type: ignore[arg-type]  # a Literal at the wire edge
         at=now,
         sandbox=report,
-        error=WireError(code=error_code, message=f"test: {error_code}") if error_code else None,
+        error=WireError(code=error_code, message=error_message or f"test: {error_code}")
+        if error_code
+        else None,
     )
     return sign(key, RESULT_TYP, to_json_bytes(result))
 

@@ -24,6 +24,7 @@ from starlette.background import BackgroundTask
 from billing import Period
 from byoc_agent.protocol.errors import InvalidArgumentError
 from byoc_agent.protocol.messages import JobStatus, SandboxState
+from control_plane import keyring
 from control_plane.console import chart, queries
 from control_plane.console.passwords import hash_password, needs_rehash, verify_password
 from control_plane.console.roles import Permission
@@ -44,9 +45,9 @@ from control_plane.console.web import (
     viewer_of,
 )
 from control_plane.invoicing import InvoiceService
-from control_plane.jobs.rotation import rotate_signing_key
-from control_plane.store import MAX_PAGE, agents, console_users, sandboxes, tenants, utcnow
+from control_plane.store import MAX_PAGE, agents, audit, console_users, sandboxes, tenants, utcnow
 from control_plane.store.agents import AgentRecord
+from control_plane.store.audit import AuditEntry, ChainCheck
 from control_plane.store.jobs import JobRecord
 from control_plane.store.pages import Page
 from control_plane.store.sandboxes import SandboxRecord, StateChangeRecord
@@ -61,16 +62,24 @@ NAME_MAX = 128
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 After = Annotated[str | None, Query(max_length=64)]
 IdPath = Annotated[str, Path(max_length=64)]
+Kid = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 NOTICES = {
     "killed": "Kill sent; the sandbox is no longer running.",
     "revoked": "API key revoked. Requests with it now fail with 401.",
     "rotated": "A new signing key is active; the previous one stays trusted as retired.",
+    "key_revoked": "Signing key revoked. Agents refuse it from their next key refresh.",
+    "active_key_revoked": "The active signing key was revoked: a new key was made active "
+    "first, and agents refuse the revoked one from their next key refresh.",
 }
 
 
-def _page_links(request: Request, last_id: str | None) -> dict[str, str | None]:
-    """Next and first-page links that keep the current filters."""
-    kept = [(k, v) for k, v in request.query_params.multi_items() if k != "after"]
+def _page_links(
+    request: Request, last_id: str | None, drop: frozenset[str] = frozenset()
+) -> dict[str, str | None]:
+    """Next and first-page links that keep the current filters (not the ``drop`` ones)."""
+    kept = [
+        (k, v) for k, v in request.query_params.multi_items() if k != "after" and k not in drop
+    ]
     base = request.url.path
     nxt = f"{base}?{urlencode([*kept, ('after', last_id)])}" if last_id else None
     first = None
@@ -500,13 +509,55 @@ async def billing_export(
     )
 
 
+# ---------------------------------------------------------------- audit log
+
+
+def _audit_after(after: str | None) -> int | None:
+    if after is None:
+        return None
+    if not after.isdigit():
+        raise InvalidArgumentError("after must be an audit entry number", field="after")
+    return int(after)
+
+
+@router.get("/audit", response_class=HTMLResponse)
+async def audit_list(
+    request: Request,
+    tenant: Annotated[str, Query(max_length=64)] = "",
+    action: Annotated[str, Query(max_length=64)] = "",
+    verify: Annotated[str, Query(max_length=8)] = "",
+    after: After = None,
+    limit: Limit = PAGE_SIZE,
+) -> Response:
+    """Newest first, filtered by tenant and action; ``verify=1`` also recomputes the whole
+    hash chain (on demand: it reads every entry) and shows ok or the first bad entry."""
+    viewer = await viewer_of(request, Permission.VIEW_OPERATIONS)
+    before = _audit_after(after)
+
+    def read(
+        s: Session,
+    ) -> tuple[Page[AuditEntry], list[str], dict[str, str], ChainCheck | None]:
+        page = queries.audit_page(
+            s, tenant_id=tenant or None, action=action or None, after=before, limit=limit
+        )
+        check = audit.verify_chain(s) if verify else None
+        return page, queries.audit_actions(s), queries.tenant_names(s), check
+
+    page, actions, names, check = await services_of(request).db.run(read)
+    return render(
+        request, "audit.html", viewer, nav="audit", page=page, actions=actions, names=names,
+        f_tenant=tenant, f_action=action, check=check,
+        links=_page_links(request, page.last_id, drop=frozenset({"verify"})),
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------- signing keys
 
 
 @router.get("/keys", response_class=HTMLResponse)
 async def key_list(request: Request, done: str = "") -> Response:
     viewer = await viewer_of(request, Permission.VIEW_OPERATIONS)
-    keys = await services_of(request).keys.public_keys()
+    keys = await keyring.list_keys(services_of(request).db)
     return render(
         request, "keys.html", viewer, nav="keys", keys=list(reversed(keys)),
         notice=NOTICES.get(done),
@@ -516,5 +567,18 @@ async def key_list(request: Request, done: str = "") -> Response:
 @router.post("/keys/rotate")
 async def key_rotate(request: Request) -> Response:
     viewer, _ = await posted(request, Permission.OPERATE)
-    await rotate_signing_key(services_of(request).keys, actor=f"console:{viewer.username}")
+    svc = services_of(request)
+    record = await keyring.rotate_key(svc.db, svc.keys, actor=f"console:{viewer.username}")
+    log.info("console_signing_key_rotated", user=viewer.username, kid=record.kid)
     return see_other("/keys", done="rotated")
+
+
+@router.post("/keys/{kid}/revoke")
+async def key_revoke(request: Request, kid: Kid) -> Response:
+    """Revoke one key (the active one is replaced first, by :mod:`control_plane.keyring`)."""
+    viewer, _ = await posted(request, Permission.OPERATE)
+    svc = services_of(request)
+    done = await keyring.revoke_key(svc.db, svc.keys, kid, actor=f"console:{viewer.username}")
+    log.info("console_signing_key_revoked", user=viewer.username, kid=kid,
+             replaced_by=done.replaced_by.kid if done.replaced_by else None)
+    return see_other("/keys", done="active_key_revoked" if done.replaced_by else "key_revoked")

@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 
 from billing import PriceBook, Resource
 from byoc_agent.protocol.messages import JobStatus, SandboxState
-from control_plane.store import agents, jobs, sandboxes, tenants
+from control_plane.store import agents, audit, jobs, sandboxes, tenants
 from control_plane.store.agents import AgentRecord
+from control_plane.store.audit import AuditEntry, AuditEntryRow
 from control_plane.store.jobs import JobRecord
 from control_plane.store.pages import Page, page_of
 from control_plane.store.sandboxes import SandboxRecord
@@ -132,6 +133,26 @@ def job_page(
         q = q.where(row.id < after)
     ids = list(s.scalars(q.order_by(row.id.desc()).limit(limit + 1)))
     return page_of([jobs.get_job(s, i, tenant_id=None) for i in ids], limit, lambda j: j.id)
+
+
+def audit_page(
+    s: Session, *, tenant_id: str | None, action: str | None, after: int | None, limit: int
+) -> Page[AuditEntry]:
+    """Audit entries newest first (``after`` is the last seq of the previous page)."""
+    q = select(AuditEntryRow).order_by(AuditEntryRow.seq.desc()).limit(limit + 1)
+    if tenant_id is not None:
+        q = q.where(AuditEntryRow.tenant_id == tenant_id)
+    if action is not None:
+        q = q.where(AuditEntryRow.action == action)
+    if after is not None:
+        q = q.where(AuditEntryRow.seq < after)
+    entries = [audit.entry_of(r) for r in s.scalars(q)]
+    return page_of(entries, limit, lambda e: str(e.seq))
+
+
+def audit_actions(s: Session) -> list[str]:
+    """Every action the audit log holds, for the filter."""
+    return sorted(s.scalars(select(AuditEntryRow.action).distinct()))
 
 
 def _overlap_seconds(start: datetime, end: datetime, lo: datetime, hi: datetime) -> int:

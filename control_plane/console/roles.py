@@ -1,9 +1,21 @@
 """Console roles and the one function that decides what a role may do.
 
-The console has its own users, but its roles mirror the API's: ``admin`` is the operator
-(everything), ``viewer`` reads every page and changes nothing, ``billing`` is finance (the
-usage, invoice and export pages only, like a billing key). Every check goes through
-:func:`allowed`, so unifying with the API's role model later changes this file only.
+The console has its own users, but its roles mirror the API's credentials
+(:mod:`control_plane.api.auth`, :mod:`control_plane.roles`). The console is a platform
+tool, so every role maps onto a platform-wide API credential, never a tenant key::
+
+    console role  API equivalent            may
+    admin         operator token            everything: create tenants and API keys, revoke
+                                            keys, enrollment tokens, kill sandboxes, rotate
+                                            and revoke signing keys, read the audit log
+    viewer        operator token, reads     every page (tenants, agents, hosts, sandboxes,
+                  only (GET routes)         jobs, audit log incl. chain verify, billing,
+                                            signing keys); no form that changes anything
+    billing       billing key (``cbk_``)    usage chart, invoices, exports; nothing else
+
+Tenant key roles (owner, admin, member, viewer, billing of one tenant) have no console
+equivalent: a tenant uses the API or the SDK. Every check goes through :func:`allowed`,
+so unifying with the API's role model later changes this file only.
 """
 
 from __future__ import annotations
@@ -20,9 +32,9 @@ class ConsoleRole(StrEnum):
 
 
 class Permission(StrEnum):
-    VIEW_OPERATIONS = "view_operations"  # tenants, agents, hosts, sandboxes, jobs, keys
+    VIEW_OPERATIONS = "view_operations"  # tenants, agents, hosts, sandboxes, jobs, audit, keys
     VIEW_BILLING = "view_billing"  # usage chart, invoices, exports
-    OPERATE = "operate"  # create tenants and keys, revoke, kill, rotate
+    OPERATE = "operate"  # create tenants and keys, revoke, kill, rotate/revoke signing keys
 
 
 _GRANTS: dict[ConsoleRole, frozenset[Permission]] = {

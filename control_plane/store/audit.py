@@ -128,7 +128,7 @@ def append(s: Session, event: AuditEvent) -> AuditEntry:
                       digest)
 
 
-def _entry(r: AuditEntryRow) -> AuditEntry:
+def entry_of(r: AuditEntryRow) -> AuditEntry:
     return AuditEntry(
         seq=r.seq, at=r.at, actor=r.actor, tenant_id=r.tenant_id, action=r.action,
         subject=r.subject, detail=dict(r.detail), prev_hash=r.prev_hash, hash=r.hash,
@@ -147,7 +147,7 @@ def list_entries(
         q = q.where(AuditEntryRow.action == action)
     if after is not None:
         q = q.where(AuditEntryRow.seq > after)
-    return page_of([_entry(r) for r in s.scalars(q)], limit, lambda e: str(e.seq))
+    return page_of([entry_of(r) for r in s.scalars(q)], limit, lambda e: str(e.seq))
 
 
 def verify_chain(s: Session, batch: int = 1000) -> ChainCheck:

@@ -206,6 +206,28 @@ def test_a_focus_export_downloads_with_the_sandboxes_usage(page: Page, info: Sta
     assert sb.id in text
 
 
+def test_the_audit_log_filters_and_verifies_by_keyboard(page: Page, info: StackInfo) -> None:
+    """The stack's agent enrollment is in the log; Tab reaches the filters and Verify chain,
+    and the verified chain is shown on the page."""
+    page.goto(f"{info.api_url}/console/audit")
+    page.keyboard.press("Tab")
+    assert _focused(page) == "Skip to content"
+    page.keyboard.press("Enter")
+    seen = _tab_to(page, "Verify chain", limit=6)
+    assert seen[-2] == "Filter"
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#verify-result")
+    assert "Chain verified" in page.locator("#verify-result").inner_text()
+    page.get_by_label("Action").select_option("agent.enrolled")
+    page.get_by_label("Tenant").select_option(info.tenant_id)
+    page.get_by_role("button", name="Filter").click()
+    table = page.get_by_role("table", name="Audit entries, newest first")
+    actions = table.locator("tbody td:nth-child(5)").all_inner_texts()
+    assert actions
+    assert {a.strip() for a in actions} == {"agent.enrolled"}
+    assert page.locator("#verify-result").count() == 0
+
+
 PAGES = [
     ("overview", "/console/"),
     ("tenants", "/console/tenants"),
@@ -213,6 +235,7 @@ PAGES = [
     ("hosts", "/console/hosts"),
     ("sandboxes", "/console/sandboxes"),
     ("jobs", "/console/jobs"),
+    ("audit-log", "/console/audit?verify=1"),
     ("billing", "/console/billing"),
     ("signing-keys", "/console/keys"),
     ("not-found", "/console/no-such-page"),

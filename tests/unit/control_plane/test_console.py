@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from control_plane.api import create_app
+from control_plane.api.services import Services
 from control_plane.console.roles import ConsoleRole, Permission, allowed
 from control_plane.console.web import CSP, SESSION_COOKIE
 from control_plane.store import Database, console_users
@@ -61,7 +62,8 @@ def sign_in(client: TestClient, name: str = "ops", password: str = PASSWORD) -> 
 
 def test_pages_need_a_session_and_send_you_to_sign_in(client: TestClient) -> None:
     """Without a session every page redirects to the login page, remembering where to go."""
-    for path in ("/console/", "/console/tenants", "/console/billing", "/console/keys"):
+    for path in ("/console/", "/console/tenants", "/console/audit", "/console/billing",
+                 "/console/keys"):
         r = client.get(path)
         assert r.status_code == 303, path
         assert r.headers["location"] == "/console/login?" + urlencode({"next": path})
@@ -180,7 +182,8 @@ def test_a_billing_user_sees_billing_only_and_changes_nothing(client: TestClient
     assert export.status_code == 200
     assert export.headers["content-disposition"].endswith('focus.csv"')
     assert "BilledCost" in export.text.splitlines()[0]
-    for path in ("/console/tenants", "/console/sandboxes", "/console/jobs", "/console/keys"):
+    for path in ("/console/tenants", "/console/sandboxes", "/console/jobs", "/console/audit",
+                 "/console/keys"):
         r = client.get(path)
         assert r.status_code == 403, path
         assert "Not allowed" in r.text
@@ -320,6 +323,7 @@ def test_empty_lists_say_so(client: TestClient) -> None:
         "/console/hosts": "No host has reported usage",
         "/console/sandboxes": "No sandbox has been created yet",
         "/console/jobs": "No job has been sent yet",
+        "/console/audit": "The audit log is empty.",
         "/console/billing": "No usage in",
     }
     for path, text in expectations.items():
@@ -504,3 +508,197 @@ def test_daily_usage_splits_records_at_utc_midnight(database_url: str) -> None:
     ]
     assert october[0].cost == Decimal(4) * Decimal("0.01667") + Decimal(2) * Decimal("0.00833")
     assert [(d.day, d.vcpu_hours) for d in first_of_november] == [(date(2020, 11, 1), Decimal(4))]
+
+
+# ---- audit log and signing-key revocation -------------------------------------------------
+
+
+def audit_rows(html: str) -> list[tuple[int, str]]:
+    """(seq, action) of each row on the audit page, in page order."""
+    return [(int(seq), action) for seq, action in re.findall(
+        r"<tr(?: class=\"bad-entry\")?><td>(\d+)</td><td>[^<]*</td><td class=\"mono\">[^<]*</td>"
+        r"\s*<td>[^<]*</td>\s*<td>([a-z_.]+)</td>", html)]
+
+
+def test_the_audit_page_lists_filters_pages_and_verifies_the_chain(
+    client: TestClient, database_url: str
+) -> None:
+    """Newest first; filters by tenant and action; ``verify`` says ok, then names the
+    first entry an edit in the database broke."""
+    from sqlalchemy import update
+
+    from control_plane.store.audit import AuditEntryRow
+
+    make_user(client)
+    sign_in(client)
+    empty = client.get("/console/audit")
+    assert empty.status_code == 200
+    assert "The audit log is empty." in empty.text
+    acme = client.post("/v1/tenants", json={"name": "acme"}, headers=OPERATOR).json()
+    other = client.post("/v1/tenants", json={"name": "other"}, headers=OPERATOR).json()
+    for tenant in (acme, other, acme):
+        r = client.post("/v1/agents/enrollment-tokens",
+                        json={"tenant_id": tenant["tenant"]["id"], "ttl_s": 600},
+                        headers=OPERATOR)
+        assert r.status_code == 201
+    page = client.get("/console/audit")
+    assert 'aria-current="page">Audit log<' in page.text
+    rows = audit_rows(page.text)
+    assert [seq for seq, _ in rows] == [3, 2, 1]
+    assert {a for _, a in rows} == {"enrollment_token.created"}
+    assert "verify-result" not in page.text  # verifying reads the whole log: on demand
+
+    mine = audit_rows(client.get("/console/audit",
+                                 params={"tenant": acme["tenant"]["id"]}).text)
+    assert [seq for seq, _ in mine] == [3, 1]
+    none = client.get("/console/audit", params={"action": "signing_key.revoked"})
+    assert "No audit entry matches these filters." in none.text
+    first = client.get("/console/audit", params={"limit": 2, "verify": "1"})
+    assert [seq for seq, _ in audit_rows(first.text)] == [3, 2]
+    nxt = re.search(r'href="([^"]+)" rel="next"', first.text)
+    assert nxt
+    assert "verify" not in nxt.group(1)  # paging does not re-verify
+    second = client.get(nxt.group(1).replace("&amp;", "&"))
+    assert [seq for seq, _ in audit_rows(second.text)] == [1]
+    assert client.get("/console/audit", params={"after": "x"}).status_code == 400
+
+    ok = client.get("/console/audit", params={"verify": "1"}).text
+    assert "Chain verified: all 3 entries match their hashes." in ok
+    db = Database(database_url)
+    try:
+        db.run_sync(lambda s: s.execute(
+            update(AuditEntryRow).where(AuditEntryRow.seq == 2).values(actor="someone-else")
+        ))
+    finally:
+        db.dispose()
+    bad = client.get("/console/audit", params={"verify": "1"})
+    assert bad.status_code == 200
+    assert "Chain broken at entry #2</strong>: entry content does not match hash" in bad.text
+    assert '<tr class="bad-entry"><td>2</td>' in bad.text
+    assert 'href="/console/audit?after=3"' in bad.text
+    assert "Chain verified" not in bad.text
+
+
+def test_a_rejected_job_is_in_the_audit_log_with_its_reason(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A job an agent refuses (its signed result says rejected) is audited as
+    ``job.rejected`` with the agent's reason, and the audit page shows it."""
+
+    publisher = MemoryPublisher()
+    app = create_app(make_settings(tmp_path, database_url), publisher=publisher)
+    with TestClient(app, raise_server_exceptions=False, follow_redirects=False) as client:
+        svc = app.state.services
+        assert isinstance(svc, Services)
+        _refused_job_is_audited(client, svc, publisher)
+
+
+def _refused_job_is_audited(client: TestClient, svc: Services, publisher: MemoryPublisher) -> None:
+    import threading
+    import time
+
+    from byoc_agent.protocol import cosign, subjects, verify
+    from byoc_agent.protocol.signing import SigningKey
+    from control_plane.testing import heartbeat_message, result_message
+
+    make_user(client)
+    sign_in(client)
+    made = client.post("/v1/tenants", json={"name": "acme"}, headers=OPERATOR).json()
+    tenant_id = made["tenant"]["id"]
+    auth = {"Authorization": f"Bearer {made['api_key']['key']}"}
+    token = client.post("/v1/agents/enrollment-tokens",
+                        json={"tenant_id": tenant_id, "ttl_s": 600}, headers=OPERATOR).json()
+    key = SigningKey.generate()
+    enrolled = client.post("/v1/agents/enroll", json={
+        "token": token["token"], "name": "edge", "public_key": key.public_text,
+        "data_plane_url": "http://10.0.0.5:8788", "runtimes": ["gvisor"],
+        "templates": ["base"],
+        "capacity": {"cpu_total": 16, "cpu_free": 16, "memory_mb_total": 32768,
+                     "memory_mb_free": 32768, "sandboxes": 0},
+    })
+    assert enrolled.status_code == 201, enrolled.text
+    agent_id = enrolled.json()["agent_id"]
+    portal = client.portal  # type: ignore[attr-defined]
+    portal.call(svc.inbox.handle, subjects.heartbeat(tenant_id, agent_id),
+                heartbeat_message(key, agent_id=agent_id, tenant_id=tenant_id, cpu_free=16,
+                                  memory_mb_free=32768))
+
+    def agent_refuses() -> None:  # the agent's side: answer the published job, rejected
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not publisher.published:
+            time.sleep(0.01)
+        data = publisher.published[0].data
+        job = verify.verify_signed_job(cosign.split(data)[0], keyring=verify.Keyring(
+            {svc.keys.active.kid: svc.keys.active.public_key}))
+        msg = result_message(key, job, status="rejected", error_code="rejected",
+                             error_message="seq_not_increasing: seq 1 is not above 4")
+        portal.call(svc.inbox.handle, subjects.results(tenant_id, agent_id), msg)
+
+    agent = threading.Thread(target=agent_refuses)
+    agent.start()
+    created = client.post("/v1/sandboxes", json={"template": "base"}, headers=auth)
+    agent.join()
+    assert created.status_code >= 400  # the agent refused the create job
+    page = client.get("/console/audit", params={"action": "job.rejected"}).text
+    rows = audit_rows(page)
+    assert [a for _, a in rows] == ["job.rejected"]
+    assert "reason=seq_not_increasing" in page
+    assert f"agent:{agent_id}" in page
+    jobs_page = client.get("/console/jobs", params={"status": "rejected"}).text
+    assert "seq 1 is not above 4" in jobs_page
+
+
+def test_revoking_a_signing_key_from_the_console(client: TestClient) -> None:
+    """Revoke marks a retired key revoked, is audited with the console user as actor;
+    revoking the active key makes a new one active first; a viewer gets 403."""
+    make_user(client)
+    make_user(client, "watcher", "viewer")
+    sign_in(client)
+    page = client.get("/console/keys")
+    assert "every agent refuses jobs and sandbox tokens signed with that kid" in page.text
+    assert "within one key-refresh interval" in page.text
+    token = csrf_of(page.text)
+    assert client.post("/console/keys/rotate", data={"csrf_token": token}).status_code == 303
+    keys = {k["kid"]: k["status"] for k in client.get("/v1/signing-keys").json()["keys"]}
+    retired = next(kid for kid, status in keys.items() if status == "retired")
+    active = next(kid for kid, status in keys.items() if status == "active")
+    page = client.get("/console/keys").text
+    assert f'action="/console/keys/{retired}/revoke"' in page
+    assert f'aria-label="Revoke signing key {retired}"' in page
+
+    r = client.post(f"/console/keys/{retired}/revoke", data={"csrf_token": token})
+    assert r.status_code == 303
+    assert "Agents refuse it from their next key refresh" in client.get(
+        r.headers["location"]).text
+    keys = {k["kid"]: k["status"] for k in client.get("/v1/signing-keys").json()["keys"]}
+    assert keys[retired] == "revoked"
+    assert keys[active] == "active"
+    page = client.get("/console/keys").text
+    assert f'action="/console/keys/{retired}/revoke"' not in page  # nothing left to revoke
+    log = client.get("/console/audit", params={"action": "signing_key.revoked"}).text
+    assert [a for _, a in audit_rows(log)] == ["signing_key.revoked"]
+    assert retired in log
+    assert "console:ops" in log
+    rotated = client.get("/console/audit", params={"action": "signing_key.rotated"}).text
+    assert len(audit_rows(rotated)) == 1  # the console's rotate goes through the keyring
+
+    r = client.post(f"/console/keys/{active}/revoke", data={"csrf_token": token})
+    assert r.status_code == 303
+    assert "a new key was made active" in client.get(r.headers["location"]).text
+    keys = {k["kid"]: k["status"] for k in client.get("/v1/signing-keys").json()["keys"]}
+    assert keys[active] == "revoked"
+    assert list(keys.values()).count("active") == 1
+    missing = client.post("/console/keys/k_nope/revoke", data={"csrf_token": token})
+    assert missing.status_code == 404
+
+    client.cookies.clear()
+    sign_in(client, "watcher")
+    viewer_page = client.get("/console/keys").text
+    assert "/revoke" not in viewer_page
+    new_active = next(kid for kid, status in keys.items() if status == "active")
+    refused = client.post(f"/console/keys/{new_active}/revoke",
+                          data={"csrf_token": csrf_of(viewer_page)})
+    assert refused.status_code == 403
+    keys = {k["kid"]: k["status"] for k in client.get("/v1/signing-keys").json()["keys"]}
+    assert keys[new_active] == "active"
+    assert client.get("/console/audit").status_code == 200  # the viewer reads the log
