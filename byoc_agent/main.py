@@ -87,6 +87,7 @@ async def run_agent(settings: AgentSettings) -> None:
             heartbeat_interval_s=settings.heartbeat_interval_s,
             reaper_interval_s=settings.reaper_interval_s,
             usage_interval_s=settings.usage_interval_s,
+            snapshots_dir=settings.snapshots_dir,
         ),
         templates=lambda: _templates(settings),
     )
