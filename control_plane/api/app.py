@@ -17,7 +17,15 @@ from fastapi.responses import RedirectResponse
 
 from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimit
-from control_plane.api.routes import agents, billing, console_users, jobs, sandboxes, tenants
+from control_plane.api.routes import (
+    agents,
+    billing,
+    console_users,
+    jobs,
+    sandboxes,
+    snapshots,
+    tenants,
+)
 from control_plane.api.schemas import Health
 from control_plane.api.services import Services
 from control_plane.jobs.inbox import AgentInbox
@@ -97,7 +105,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
     async def healthz() -> Health:
         return Health()
 
-    for module in (tenants, agents, sandboxes, jobs, billing, console_users):
+    for module in (tenants, agents, sandboxes, snapshots, jobs, billing, console_users):
         app.include_router(module.router)
 
     @app.get("/console", include_in_schema=False)

@@ -12,6 +12,7 @@ from control_plane.store import (
     jobs,
     sandboxes,
     signing_keys,
+    snapshots,
     tenants,
     usage,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "new_id",
     "sandboxes",
     "signing_keys",
+    "snapshots",
     "tenants",
     "upgrade_to_head",
     "usage",
