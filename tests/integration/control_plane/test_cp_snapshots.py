@@ -165,3 +165,39 @@ async def test_a_restore_needs_the_agent_that_holds_the_snapshot(
         assert "offline" in r.json()["error"]["message"]
         await asyncio.sleep(0.2)
         assert len(other.received) == before  # nothing was sent to the agent without it
+
+
+async def test_a_fork_is_all_or_nothing_and_only_running_sandboxes_snapshot(
+    nats_server: NatsServer, database_url: str, tmp_path: Path
+) -> None:
+    """The agent has room for three more 2-vCPU sandboxes, not four: a fork of four fails
+    with 503, kills the three it made, and deletes its snapshot. A killed sandbox cannot be
+    snapshotted (409)."""
+    async with control_plane(nats_server, database_url, tmp_path) as cp:
+        tenant_id, auth = await cp.tenant()
+        agent = await cp.agent(tenant_id)  # 8 vCPU
+        r = await cp.http.post("/v1/sandboxes", json={**CREATE, "cpu": 2}, headers=auth)
+        assert r.status_code == 201, r.text
+        source = r.json()
+        before = len(agent.received)
+        r = await cp.http.post(
+            f"/v1/sandboxes/{source['id']}/fork", json={"count": 4}, headers=auth
+        )
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "capacity"
+        bodies = [rcv.job.body for rcv in agent.received[before:]]
+        restored = [b.sandbox_id for b in bodies if isinstance(b, RestoreSandboxBody)]
+        assert len(restored) == 3
+        killed = [b.sandbox_id for b in bodies if b.kind == "kill_sandbox"]
+        assert sorted(killed) == sorted(restored)
+        assert isinstance(bodies[-1], DeleteSnapshotBody)
+        for sid in restored:
+            got = (await cp.http.get(f"/v1/sandboxes/{sid}", headers=auth)).json()
+            assert got["state"] == "killed"
+        assert (await cp.http.get("/v1/snapshots", headers=auth)).json()["items"] == []
+
+        assert (
+            await cp.http.delete(f"/v1/sandboxes/{source['id']}", headers=auth)
+        ).status_code == 204
+        r = await cp.http.post(f"/v1/sandboxes/{source['id']}/snapshots", headers=auth)
+        assert r.status_code == 409, r.text
