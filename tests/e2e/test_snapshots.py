@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable
 
 import pytest
+from typer.testing import CliRunner
 
-from corral import AdminClient, NotFoundError, Sandbox, delete_snapshot, list_snapshots
+from corral import AdminClient, NotFoundError, Sandbox, cli, delete_snapshot, list_snapshots
 from corral.testing.stack import LocalStack, StackInfo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.gvisor, pytest.mark.nats]
@@ -116,6 +117,22 @@ def test_snapshot_restore_and_fork_keep_files_and_memory_on_new_machines(
             Sandbox.create(snapshot=snap, **auth)  # type: ignore[arg-type]
         # Restored sandboxes run on without the snapshot.
         assert restored.commands.run("cat /work/kept.txt").stdout == "written before the snapshot"
+
+        # The CLI: `corral sandbox snapshot ID`, `create --snapshot`, `fork -n`.
+        cli_env = {"CORRAL_API_URL": info.api_url, "CORRAL_API_KEY": info.api_key}
+        runner = CliRunner()
+        got = runner.invoke(cli.app, ["sandbox", "snapshot", sb.id], env=cli_env)
+        assert got.exit_code == 0, got.output
+        cli_snap = got.output.strip()
+        got = runner.invoke(cli.app, ["sandbox", "create", "--snapshot", cli_snap], env=cli_env)
+        assert got.exit_code == 0, got.output
+        made.append(Sandbox.connect(got.output.strip(), **auth))  # type: ignore[arg-type]
+        assert made[-1].files.read("/work/parent.txt") == "parent"
+        got = runner.invoke(cli.app, ["sandbox", "fork", sb.id, "-n", "1"], env=cli_env)
+        assert got.exit_code == 0, got.output
+        made.append(Sandbox.connect(got.output.strip(), **auth))  # type: ignore[arg-type]
+        assert made[-1].files.read("/work/parent.txt") == "parent"
+        delete_snapshot(cli_snap, **auth)  # type: ignore[arg-type]
     finally:
         for x in made:
             x.kill()
