@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from corral import AdminClient, NotFoundError, Sandbox, cli, delete_snapshot, list_snapshots
 from corral.testing.stack import LocalStack, StackInfo
 
-pytestmark = [pytest.mark.e2e, pytest.mark.gvisor, pytest.mark.nats]
+pytestmark = [pytest.mark.e2e, pytest.mark.gvisor, pytest.mark.nats, pytest.mark.microvm]
 
 # A shell counting in its own memory, writing each value to a file.
 COUNTER = (

@@ -16,7 +16,7 @@ from byoc_agent.protocol.messages import (
 )
 from corral.testing import NatsServer
 
-pytestmark = [pytest.mark.anyio, pytest.mark.nats]
+pytestmark = [pytest.mark.anyio, pytest.mark.nats, pytest.mark.microvm]
 
 CREATE = {"template": "base", "cpu": 1, "memory_mb": 1024, "timeout_s": 120}
 
