@@ -424,7 +424,8 @@ class Sandbox:
         """``n`` (1 to 10) new sandboxes in this one's current state, from one snapshot.
 
         Each is a new machine (own id, hostname, machine-id and random seed) with this
-        sandbox's files, processes and memory; from then on they all run apart.
+        sandbox's files, processes and memory, metadata and timeout length; from then on
+        they all run apart. All or nothing: if one cannot start, none is left running.
         """
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10:
             raise InvalidArgumentError(f"n: must be between 1 and 10, got {n!r}", field="n")
