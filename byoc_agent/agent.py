@@ -26,12 +26,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
+import shutil
 import socket
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -46,6 +49,7 @@ from byoc_agent.protocol.errors import (
     EnvelopeRejectedError,
     ErrorCode,
     InvalidArgumentError,
+    NotFoundError,
     RejectReason,
     SandboxNotFoundError,
     SandboxNotRunningError,
@@ -60,7 +64,7 @@ from byoc_agent.runtimes.base import (
     SandboxSpec,
     Snapshotting,
 )
-from byoc_agent.runtimes.multi import runtime_isolations, runtime_names
+from byoc_agent.runtimes.multi import isolation_of, runtime_isolations, runtime_names
 from byoc_agent.state import AgentIdentity, AgentStateStore, SandboxRecord
 from byoc_agent.transport.nats import (
     IncomingJob,
@@ -98,6 +102,8 @@ class AgentConfig:
     fleet_interval_s: float = 5.0
     host: str = dataclasses.field(default_factory=socket.gethostname)
     cosign_policy: cosign.CosignPolicy = dataclasses.field(default_factory=cosign.CosignPolicy)
+    # Where snapshots are kept (``<agent home>/snapshots``); None: this agent takes none.
+    snapshots_dir: Path | None = None
 
 
 class Agent:
@@ -264,6 +270,7 @@ class Agent:
     async def execute(self, job: messages.Job) -> messages.JobResult:
         """Run an accepted job and store its signed result in the outbox."""
         body = job.body
+        report: SandboxReport | None
         jlog = self.log.bind(job_id=job.job_id, sandbox_id=body.sandbox_id, kind=body.kind)
         async with self._locks[body.sandbox_id]:
             try:
@@ -275,10 +282,17 @@ class Agent:
                     report = await self._pause(body.sandbox_id)
                 elif isinstance(body, messages.ResumeSandboxBody):
                     report = await self._resume(body.sandbox_id)
+                elif isinstance(body, messages.SnapshotSandboxBody):
+                    report = await self._snapshot(body)
+                elif isinstance(body, messages.RestoreSandboxBody):
+                    report = await self._restore(job.job_id, body)
+                elif isinstance(body, messages.DeleteSnapshotBody):
+                    await self._delete_snapshot(body)
+                    report = None
                 else:
                     report = await self._set_timeout(body.sandbox_id, body.timeout_s)
                 result = self._result(job, "succeeded", sandbox=report)
-                jlog.info("job_succeeded", state=report.state.value)
+                jlog.info("job_succeeded", state=report.state.value if report else None)
             except CorralError as e:
                 jlog.warning("job_failed", code=e.code.value, error=e.message)
                 result = self._result(
@@ -432,6 +446,109 @@ class Agent:
         self.meter.resume(resumed, now)
         self.state.put_sandbox(resumed)
         return _report(resumed)
+
+    def _snapshot_dir(self, snapshot_id: str) -> Path:
+        # snapshot ids match the wire's id pattern: no "/" or "..", a plain directory name.
+        if self.config.snapshots_dir is None:
+            raise InvalidArgumentError("this agent keeps no snapshots")
+        return self.config.snapshots_dir / snapshot_id
+
+    async def _snapshot(self, body: messages.SnapshotSandboxBody) -> SandboxReport:
+        """Write a snapshot of a running sandbox under ``<snapshots>/<snapshot_id>/``; the
+        runtime syncs its filesystem first, stops it briefly, and lets it run on."""
+        rec = self.state.get_sandbox(body.sandbox_id)
+        if rec is None:
+            raise SandboxNotFoundError(f"sandbox {body.sandbox_id} is not on this agent")
+        dest = self._snapshot_dir(body.snapshot_id)
+        async with self._locks[_snapshot_lock(body.snapshot_id)]:
+            if await asyncio.to_thread((dest / _SNAPSHOT_INFO).is_file):
+                return _report(rec)  # taken already (a redelivered job)
+            if rec.state is not SandboxState.RUNNING:
+                raise SandboxNotRunningError(f"sandbox {body.sandbox_id} is {rec.state.value}")
+            runtime = self.runtime
+            if not isinstance(runtime, Snapshotting):
+                raise InvalidArgumentError(f"runtime {runtime.name} cannot snapshot sandboxes")
+            await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(shutil.rmtree, dest, True)  # a half-written earlier try
+            await runtime.snapshot(rec.handle, dest)
+            info = {
+                "snapshot_id": body.snapshot_id,
+                "source_sandbox_id": rec.sandbox_id,
+                "tenant_id": rec.tenant_id,
+                "isolation": _isolation_of(rec.handle),
+                "template": rec.template,
+                "cpu": rec.cpu,
+                "memory_mb": rec.memory_mb,
+                "created_at": time.time(),
+            }
+            # Written last: its presence says the snapshot is complete.
+            await asyncio.to_thread(_write_json, dest / _SNAPSHOT_INFO, info)
+        self.log.info("snapshot_taken", sandbox_id=rec.sandbox_id, snapshot_id=body.snapshot_id)
+        return _report(rec)
+
+    async def _restore(self, job_id: str, body: messages.RestoreSandboxBody) -> SandboxReport:
+        """A new sandbox from a snapshot: capacity-checked and metered like a create."""
+        existing = self.state.get_sandbox(body.sandbox_id)
+        if existing is not None:
+            return _report(existing)
+        source = self._snapshot_dir(body.snapshot_id)
+        async with self._locks[_snapshot_lock(body.snapshot_id)]:
+            try:
+                info = json.loads(await asyncio.to_thread((source / _SNAPSHOT_INFO).read_text))
+            except (OSError, ValueError):
+                raise NotFoundError(
+                    f"snapshot {body.snapshot_id} is not on this agent", job_id=job_id
+                ) from None
+            if info.get("isolation") != body.isolation:
+                raise InvalidArgumentError(
+                    f"snapshot {body.snapshot_id} holds a {info.get('isolation')} sandbox, "
+                    f"not {body.isolation}",
+                    job_id=job_id,
+                )
+            cpu, memory_mb, template = int(info["cpu"]), int(info["memory_mb"]), info["template"]
+            free_cpu, free_mem, _ = self.free_capacity()
+            if cpu > free_cpu or memory_mb > free_mem:
+                raise CapacityError(
+                    f"agent has {free_cpu} vCPU and {free_mem} MiB free; "
+                    f"sandbox asks {cpu} vCPU and {memory_mb} MiB",
+                    job_id=job_id,
+                )
+            runtime = self.runtime
+            if not isinstance(runtime, Snapshotting):
+                raise InvalidArgumentError(f"runtime {runtime.name} cannot restore sandboxes")
+            spec = SandboxSpec(
+                sandbox_id=body.sandbox_id,
+                tenant_id=self.identity.tenant_id,
+                template=template,
+                cpu=cpu,
+                memory_mb=memory_mb,
+                timeout_s=body.timeout_s,
+                env=dict(body.env),
+                isolation=body.isolation,
+            )
+            handle = await runtime.restore(spec, source)
+        now = time.time()
+        rec = SandboxRecord(
+            sandbox_id=body.sandbox_id,
+            tenant_id=self.identity.tenant_id,
+            handle=handle,
+            state=SandboxState.RUNNING,
+            cpu=cpu,
+            memory_mb=memory_mb,
+            template=template,
+            started_at=now,
+            deadline=now + body.timeout_s,
+        )
+        self.state.put_sandbox(rec)
+        self.log.info("sandbox_restored", sandbox_id=rec.sandbox_id, snapshot_id=body.snapshot_id)
+        return _report(rec)
+
+    async def _delete_snapshot(self, body: messages.DeleteSnapshotBody) -> None:
+        """Remove a snapshot's files (idempotent: a missing snapshot is already deleted)."""
+        dest = self._snapshot_dir(body.snapshot_id)
+        async with self._locks[_snapshot_lock(body.snapshot_id)]:
+            await asyncio.to_thread(shutil.rmtree, dest, True)
+        self.log.info("snapshot_deleted", snapshot_id=body.snapshot_id)
 
     async def _set_timeout(self, sandbox_id: str, timeout_s: int) -> SandboxReport:
         rec = self.state.get_sandbox(sandbox_id)
@@ -634,6 +751,26 @@ class Agent:
         with contextlib.suppress(TimeoutError, TransportUnavailable):
             async with asyncio.timeout(5):
                 await self.flush_outbox()
+
+
+_SNAPSHOT_INFO = "corral-snapshot.json"
+
+
+def _snapshot_lock(snapshot_id: str) -> str:
+    return f"snapshot:{snapshot_id}"  # never a sandbox id (those have no ":")
+
+
+def _isolation_of(handle: SandboxHandle) -> str:
+    try:
+        return isolation_of(handle.runtime)
+    except InvalidArgumentError:
+        return "gvisor"
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
 
 
 def _result_msg_id(job_id: str) -> str:

@@ -131,6 +131,7 @@ async def run_agent(settings: AgentSettings) -> None:
             usage_interval_s=settings.usage_interval_s,
             fleet_interval_s=settings.hosts.interval_s if settings.hosts else 5.0,
             cosign_policy=cosign_policy,
+            snapshots_dir=settings.snapshots_dir,
         ),
         templates=lambda: _templates(settings),
         fleet=fleet,

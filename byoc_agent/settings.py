@@ -200,6 +200,10 @@ class AgentSettings:
         return self.home / "agent-key.pem"
 
     @property
+    def snapshots_dir(self) -> Path:
+        return (self.home / "snapshots").resolve()
+
+    @property
     def runtime_dir(self) -> Path:
         return self.home / "runtime"
 

@@ -73,4 +73,10 @@ class PublishError(RetryableError):
     code = ErrorCode.UNAVAILABLE
 
 
+class AgentOfflineError(RetryableError):
+    """The one agent that can do this (e.g. it holds the snapshot) is offline."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
 __all__ = ["HTTP_STATUS", "http_status"]

@@ -13,6 +13,7 @@ Create, step by step::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from byoc_agent.protocol.errors import (
+    CapacityError,
     CorralError,
     ErrorCode,
     InvalidArgumentError,
@@ -30,24 +32,35 @@ from byoc_agent.protocol.errors import (
 )
 from byoc_agent.protocol.messages import (
     CreateSandboxBody,
+    DeleteSnapshotBody,
     JobStatus,
     KillSandboxBody,
     PauseSandboxBody,
+    RestoreSandboxBody,
     ResumeSandboxBody,
     SandboxState,
     SetTimeoutBody,
+    SnapshotSandboxBody,
 )
 from byoc_agent.runtimes.base import EndReason
 from control_plane.cosign_service import CosignService, agent_policy
-from control_plane.errors import AgentFailedError, JobRejectedError, PublishError
+from control_plane.errors import (
+    AgentFailedError,
+    AgentOfflineError,
+    JobRejectedError,
+    PublishError,
+)
 from control_plane.jobs.issuer import JobIssuer
 from control_plane.jobs.keys import SigningKeys
 from control_plane.jobs.tokens import IssuedSandboxToken, mint_sandbox_token
 from control_plane.jobs.waiters import JobOutcome
 from control_plane.scheduler import Candidate, Request, choose, isolations_of
 from control_plane.settings import Settings
-from control_plane.store import Database, agents, new_id, sandboxes, tenants, utcnow
+from control_plane.store import Database, agents, new_id, sandboxes, snapshots, tenants, utcnow
 from control_plane.store.sandboxes import NewSandbox, SandboxRecord
+from control_plane.store.snapshots import SnapshotRecord
+
+MAX_FORKS = 10
 
 log = structlog.get_logger("control_plane.sandboxes")
 
@@ -63,6 +76,17 @@ class CreateSandbox:
     metadata: Mapping[str, str] = field(default_factory=dict)
     # None: the tenant's required isolation, else gvisor.
     isolation: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreSandbox:
+    """A new sandbox from a snapshot: template, cpu, memory and isolation are the snapshot's."""
+
+    tenant_id: str
+    snapshot_id: str
+    timeout_s: int
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,10 +179,8 @@ class SandboxService:
         async with lock:
             await self._db.run(lambda s: self._cosign.expire_in(s, req.tenant_id))
             sandbox = await self._db.run(place)
-        bound = log.bind(
-            tenant_id=sandbox.tenant_id, agent_id=sandbox.agent_id, sandbox_id=sandbox.id
-        )
-        bound.info("sandbox_placed", template=sandbox.template)
+        log.info("sandbox_placed", tenant_id=sandbox.tenant_id, agent_id=sandbox.agent_id,
+                 sandbox_id=sandbox.id, template=sandbox.template)  # fmt: skip
         body = CreateSandboxBody(
             sandbox_id=sandbox.id,
             template=req.template,
@@ -172,6 +194,19 @@ class SandboxService:
         if held is not None:
             access = await self._access(sandbox)
             return dataclasses.replace(access, cosign_request_id=held)
+        return await self._start(sandbox, body, token_ttl_s)
+
+    async def _start(
+        self,
+        sandbox: SandboxRecord,
+        body: CreateSandboxBody | RestoreSandboxBody,
+        token_ttl_s: int | None = None,
+    ) -> SandboxAccess:
+        """Send the job that starts a placed (pending) sandbox and wait for it to run."""
+        bound = log.bind(
+            tenant_id=sandbox.tenant_id, agent_id=sandbox.agent_id, sandbox_id=sandbox.id
+        )
+        timeout_s = body.timeout_s
         try:
             outcome = await self._issuer.run(
                 tenant_id=sandbox.tenant_id,
@@ -195,13 +230,11 @@ class SandboxService:
         def started(s: Session) -> SandboxRecord:
             current = sandboxes.get_sandbox(s, sandbox.id, tenant_id=None)
             begin = current.started_at or utcnow()
-            sandboxes.set_expiry(
-                s, sandbox.id, req.timeout_s, begin + timedelta(seconds=req.timeout_s)
-            )
+            sandboxes.set_expiry(s, sandbox.id, timeout_s, begin + timedelta(seconds=timeout_s))
             return sandboxes.get_sandbox(s, sandbox.id, tenant_id=None)
 
         sandbox = await self._db.run(started)
-        bound.info("sandbox_created", state=sandbox.state.value)
+        bound.info("sandbox_created", state=sandbox.state.value, kind=body.kind)
         return await self._access(sandbox, token_ttl_s)
 
     async def _hold_if_high_risk(
@@ -236,6 +269,155 @@ class SandboxService:
         log.info("sandbox_awaits_cosignature", sandbox_id=sandbox.id, job_id=job_id,
                  rule=str(rule))
         return job_id
+
+    # ------------------------------------------------------------ snapshots
+    async def snapshot(self, tenant_id: str, sandbox_id: str) -> SnapshotRecord:
+        """Save a running sandbox's memory and files on its agent (the sandbox runs on)."""
+        sandbox = await self.get(tenant_id, sandbox_id)
+        if sandbox.state != SandboxState.RUNNING:
+            raise SandboxNotRunningError(
+                f"the sandbox is {sandbox.state.value}; only a running sandbox can be "
+                "snapshotted",
+                sandbox_id=sandbox_id,
+            )
+        snapshot_id = snapshots.new_snapshot_id()
+        outcome = await self._issuer.run(
+            tenant_id=sandbox.tenant_id,
+            agent_id=sandbox.agent_id,
+            sandbox_id=sandbox.id,
+            body=SnapshotSandboxBody(sandbox_id=sandbox.id, snapshot_id=snapshot_id),
+            timeout_s=self._settings.job_timeout_s,
+        )
+        if outcome.status != JobStatus.SUCCEEDED:
+            raise outcome_error(outcome)
+        record = await self._db.run(
+            lambda s: snapshots.add_snapshot(
+                s,
+                snapshot_id=snapshot_id,
+                tenant_id=sandbox.tenant_id,
+                agent_id=sandbox.agent_id,
+                sandbox_id=sandbox.id,
+                isolation=sandbox.isolation,
+                template=sandbox.template,
+                cpu=sandbox.cpu,
+                memory_mb=sandbox.memory_mb,
+            )
+        )
+        log.info("snapshot_taken", tenant_id=tenant_id, sandbox_id=sandbox_id,
+                 snapshot_id=snapshot_id)  # fmt: skip
+        return record
+
+    async def get_snapshot(self, tenant_id: str, snapshot_id: str) -> SnapshotRecord:
+        return await self._db.run(
+            lambda s: snapshots.get_snapshot(s, snapshot_id, tenant_id=tenant_id)
+        )
+
+    async def delete_snapshot(self, tenant_id: str, snapshot_id: str) -> None:
+        """Delete a snapshot's files on its agent and mark it deleted."""
+        snap = await self.get_snapshot(tenant_id, snapshot_id)
+        outcome = await self._issuer.run(
+            tenant_id=snap.tenant_id,
+            agent_id=snap.agent_id,
+            sandbox_id=snap.sandbox_id,
+            body=DeleteSnapshotBody(sandbox_id=snap.sandbox_id, snapshot_id=snap.id),
+            timeout_s=self._settings.job_timeout_s,
+        )
+        if outcome.status != JobStatus.SUCCEEDED:
+            raise outcome_error(outcome)
+        await self._db.run(lambda s: snapshots.mark_deleted(s, snap.id))
+        log.info("snapshot_deleted", tenant_id=tenant_id, snapshot_id=snapshot_id)
+
+    async def restore(self, req: RestoreSandbox) -> SandboxAccess:
+        """A new sandbox from a snapshot, on the agent that holds it (503 if it is offline)."""
+
+        def place(s: Session) -> SandboxRecord:
+            snap = snapshots.get_snapshot(s, req.snapshot_id, tenant_id=req.tenant_id)
+            required = tenants.get_tenant(s, req.tenant_id).required_isolation
+            if required is not None and snap.isolation != required:
+                raise InvalidArgumentError(
+                    f"snapshot: this tenant's policy requires {required} sandboxes; the "
+                    f"snapshot holds a {snap.isolation} one",
+                    tenant_id=req.tenant_id,
+                )
+            agent = agents.get_agent(s, snap.agent_id)
+            if not agent.is_online(utcnow(), self._settings.heartbeat_offline_s):
+                raise AgentOfflineError(
+                    "the agent that holds this snapshot is offline; try again when it is back",
+                    snapshot_id=snap.id,
+                )
+            cpu, mem = sandboxes.reserved_since(s, agent.id, None)
+            cpu_free = agent.capacity.cpu_total - cpu
+            mem_free = agent.capacity.memory_mb_total - mem
+            if snap.cpu > cpu_free or snap.memory_mb > mem_free:
+                raise CapacityError(
+                    "the agent that holds this snapshot has no room for another sandbox "
+                    f"({cpu_free} vCPU and {mem_free} MiB free; it needs {snap.cpu} vCPU and "
+                    f"{snap.memory_mb} MiB)",
+                    snapshot_id=snap.id,
+                )
+            return sandboxes.create_sandbox(
+                s,
+                NewSandbox(
+                    tenant_id=req.tenant_id,
+                    agent_id=snap.agent_id,
+                    template=snap.template,
+                    cpu=snap.cpu,
+                    memory_mb=snap.memory_mb,
+                    timeout_s=req.timeout_s,
+                    metadata=req.metadata,
+                    isolation=snap.isolation,
+                ),
+            )
+
+        lock = self._placing.setdefault(req.tenant_id, asyncio.Lock())
+        async with lock:
+            sandbox = await self._db.run(place)
+        log.info("sandbox_placed", tenant_id=sandbox.tenant_id, agent_id=sandbox.agent_id,
+                 sandbox_id=sandbox.id, snapshot_id=req.snapshot_id)  # fmt: skip
+        body = RestoreSandboxBody(
+            sandbox_id=sandbox.id,
+            snapshot_id=req.snapshot_id,
+            timeout_s=req.timeout_s,
+            env=dict(req.env),
+            isolation="microvm" if sandbox.isolation == "microvm" else "gvisor",
+        )
+        return await self._start(sandbox, body)
+
+    async def fork(self, tenant_id: str, sandbox_id: str, count: int) -> list[SandboxAccess]:
+        """``count`` new sandboxes from one snapshot of a running sandbox, each a new machine
+        (own id, hostname, machine-id, random seed). The snapshot is deleted afterwards."""
+        if not 1 <= count <= MAX_FORKS:
+            raise InvalidArgumentError(
+                f"count: must be between 1 and {MAX_FORKS}, got {count}", field="count"
+            )
+        source = await self.get(tenant_id, sandbox_id)
+        snap = await self.snapshot(tenant_id, sandbox_id)
+        forks: list[SandboxAccess] = []
+        try:
+            for _ in range(count):
+                forks.append(
+                    await self.restore(
+                        RestoreSandbox(
+                            tenant_id=tenant_id,
+                            snapshot_id=snap.id,
+                            timeout_s=source.timeout_s,
+                            metadata=source.metadata,
+                        )
+                    )
+                )
+        except BaseException:
+            for made in forks:  # all or nothing: a half-made fork is not left running
+                with contextlib.suppress(CorralError):
+                    await self.kill(tenant_id, made.sandbox.id)
+            raise
+        finally:
+            try:
+                await self.delete_snapshot(tenant_id, snap.id)
+            except CorralError as e:
+                log.warning("fork_snapshot_not_deleted", snapshot_id=snap.id, error=str(e))
+        log.info("sandbox_forked", tenant_id=tenant_id, sandbox_id=sandbox_id,
+                 forks=[f.sandbox.id for f in forks])  # fmt: skip
+        return forks
 
     async def _access(
         self, sandbox: SandboxRecord, token_ttl_s: int | None = None

@@ -42,7 +42,14 @@ from corral.errors import (
     ServiceUnavailableError,
     TemplateNotFoundError,
 )
-from corral.sandbox import Sandbox, SandboxInfo, SandboxState
+from corral.sandbox import (
+    Sandbox,
+    SandboxInfo,
+    SandboxState,
+    Snapshot,
+    delete_snapshot,
+    list_snapshots,
+)
 
 __version__ = "0.1.0"
 
@@ -79,7 +86,10 @@ __all__ = [
     "SandboxState",
     "SandboxTimeoutError",
     "ServiceUnavailableError",
+    "Snapshot",
     "TemplateNotFoundError",
     "Tenant",
     "__version__",
+    "delete_snapshot",
+    "list_snapshots",
 ]

@@ -267,6 +267,7 @@ class HttpClient:
             timeout=timeout, transport=transport, headers={"user-agent": USER_AGENT}
         )
         self.timeout = timeout
+        self.transport = transport  # so a sibling client (e.g. for a fork) can share it
 
     @property
     def closed(self) -> bool:

@@ -81,6 +81,23 @@ class SandboxWire(_Edge):
         return None
 
 
+class ForkWire(_Edge):
+    """``POST /v1/sandboxes/{id}/fork``: the new sandboxes, each with data-plane access."""
+
+    items: list[SandboxWire]
+
+
+class SnapshotWire(_Edge):
+    id: str
+    sandbox_id: str
+    agent_id: str | None = None
+    template: str = ""
+    isolation: str = "gvisor"
+    cpu: int | None = None
+    memory_mb: int | None = None
+    created_at: datetime | None = None
+
+
 class ExecEventWire(_Edge):
     """One NDJSON line of an exec stream."""
 

@@ -112,6 +112,10 @@ def sandbox_create(
     isolation: str | None = typer.Option(
         None, help="gvisor or microvm (default: the tenant's policy, else gvisor)."
     ),
+    snapshot: str | None = typer.Option(
+        None,
+        help="Start from this snapshot (its template, isolation, cpu and memory) instead.",
+    ),
 ) -> None:
     """Start a sandbox and print its id."""
     env_vars = _pairs(env, "--env")
@@ -125,9 +129,40 @@ def sandbox_create(
             env=env_vars,
             metadata=meta,
             isolation=isolation,
+            snapshot=snapshot,
         )
         sandbox.close()
     typer.echo(sandbox.id)
+
+
+@sandbox_app.command("snapshot")
+def sandbox_snapshot(sandbox_id: str = typer.Argument(..., help="Sandbox id.")) -> None:
+    """Save a running sandbox's memory, processes and files; print the snapshot id."""
+    with _friendly():
+        sandbox = Sandbox.connect(sandbox_id)
+        try:
+            snap = sandbox.snapshot()
+        finally:
+            sandbox.close()
+    typer.echo(snap.id)
+
+
+@sandbox_app.command("fork")
+def sandbox_fork(
+    sandbox_id: str = typer.Argument(..., help="Sandbox id."),
+    count: int = typer.Option(1, "--count", "-n", help="How many forks (1 to 10)."),
+) -> None:
+    """Start COUNT new sandboxes in this one's current state; print their ids."""
+    with _friendly():
+        sandbox = Sandbox.connect(sandbox_id)
+        try:
+            forks = sandbox.fork(count)
+        finally:
+            sandbox.close()
+        for fork in forks:
+            fork.close()
+    for fork in forks:
+        typer.echo(fork.id)
 
 
 @sandbox_app.command("ls")

@@ -5,6 +5,9 @@
     with Sandbox.create(template="base", timeout=600) as sb:
         result = sb.commands.run("python -c 'print(6 * 7)'")
         sb.files.write("/home/user/notes.txt", "hi")
+        snap = sb.snapshot()                      # memory, processes and files
+        twin = Sandbox.create(snapshot=snap)      # a new machine from that state
+        a, b = sb.fork(2)                         # two more, from one snapshot
 
 Lifecycle calls go to the control plane with your API key; ``commands`` and ``files`` go
 directly to the sandbox's data plane with a short-lived per-sandbox token.
@@ -29,7 +32,7 @@ from corral._config import ConnectionConfig
 from corral._dataplane import Access, DataPlane
 from corral._files import Files
 from corral._http import About, HttpClient, parse
-from corral._wire import Page, SandboxWire, utc
+from corral._wire import ForkWire, Page, SandboxWire, SnapshotWire, utc
 from corral.errors import (
     CosignatureRequiredError,
     InvalidArgumentError,
@@ -49,6 +52,7 @@ class SandboxState(StrEnum):
 
     PENDING = "pending"
     RUNNING = "running"
+    PAUSED = "paused"
     KILLED = "killed"
     TIMED_OUT = "timed_out"
     FAILED = "failed"
@@ -100,6 +104,41 @@ class _SandboxPage(Page[SandboxWire]):
     pass
 
 
+class _SnapshotPage(Page[SnapshotWire]):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A sandbox's memory, processes and files, saved on the agent that ran it.
+
+    Start new sandboxes from it with ``Sandbox.create(snapshot=...)``; delete it with
+    :func:`delete_snapshot`. Template, isolation, cpu and memory are the source's.
+    """
+
+    id: str
+    sandbox_id: str
+    template: str
+    isolation: str
+    cpu: int | None
+    memory_mb: int | None
+    agent_id: str | None = None
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_wire(cls, wire: SnapshotWire) -> Snapshot:
+        return cls(
+            id=wire.id,
+            sandbox_id=wire.sandbox_id,
+            template=wire.template,
+            isolation=wire.isolation,
+            cpu=wire.cpu,
+            memory_mb=wire.memory_mb,
+            agent_id=wire.agent_id,
+            created_at=utc(wire.created_at),
+        )
+
+
 class Sandbox:
     """A running sandbox. Get one with :meth:`create` or :meth:`connect`, not the constructor.
 
@@ -147,6 +186,7 @@ class Sandbox:
         metadata: Mapping[str, str] | None = None,
         *,
         isolation: str | None = None,
+        snapshot: Snapshot | str | None = None,
         api_key: str | None = None,
         api_url: str | None = None,
         request_timeout: float | None = None,
@@ -156,47 +196,60 @@ class Sandbox:
 
         ``isolation``: ``"gvisor"`` (a user-space kernel) or ``"microvm"`` (a kernel of its
         own in a virtual machine); by default the tenant's required isolation, else gvisor.
+
+        ``snapshot`` (a :class:`Snapshot` or its id): start from that saved state instead of
+        the template — files, processes and memory as they were, on a new machine (its own
+        id, hostname and machine-id). Template, isolation, cpu and memory are the
+        snapshot's; ``template``, ``cpu``, ``memory_mb`` and ``isolation`` are ignored.
         """
         config = ConnectionConfig.resolve(
             api_key=api_key, api_url=api_url, request_timeout=request_timeout
         )
+        body: dict[str, object] = {
+            "timeout_s": timeout,
+            "env": dict(env or {}),
+            "metadata": dict(metadata or {}),
+        }
+        if snapshot is not None:
+            snapshot_id = snapshot.id if isinstance(snapshot, Snapshot) else snapshot
+            if not isinstance(snapshot_id, str) or not _SANDBOX_ID_RE.match(snapshot_id):
+                raise InvalidArgumentError(
+                    f"{snapshot_id!r} is not a snapshot id.", field="snapshot"
+                )
+            body["snapshot_id"] = snapshot_id
+        else:
+            body.update({"template": template, "cpu": cpu, "memory_mb": memory_mb})
+            if isolation is not None:
+                body["isolation"] = isolation
         http = HttpClient(config.request_timeout, transport)
         try:
             about = About("control")
             response = http.request(
-                "POST",
-                f"{config.api_url}/v1/sandboxes",
-                about,
-                token=config.api_key,
-                json={
-                    "template": template,
-                    "cpu": cpu,
-                    "memory_mb": memory_mb,
-                    "timeout_s": timeout,
-                    "env": dict(env or {}),
-                    "metadata": dict(metadata or {}),
-                    **({"isolation": isolation} if isolation is not None else {}),
-                },
+                "POST", f"{config.api_url}/v1/sandboxes", about, token=config.api_key, json=body
             )
-            wire = parse(SandboxWire, response, about)
-            if wire.cosign_request_id:
-                raise CosignatureRequiredError(
-                    f"Sandbox {wire.id} waits for your cosignature (agent rule): run `corral "
-                    f"cosign sign {wire.cosign_request_id} --key <your key file>`, then "
-                    f"Sandbox.connect({wire.id!r}).",
-                    sandbox_id=wire.id, cosign_request_id=wire.cosign_request_id,
-                )
-            access = wire.initial_access()
-            sandbox = cls(
-                SandboxInfo.from_wire(wire),
-                config=config,
-                http=http,
-                access=None if access is None else Access.from_wire(access),
-            )
-            sandbox._wait_until_running()
+            sandbox = cls._started(parse(SandboxWire, response, about), config, http)
         except BaseException:
             http.close()
             raise
+        return sandbox
+
+    @classmethod
+    def _started(cls, wire: SandboxWire, config: ConnectionConfig, http: HttpClient) -> Sandbox:
+        if wire.cosign_request_id:
+            raise CosignatureRequiredError(
+                f"Sandbox {wire.id} waits for your cosignature (agent rule): run `corral "
+                f"cosign sign {wire.cosign_request_id} --key <your key file>`, then "
+                f"Sandbox.connect({wire.id!r}).",
+                sandbox_id=wire.id, cosign_request_id=wire.cosign_request_id,
+            )
+        access = wire.initial_access()
+        sandbox = cls(
+            SandboxInfo.from_wire(wire),
+            config=config,
+            http=http,
+            access=None if access is None else Access.from_wire(access),
+        )
+        sandbox._wait_until_running()
         return sandbox
 
     @classmethod
@@ -361,6 +414,49 @@ class Sandbox:
             transport=transport,
         )
 
+    def snapshot(self) -> Snapshot:
+        """Save this sandbox's memory, processes and files (its filesystem is synced first).
+
+        The sandbox stops for a moment and runs on. Start new sandboxes from the snapshot
+        with ``Sandbox.create(snapshot=...)``; it is kept until :func:`delete_snapshot`.
+        """
+        about = About("control", resource="sandbox", sandbox_id=self.id)
+        response = self._http.request(
+            "POST",
+            f"{self._config.api_url}/v1/sandboxes/{self.id}/snapshots",
+            about,
+            token=self._config.api_key,
+        )
+        return Snapshot.from_wire(parse(SnapshotWire, response, about))
+
+    def fork(self, n: int = 1) -> builtins.list[Sandbox]:
+        """``n`` (1 to 10) new sandboxes in this one's current state, from one snapshot.
+
+        Each is a new machine (own id, hostname, machine-id and random seed) with this
+        sandbox's files, processes and memory, metadata and timeout length; from then on
+        they all run apart. All or nothing: if one cannot start, none is left running.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10:
+            raise InvalidArgumentError(f"n: must be between 1 and 10, got {n!r}", field="n")
+        about = About("control", resource="sandbox", sandbox_id=self.id)
+        response = self._http.request(
+            "POST",
+            f"{self._config.api_url}/v1/sandboxes/{self.id}/fork",
+            about,
+            token=self._config.api_key,
+            json={"count": n},
+            timeout=max(self._config.request_timeout, 60.0 * n),
+        )
+        forks: builtins.list[Sandbox] = []
+        for wire in parse(ForkWire, response, about).items:
+            http = HttpClient(self._config.request_timeout, self._http.transport)
+            try:
+                forks.append(type(self)._started(wire, self._config, http))
+            except BaseException:
+                http.close()
+                raise
+        return forks
+
     def kill(self) -> bool:
         """Kill the sandbox and close this client; False if it was already gone."""
         about = About("control", resource="sandbox", sandbox_id=self.id)
@@ -426,3 +522,56 @@ def _get_info(http: HttpClient, config: ConnectionConfig, sandbox_id: str) -> Sa
         "GET", f"{config.api_url}/v1/sandboxes/{sandbox_id}", about, token=config.api_key
     )
     return SandboxInfo.from_wire(parse(SandboxWire, response, about))
+
+
+def list_snapshots(
+    *,
+    api_key: str | None = None,
+    api_url: str | None = None,
+    request_timeout: float | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> list[Snapshot]:
+    """Every snapshot of your tenant that is not deleted."""
+    config = ConnectionConfig.resolve(
+        api_key=api_key, api_url=api_url, request_timeout=request_timeout
+    )
+    about = About("control")
+    out: list[Snapshot] = []
+    with contextlib.closing(HttpClient(config.request_timeout, transport)) as http:
+        cursor: str | None = None
+        while True:
+            params = {"limit": str(DEFAULT_PAGE_SIZE)}
+            if cursor:
+                params["cursor"] = cursor
+            response = http.request(
+                "GET", f"{config.api_url}/v1/snapshots", about, token=config.api_key,
+                params=params,
+            )
+            page = parse(_SnapshotPage, response, about)
+            out.extend(Snapshot.from_wire(w) for w in page.items)
+            if not page.next_cursor:
+                return out
+            cursor = page.next_cursor
+
+
+def delete_snapshot(
+    snapshot: Snapshot | str,
+    *,
+    api_key: str | None = None,
+    api_url: str | None = None,
+    request_timeout: float | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> None:
+    """Delete a snapshot's saved state; sandboxes started from it run on."""
+    snapshot_id = snapshot.id if isinstance(snapshot, Snapshot) else snapshot
+    if not _SANDBOX_ID_RE.match(snapshot_id):
+        raise InvalidArgumentError(f"{snapshot_id!r} is not a snapshot id.", field="snapshot")
+    config = ConnectionConfig.resolve(
+        api_key=api_key, api_url=api_url, request_timeout=request_timeout
+    )
+    about = About("control")
+    with contextlib.closing(HttpClient(config.request_timeout, transport)) as http:
+        http.request(
+            "DELETE", f"{config.api_url}/v1/snapshots/{snapshot_id}", about,
+            token=config.api_key,
+        )

@@ -130,6 +130,9 @@ AnyJobBody = (
     | messages.SetTimeoutBody
     | messages.PauseSandboxBody
     | messages.ResumeSandboxBody
+    | messages.SnapshotSandboxBody
+    | messages.RestoreSandboxBody
+    | messages.DeleteSnapshotBody
 )
 
 

@@ -52,6 +52,9 @@ class JobKind(StrEnum):
     SET_TIMEOUT = "set_timeout"
     PAUSE_SANDBOX = "pause_sandbox"
     RESUME_SANDBOX = "resume_sandbox"
+    SNAPSHOT_SANDBOX = "snapshot_sandbox"
+    RESTORE_SANDBOX = "restore_sandbox"
+    DELETE_SNAPSHOT = "delete_snapshot"
 
 
 class CreateSandboxBody(_Wire):
@@ -90,8 +93,46 @@ class ResumeSandboxBody(_Wire):
     sandbox_id: Id
 
 
+class SnapshotSandboxBody(_Wire):
+    """Save a running sandbox's memory and files as snapshot ``snapshot_id`` on the agent's
+    disk; the sandbox stops briefly and runs on."""
+
+    kind: Literal["snapshot_sandbox"] = "snapshot_sandbox"
+    sandbox_id: Id
+    snapshot_id: Id
+
+
+class RestoreSandboxBody(_Wire):
+    """Start a new sandbox (``sandbox_id``) from a snapshot on this agent. Template, cpu and
+    memory are the snapshot's; the new sandbox gets its own id, hostname and machine-id."""
+
+    kind: Literal["restore_sandbox"] = "restore_sandbox"
+    sandbox_id: Id
+    snapshot_id: Id
+    timeout_s: Annotated[int, Field(ge=1, le=86400)]
+    env: Annotated[dict[EnvName, Annotated[str, Field(max_length=MAX_ENV_VALUE)]], Field(
+        max_length=MAX_ENV_VARS
+    )] = Field(default_factory=dict)
+    isolation: Literal["gvisor", "microvm"] = "gvisor"
+
+
+class DeleteSnapshotBody(_Wire):
+    """Delete a snapshot's files. ``sandbox_id`` is the sandbox it was taken from."""
+
+    kind: Literal["delete_snapshot"] = "delete_snapshot"
+    sandbox_id: Id
+    snapshot_id: Id
+
+
 JobBody = Annotated[
-    CreateSandboxBody | KillSandboxBody | SetTimeoutBody | PauseSandboxBody | ResumeSandboxBody,
+    CreateSandboxBody
+    | KillSandboxBody
+    | SetTimeoutBody
+    | PauseSandboxBody
+    | ResumeSandboxBody
+    | SnapshotSandboxBody
+    | RestoreSandboxBody
+    | DeleteSnapshotBody,
     Field(discriminator="kind"),
 ]
 

@@ -761,13 +761,20 @@ class GVisorRuntime:
     async def _become(self, sandbox_id: str) -> None:
         """A restored copy's own identity. Randomness needs nothing: gVisor reads it from the
         host kernel on every request and keeps no pool that a checkpoint could copy."""
+        # Debian's hostname(1) refuses "_", which every Corral sandbox id has ("sb_..."); the
+        # kernel does not, so python's sethostname(2) is the fallback (as at create, where the
+        # OCI spec sets the same name).
         script = (
-            'hostname "$1" && echo "$1" > /etc/hostname && '
-            "cat /proc/sys/kernel/random/uuid | tr -d - > /etc/machine-id"
+            '{ hostname "$1" 2>/dev/null || '
+            "python3 -c 'import socket, sys; socket.sethostname(sys.argv[1])' \"$1\"; } && "
+            'echo "$1" > /etc/hostname && '
+            # The machine-id comes from the host: this runsc has no
+            # /proc/sys/kernel/random/uuid, and a pipeline from it wrote an empty id.
+            "printf '%s\\n' \"$2\" > /etc/machine-id"
         )
         done = await self._runsc_call(
             ["exec", "--cap", "CAP_SYS_ADMIN", sandbox_id, "/bin/sh", "-c", script, "sh",
-             sandbox_id],
+             sandbox_id, uuid.uuid4().hex],
             self._start_timeout_s,
         )  # fmt: skip
         if done.exit_code != 0:

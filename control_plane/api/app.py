@@ -29,6 +29,7 @@ from control_plane.api.routes import (
     cosign,
     jobs,
     sandboxes,
+    snapshots,
     tenants,
 )
 from control_plane.api.schemas import Health
@@ -127,7 +128,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
 
     for module in (
         tenants, api_keys, agents, sandboxes, jobs, billing, console_users, admin_keys, audit,
-        cosign,
+        cosign, snapshots,
     ):  # fmt: skip
         app.include_router(module.router, responses=errors.COMMON_ERRORS)
 

@@ -120,7 +120,10 @@ class EnrollRequest(_Body):
 
 
 class CreateSandboxRequest(_Body):
-    template: StrictStr = Field(pattern=TEMPLATE_PATTERN)
+    # Required unless snapshot_id is given (a restore takes the snapshot's template).
+    template: StrictStr | None = Field(default=None, pattern=TEMPLATE_PATTERN)
+    # Start from a snapshot: template, isolation, cpu and memory_mb are the snapshot's.
+    snapshot_id: StrictStr | None = Field(default=None, max_length=64)
     # None: the tenant's required isolation if it has one, else gvisor.
     isolation: Isolation | None = None
     cpu: StrictInt = 1
@@ -136,6 +139,10 @@ class CreateSandboxRequest(_Body):
 
 class SetTimeoutRequest(_Body):
     timeout_s: StrictInt
+
+
+class ForkRequest(_Body):
+    count: StrictInt = 1
 
 
 # ---- responses ----------------------------------------------------------------------------
@@ -359,6 +366,27 @@ class CosignatureRequest(_Body):
 class CosignReleasedOut(_Out):
     job_id: str
     status: str
+
+
+class SnapshotOut(_Out):
+    id: str
+    tenant_id: str
+    agent_id: str
+    sandbox_id: str
+    isolation: str
+    template: str
+    cpu: int
+    memory_mb: int
+    created_at: datetime
+
+
+class SnapshotPage(_Out):
+    items: list[SnapshotOut]
+    next_cursor: str | None
+
+
+class ForkOut(_Out):
+    items: list[SandboxCreatedOut]
 
 
 class SandboxPage(_Out):

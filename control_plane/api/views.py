@@ -13,12 +13,14 @@ from control_plane.api.schemas import (
     NewTenantApiKeyOut,
     SandboxOut,
     SigningKeyOut,
+    SnapshotOut,
     TenantOut,
 )
 from control_plane.store.agents import AgentRecord
 from control_plane.store.jobs import JobRecord
 from control_plane.store.sandboxes import SandboxRecord
 from control_plane.store.signing_keys import SigningKeyRecord
+from control_plane.store.snapshots import SnapshotRecord
 from control_plane.store.tenants import ApiKeyRecord, IssuedApiKey, TenantRecord
 
 
@@ -110,4 +112,18 @@ def job_out(r: JobRecord) -> JobOut:
         created_at=r.created_at,
         delivered_at=r.delivered_at,
         completed_at=r.completed_at,
+    )
+
+
+def snapshot_out(r: SnapshotRecord) -> SnapshotOut:
+    return SnapshotOut(
+        id=r.id,
+        tenant_id=r.tenant_id,
+        agent_id=r.agent_id,
+        sandbox_id=r.sandbox_id,
+        isolation=r.isolation,
+        template=r.template,
+        cpu=r.cpu,
+        memory_mb=r.memory_mb,
+        created_at=r.created_at,
     )

@@ -305,7 +305,7 @@ def _apply_job_to_sandbox(
     report: SandboxReport | None,
 ) -> None:
     """What a job's outcome means for its sandbox (set_timeout is applied by the caller)."""
-    if kind == JobKind.CREATE_SANDBOX:
+    if kind in (JobKind.CREATE_SANDBOX, JobKind.RESTORE_SANDBOX):
         if status == JobStatus.SUCCEEDED:
             state = report.state if report is not None else SandboxState.RUNNING
             sandboxes.transition(

@@ -15,6 +15,7 @@ from control_plane.store import (
     nats_keys,
     sandboxes,
     signing_keys,
+    snapshots,
     tenants,
     usage,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "new_id",
     "sandboxes",
     "signing_keys",
+    "snapshots",
     "tenants",
     "upgrade_to_head",
     "usage",

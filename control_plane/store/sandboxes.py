@@ -96,7 +96,8 @@ class SandboxRecord:
 
     @property
     def terminal(self) -> bool:
-        return self.state not in (SandboxState.PENDING, SandboxState.RUNNING)
+        """Ended for good (killed, timed out, failed); a paused sandbox is not."""
+        return self.state not in (SandboxState.PENDING, SandboxState.RUNNING, SandboxState.PAUSED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,3 +60,22 @@ def test_a_tenant_that_requires_microvm_gets_microvm_by_default(
         admin.set_tenant_policy(sdk_env.tenant_id, required_isolation=None)
     with Sandbox.create() as sb:
         assert sb.info.isolation == "gvisor"
+
+
+def test_a_microvm_fork_is_a_microvm_with_the_parents_files_and_its_own_identity(
+    sdk_env: StackInfo,
+) -> None:
+    """sb.fork() of a microVM: QEMU's migration to a file, restored as a new VM."""
+    with Sandbox.create(isolation="microvm", timeout=300) as sb:
+        sb.files.write("/work/note.txt", "before the fork")
+        parent_id = sb.files.read("/etc/machine-id").strip()
+        (fork,) = sb.fork(1)
+        with fork:
+            assert fork.info.isolation == "microvm"
+            assert fork.id != sb.id
+            assert fork.files.read("/work/note.txt") == "before the fork"
+            assert fork.commands.run("hostname").stdout.strip() == fork.id
+            assert fork.commands.run("uname -r").stdout.strip() != os.uname().release
+            fork_id = fork.files.read("/etc/machine-id").strip()
+            assert len(fork_id) == 32
+            assert fork_id != parent_id

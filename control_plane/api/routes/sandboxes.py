@@ -1,4 +1,5 @@
-"""Sandboxes: create (placed and started by an agent), read, list, extend, kill, token."""
+"""Sandboxes: create (placed and started by an agent, or restored from a snapshot), read,
+list, extend, pause, resume, snapshot, fork, kill, token."""
 
 from __future__ import annotations
 
@@ -6,21 +7,26 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from byoc_agent.protocol.errors import InvalidArgumentError
 from byoc_agent.protocol.messages import SandboxState
+from control_plane import sandbox_service
 from control_plane.api import limits
 from control_plane.api.auth import SandboxAccess, SandboxReader, SandboxWriter, Svc
 from control_plane.api.errors import AGENT_ERRORS, RATE_LIMITED, documented
 from control_plane.api.pagination import decode_cursor, encode_cursor
 from control_plane.api.schemas import (
     CreateSandboxRequest,
+    ForkOut,
+    ForkRequest,
     SandboxCreatedOut,
     SandboxOut,
     SandboxPage,
     SandboxTokenOut,
     SetTimeoutRequest,
+    SnapshotOut,
 )
-from control_plane.api.views import sandbox_fields, sandbox_out
-from control_plane.sandbox_service import CreateSandbox
+from control_plane.api.views import sandbox_fields, sandbox_out, snapshot_out
+from control_plane.sandbox_service import MAX_FORKS, CreateSandbox, RestoreSandbox
 from control_plane.store import MAX_PAGE, sandboxes
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
@@ -36,11 +42,34 @@ async def create_sandbox(
     body: CreateSandboxRequest, who: SandboxWriter, svc: Svc
 ) -> SandboxCreatedOut:
     lim = svc.settings.limits
-    limits.check_cpu(lim, body.cpu)
-    limits.check_memory(lim, body.memory_mb)
     limits.check_timeout(lim, body.timeout_s)
     limits.check_metadata(lim, body.metadata)
     svc.create_limiter.take(who.tenant_id)
+    if body.snapshot_id is not None:
+        given = sorted({"template", "isolation", "cpu", "memory_mb"} & body.model_fields_set)
+        if given:
+            raise InvalidArgumentError(
+                f"{given[0]}: a sandbox restored from a snapshot takes the snapshot's "
+                "template, isolation, cpu and memory_mb; leave them out",
+                field=given[0],
+            )
+        access = await svc.sandboxes.restore(
+            RestoreSandbox(
+                tenant_id=who.tenant_id,
+                snapshot_id=body.snapshot_id,
+                timeout_s=body.timeout_s,
+                env=body.env,
+                metadata=body.metadata,
+            )
+        )
+        return created_out(access)
+    if body.template is None:
+        raise InvalidArgumentError(
+            "template: required (or give snapshot_id to start from a snapshot)",
+            field="template",
+        )
+    limits.check_cpu(lim, body.cpu)
+    limits.check_memory(lim, body.memory_mb)
     access = await svc.sandboxes.create(
         CreateSandbox(
             tenant_id=who.tenant_id,
@@ -53,6 +82,10 @@ async def create_sandbox(
             metadata=body.metadata,
         )
     )
+    return created_out(access)
+
+
+def created_out(access: sandbox_service.SandboxAccess) -> SandboxCreatedOut:
     return SandboxCreatedOut.model_validate(
         {
             **sandbox_fields(access.sandbox),
@@ -110,6 +143,29 @@ async def pause_sandbox(sandbox_id: str, who: SandboxWriter, svc: Svc) -> Sandbo
 async def resume_sandbox(sandbox_id: str, who: SandboxWriter, svc: Svc) -> SandboxOut:
     """Continue a paused sandbox where it stopped."""
     return sandbox_out(await svc.sandboxes.resume(who.tenant_id, sandbox_id))
+
+
+@router.post(
+    "/{sandbox_id}/snapshots", status_code=201, response_model=SnapshotOut, responses=AGENT_ERRORS
+)
+async def snapshot_sandbox(sandbox_id: str, who: SandboxWriter, svc: Svc) -> SnapshotOut:
+    """Save a running sandbox's memory and files on its agent; the sandbox runs on."""
+    return snapshot_out(await svc.sandboxes.snapshot(who.tenant_id, sandbox_id))
+
+
+@router.post(
+    "/{sandbox_id}/fork", status_code=201, response_model=ForkOut, responses=AGENT_ERRORS
+)
+async def fork_sandbox(
+    sandbox_id: str, body: ForkRequest, who: SandboxWriter, svc: Svc
+) -> ForkOut:
+    """``count`` (1..MAX_FORKS) new sandboxes from one snapshot of a running sandbox."""
+    if not 1 <= body.count <= MAX_FORKS:
+        raise InvalidArgumentError(
+            f"count: must be between 1 and {MAX_FORKS}, got {body.count}", field="count"
+        )
+    forks = await svc.sandboxes.fork(who.tenant_id, sandbox_id, body.count)
+    return ForkOut(items=[created_out(a) for a in forks])
 
 
 @router.delete("/{sandbox_id}", status_code=204, responses=AGENT_ERRORS)

@@ -72,9 +72,20 @@ class ControlPlane:
 
 @contextlib.asynccontextmanager
 async def control_plane(
-    nats: NatsServer, database_url: str, home: Path, *, job_timeout_s: float = 10.0
+    nats: NatsServer,
+    database_url: str,
+    home: Path,
+    *,
+    job_timeout_s: float = 10.0,
+    heartbeat_offline_s: float = 15.0,
 ) -> AsyncIterator[ControlPlane]:
-    settings = make_settings(home, database_url, nats_url=nats.url, job_timeout_s=job_timeout_s)
+    settings = make_settings(
+        home,
+        database_url,
+        nats_url=nats.url,
+        job_timeout_s=job_timeout_s,
+        heartbeat_offline_s=heartbeat_offline_s,
+    )
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(

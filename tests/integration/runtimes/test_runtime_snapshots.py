@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,9 @@ async def test_a_restored_snapshot_is_a_new_machine_with_the_old_state(
     assert await runtime.read_file(child, "/work/state") == b"from the parent"
     assert (await out(runtime, child, "hostname")).strip() == child.sandbox_id
     assert (await out(runtime, child, "hostname")).strip() != before["hostname"]
-    assert (await runtime.read_file(child, "/etc/machine-id")).strip() != before["machine_id"]
+    child_machine_id = (await runtime.read_file(child, "/etc/machine-id")).strip()
+    assert re.fullmatch(rb"[0-9a-f]{32}", child_machine_id), child_machine_id
+    assert child_machine_id != before["machine_id"]
     rand = "python3 -c 'import os; print(os.urandom(16).hex())'"
     assert await out(runtime, child, rand) != await out(runtime, sandbox, rand)
     # Parent and child are separate from here on.

@@ -191,6 +191,29 @@ MATRIX: dict[tuple[str, str], Endpoint] = {
         lambda w: Req(f"/v1/sandboxes/{w.a.sandbox_id}/resume"),
         other=lambda w: Req(f"/v1/sandboxes/{w.b.sandbox_id}/resume"),
     ),
+    # snapshots: taking one and forking run jobs on the (scripted) agent; reading or
+    # deleting a snapshot names one that does not exist: allowed callers get 404
+    ("POST", "/v1/sandboxes/{sandbox_id}/snapshots"): Endpoint(
+        SANDBOX_WRITERS,
+        201,
+        lambda w: Req(f"/v1/sandboxes/{w.a.sandbox_id}/snapshots"),
+        other=lambda w: Req(f"/v1/sandboxes/{w.b.sandbox_id}/snapshots"),
+    ),
+    ("POST", "/v1/sandboxes/{sandbox_id}/fork"): Endpoint(
+        SANDBOX_WRITERS,
+        201,
+        lambda w: Req(f"/v1/sandboxes/{w.a.sandbox_id}/fork", json={"count": 1}),
+        other=lambda w: Req(f"/v1/sandboxes/{w.b.sandbox_id}/fork", json={"count": 1}),
+    ),
+    ("GET", "/v1/snapshots"): Endpoint(
+        SANDBOX_READERS, 200, lambda w: Req("/v1/snapshots"), lists=True
+    ),
+    ("GET", "/v1/snapshots/{snapshot_id}"): Endpoint(
+        SANDBOX_READERS, 404, lambda w: Req("/v1/snapshots/snap_nonexistent")
+    ),
+    ("DELETE", "/v1/snapshots/{snapshot_id}"): Endpoint(
+        SANDBOX_WRITERS, 404, lambda w: Req("/v1/snapshots/snap_nonexistent")
+    ),
     ("DELETE", "/v1/sandboxes/{sandbox_id}"): Endpoint(
         SANDBOX_WRITERS,
         204,

@@ -16,12 +16,14 @@ from byoc_agent.protocol import cosign, messages, signing, verify
 from byoc_agent.protocol.messages import (
     Capacity,
     CreateSandboxBody,
+    DeleteSnapshotBody,
     Heartbeat,
     HostSummary,
     Job,
     JobResult,
     KillSandboxBody,
     PauseSandboxBody,
+    RestoreSandboxBody,
     ResumeSandboxBody,
     SandboxEvent,
     SandboxReport,
@@ -29,6 +31,7 @@ from byoc_agent.protocol.messages import (
     SandboxToken,
     Scope,
     SetTimeoutBody,
+    SnapshotSandboxBody,
     UsageReport,
     WireError,
 )
@@ -133,6 +136,39 @@ EXAMPLES: tuple[Example, ...] = (
         Job(
             job_id="job-0006", tenant_id=TENANT, agent_id=AGENT, iat=NOW + 900,
             exp=NOW + 1200, seq=6, body=ResumeSandboxBody(sandbox_id=_SBX),
+        ),
+        messages.JOB_TYP,
+        CONTROL_PLANE_KEY,
+    ),
+    Example(
+        "job_snapshot_sandbox",
+        Job(
+            job_id="job-0007", tenant_id=TENANT, agent_id=AGENT, iat=NOW + 1000,
+            exp=NOW + 1300, seq=7,
+            body=SnapshotSandboxBody(sandbox_id=_SBX, snapshot_id="snap-golden"),
+        ),
+        messages.JOB_TYP,
+        CONTROL_PLANE_KEY,
+    ),
+    Example(
+        "job_restore_sandbox",
+        Job(
+            job_id="job-0008", tenant_id=TENANT, agent_id=AGENT, iat=NOW + 1100,
+            exp=NOW + 1400, seq=8,
+            body=RestoreSandboxBody(
+                sandbox_id="sbx-0002", snapshot_id="snap-golden", timeout_s=600,
+                env={"MODE": "fork"}, isolation="gvisor",
+            ),
+        ),
+        messages.JOB_TYP,
+        CONTROL_PLANE_KEY,
+    ),
+    Example(
+        "job_delete_snapshot",
+        Job(
+            job_id="job-0009", tenant_id=TENANT, agent_id=AGENT, iat=NOW + 1200,
+            exp=NOW + 1500, seq=9,
+            body=DeleteSnapshotBody(sandbox_id=_SBX, snapshot_id="snap-golden"),
         ),
         messages.JOB_TYP,
         CONTROL_PLANE_KEY,

@@ -18,9 +18,12 @@ from corral import (
     AdminClient,
     AuthenticationError,
     InvalidArgumentError,
+    NotFoundError,
     PermissionDeniedError,
     Sandbox,
     SandboxNotFoundError,
+    delete_snapshot,
+    list_snapshots,
 )
 
 from .fake_corral import ServedApp
@@ -128,3 +131,18 @@ def test_cli_creates_a_console_user_who_can_sign_in(
         )
         assert r.status_code == 303
         assert web.get("/console/tenants").status_code == 200
+
+
+def test_snapshot_calls_agree_with_the_real_api_on_shapes_and_errors(
+    admin: AdminClient, control_plane_url: str
+) -> None:
+    """Listing, restoring from and deleting snapshots; an unknown one is NotFoundError."""
+    key = admin.create_tenant("contract-snapshots").api_key.key
+    auth = {"api_key": key, "api_url": control_plane_url}
+    assert list_snapshots(**auth) == []  # type: ignore[arg-type]
+    with pytest.raises(NotFoundError, match="snapshot"):
+        Sandbox.create(snapshot="snap_0123456789abcdef", **auth)  # type: ignore[arg-type]
+    with pytest.raises(NotFoundError, match="snapshot"):
+        delete_snapshot("snap_0123456789abcdef", **auth)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="snapshot id"):
+        Sandbox.create(snapshot="../etc", **auth)  # type: ignore[arg-type]
