@@ -23,6 +23,7 @@ from byoc_agent.runtimes.multi import runtime_names
 from byoc_agent.settings import AgentSettings
 from byoc_agent.state import AgentStateStore
 from byoc_agent.transport.nats import NatsAgentTransport
+from byoc_agent.warm_pool import parse_pool_sizes
 
 log = structlog.get_logger(__name__)
 
@@ -89,6 +90,8 @@ async def run_agent(settings: AgentSettings) -> None:
             usage_interval_s=settings.usage_interval_s,
         ),
         templates=lambda: _templates(settings),
+        warm_pool=parse_pool_sizes(settings.warm_pool),
+        warm_pool_ledger=settings.warm_pool_ledger,
     )
     app = create_dataplane_app(agent)
     log.info("agent_started", agent_id=ident.agent_id, tenant_id=ident.tenant_id,

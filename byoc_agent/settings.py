@@ -29,6 +29,8 @@ class AgentSettings:
     key_refresh_interval_s: float = 30.0
     reaper_interval_s: float = 0.5
     usage_interval_s: float = 60.0
+    # Warm pools (ADR 0025): "template:cpu:memory_mb:isolation=N,..."; empty = off.
+    warm_pool: str = ""
 
     @property
     def state_db(self) -> Path:
@@ -41,6 +43,10 @@ class AgentSettings:
     @property
     def runtime_dir(self) -> Path:
         return self.home / "runtime"
+
+    @property
+    def warm_pool_ledger(self) -> Path:
+        return self.home / "warm-pool.json"
 
     @property
     def microvm_cache(self) -> Path:
@@ -79,4 +85,5 @@ class AgentSettings:
             key_refresh_interval_s=float(e.get(p + "KEY_REFRESH_INTERVAL_S", "30")),
             reaper_interval_s=float(e.get(p + "REAPER_INTERVAL_S", "0.5")),
             usage_interval_s=float(e.get(p + "USAGE_INTERVAL_S", "60")),
+            warm_pool=e.get(p + "WARM_POOL", ""),
         )

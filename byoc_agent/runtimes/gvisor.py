@@ -87,6 +87,7 @@ _TIMEOUT_EXIT = 124  # what coreutils ``timeout`` reports; we report it for a ti
 _KILLED_EXIT = 137  # ``timeout -s KILL`` exits 128 + 9 when the command ran out of time
 _RUNSC_FAILED = 128  # runsc exec's own failures (no such sandbox, no such cwd, ...)
 _HOME = "/root"
+_ADOPTED_ENV = "adopted-env.json"  # the env a warm-pool member was given when it was taken
 _BASE_ENV: Mapping[str, str] = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": _HOME,
@@ -226,6 +227,7 @@ class GVisorRuntime:
         self._stop_timeout_s = stop_timeout_s
         self._exec_grace_s = exec_grace_s
         self._locks: dict[str, asyncio.Lock] = {}
+        self._adopted_env: dict[str, dict[str, str]] = {}
 
     # ---- helpers -----------------------------------------------------------------
 
@@ -433,6 +435,7 @@ class GVisorRuntime:
         async with self._lock(handle.sandbox_id):
             await self._teardown(handle.sandbox_id, paths)
         self._locks.pop(handle.sandbox_id, None)
+        self._adopted_env.pop(handle.sandbox_id, None)
         log.info(
             "sandbox_destroyed",
             sandbox_id=handle.sandbox_id,
@@ -611,16 +614,19 @@ class GVisorRuntime:
         self._prepare_bundle(own, paths)
         shutil.rmtree(paths.upper)  # a copy of the snapshot's upper layer takes its place
 
-    async def _become(self, sandbox_id: str) -> None:
-        """A restored copy's own identity. Randomness needs nothing: gVisor reads it from the
-        host kernel on every request and keeps no pool that a checkpoint could copy."""
+    async def _become(self, sandbox_id: str, hostname: str | None = None) -> None:
+        """A restored copy's (or an adopted pool member's) own identity. Randomness needs
+        nothing: gVisor reads it from the host kernel on every request and keeps no pool
+        that a checkpoint could copy."""
         script = (
             'hostname "$1" && echo "$1" > /etc/hostname && '
-            "cat /proc/sys/kernel/random/uuid | tr -d - > /etc/machine-id"
+            # gVisor has no /proc/sys/kernel/random/uuid: 16 random bytes, as hex.
+            "printf '%s\\n' \"$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')\" "
+            "> /etc/machine-id && [ -s /etc/machine-id ]"
         )
         done = await self._runsc_call(
             ["exec", "--cap", "CAP_SYS_ADMIN", sandbox_id, "/bin/sh", "-c", script, "sh",
-             sandbox_id],
+             hostname or sandbox_id],
             self._start_timeout_s,
         )  # fmt: skip
         if done.exit_code != 0:
@@ -629,6 +635,33 @@ class GVisorRuntime:
                 f"{done.stderr.decode(errors='replace')[-300:]}",
                 sandbox_id=sandbox_id,
             )
+
+    async def adopt(self, handle: SandboxHandle, spec: SandboxSpec) -> None:
+        """Make a warm-pool member the sandbox ``spec`` asks for: its hostname and a fresh
+        machine-id (exec with CAP_SYS_ADMIN), and ``spec.env`` for later execs. The env of
+        the OCI config (what ``runsc exec`` starts from) was fixed when the member started,
+        so the adopted env is kept in the sandbox directory and passed on every exec."""
+        _validate_env(spec.env)
+        paths = await self._require_running(handle)
+        async with self._lock(handle.sandbox_id):
+            await asyncio.to_thread(
+                (paths.dir / _ADOPTED_ENV).write_text, json.dumps(dict(spec.env))
+            )
+            self._adopted_env[handle.sandbox_id] = dict(spec.env)
+            await self._become(handle.sandbox_id, hostname=spec.sandbox_id)
+
+    def _env_of(self, paths: _Paths) -> dict[str, str]:
+        """The env an adopted sandbox was given (empty for a sandbox started as itself)."""
+        sid = paths.dir.name
+        env = self._adopted_env.get(sid)
+        if env is None:
+            try:
+                raw = json.loads((paths.dir / _ADOPTED_ENV).read_text())
+                env = {str(k): str(v) for k, v in raw.items()}
+            except (OSError, ValueError, AttributeError):
+                env = {}
+            self._adopted_env[sid] = env
+        return env
 
     def sandbox_dir(self, sandbox_id: str) -> Path:
         """Host directory holding this sandbox's bundle, overlay layers and logs."""
@@ -712,7 +745,7 @@ class GVisorRuntime:
             proc = await self._spawn(
                 sid,
                 argv,
-                env=request.env,
+                env={**self._env_of(paths), **request.env},
                 cwd=cwd,
                 with_stdin=request.stdin is not None,
                 pid_file=pid_file,
