@@ -206,6 +206,8 @@ class WarmPool:
     async def run(self, in_use: Iterable[str] = ()) -> None:
         """Clean up what a crash left, then keep the pools full until cancelled."""
         await self._destroy_leftovers(set(in_use))
+        if not self.sizes:
+            return
         failures = 0
         while not self._closed:
             key = self._next_to_fill()
