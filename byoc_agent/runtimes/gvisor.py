@@ -618,15 +618,11 @@ class GVisorRuntime:
         """A restored copy's (or an adopted pool member's) own identity. Randomness needs
         nothing: gVisor reads it from the host kernel on every request and keeps no pool
         that a checkpoint could copy."""
-        script = (
-            'hostname "$1" && echo "$1" > /etc/hostname && '
-            # gVisor has no /proc/sys/kernel/random/uuid: 16 random bytes, as hex.
-            "printf '%s\\n' \"$(od -An -N16 -tx1 /dev/urandom | tr -d ' \\n')\" "
-            "> /etc/machine-id && [ -s /etc/machine-id ]"
-        )
+        # One process besides the shell (hostname); the machine-id is made here, on the host.
+        script = 'hostname "$1" && echo "$1" > /etc/hostname && echo "$2" > /etc/machine-id'
         done = await self._runsc_call(
             ["exec", "--cap", "CAP_SYS_ADMIN", sandbox_id, "/bin/sh", "-c", script, "sh",
-             hostname or sandbox_id],
+             hostname or sandbox_id, uuid.uuid4().hex],
             self._start_timeout_s,
         )  # fmt: skip
         if done.exit_code != 0:
