@@ -13,7 +13,8 @@ Three comparisons (issue 7, point 6), runtime level (no control plane, no NATS o
 * **warm pool**: a :class:`~byoc_agent.warm_pool.WarmPool` take (adopt: hostname,
   machine-id, env) plus the first ``exec /bin/true``, against raw ``runsc run -detach`` to
   the first successful ``runsc exec /bin/true`` (:mod:`bench.raw_runsc`). Target:
-  <= 0.3x raw cold start. The pool refills between samples (untimed).
+  <= 0.3x raw cold start. The pool refills between samples (untimed). For information, the
+  same for a microVM pool against the raw QEMU boot of the first comparison.
 
 Samples are interleaved (raw, Corral, raw, Corral...) so both sides see the same load;
 medians are reported. Run as root from the repository root::
@@ -60,6 +61,7 @@ class Comparison:
     corral: list[float]
     raw: list[float]
     target: float | None = None
+    labels: tuple[str, str] = ("corral", "raw")
 
     @property
     def ratio(self) -> float:
@@ -68,14 +70,15 @@ class Comparison:
     def lines(self) -> list[str]:
         def row(label: str, xs: Sequence[float]) -> str:
             ms = ", ".join(f"{x * 1000:.0f}" for x in xs)
-            return f"  {label:<7} median {statistics.median(xs) * 1000:8.1f} ms   [{ms}]"
+            return f"  {label:<12} median {statistics.median(xs) * 1000:8.1f} ms   [{ms}]"
 
         verdict = ""
         if self.target is not None:
             met = "met" if self.ratio <= self.target else "NOT met"
             verdict = f"  (target <= {self.target}: {met})"
-        return [self.name, row("corral", self.corral), row("raw", self.raw),
-                f"  ratio corral/raw = {self.ratio:.2f}{verdict}"]  # fmt: skip
+        a, b = self.labels
+        return [self.name, row(a, self.corral), row(b, self.raw),
+                f"  ratio {a}/{b} = {self.ratio:.2f}{verdict}"]  # fmt: skip
 
 
 def spec(sandbox_id: str, isolation: str, env: dict[str, str] | None = None) -> SandboxSpec:
@@ -126,7 +129,8 @@ async def bench_boot(vm: QemuMicrovmRuntime, cache: Path, templates: Path,
         handle = await vm.create(spec(f"bench-boot-{i}", "microvm"))
         corral.append(time.perf_counter() - started)
         await vm.destroy(handle)
-    return Comparison(f"microVM boot to daemon-ready vs raw QEMU boot ({accel})", corral, raw)
+    return Comparison(f"microVM boot to daemon-ready vs raw QEMU boot ({accel})", corral, raw,
+                      labels=("corral boot", "raw qemu"))  # fmt: skip
 
 
 # ---- (b) restore vs cold create ----------------------------------------------------------
@@ -150,11 +154,30 @@ async def bench_restore(runtime: Runtime, isolation: str, work: Path, runs: int)
         restored.append(time.perf_counter() - started)
         await runtime.destroy(h)
     shutil.rmtree(snap, ignore_errors=True)
-    return Comparison(f"{isolation}: restore vs cold create (ratio restore/cold)",
-                      restored, cold, RESTORE_TARGET)  # fmt: skip
+    return Comparison(f"{isolation}: restore vs cold create", restored, cold, RESTORE_TARGET,
+                      ("restore", "cold create"))  # fmt: skip
 
 
-# ---- (c) warm-pool create -> first exec vs raw runsc run + exec --------------------------
+# ---- (c) warm-pool create -> first exec vs a raw cold start -------------------------------
+async def take_and_exec(pool: WarmPool, runtime: Runtime, key: PoolKey, i: int) -> float:
+    """Wait (untimed) for a ready member, then time take (adopt) + the first exec."""
+    deadline = time.monotonic() + 180
+    while not pool.ready(key):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the pool did not refill within 180 s")
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.5)  # let the refill's own start settle before timing
+    started = time.perf_counter()
+    handle = await pool.take(spec(f"bench-pool-{key.isolation}-{i}", key.isolation,
+                                  {"BENCH": "1"}))  # fmt: skip
+    assert handle is not None, "pool miss"
+    await first_exec(runtime, handle)
+    elapsed = time.perf_counter() - started
+    pool.confirm(handle)
+    await runtime.destroy(handle)
+    return elapsed
+
+
 async def bench_pool(runtime: GVisorRuntime, templates: Path, work: Path,
                      runs: int) -> Comparison:  # fmt: skip
     key = PoolKey("base", 1, 256, "gvisor")
@@ -173,25 +196,35 @@ async def bench_pool(runtime: GVisorRuntime, templates: Path, work: Path,
                 raw.append(await asyncio.to_thread(raw_runsc.start_to_first_exec, rs, b))
             finally:
                 await asyncio.to_thread(raw_runsc.teardown, rs, b)
-            deadline = time.monotonic() + 120
-            while not pool.ready(key):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the pool did not refill within 120 s")
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(0.5)  # let the refill's own start settle before timing
-            started = time.perf_counter()
-            handle = await pool.take(spec(f"bench-pool-{i}", "gvisor", {"BENCH": "1"}))
-            assert handle is not None, "pool miss"
-            await first_exec(runtime, handle)
-            corral.append(time.perf_counter() - started)
-            pool.confirm(handle)
-            await runtime.destroy(handle)
+            corral.append(await take_and_exec(pool, runtime, key, i))
     finally:
         filler.cancel()
         await pool.close()
         await asyncio.to_thread(raw_runsc_cleanup)
     return Comparison("gVisor warm-pool create → first exec vs raw runsc run + first exec",
-                      corral, raw, POOL_TARGET)  # fmt: skip
+                      corral, raw, POOL_TARGET, ("warm pool", "raw runsc"))  # fmt: skip
+
+
+async def bench_pool_microvm(vm: QemuMicrovmRuntime, cache: Path, templates: Path,
+                             runs: int) -> Comparison:  # fmt: skip
+    """The same for microVMs, against the raw QEMU boot of (a) (information: no target)."""
+    boot = await asyncio.to_thread(ensure_boot, cache, templates, "base")
+    accel = await vm.accel()
+    key = PoolKey("base", 1, 256, "microvm")
+    pool = WarmPool(vm, {key: 1}, tenant_id="bench", free_capacity=lambda: (64, 65536))
+    filler = asyncio.create_task(pool.run())
+    corral: list[float] = []
+    raw: list[float] = []
+    try:
+        for i in range(runs):
+            raw.append(await asyncio.to_thread(raw_qemu_boot, vm, boot.kernel, boot.initrd,
+                                               accel))  # fmt: skip
+            corral.append(await take_and_exec(pool, vm, key, i))
+    finally:
+        filler.cancel()
+        await pool.close()
+    return Comparison(f"microVM warm-pool create → first exec vs raw QEMU boot ({accel})",
+                      corral, raw, POOL_TARGET, ("warm pool", "raw qemu"))  # fmt: skip
 
 
 def raw_runsc_cleanup() -> None:
@@ -222,6 +255,10 @@ async def main_async(args: argparse.Namespace) -> list[Comparison]:
                 print("\n".join(out[-1].lines()), flush=True)
         if "boot" in only and vm is not None:
             out.append(await bench_boot(vm, args.microvm_cache, templates, args.microvm_runs))
+            print("\n".join(out[-1].lines()), flush=True)
+        if "pool" in only and vm is not None:
+            out.append(await bench_pool_microvm(vm, args.microvm_cache, templates,
+                                                args.microvm_runs))  # fmt: skip
             print("\n".join(out[-1].lines()), flush=True)
     return out
 

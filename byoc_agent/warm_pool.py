@@ -150,16 +150,17 @@ class WarmPool:
         while queue:
             handle = queue.popleft()
             self._handing_over[handle.sandbox_id] = key
-            self._wake.set()  # start its replacement
             try:
                 await self._adopting.adopt(handle, spec)
-            except CorralError as e:
+            except (CorralError, OSError) as e:
                 self.stats.adopt_failures += 1
                 log.warning("warm_pool_adopt_failed", pool_id=handle.sandbox_id,
                             sandbox_id=spec.sandbox_id, error=str(e))  # fmt: skip
                 self._handing_over.pop(handle.sandbox_id, None)
                 self._destroy_later(handle)
                 continue
+            finally:
+                self._wake.set()  # start a replacement (after the adoption: not beside it)
             ms = (time.monotonic() - started) * 1000
             self.stats.hits += 1
             self.stats.last_hit_ms = ms
