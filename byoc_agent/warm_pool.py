@@ -40,6 +40,9 @@ POOL_ID_PREFIX = "pool-"
 _IDLE_CHECK_S = 5.0  # re-check capacity this often even when nothing woke the filler
 _MAX_BACKOFF_S = 60.0
 _POOL_TIMEOUT_S = 365 * 24 * 3600  # members have no deadline of their own
+# A replacement starts this long after a take: the sandbox just handed over runs its first
+# commands now, and on a small host a start beside them (a microVM boot above all) slows them.
+REFILL_DELAY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -114,6 +117,7 @@ class WarmPool:
         tenant_id: str,
         free_capacity: Callable[[], tuple[int, int]],
         ledger: Path | None = None,
+        refill_delay_s: float = REFILL_DELAY_S,
     ) -> None:
         if not isinstance(runtime, Adopting):
             raise InvalidArgumentError(f"runtime {runtime.name} cannot serve a warm pool")
@@ -130,6 +134,8 @@ class WarmPool:
         self._teardowns: set[asyncio.Task[None]] = set()
         self._dying: dict[str, SandboxHandle] = {}  # being destroyed
         self._closed = False
+        self._refill_delay_s = refill_delay_s
+        self._last_take = -float("inf")  # monotonic time of the last take
         self.stats = PoolStats()
 
     # ---- what the agent asks ---------------------------------------------------------
@@ -160,6 +166,7 @@ class WarmPool:
                 self._destroy_later(handle)
                 continue
             finally:
+                self._last_take = time.monotonic()
                 self._wake.set()  # start a replacement (after the adoption: not beside it)
             ms = (time.monotonic() - started) * 1000
             self.stats.hits += 1
@@ -218,7 +225,16 @@ class WarmPool:
                     async with asyncio.timeout(_IDLE_CHECK_S):
                         await self._wake.wait()
                 continue
-            if await self._start_one(key):
+            settle = self._last_take + self._refill_delay_s - time.monotonic()
+            if settle > 0:
+                await asyncio.sleep(settle)
+                continue  # the room may have changed meanwhile
+            try:
+                ok = await self._start_one(key)
+            except Exception:  # a background loop: one bad start must not stop the agent
+                log.exception("warm_pool_start_crashed", key=str(key))
+                ok = False
+            if ok:
                 failures = 0
             else:
                 failures += 1
@@ -279,7 +295,7 @@ class WarmPool:
     async def _destroy(self, handle: SandboxHandle) -> None:
         try:
             await self._runtime.destroy(handle)
-        except CorralError as e:
+        except (CorralError, OSError) as e:
             log.warning("warm_pool_destroy_failed", pool_id=handle.sandbox_id, error=str(e))
             return  # stays in the ledger: the next start tries again
         self._dying.pop(handle.sandbox_id, None)
