@@ -627,7 +627,7 @@ class GVisorRuntime:
         )  # fmt: skip
         if done.exit_code != 0:
             raise CorralError(
-                f"could not set the restored sandbox's identity: "
+                f"could not give the sandbox its own identity: "
                 f"{done.stderr.decode(errors='replace')[-300:]}",
                 sandbox_id=sandbox_id,
             )
