@@ -1,5 +1,5 @@
 # The two commands the README opens with. Both install what they need.
-.PHONY: up down status test lint bench deps
+.PHONY: up down status test lint bench bench-microvm deps
 
 up:
 	bash scripts/up.sh
@@ -19,3 +19,7 @@ lint:
 
 bench:
 	bash scripts/bootstrap.sh && .venv/bin/python -m bench.sandbox_latency
+
+# microVM boot, restore vs cold create, warm pools: each against its raw baseline (root).
+bench-microvm:
+	bash scripts/bootstrap.sh && .venv/bin/python -m bench.instant_sandboxes

@@ -32,7 +32,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +72,7 @@ from byoc_agent.transport.nats import (
     TransportUnavailable,
     raise_if_cancelling,
 )
+from byoc_agent.warm_pool import PoolKey, WarmPool
 
 log = structlog.get_logger(__name__)
 
@@ -119,6 +120,8 @@ class Agent:
         config: AgentConfig,
         templates: Callable[[], list[str]] = list,
         fleet: HostFleet | None = None,
+        warm_pool: Mapping[PoolKey, int] | None = None,
+        warm_pool_ledger: Path | None = None,
     ) -> None:
         self.identity = identity
         self.signing_key = signing_key
@@ -136,6 +139,13 @@ class Agent:
         self.meter = UsageMeter(
             identity=identity, signing_key=signing_key, state=state, host=config.host
         )
+        # Pre-started sandboxes per size (ADR 0025); None when no pool is configured.
+        self.pool: WarmPool | None = None
+        if warm_pool and any(n > 0 for n in warm_pool.values()):
+            self.pool = WarmPool(
+                runtime, warm_pool, tenant_id=identity.tenant_id,
+                free_capacity=lambda: self.free_capacity()[:2], ledger=warm_pool_ledger,
+            )  # fmt: skip
         self.audience = verify.Audience(agent_id=identity.agent_id, tenant_id=identity.tenant_id)
         self.log = log.bind(agent_id=identity.agent_id, tenant_id=identity.tenant_id)
 
@@ -151,6 +161,9 @@ class Agent:
             tg.create_task(self._meter_loop())
             if self.fleet is not None:
                 tg.create_task(self.fleet.run(self.config.fleet_interval_s))
+            if self.pool is not None:
+                held = {r.handle.sandbox_id for r in self.state.sandboxes()}
+                tg.create_task(self.pool.run(in_use=held))
 
     async def recover(self) -> None:
         """Reattach to sandboxes that were running before a restart; finish cut-off jobs."""
@@ -383,8 +396,8 @@ class Agent:
             env=dict(body.env),
             isolation=body.isolation,
         )
-        handle = await self.runtime.create(spec)
-        now = time.time()
+        handle = await self._start(spec)
+        now = time.time()  # billing starts here, also for a sandbox taken from a warm pool
         rec = SandboxRecord(
             sandbox_id=body.sandbox_id,
             tenant_id=self.identity.tenant_id,
@@ -397,7 +410,19 @@ class Agent:
             deadline=now + body.timeout_s,
         )
         self.state.put_sandbox(rec)
+        if self.pool is not None:
+            self.pool.confirm(handle)
         return _report(rec)
+
+    async def _start(self, spec: SandboxSpec) -> SandboxHandle:
+        """A warm-pool member adopted as ``spec`` if one is ready, else a cold create (after
+        evicting pool members if the sandbox needs their room)."""
+        if self.pool is not None:
+            handle = await self.pool.take(spec)
+            if handle is not None:
+                return handle
+            self.pool.make_room(spec.cpu, spec.memory_mb)
+        return await self.runtime.create(spec)
 
     async def _kill(self, sandbox_id: str) -> SandboxReport:
         rec = self.state.get_sandbox(sandbox_id)
@@ -743,11 +768,16 @@ class Agent:
         self._outbox_wakeup.set()
 
     async def drain(self) -> None:
-        """Let in-flight jobs finish (bounded); sandboxes keep running."""
+        """Let in-flight jobs finish (bounded); sandboxes keep running; warm-pool members,
+        which belong to nobody, are destroyed."""
         if self._tasks:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(10):
                     await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.pool is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30):
+                    await self.pool.close()
         with contextlib.suppress(TimeoutError, TransportUnavailable):
             async with asyncio.timeout(5):
                 await self.flush_outbox()

@@ -28,6 +28,7 @@ from byoc_agent.settings import AgentSettings
 from byoc_agent.state import AgentStateStore
 from byoc_agent.transport.credentials import NatsUserFiles
 from byoc_agent.transport.nats import NatsAgentTransport
+from byoc_agent.warm_pool import parse_pool_sizes
 
 log = structlog.get_logger(__name__)
 
@@ -135,6 +136,8 @@ async def run_agent(settings: AgentSettings) -> None:
         ),
         templates=lambda: _templates(settings),
         fleet=fleet,
+        warm_pool=parse_pool_sizes(settings.warm_pool),
+        warm_pool_ledger=settings.warm_pool_ledger,
     )
     app = envd_asgi(create_dataplane_app(agent), agent)
     log.info("agent_started", agent_id=ident.agent_id, tenant_id=ident.tenant_id,

@@ -190,6 +190,8 @@ class AgentSettings:
     sandbox_pids_max: int = 4096
     cosigner_keys: tuple[str, ...] = ()
     cosign_rules: tuple[str, ...] = ()
+    # Warm pools (ADR 0025): "template:cpu:memory_mb:isolation=N,..."; empty = off.
+    warm_pool: str = ""
 
     @property
     def state_db(self) -> Path:
@@ -206,6 +208,10 @@ class AgentSettings:
     @property
     def runtime_dir(self) -> Path:
         return self.home / "runtime"
+
+    @property
+    def warm_pool_ledger(self) -> Path:
+        return self.home / "warm-pool.json"
 
     @property
     def microvm_cache(self) -> Path:
@@ -261,6 +267,7 @@ class AgentSettings:
             sandbox_pids_max=int(e.get(p + "SANDBOX_PIDS_MAX", "4096")),
             cosigner_keys=_words(e.get(p + "COSIGNER_KEYS", "")),
             cosign_rules=_words(e.get(p + "COSIGN_RULES", "")),
+            warm_pool=e.get(p + "WARM_POOL", ""),
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,8 +19,15 @@ from corral.testing.stack import LocalStack, StackError
 console = Console(stderr=True)
 
 
+# One pre-started gVisor sandbox of the SDK's default size: creates in ``make up`` are
+# served warm (ADR 0025). CORRAL_AGENT_WARM_POOL in the environment wins; "" turns it off.
+DEV_WARM_POOL = "base:1:512:gvisor=1"
+
+
 def _stack(home: Path) -> LocalStack:
-    return LocalStack(home, progress=lambda m: console.print(f"[dim]•[/] {m}"))
+    warm_pool = os.environ.get("CORRAL_AGENT_WARM_POOL", DEV_WARM_POOL)
+    return LocalStack(home, progress=lambda m: console.print(f"[dim]•[/] {m}"),
+                      extra_env={"CORRAL_AGENT_WARM_POOL": warm_pool})  # fmt: skip
 
 
 def up(home: Path) -> int:

@@ -291,3 +291,20 @@ class KnowsStopReason(Protocol):
         """``OOM_KILLED`` (over its memory limit), ``PIDS_LIMIT`` (too many tasks), or
         ``None`` when it simply exited or the runtime cannot say."""
         ...
+
+
+@runtime_checkable
+class Adopting(Protocol):
+    """What a runtime that can hand a pre-started sandbox to a request adds (warm pools).
+
+    A warm pool starts sandboxes under ids of its own; when a create asks for one, the
+    agent keeps the pool member's handle under the requested sandbox id. ``adopt`` makes
+    the member that sandbox from the inside: ``spec.sandbox_id`` as its hostname, a fresh
+    machine-id and random seed, and ``spec.env`` for every later exec.
+    """
+
+    async def adopt(self, handle: SandboxHandle, spec: SandboxSpec) -> None:
+        """Give the running sandbox ``handle`` the identity and env of ``spec``.
+
+        Raises SandboxNotRunningError if it is gone (the pool then starts a fresh one)."""
+        ...

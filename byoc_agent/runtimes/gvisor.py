@@ -107,6 +107,7 @@ _TIMEOUT_EXIT = 124  # what coreutils ``timeout`` reports; we report it for a ti
 _KILLED_EXIT = 137  # ``timeout -s KILL`` exits 128 + 9 when the command ran out of time
 _RUNSC_FAILED = 128  # runsc exec's own failures (no such sandbox, no such cwd, ...)
 _HOME = "/root"
+_ADOPTED_ENV = "adopted-env.json"  # the env a warm-pool member was given when it was taken
 _BASE_ENV: Mapping[str, str] = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": _HOME,
@@ -276,6 +277,7 @@ class GVisorRuntime:
         self._stop_timeout_s = stop_timeout_s
         self._exec_grace_s = exec_grace_s
         self._locks: dict[str, asyncio.Lock] = {}
+        self._adopted_env: dict[str, dict[str, str]] = {}
 
     # ---- helpers -----------------------------------------------------------------
 
@@ -529,6 +531,7 @@ class GVisorRuntime:
         async with self._lock(handle.sandbox_id):
             await self._teardown(handle.sandbox_id, paths)
         self._locks.pop(handle.sandbox_id, None)
+        self._adopted_env.pop(handle.sandbox_id, None)
         log.info(
             "sandbox_destroyed",
             sandbox_id=handle.sandbox_id,
@@ -758,9 +761,10 @@ class GVisorRuntime:
         own = dataclasses.replace(spec, cpu=max(cpu, 1), memory_mb=memory_mb)
         self._prepare_bundle(own, paths)
 
-    async def _become(self, sandbox_id: str) -> None:
-        """A restored copy's own identity. Randomness needs nothing: gVisor reads it from the
-        host kernel on every request and keeps no pool that a checkpoint could copy."""
+    async def _become(self, sandbox_id: str, hostname: str | None = None) -> None:
+        """A restored copy's (or an adopted pool member's) own identity. Randomness needs
+        nothing: gVisor reads it from the host kernel on every request and keeps no pool
+        that a checkpoint could copy."""
         # Debian's hostname(1) refuses "_", which every Corral sandbox id has ("sb_..."); the
         # kernel does not, so python's sethostname(2) is the fallback (as at create, where the
         # OCI spec sets the same name).
@@ -774,15 +778,42 @@ class GVisorRuntime:
         )
         done = await self._runsc_call(
             ["exec", "--cap", "CAP_SYS_ADMIN", sandbox_id, "/bin/sh", "-c", script, "sh",
-             sandbox_id, uuid.uuid4().hex],
+             hostname or sandbox_id, uuid.uuid4().hex],
             self._start_timeout_s,
         )  # fmt: skip
         if done.exit_code != 0:
             raise CorralError(
-                f"could not set the restored sandbox's identity: "
+                f"could not give the sandbox its own identity: "
                 f"{done.stderr.decode(errors='replace')[-300:]}",
                 sandbox_id=sandbox_id,
             )
+
+    async def adopt(self, handle: SandboxHandle, spec: SandboxSpec) -> None:
+        """Make a warm-pool member the sandbox ``spec`` asks for: its hostname and a fresh
+        machine-id (exec with CAP_SYS_ADMIN), and ``spec.env`` for later execs. The env of
+        the OCI config (what ``runsc exec`` starts from) was fixed when the member started,
+        so the adopted env is kept in the sandbox directory and passed on every exec."""
+        _validate_env(spec.env)
+        paths = await self._require_running(handle)
+        async with self._lock(handle.sandbox_id):
+            await asyncio.to_thread(
+                (paths.dir / _ADOPTED_ENV).write_text, json.dumps(dict(spec.env))
+            )
+            self._adopted_env[handle.sandbox_id] = dict(spec.env)
+            await self._become(handle.sandbox_id, hostname=spec.sandbox_id)
+
+    def _env_of(self, paths: _Paths) -> dict[str, str]:
+        """The env an adopted sandbox was given (empty for a sandbox started as itself)."""
+        sid = paths.dir.name
+        env = self._adopted_env.get(sid)
+        if env is None:
+            try:
+                raw = json.loads((paths.dir / _ADOPTED_ENV).read_text())
+                env = {str(k): str(v) for k, v in raw.items()}
+            except (OSError, ValueError, AttributeError):
+                env = {}
+            self._adopted_env[sid] = env
+        return env
 
     def sandbox_dir(self, sandbox_id: str) -> Path:
         """Host directory holding this sandbox's bundle, overlay layers and logs."""
@@ -866,7 +897,7 @@ class GVisorRuntime:
             proc = await self._spawn(
                 sid,
                 argv,
-                env=request.env,
+                env={**self._env_of(paths), **request.env},
                 cwd=cwd,
                 with_stdin=request.stdin is not None,
                 pid_file=pid_file,

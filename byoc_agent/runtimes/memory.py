@@ -36,6 +36,7 @@ class InMemoryRuntime:
         self.live: dict[str, dict[str, bytes]] = {}
         self.created: list[str] = []
         self.destroyed: list[str] = []
+        self.adopted: dict[str, SandboxSpec] = {}  # runtime id -> the spec it was given
 
     async def create(self, spec: SandboxSpec) -> SandboxHandle:
         if spec.template not in self.templates:
@@ -43,6 +44,10 @@ class InMemoryRuntime:
         self.live[spec.sandbox_id] = {}
         self.created.append(spec.sandbox_id)
         return SandboxHandle(sandbox_id=spec.sandbox_id, runtime=self.name, created_at=time.time())
+
+    async def adopt(self, handle: SandboxHandle, spec: SandboxSpec) -> None:
+        self._files(handle)
+        self.adopted[handle.sandbox_id] = spec
 
     async def recover(self, handle: SandboxHandle) -> Liveness:
         return await self.inspect(handle)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from byoc_agent.protocol.errors import InvalidArgumentError, SandboxNotRunningError
 from byoc_agent.runtimes.base import (
+    Adopting,
     ExecEvent,
     ExecRequest,
     FileInfo,
@@ -105,6 +106,12 @@ class RuntimeSet:
     async def destroy(self, handle: SandboxHandle) -> None:
         if handle.runtime in self._by_name:
             await self._of(handle).destroy(handle)
+
+    async def adopt(self, handle: SandboxHandle, spec: SandboxSpec) -> None:
+        runtime = self._of(handle)
+        if not isinstance(runtime, Adopting):
+            raise InvalidArgumentError(f"runtime {runtime.name} cannot adopt pool members")
+        await runtime.adopt(handle, spec)
 
     def _snapshots(self, runtime: Runtime) -> Snapshotting:
         if not isinstance(runtime, Snapshotting):

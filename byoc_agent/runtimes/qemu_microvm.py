@@ -654,6 +654,32 @@ class QemuMicrovmRuntime:
         """Flush the guest's page cache to its disk (before a snapshot)."""
         await self._call(handle, {"op": "sync"})
 
+    async def adopt(self, handle: SandboxHandle, spec: SandboxSpec) -> None:
+        """Make a warm-pool member the sandbox ``spec`` asks for: the guest daemon sets its
+        hostname, a fresh machine-id and mixes in a random seed; ``spec.env`` goes into the
+        sandbox's record, which every exec reads its env from."""
+        _validate_env(spec.env)
+        paths = self._paths(handle.sandbox_id)
+        channel = await self._channel(handle)
+        async with self._lock(handle.sandbox_id):
+            record = self._record(paths)
+            record["env"] = {**record.get("env", {}), **spec.env}
+            record["tenant_id"] = spec.tenant_id
+            await asyncio.to_thread(paths.spec.write_text, json.dumps(record))
+            try:
+                frames = await channel.call(
+                    {"op": "identity", "hostname": spec.sandbox_id,
+                     "machine_id": uuid.uuid4().hex},
+                    os.urandom(64),
+                )  # fmt: skip
+            except ChannelClosed:
+                raise SandboxNotRunningError(
+                    f"sandbox {handle.sandbox_id} stopped", sandbox_id=handle.sandbox_id
+                ) from None
+        for header, _body in frames:
+            if header.get("ev") == "error":
+                _raise(header, handle.sandbox_id)
+
     # ---- pause, snapshot, restore --------------------------------------------------
 
     def _record(self, paths: _Paths) -> dict[str, Any]:

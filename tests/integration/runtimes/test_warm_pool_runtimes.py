@@ -1,0 +1,84 @@
+"""A warm pool over every real runtime (gVisor, QEMU microvm): a taken member becomes the
+requested sandbox — hostname, machine-id and env its own — and a replacement starts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from byoc_agent.runtimes.base import ExecRequest, Exit, Runtime, SandboxHandle, SandboxSpec, Stdout
+from byoc_agent.runtimes.multi import isolation_of
+from byoc_agent.warm_pool import POOL_ID_PREFIX, PoolKey, WarmPool
+
+pytestmark = [pytest.mark.microvm, pytest.mark.asyncio]
+
+
+async def output(runtime: Runtime, handle: SandboxHandle, cmd: str) -> str:
+    out = b""
+    code = None
+    async for ev in runtime.exec(handle, ExecRequest(cmd=cmd)):
+        if isinstance(ev, Stdout):
+            out += ev.data
+        elif isinstance(ev, Exit):
+            code = ev.exit_code
+    assert code == 0, f"{cmd!r} exited {code}"
+    return out.decode()
+
+
+async def ready(pool: WarmPool, key: PoolKey, *, not_id: str = "") -> SandboxHandle:
+    """The pool's ready member (other than ``not_id``), waiting up to 120 s for it."""
+    deadline = time.monotonic() + 120
+    while True:
+        members = [h for h in pool.ready(key) if h.sandbox_id != not_id]
+        if members:
+            return members[0]
+        assert time.monotonic() < deadline, "no pool member became ready"
+        assert pool.stats.start_failures == 0, "a pool member failed to start"
+        await asyncio.sleep(0.05)
+
+
+@pytest_asyncio.fixture
+async def pool_and_key(runtime: Runtime) -> AsyncIterator[tuple[WarmPool, PoolKey]]:
+    key = PoolKey("base", 1, 256, isolation_of(runtime.name))
+    pool = WarmPool(runtime, {key: 1}, tenant_id="t-pool", free_capacity=lambda: (8, 8192))
+    filler = asyncio.create_task(pool.run())
+    try:
+        yield pool, key
+    finally:
+        filler.cancel()
+        await asyncio.wait({filler}, timeout=30)
+        await pool.close()
+
+
+async def test_a_taken_pool_member_is_the_requested_sandbox(
+    runtime: Runtime, pool_and_key: tuple[WarmPool, PoolKey]
+) -> None:
+    """Hostname and machine-id change at take time; the create's env reaches later execs;
+    the pool starts a replacement."""
+    pool, key = pool_and_key
+    member = await ready(pool, key)
+    before = (await output(runtime, member, "cat /etc/machine-id")).strip()
+    spec = SandboxSpec(sandbox_id="sbx-adopted1", tenant_id="t-pool", template="base", cpu=1,
+                       memory_mb=256, timeout_s=60, env={"WHO": "adopted"},
+                       isolation=key.isolation)  # fmt: skip
+    handle = await pool.take(spec)
+    assert handle is not None
+    try:
+        assert handle.sandbox_id == member.sandbox_id
+        assert handle.sandbox_id.startswith(POOL_ID_PREFIX)
+        got = await output(runtime, handle, 'echo "$WHO"; hostname; cat /etc/hostname; '
+                                            "cat /etc/machine-id")  # fmt: skip
+        who, hostname, etc_hostname, machine_id = got.splitlines()
+        assert who == "adopted"
+        assert hostname == etc_hostname == "sbx-adopted1"
+        assert machine_id != before
+        assert len(machine_id) == 32
+        pool.confirm(handle)
+        refill = await ready(pool, key, not_id=member.sandbox_id)
+        assert refill.sandbox_id != member.sandbox_id
+    finally:
+        await runtime.destroy(handle)

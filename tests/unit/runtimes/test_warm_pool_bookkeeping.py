@@ -1,0 +1,119 @@
+"""The warm pool's bookkeeping against the in-memory runtime (real runtimes: the agent's
+integration tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from byoc_agent.protocol.errors import InvalidArgumentError
+from byoc_agent.runtimes.base import SandboxSpec
+from byoc_agent.runtimes.memory import InMemoryRuntime
+from byoc_agent.warm_pool import POOL_ID_PREFIX, PoolKey, WarmPool, parse_pool_sizes
+
+KEY = PoolKey("base", 1, 512, "gvisor")
+
+
+def spec(sandbox_id: str, *, cpu: int = 1, memory_mb: int = 512) -> SandboxSpec:
+    return SandboxSpec(sandbox_id=sandbox_id, tenant_id="t", template="base", cpu=cpu,
+                       memory_mb=memory_mb, timeout_s=60, env={"A": "1"})  # fmt: skip
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def test_pool_sizes_parse_from_the_setting() -> None:
+    """The documented format parses; an empty setting means no pools."""
+    sizes = parse_pool_sizes("base:1:512:gvisor=2, base:1:512:microvm=1")
+    assert sizes == {KEY: 2, PoolKey("base", 1, 512, "microvm"): 1}
+    assert parse_pool_sizes("") == {}
+
+
+@pytest.mark.parametrize("bad", ["base:1:512=2", "base:1:512:gvisor", "base:x:512:gvisor=1",
+                                 "base:0:512:gvisor=1", "a:1:1:gvisor=1,a:1:1:gvisor=2"])
+def test_a_malformed_pool_setting_is_refused_with_its_entry_named(bad: str) -> None:
+    """Each malformed entry raises InvalidArgumentError naming what is wrong."""
+    with pytest.raises(InvalidArgumentError, match="warm pool entry"):
+        parse_pool_sizes(bad)
+
+
+@pytest.mark.asyncio
+async def test_take_adopts_a_member_and_the_pool_refills(tmp_path: Path) -> None:
+    """A hit hands over a member adopted with the spec; a replacement starts; a size with
+    no pool is a miss."""
+    runtime = InMemoryRuntime()
+    pool = WarmPool(runtime, {KEY: 1}, tenant_id="t", free_capacity=lambda: (4, 4096),
+                    ledger=tmp_path / "pool.json")  # fmt: skip
+    filler = asyncio.create_task(pool.run())
+    try:
+        await until(lambda: len(pool.ready(KEY)) == 1, "member ready")
+        handle = await pool.take(spec("sbx-1"))
+        assert handle is not None
+        assert handle.sandbox_id.startswith(POOL_ID_PREFIX)
+        assert runtime.adopted[handle.sandbox_id].sandbox_id == "sbx-1"
+        pool.confirm(handle)
+        await until(lambda: len(pool.ready(KEY)) == 1, "refill")
+        assert pool.ready(KEY)[0].sandbox_id != handle.sandbox_id
+        assert await pool.take(spec("sbx-2", memory_mb=1024)) is None
+        assert (pool.stats.hits, pool.stats.misses) == (1, 1)
+        ledger = json.loads((tmp_path / "pool.json").read_text())
+        assert [m["id"] for m in ledger["members"]] == [pool.ready(KEY)[0].sandbox_id]
+    finally:
+        filler.cancel()
+        await pool.close()
+    assert list(runtime.live) == [handle.sandbox_id], "close() left a member running"
+
+
+@pytest.mark.asyncio
+async def test_the_pool_fills_only_spare_room_and_gives_it_up_for_a_create() -> None:
+    """Members never take room a sandbox needs: make_room evicts them."""
+    runtime = InMemoryRuntime()
+    free = [2]
+    pool = WarmPool(runtime, {KEY: 3}, tenant_id="t", free_capacity=lambda: (free[0], 4096))
+    filler = asyncio.create_task(pool.run())
+    try:
+        await until(lambda: len(pool.ready(KEY)) == 2, "two members (room for two)")
+        await asyncio.sleep(0.05)
+        assert len(pool.ready(KEY)) == 2
+        pool.make_room(2, 1024)
+        assert pool.ready(KEY) == []
+        assert pool.stats.evicted == 2
+        free[0] = 0  # the sandbox now holds the room: nothing refills
+        await asyncio.sleep(0.05)
+        assert pool.ready(KEY) == []
+    finally:
+        filler.cancel()
+        await pool.close()
+    assert runtime.live == {}
+
+
+@pytest.mark.asyncio
+async def test_members_a_crash_left_are_destroyed_at_the_next_start(tmp_path: Path) -> None:
+    """The ledger names every member; one no sandbox record holds is destroyed on start,
+    one a record holds (taken just before the crash) is kept."""
+    runtime = InMemoryRuntime()
+    first = WarmPool(runtime, {KEY: 2}, tenant_id="t", free_capacity=lambda: (4, 4096),
+                     ledger=tmp_path / "pool.json")  # fmt: skip
+    filler = asyncio.create_task(first.run())
+    await until(lambda: len(first.ready(KEY)) == 2, "two members")
+    filler.cancel()  # a crash: no close()
+    taken = await first.take(spec("sbx-kept"))
+    assert taken is not None
+    leftover = first.ready(KEY)[0]
+
+    second = WarmPool(runtime, {KEY: 0}, tenant_id="t", free_capacity=lambda: (4, 4096),
+                      ledger=tmp_path / "pool.json")  # fmt: skip
+    await second.run(in_use={taken.sandbox_id})
+    assert leftover.sandbox_id in runtime.destroyed
+    assert taken.sandbox_id in runtime.live
+    assert json.loads((tmp_path / "pool.json").read_text()) == {"members": []}
