@@ -309,8 +309,9 @@ class Agent:
             except CorralError as e:
                 jlog.warning("job_failed", code=e.code.value, error=e.message)
                 result = self._result(
-                    job, "failed", error=messages.WireError(code=e.code.value, message=e.message)
-                )
+                    job, "failed",
+                    error=messages.WireError(code=e.code.value, message=_wire_message(e.message)),
+                )  # fmt: skip
             except Exception as e:  # transport-level handler: report, never crash the loop
                 jlog.exception("job_crashed")
                 result = self._result(
@@ -815,3 +816,9 @@ def _report(rec: SandboxRecord) -> SandboxReport:
         ended_at=rec.ended_at,
         end_reason=rec.end_reason,
     )
+
+
+def _wire_message(text: str) -> str:
+    """An error message cut to what a result may carry (a runsc panic can be far longer)."""
+    limit = messages.MAX_ERROR_MESSAGE
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -174,9 +174,12 @@ class SandboxState(StrEnum):
 TERMINAL_STATES = frozenset({SandboxState.KILLED, SandboxState.TIMED_OUT, SandboxState.FAILED})
 
 
+MAX_ERROR_MESSAGE = 2000
+
+
 class WireError(_Wire):
     code: str
-    message: Annotated[str, Field(max_length=2000)]
+    message: Annotated[str, Field(max_length=MAX_ERROR_MESSAGE)]
 
 
 class SandboxReport(_Wire):

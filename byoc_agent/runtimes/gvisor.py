@@ -51,6 +51,7 @@ root filesystem, so host-side writes could go unseen). Relative paths are relati
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -59,7 +60,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,7 @@ from byoc_agent.protocol.errors import (
     CorralError,
     FileNotFoundInSandboxError,
     InvalidArgumentError,
+    RetryableError,
     SandboxNotRunningError,
 )
 from byoc_agent.runtimes.base import (
@@ -246,6 +248,8 @@ class GVisorRuntime:
         if found is None:
             raise InvalidArgumentError("runsc not found on PATH; install the Debian package runsc")
         self._runsc = found
+        # Commands from exec() still running, per sandbox: a pause waits for none of them.
+        self._commands: collections.Counter[str] = collections.Counter()
         if disk_mb < 0 or pids_max < 0:
             raise InvalidArgumentError("disk_mb and pids_max must not be negative (0: no limit)")
         if 0 < pids_max < _MIN_PIDS_MAX:
@@ -638,8 +642,19 @@ class GVisorRuntime:
     # ---- pause, snapshot, restore ----------------------------------------------------
 
     async def _checkpoint(self, handle: SandboxHandle, image_dir: Path) -> None:
-        """Sync the sandbox's files, write its state to ``image_dir`` (it stops), delete it."""
+        """Sync the sandbox's files, write its state to ``image_dir`` (it stops), delete it.
+        Refused (retryable) while a command started through ``exec`` still runs."""
         sid = handle.sandbox_id
+        # A command started through exec talks to the host over pipes that a checkpoint
+        # cannot carry: runsc would save it, and the restore would then fail for good.
+        running = self._commands[sid]
+        if running:
+            raise RetryableError(
+                f"{running} command(s) started through the API still run in sandbox {sid}; "
+                "a pause cannot keep their connections: wait for them or kill them first "
+                "(start processes that must outlive a pause detached: nohup ... &)",
+                sandbox_id=sid,
+            )
         synced = await self._helper(handle, "sync", "/")
         if synced.exit_code != 0:
             raise CorralError("sync before checkpoint failed", sandbox_id=sid)
@@ -893,11 +908,33 @@ class GVisorRuntime:
         # ``kill -9 -<pid>``; no in-sandbox ``timeout`` process is needed.
         argv = command_argv(request.cmd)
         started = time.monotonic()
+        self._commands[sid] += 1
+        try:
+            env = {**self._env_of(paths), **request.env}
+            events = self._exec(sid, request, env, cwd, pid_file, argv, started)
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
+        finally:
+            self._commands[sid] -= 1
+            if self._commands[sid] <= 0:
+                del self._commands[sid]
+
+    async def _exec(
+        self,
+        sid: str,
+        request: ExecRequest,
+        env: Mapping[str, str],
+        cwd: str,
+        pid_file: Path,
+        argv: list[str],
+        started: float,
+    ) -> AsyncGenerator[ExecEvent, None]:
         try:
             proc = await self._spawn(
                 sid,
                 argv,
-                env={**self._env_of(paths), **request.env},
+                env=env,
                 cwd=cwd,
                 with_stdin=request.stdin is not None,
                 pid_file=pid_file,

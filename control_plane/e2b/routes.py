@@ -1,14 +1,20 @@
 """The routes. Errors leave as E2B's ``{"code": <status>, "message": ...}``, never Corral's.
 
-| method | path                              | Corral                                   |
-|--------|-----------------------------------|------------------------------------------|
-| POST   | /v2/sandboxes (and /sandboxes)    | SandboxService.create (token for 24 h)   |
-| GET    | /v2/sandboxes, /sandboxes         | running sandboxes, metadata filter       |
-| GET    | /sandboxes/{id}                   | the sandbox (404 once it ended)          |
-| POST   | /v2/sandboxes/{id}/connect (+ v1) | fresh token; extends the deadline only   |
-| POST   | /sandboxes/{id}/timeout           | SandboxService.set_timeout               |
-| DELETE | /sandboxes/{id}                   | SandboxService.kill (404 once it ended)  |
-| POST   | /sandboxes/{id}/pause, /resume    | 501: no pause/resume yet                 |
+| method | path                              | Corral                                       |
+|--------|-----------------------------------|----------------------------------------------|
+| POST   | /v2/sandboxes (and /sandboxes)    | SandboxService.create (token for 24 h)       |
+| GET    | /v2/sandboxes, /sandboxes         | running and paused sandboxes, state/metadata |
+| GET    | /sandboxes/{id}                   | the sandbox (404 once it ended)              |
+| POST   | /v2/sandboxes/{id}/connect (+ v1) | fresh token; resumes a paused sandbox (201); |
+|        |                                   | extends the deadline only                    |
+| POST   | /sandboxes/{id}/timeout           | SandboxService.set_timeout                   |
+| DELETE | /sandboxes/{id}                   | SandboxService.kill (404 once it ended)      |
+| POST   | /sandboxes/{id}/pause             | SandboxService.pause: 204; 409 if paused     |
+| POST   | /sandboxes/{id}/resume (+ v2)     | SandboxService.resume: 201; 409 if running   |
+
+A paused sandbox is E2B's ``state: "paused"``; its ``endAt`` is "now + the time it had
+left", since its timeout stands still while paused (ADR 0023). Connect, pause and resume
+need a key that may write (``sandboxes:write``) as well as reach sandboxes.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from control_plane.e2b.schemas import (
     ConnectSandbox,
     ListedSandboxOut,
     NewSandbox,
+    PauseSandbox,
+    ResumeSandbox,
     SandboxDetailOut,
     SandboxOut,
     SandboxTimeout,
@@ -50,6 +58,7 @@ from control_plane.sandbox_service import CreateSandbox, SandboxAccess
 from control_plane.store import MAX_PAGE, sandboxes, tenants, utcnow
 from control_plane.store.pages import Page
 from control_plane.store.sandboxes import SandboxRecord
+from control_plane.store.tenants import ApiKeyCaller
 
 log = structlog.get_logger("control_plane.e2b")
 
@@ -110,30 +119,40 @@ router = APIRouter(tags=["e2b"], route_class=E2BRoute, include_in_schema=False)
 Svc = Annotated[Services, Depends(services)]
 
 
+async def _e2b_caller(
+    svc: Services, x_api_key: str | None, permissions: tuple[Permission, ...]
+) -> ApiKeyCaller:
+    if not x_api_key or len(x_api_key) > MAX_TOKEN:
+        raise UnauthenticatedError("missing X-API-KEY (a Corral API key)")
+    key = x_api_key.strip()
+    caller = await svc.db.run(lambda s: tenants.authenticate(s, key))
+    for permission in permissions:
+        if permission not in ROLE_PERMISSIONS[caller.role]:
+            raise ForbiddenError(f"this API key's role ({caller.role}) lacks {permission}")
+    return caller
+
+
 def e2b_tenant_with(
-    permission: Permission,
+    *permissions: Permission,
 ) -> Callable[[Services, str | None], Coroutine[Any, Any, str]]:
     """A dependency: the tenant whose Corral API key came in E2B's ``X-API-KEY`` header,
-    if the key's role has ``permission`` (the same roles as ``/v1``: a viewer key may list
-    and read, not create or kill)."""
+    if the key's role has every one of ``permissions`` (the same roles as ``/v1``: a
+    viewer key may list and read, not create, pause or kill)."""
 
     async def dependency(
         svc: Svc, x_api_key: Annotated[str | None, Header(alias="X-API-KEY")] = None
     ) -> str:
-        if not x_api_key or len(x_api_key) > MAX_TOKEN:
-            raise UnauthenticatedError("missing X-API-KEY (a Corral API key)")
-        key = x_api_key.strip()
-        caller = await svc.db.run(lambda s: tenants.authenticate(s, key))
-        if permission not in ROLE_PERMISSIONS[caller.role]:
-            raise ForbiddenError(f"this API key's role ({caller.role}) lacks {permission}")
-        return caller.tenant_id
+        return (await _e2b_caller(svc, x_api_key, permissions)).tenant_id
 
     return dependency
 
 
 Tenant = Annotated[str, Depends(e2b_tenant_with(Permission.SANDBOXES_READ))]
 Writer = Annotated[str, Depends(e2b_tenant_with(Permission.SANDBOXES_WRITE))]
-Accessor = Annotated[str, Depends(e2b_tenant_with(Permission.SANDBOXES_ACCESS))]
+# Connect hands out a data-plane token and resumes a paused sandbox: it needs both.
+Connector = Annotated[
+    str, Depends(e2b_tenant_with(Permission.SANDBOXES_ACCESS, Permission.SANDBOXES_WRITE))
+]
 
 
 async def _body(request: Request) -> object:
@@ -159,7 +178,11 @@ def _sandbox_out(access: SandboxAccess) -> dict[str, object]:
 
 def _listed(sb: SandboxRecord, model: type[ListedSandboxOut]) -> dict[str, object]:
     started = sb.started_at or sb.created_at
-    end = sb.expires_at or started + timedelta(seconds=sb.timeout_s)
+    paused = sb.state == SandboxState.PAUSED
+    if paused:  # the timeout stands still; timeout_s is what is left of it
+        end = utcnow() + timedelta(seconds=sb.timeout_s)
+    else:
+        end = sb.expires_at or started + timedelta(seconds=sb.timeout_s)
     return model(
         template_id=sb.template,
         sandbox_id=sb.id,
@@ -168,7 +191,7 @@ def _listed(sb: SandboxRecord, model: type[ListedSandboxOut]) -> dict[str, objec
         end_at=end,
         cpu_count=sb.cpu,
         memory_mb=sb.memory_mb,
-        state="running",
+        state="paused" if paused else "running",
         metadata=dict(sb.metadata),
     ).model_dump(mode="json")
 
@@ -189,7 +212,10 @@ async def create_sandbox(request: Request, tenant_id: Writer, svc: Svc) -> JSONR
     if unsupported:
         raise E2BError(400, f"not supported by Corral: {', '.join(unsupported)}")
     if body.auto_pause:
-        raise E2BError(400, "autoPause is not supported by Corral: sandboxes cannot pause yet")
+        raise E2BError(
+            400, "autoPause is not supported by Corral: a sandbox past its timeout ends "
+            "(pause it with sbx.pause())",
+        )
     if body.allow_internet_access:
         raise E2BError(400, "Corral sandboxes have no network access (allow_internet_access)")
     template = body.template_id
@@ -233,21 +259,21 @@ async def list_sandboxes(
     next_token: Annotated[str | None, Query(alias="nextToken", max_length=256)] = None,
 ) -> JSONResponse:
     states = {s.strip() for s in (state or "running,paused").split(",") if s.strip()}
-    if not states <= {"running", "paused"}:
+    if not states <= _LISTED_STATES.keys():
         raise E2BError(400, "state must be running and/or paused")
+    wanted = frozenset(_LISTED_STATES[s] for s in states)
     if order not in (None, "asc", "desc"):
         raise E2BError(400, "order must be asc or desc")
     labels = _metadata_query(metadata)
     items: list[dict[str, object]] = []
     after = decode_cursor(next_token)
-    more = "running" in states
+    more = bool(wanted)
     while more and len(items) < limit:
         want = limit - len(items)
 
         def fetch(s: Session, after: str | None = after, want: int = want) -> Page[SandboxRecord]:
             return sandboxes.list_sandboxes(
-                s, tenant_id=tenant_id, state=SandboxState.RUNNING, metadata=labels,
-                after=after, limit=want,
+                s, tenant_id=tenant_id, state=wanted, metadata=labels, after=after, limit=want,
             )
 
         page = await svc.db.run(fetch)
@@ -263,6 +289,9 @@ async def list_sandboxes(
     token = encode_cursor(after) if more else None
     headers = {"X-Next-Token": token} if token else {}
     return JSONResponse(items, headers=headers)
+
+
+_LISTED_STATES = {"running": SandboxState.RUNNING, "paused": SandboxState.PAUSED}
 
 
 def _metadata_query(raw: str | None) -> dict[str, str]:
@@ -286,21 +315,36 @@ async def get_sandbox(sandbox_id: str, tenant_id: Tenant, svc: Svc) -> JSONRespo
 @router.post("/v2/sandboxes/{sandbox_id}/connect")
 @router.post("/sandboxes/{sandbox_id}/connect")
 async def connect_sandbox(
-    sandbox_id: str, request: Request, tenant_id: Accessor, svc: Svc
+    sandbox_id: str, request: Request, tenant_id: Connector, svc: Svc
 ) -> JSONResponse:
+    """200 for a running sandbox; a paused one is resumed first and answers 201, as E2B."""
     body = ConnectSandbox.model_validate(await _body(request))
+    if body.timeout is not None:
+        limits.check_timeout(svc.settings.limits, body.timeout)
     sb = await _live(svc, tenant_id, sandbox_id)
+    resumed = sb.state == SandboxState.PAUSED
+    if resumed:
+        _memory_kept(body.memory)
+        sb = await svc.sandboxes.resume(tenant_id, sandbox_id)
     if sb.state != SandboxState.RUNNING:
         raise E2BError(409, f"sandbox {sandbox_id} is still starting")
     if body.timeout is not None:
-        limits.check_timeout(svc.settings.limits, body.timeout)
         wanted = utcnow() + timedelta(seconds=body.timeout)
         if sb.expires_at is None or wanted > sb.expires_at:  # only ever extends, as E2B
             await svc.sandboxes.set_timeout(tenant_id, sandbox_id, body.timeout)
     access = await svc.sandboxes.access(
         tenant_id, sandbox_id, token_ttl_s=svc.settings.e2b_access_token_ttl_s
     )
-    return JSONResponse(_sandbox_out(access), status_code=200)
+    return JSONResponse(_sandbox_out(access), status_code=201 if resumed else 200)
+
+
+def _memory_kept(memory: bool | None) -> None:
+    """Corral pauses and resumes memory, files and processes together, never files alone."""
+    if memory is False:
+        raise E2BError(
+            400, "memory: false (a files-only pause or a cold-boot resume) is not supported "
+            "by Corral: a paused sandbox keeps its memory and processes",
+        )
 
 
 @router.post("/sandboxes/{sandbox_id}/timeout", status_code=204)
@@ -321,12 +365,47 @@ async def kill_sandbox(sandbox_id: str, tenant_id: Writer, svc: Svc) -> Response
     return Response(status_code=204)
 
 
-@router.post("/sandboxes/{sandbox_id}/pause")
-@router.post("/sandboxes/{sandbox_id}/resume")
-@router.post("/v2/sandboxes/{sandbox_id}/resume")
-async def pause_or_resume(sandbox_id: str, tenant_id: Writer, svc: Svc) -> JSONResponse:
-    await _live(svc, tenant_id, sandbox_id)
-    raise E2BError(501, "pause and resume are not supported by Corral yet")
+@router.post("/sandboxes/{sandbox_id}/pause", status_code=204)
+async def pause_sandbox(
+    sandbox_id: str, request: Request, tenant_id: Writer, svc: Svc
+) -> Response:
+    """204 once paused; 409 if it already is, which the SDK's ``pause()`` reads as False."""
+    body = PauseSandbox.model_validate(await _body(request))
+    _memory_kept(body.memory)
+    sb = await _live(svc, tenant_id, sandbox_id)
+    if sb.state == SandboxState.PAUSED:
+        raise E2BError(409, f"sandbox {sandbox_id} is already paused")
+    if sb.state != SandboxState.RUNNING:  # 503: E2B's "cannot be paused right now; retry"
+        raise E2BError(503, f"sandbox {sandbox_id} is {sb.state.value}; retry once it runs")
+    await svc.sandboxes.pause(tenant_id, sandbox_id)
+    return Response(status_code=204)
+
+
+@router.post("/sandboxes/{sandbox_id}/resume", status_code=201)
+@router.post("/v2/sandboxes/{sandbox_id}/resume", status_code=201)
+async def resume_sandbox(
+    sandbox_id: str, request: Request, tenant_id: Connector, svc: Svc
+) -> JSONResponse:
+    """201 with the sandbox and a fresh token; 409 if it is already running, as E2B.
+    ``timeout`` sets the time to live from now; without it the sandbox keeps the time it
+    had left at the pause."""
+    body = ResumeSandbox.model_validate(await _body(request))
+    _memory_kept(body.memory)
+    if body.auto_pause:
+        raise E2BError(400, "autoPause is not supported by Corral: a sandbox past its "
+                            "timeout ends")  # fmt: skip
+    if body.timeout is not None:
+        limits.check_timeout(svc.settings.limits, body.timeout)
+    sb = await _live(svc, tenant_id, sandbox_id)
+    if sb.state != SandboxState.PAUSED:
+        raise E2BError(409, f"sandbox {sandbox_id} is {sb.state.value}, not paused")
+    await svc.sandboxes.resume(tenant_id, sandbox_id)
+    if body.timeout is not None:
+        await svc.sandboxes.set_timeout(tenant_id, sandbox_id, body.timeout)
+    access = await svc.sandboxes.access(
+        tenant_id, sandbox_id, token_ttl_s=svc.settings.e2b_access_token_ttl_s
+    )
+    return JSONResponse(_sandbox_out(access), status_code=201)
 
 
 # E2B calls Corral has no counterpart for: a 501 naming it, so the SDK raises a clear

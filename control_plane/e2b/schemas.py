@@ -31,11 +31,35 @@ class NewSandbox(BaseModel):
 
 
 class ConnectSandbox(BaseModel):
-    """``POST /v2/sandboxes/{id}/connect``."""
+    """``POST /v2/sandboxes/{id}/connect``; a paused sandbox is resumed.
+
+    ``memory: false`` asks a paused sandbox to cold-boot from its files alone
+    (``on_resume="reboot"``): Corral always resumes with memory, so it refuses that."""
 
     model_config = ConfigDict(extra="allow")
 
     timeout: StrictInt | None = None
+    memory: StrictBool | None = None
+
+
+class PauseSandbox(BaseModel):
+    """``POST /sandboxes/{id}/pause``. ``memory: false`` (a files-only pause) is refused:
+    Corral's pause always keeps memory, files and processes."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    memory: StrictBool | None = None
+    require_healthy_guest: StrictBool | None = Field(default=None, alias="requireHealthyGuest")
+
+
+class ResumeSandbox(BaseModel):
+    """``POST /sandboxes/{id}/resume``: ``timeout`` sets the time to live from the resume."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    timeout: StrictInt | None = None
+    auto_pause: StrictBool | None = Field(default=None, alias="autoPause")
+    memory: StrictBool | None = None
 
 
 class SandboxTimeout(BaseModel):

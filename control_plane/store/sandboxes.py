@@ -6,7 +6,7 @@ the scheduler and billing need; ``metadata`` holds the caller's labels for filte
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -14,7 +14,7 @@ from sqlalchemy import ForeignKey, Index, Integer, String, exists, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from byoc_agent.protocol.errors import NotFoundError, SandboxNotFoundError
-from byoc_agent.protocol.messages import SandboxState
+from byoc_agent.protocol.messages import TERMINAL_STATES, SandboxState
 from byoc_agent.runtimes.base import can_transition
 from control_plane.store.base import Base, UTCDateTime, new_id, utcnow
 from control_plane.store.pages import Page, page_of
@@ -96,8 +96,8 @@ class SandboxRecord:
 
     @property
     def terminal(self) -> bool:
-        """Ended for good (killed, timed out, failed); a paused sandbox is not."""
-        return self.state not in (SandboxState.PENDING, SandboxState.RUNNING, SandboxState.PAUSED)
+        """Ended for good: killed, timed out or failed (a paused sandbox has not ended)."""
+        return self.state in TERMINAL_STATES
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,14 +173,17 @@ def list_sandboxes(
     s: Session,
     *,
     tenant_id: str,
-    state: SandboxState | None,
+    state: SandboxState | Collection[SandboxState] | None,
     metadata: Mapping[str, str],
     after: str | None,
     limit: int,
 ) -> Page[SandboxRecord]:
+    """The tenant's sandboxes in id order; ``state`` is one state or any of several."""
     q = select(Sandbox).where(Sandbox.tenant_id == tenant_id)
-    if state is not None:
+    if isinstance(state, SandboxState):
         q = q.where(Sandbox.state == state.value)
+    elif state is not None:
+        q = q.where(Sandbox.state.in_(sorted(st.value for st in state)))
     for key, value in metadata.items():
         q = q.where(
             exists().where(

@@ -419,9 +419,10 @@ class LocalStack:
         )
 
         async def destroy_all() -> None:
-            for rec in state.sandboxes(SandboxState.RUNNING):
-                self.progress(f"sandbox {rec.sandbox_id}: destroying")
-                await runtime.destroy(rec.handle)
+            for live in (SandboxState.RUNNING, SandboxState.PAUSED):
+                for rec in state.sandboxes(live):
+                    self.progress(f"sandbox {rec.sandbox_id}: destroying")
+                    await runtime.destroy(rec.handle)
 
         try:
             asyncio.run(destroy_all())

@@ -7,11 +7,13 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from e2b import Sandbox, SandboxQuery
+from e2b import Sandbox, SandboxInfo, SandboxQuery
+from e2b import SandboxState as State
 from e2b.exceptions import (
     AuthenticationException,
     NotFoundException,
     SandboxException,
+    ServiceBusyException,
 )
 
 from corral.testing.stack import StackInfo
@@ -145,16 +147,142 @@ def test_an_unknown_template_is_refused() -> None:
     assert "no-such-template" in str(err.value) or "template" in str(err.value)
 
 
-def test_pause_is_reported_as_not_supported(e2b_stack: StackInfo) -> None:
-    """Pause needs the microVM runtime; until then the SDK gets a clear 501."""
-    sbx = Sandbox.create(timeout=60)
+def test_pause_then_connect_keeps_files_and_processes() -> None:
+    """``sbx.pause()`` → paused (listed, info, not running) → ``Sandbox.connect(id)`` resumes
+    it: the file written and the background process started before the pause are still
+    there; a second ``pause()`` of a paused sandbox is E2B's 409, which the SDK returns as
+    False."""
+    sbx = Sandbox.create(timeout=300, metadata={"suite": "e2b-pause"})
     try:
-        with pytest.raises(SandboxException) as err:
-            sbx.pause()
-        assert "501" in str(err.value)
-        assert sbx.is_running()
+        sbx.files.write("/root/before-pause.txt", "kept across the pause")
+        pid = sbx.commands.run("nohup sleep 900 >/dev/null 2>&1 & echo $!").stdout.strip()
+        left_before = (sbx.get_info().end_at - datetime.now(UTC)).total_seconds()
+
+        assert sbx.pause() is True
+        assert not sbx.is_running()
+        info = Sandbox.get_info(sbx.sandbox_id)
+        assert info.state == "paused"
+        # The timeout stands still while paused: what is left does not shrink.
+        left_paused = (info.end_at - datetime.now(UTC)).total_seconds()
+        assert left_before - 30 < left_paused <= left_before + 1
+        paused = _listed(SandboxQuery(metadata={"suite": "e2b-pause"}, state=[State.PAUSED]))
+        assert [(s.sandbox_id, s.state) for s in paused] == [(sbx.sandbox_id, "paused")]
+        assert _listed(SandboxQuery(metadata={"suite": "e2b-pause"}, state=[State.RUNNING])) == []
+        assert [s.state for s in _listed(SandboxQuery(metadata={"suite": "e2b-pause"}))] == [
+            "paused"
+        ]
+        assert Sandbox.pause(sbx.sandbox_id) is False  # already paused: 409
+
+        again = Sandbox.connect(sbx.sandbox_id)  # E2B's connect resumes a paused sandbox
+        assert again.sandbox_id == sbx.sandbox_id
+        assert again.is_running()
+        assert again.get_info().state == "running"
+        assert again.files.read("/root/before-pause.txt") == "kept across the pause"
+        assert again.commands.run(f"kill -0 {pid} && echo alive").stdout == "alive\n"
+        assert [s.state for s in _listed(SandboxQuery(metadata={"suite": "e2b-pause"}))] == [
+            "running"
+        ]
     finally:
         sbx.kill()
+
+
+def test_pause_waits_for_commands_started_through_the_api() -> None:
+    """A command still running from ``commands.run(background=True)`` holds a connection
+    a pause cannot keep: the pause is refused (E2B's 503, ``ServiceBusyException``) and the sandbox
+    keeps running; once the command is killed the pause goes through."""
+    sbx = Sandbox.create(timeout=120)
+    try:
+        handle = sbx.commands.run("sleep 600", background=True)
+        with pytest.raises(ServiceBusyException) as busy:
+            sbx.pause()
+        assert "nohup" in str(busy.value)
+        assert sbx.is_running()
+        assert Sandbox.get_info(sbx.sandbox_id).state == "running"
+        assert handle.kill() is True
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sbx.commands.list():
+            time.sleep(0.2)
+        assert sbx.pause() is True
+        assert Sandbox.get_info(sbx.sandbox_id).state == "paused"
+    finally:
+        sbx.kill()
+
+
+def test_resume_through_the_api_and_of_a_running_sandbox() -> None:
+    """E2B's ``POST /sandboxes/{id}/resume`` (the SDK's own API client): 201 with a fresh
+    token for a paused sandbox, 409 for a running one; ``connect`` of a running sandbox is
+    a plain 200; pausing an ended or unknown sandbox is not found."""
+    from e2b.api.client.api.sandboxes import (
+        post_sandboxes_sandbox_id_resume,
+        post_v_2_sandboxes_sandbox_id_connect,
+    )
+    from e2b.api.client.models import ConnectSandboxV2, ResumedSandbox
+    from e2b.api.client_sync import get_api_client
+    from e2b.connection_config import ConnectionConfig
+
+    sbx = Sandbox.create(timeout=120)
+    try:
+        client = get_api_client(ConnectionConfig())
+        running = post_sandboxes_sandbox_id_resume.sync_detailed(
+            sbx.sandbox_id, client=client, body=ResumedSandbox()
+        )
+        assert running.status_code == 409
+        connected = post_v_2_sandboxes_sandbox_id_connect.sync_detailed(
+            sbx.sandbox_id, client=client, body=ConnectSandboxV2()
+        )
+        assert connected.status_code == 200
+        sbx.files.write("/root/state.txt", "before")
+        assert sbx.pause() is True
+        resumed = post_sandboxes_sandbox_id_resume.sync_detailed(
+            sbx.sandbox_id, client=client, body=ResumedSandbox(timeout=200)
+        )
+        assert resumed.status_code == 201, resumed.content
+        assert sbx.get_info().state == "running"
+        left = (sbx.get_info().end_at - datetime.now(UTC)).total_seconds()
+        assert 150 < left <= 201  # the resume's timeout is the time to live from now
+        assert sbx.files.read("/root/state.txt") == "before"
+        sbx.kill()
+        with pytest.raises(NotFoundException):
+            sbx.pause()
+    finally:
+        sbx.kill()
+    with pytest.raises(NotFoundException):
+        Sandbox.pause("sbx_doesnotexist")
+
+
+def test_a_paused_sandbox_can_be_killed() -> None:
+    """``kill`` of a paused sandbox ends it, as on E2B."""
+    sbx = Sandbox.create(timeout=120, metadata={"suite": "e2b-pause-kill"})
+    try:
+        assert sbx.pause() is True
+        assert sbx.kill() is True
+        with pytest.raises(NotFoundException):
+            Sandbox.get_info(sbx.sandbox_id)
+        assert _listed(SandboxQuery(metadata={"suite": "e2b-pause-kill"})) == []
+    finally:
+        sbx.kill()
+
+
+def test_filesystem_only_pause_and_reboot_resume_are_refused() -> None:
+    """Corral keeps memory with every pause: ``mode="filesystem"`` and ``on_resume="reboot"``
+    are refused with a reason, and the sandbox is left as it was."""
+    sbx = Sandbox.create(timeout=120)
+    try:
+        with pytest.raises(SandboxException) as err:
+            sbx.pause(mode="filesystem")
+        assert "memory" in str(err.value)
+        assert sbx.is_running()
+        assert sbx.pause() is True
+        with pytest.raises(SandboxException) as err:
+            Sandbox.connect(sbx.sandbox_id, on_resume="reboot")
+        assert "memory" in str(err.value)
+        assert Sandbox.get_info(sbx.sandbox_id).state == "paused"
+    finally:
+        sbx.kill()
+
+
+def _listed(query: SandboxQuery) -> list[SandboxInfo]:
+    return Sandbox.list(query=query).next_items()
 
 
 @pytest.mark.asyncio

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from pathlib import Path
 
 import pytest
 from runtime_factories import Sandboxes
 
-from byoc_agent.protocol.errors import SandboxNotRunningError
+from byoc_agent.protocol.errors import RetryableError, SandboxNotRunningError
 from byoc_agent.runtimes.base import (
     ExecRequest,
     Exit,
@@ -128,3 +129,33 @@ async def test_a_restored_snapshot_is_a_new_machine_with_the_old_state(
     # Parent and child are separate from here on.
     await runtime.write_file(child, "/work/state", b"changed in the child")
     assert await runtime.read_file(sandbox, "/work/state") == b"from the parent"
+
+
+async def test_gvisor_refuses_a_pause_while_an_exec_command_runs(
+    runtime: Runtime, snapshots: Snapshotting, sandbox: SandboxHandle
+) -> None:
+    """``runsc exec`` gives a command pipes to the host, which a checkpoint cannot carry (the
+    restore would fail for good): the pause is refused, retryably, and the sandbox runs on;
+    once the command has ended the pause goes through and the sandbox resumes."""
+    if runtime.name != "gvisor":
+        pytest.skip("the refusal is gVisor's: its exec'd commands hold host pipes")
+    started = asyncio.Event()
+
+    async def listen() -> None:
+        async for event in runtime.exec(sandbox, ExecRequest("echo up; sleep 600", timeout_s=600)):
+            if isinstance(event, Stdout):
+                started.set()
+
+    task = asyncio.create_task(listen())
+    try:
+        await asyncio.wait_for(started.wait(), 60)
+        with pytest.raises(RetryableError, match="still run"):
+            await snapshots.pause(sandbox)
+        assert await runtime.inspect(sandbox) is Liveness.RUNNING
+    finally:
+        task.cancel()  # the caller stops listening: the command ends
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await snapshots.pause(sandbox)
+    await snapshots.resume(sandbox)
+    assert (await out(runtime, sandbox, "echo ok")).strip() == "ok"

@@ -59,3 +59,31 @@ def test_one_tenant_cannot_see_or_touch_anothers_sandbox(tmp_path: Path, databas
         mine = w.client.get(f"/sandboxes/{other}", headers=b)
         assert mine.status_code == 200
         assert mine.json()["state"] == "running"
+
+
+def test_pause_and_resume_keep_the_roles_and_the_tenant(tmp_path: Path, database_url: str) -> None:
+    """A viewer may not pause or resume; another tenant's key sees no sandbox to pause; a
+    member pauses (204, then 409), sees ``paused`` in get and in a ``state=paused`` list,
+    and resumes (201 with a fresh token, then 409)."""
+    with world(tmp_path, database_url) as w:
+        sid = w.a.sandbox_id
+        viewer = e2b(w.a.keys["viewer"])
+        assert w.client.post(f"/sandboxes/{sid}/pause", headers=viewer).status_code == 403
+        assert w.client.post(f"/sandboxes/{sid}/resume", headers=viewer).status_code == 403
+        other = e2b(w.b.keys["owner"])
+        assert w.client.post(f"/sandboxes/{sid}/pause", headers=other).status_code == 404
+        member = e2b(w.a.keys["member"])
+        assert w.client.post(f"/sandboxes/{sid}/pause", headers=member).status_code == 204
+        assert w.client.post(f"/sandboxes/{sid}/pause", headers=member).status_code == 409
+        assert w.client.get(f"/sandboxes/{sid}", headers=viewer).json()["state"] == "paused"
+        listed = w.client.get("/v2/sandboxes", params={"state": "paused"}, headers=viewer)
+        assert [s["sandboxID"] for s in listed.json()] == [sid]
+        running = w.client.get("/v2/sandboxes", params={"state": "running"}, headers=viewer)
+        assert running.json() == []
+        assert w.client.post(f"/sandboxes/{sid}/resume", headers=other).status_code == 404
+        resumed = w.client.post(f"/sandboxes/{sid}/resume", json={}, headers=member)
+        assert resumed.status_code == 201, resumed.text
+        assert resumed.json()["sandboxID"] == sid
+        assert resumed.json()["envdAccessToken"]
+        assert w.client.post(f"/sandboxes/{sid}/resume", headers=member).status_code == 409
+        assert w.client.get(f"/sandboxes/{sid}", headers=viewer).json()["state"] == "running"

@@ -93,6 +93,8 @@ def test_bad_json_is_a_400(client: TestClient, key: dict[str, str]) -> None:
         ("DELETE", "/sandboxes/sbx_missing"),
         ("POST", "/v2/sandboxes/sbx_missing/connect"),
         ("POST", "/sandboxes/sbx_missing/pause"),
+        ("POST", "/sandboxes/sbx_missing/resume"),
+        ("POST", "/v2/sandboxes/sbx_missing/resume"),
     ],
 )
 def test_an_unknown_sandbox_is_a_404(
@@ -101,6 +103,24 @@ def test_an_unknown_sandbox_is_a_404(
     r = client.request(method, path, headers=key, json={})
     assert r.status_code == 404
     assert r.json()["code"] == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/sandboxes/sbx_1/pause", {"memory": False}),
+        ("/sandboxes/sbx_1/resume", {"memory": False}),
+        ("/sandboxes/sbx_1/resume", {"autoPause": True}),
+    ],
+)
+def test_a_pause_without_memory_or_an_auto_pause_is_refused(
+    client: TestClient, key: dict[str, str], path: str, body: dict[str, object]
+) -> None:
+    """Corral keeps memory with every pause and has no automatic pause: a 400 naming why,
+    before the sandbox is even looked up."""
+    r = client.post(path, headers=key, json=body)
+    assert r.status_code == 400
+    assert "not supported by Corral" in r.json()["message"]
 
 
 @pytest.mark.parametrize(
