@@ -393,6 +393,83 @@ def billing_export(
     _err().print(f"wrote {written} bytes to {escape(str(output))}")
 
 
+@app.command("install")
+def install(
+    cloud: str = typer.Argument(..., help="aws, gcp, azure or baremetal."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Offline: print the resources and permissions, change nothing."
+    ),
+    control_plane_url: str = typer.Option(
+        "https://corral.example.com", "--control-plane-url", envvar="CORRAL_API_URL",
+        help="Where the agent enrolls (the control plane's public URL).",
+    ),
+    enrollment_token: str = typer.Option(
+        "", "--enrollment-token", envvar="CORRAL_ENROLLMENT_TOKEN", show_default=False,
+        help="From `corral admin enrollment-token`; prefer the environment variable.",
+    ),
+    name: str = typer.Option("corral-agent", "--name", help="Names every cloud resource."),
+    agent_package: str | None = typer.Option(
+        None, "--agent-package", help="pip requirement or wheel URL the host installs."
+    ),
+    dataplane_client: list[str] | None = typer.Option(
+        None, "--dataplane-client", help="Private CIDR allowed to the data plane (repeat)."
+    ),
+    label: list[str] | None = typer.Option(None, "--label", help="KEY=VALUE on every resource."),
+    region: str | None = typer.Option(None, "--region", help="AWS/GCP region, Azure location."),
+    zone: str | None = typer.Option(None, "--zone", help="GCP zone."),
+    project: str | None = typer.Option(None, "--project", help="GCP project id."),
+    size: str | None = typer.Option(
+        None, "--size", help="Instance type / machine type / VM size of the agent's host."
+    ),
+    stack: str | None = typer.Option(None, "--stack", help="Pulumi stack (default: NAME-CLOUD)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="baremetal: write the install bundle here instead of `pulumi up`."
+    ),
+) -> None:
+    """Install the agent into your cloud account with Pulumi (see docs/install/)."""
+    with _friendly():
+        try:
+            from infra import install as inst
+            from infra.config import DEFAULT_AGENT_PACKAGE, DRY_RUN_TOKEN, AgentInstall
+        except ImportError as e:
+            raise CorralError(
+                f"the installer needs the infra extra: pip install 'corral[infra]' ({e})"
+            ) from None
+        if not enrollment_token and not dry_run:
+            raise CorralError(
+                "set CORRAL_ENROLLMENT_TOKEN (from `corral admin enrollment-token --tenant ID`)"
+            )
+        agent = AgentInstall(
+            control_plane_url=control_plane_url,
+            enrollment_token=enrollment_token or DRY_RUN_TOKEN,
+            name=name,
+            dataplane_clients=tuple(dataplane_client or ()),
+            labels=_pairs(label, "--label"),
+            agent_package=agent_package or DEFAULT_AGENT_PACKAGE,
+        )
+        choice = inst.CloudChoice(
+            cloud=cloud, region=region, zone=zone, project=project, size=size
+        )
+        if out is not None:
+            if cloud != "baremetal":
+                raise CorralError("--out is for baremetal; clouds are installed with pulumi up")
+            for path in inst.write_bundle(agent, out):
+                _out().print(f"wrote {escape(str(path))}")
+            return
+        if dry_run:
+            plan, violations = inst.dry_run(agent, inst.make_target(choice))
+            inst.print_plan(_out(), plan, violations)
+            if violations:
+                raise typer.Exit(code=1)
+            return
+        outputs = inst.up(
+            agent, choice, stack=stack or f"{name}-{cloud}", on_output=_out().print
+        )
+        for key, value in sorted(outputs.items()):
+            if key != "install_script":
+                _out().print(f"{key}: {escape(str(value))}")
+
+
 def main() -> None:
     """Entry point of the ``corral`` console script."""
     app()

@@ -1,0 +1,133 @@
+"""GCP: a custom-mode VPC with one private subnet and Cloud NAT, a firewall that denies
+all ingress, a service account with a custom role holding only the Compute permissions
+the agent uses, and a Shielded VM with no external IP, OS Login and a startup script.
+
+The agent may act as the host service account only (``iam.serviceAccountUser`` on that
+one account, not the project) — GCP's counterpart of AWS ``iam:PassRole``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.base import BootFiles, Deployed, Permission
+from infra.config import AgentInstall, GcpOptions
+
+IMAGE = "debian-cloud/debian-12"
+AGENT_COMPUTE_PERMISSIONS = (
+    "compute.instances.create", "compute.instances.delete", "compute.instances.get",
+    "compute.instances.list", "compute.instances.start", "compute.instances.stop",
+    "compute.instances.setLabels", "compute.instances.setMetadata",
+    "compute.instances.setServiceAccount", "compute.disks.create",
+    "compute.subnetworks.use", "compute.images.useReadOnly", "compute.machineTypes.get",
+    "compute.zoneOperations.get",
+)
+AGENT_PROJECT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
+
+
+def _custom_role_id(name: str) -> str:
+    return "corral_" + name.replace("-", "_") + "_agent"
+
+
+@dataclass(frozen=True, slots=True)
+class GcpHost:
+    options: GcpOptions = GcpOptions()
+    cloud: str = "gcp"
+
+    def permissions(self, agent: AgentInstall) -> list[Permission]:
+        sa = f"serviceAccount {agent.name}-agent"
+        return [
+            Permission(sa, f"custom role {_custom_role_id(agent.name)}: "
+                       + ", ".join(AGENT_COMPUTE_PERMISSIONS), f"project {self.options.project}"),
+            *(Permission(sa, role, f"project {self.options.project}")
+              for role in AGENT_PROJECT_ROLES),
+            Permission(sa, "roles/iam.serviceAccountUser",
+                       f"serviceAccount {agent.name}-host only"),
+        ]
+
+    def deploy(
+        self, parent: pulumi.Resource, agent: AgentInstall, boot: BootFiles
+    ) -> Deployed:
+        o = self.options
+        n = agent.name
+        labels = agent.tags()
+        about = f"Corral agent install {n}"
+        provider = gcp.Provider(f"{n}-gcp", project=o.project, region=o.region, zone=o.zone,
+                                opts=pulumi.ResourceOptions(parent=parent))
+        opts = pulumi.ResourceOptions(parent=parent, provider=provider)
+
+        network = gcp.compute.Network(f"{n}-vpc", name=f"{n}-vpc", description=about,
+                                      auto_create_subnetworks=False, opts=opts)
+        subnet = gcp.compute.Subnetwork(
+            f"{n}-private", name=f"{n}-private", description=about, network=network.id,
+            region=o.region, ip_cidr_range=o.subnet_cidr, private_ip_google_access=True,
+            opts=opts)
+        router = gcp.compute.Router(f"{n}-router", name=f"{n}-router", description=about,
+                                    network=network.id, region=o.region, opts=opts)
+        gcp.compute.RouterNat(
+            f"{n}-nat", name=f"{n}-nat", router=router.name, region=o.region,
+            nat_ip_allocate_option="AUTO_ONLY",
+            source_subnetwork_ip_ranges_to_nat="LIST_OF_SUBNETWORKS",
+            subnetworks=[gcp.compute.RouterNatSubnetworkArgs(
+                name=subnet.id, source_ip_ranges_to_nats=["ALL_IP_RANGES"])],
+            opts=opts)
+        gcp.compute.Firewall(
+            f"{n}-deny-ingress", name=f"{n}-deny-ingress", description=about + ": no inbound",
+            network=network.id, direction="INGRESS", priority=1000,
+            denies=[gcp.compute.FirewallDenyArgs(protocol="all")],
+            source_ranges=["0.0.0.0/0"], opts=opts)
+        if agent.dataplane_clients:
+            gcp.compute.Firewall(
+                f"{n}-dataplane", name=f"{n}-dataplane", description=about + ": data plane",
+                network=network.id, direction="INGRESS", priority=900,
+                allows=[gcp.compute.FirewallAllowArgs(
+                    protocol="tcp", ports=[str(agent.dataplane_port)])],
+                source_ranges=list(agent.dataplane_clients), target_tags=["corral-agent"],
+                opts=opts)
+
+        host_sa = gcp.serviceaccount.Account(
+            f"{n}-host", account_id=f"{n}-host", display_name="Corral sandbox hosts",
+            description=about, opts=opts)
+        agent_sa = gcp.serviceaccount.Account(
+            f"{n}-agent", account_id=f"{n}-agent", display_name="Corral agent",
+            description=about, opts=opts)
+        role = gcp.projects.IAMCustomRole(
+            f"{n}-agent-role", role_id=_custom_role_id(n), project=o.project,
+            title=f"Corral agent {n}", description=about,
+            permissions=list(AGENT_COMPUTE_PERMISSIONS), opts=opts)
+        gcp.projects.IAMMember(f"{n}-agent-compute", project=o.project, role=role.name,
+                               member=agent_sa.member, opts=opts)
+        for r in AGENT_PROJECT_ROLES:
+            gcp.projects.IAMMember(f"{n}-agent-{r.split('.')[-1].lower()}", project=o.project,
+                                   role=r, member=agent_sa.member, opts=opts)
+        gcp.serviceaccount.IAMMember(
+            f"{n}-agent-uses-host", service_account_id=host_sa.name,
+            role="roles/iam.serviceAccountUser", member=agent_sa.member, opts=opts)
+
+        instance = gcp.compute.Instance(
+            f"{n}-agent", name=f"{n}-agent", description=about, zone=o.zone,
+            machine_type=o.machine_type,
+            boot_disk=gcp.compute.InstanceBootDiskArgs(
+                auto_delete=True,
+                initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
+                    image=IMAGE, size=o.boot_disk_gb, type="pd-balanced", labels=labels)),
+            # No access_configs: no external IP. Egress goes through Cloud NAT.
+            network_interfaces=[gcp.compute.InstanceNetworkInterfaceArgs(
+                subnetwork=subnet.id)],
+            service_account=gcp.compute.InstanceServiceAccountArgs(
+                email=agent_sa.email, scopes=["cloud-platform"]),
+            shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(
+                enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True),
+            metadata={
+                "enable-oslogin": "TRUE",
+                "block-project-ssh-keys": "TRUE",
+                "startup-script": boot.install_script,
+            },
+            tags=["corral-agent"], labels=labels, opts=opts)
+        return Deployed(
+            host=instance.instance_id,
+            private_address=instance.network_interfaces[0].network_ip,
+        )
