@@ -47,7 +47,10 @@ class Deployed:
 class HostTarget(Protocol):
     """Why a Protocol: the component must not know any cloud SDK; each target is a module."""
 
-    cloud: str
+    @property
+    def cloud(self) -> str:
+        """The stack's name: aws, gcp, azure or baremetal."""
+        ...
 
     def permissions(self, agent: AgentInstall) -> list[Permission]:
         """Every grant this target gives the agent (the same data its IAM is built from)."""

@@ -48,7 +48,7 @@ class CloudChoice:
     ssh_public_key: str | None = None
 
 
-def _pick(options: Any, **values: str | None) -> dict[str, str]:
+def _pick(options: Any, **values: str | None) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None and hasattr(options, k)}
 
 
@@ -175,10 +175,9 @@ def up(
             "--dry-run to see the plan offline")
     from pulumi import automation as auto
 
-    opts = auto.LocalWorkspaceOptions(
-        env_vars=dict(env) if env else None,
-        work_dir=str(work_dir or tempfile.mkdtemp(prefix="corral-install-")),
-    )
+    work = work_dir or Path(tempfile.mkdtemp(prefix="corral-install-"))
+    work.mkdir(parents=True, exist_ok=True)
+    opts = auto.LocalWorkspaceOptions(env_vars=dict(env) if env else None, work_dir=str(work))
     if choice.cloud == "azure" and not choice.ssh_public_key:
         # Keep the first throwaway key, so later runs do not replace the VM.
         probe = auto.create_or_select_stack(stack, project_name=PROJECT, program=lambda: None,

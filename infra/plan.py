@@ -93,6 +93,7 @@ def _fake_outputs(args: pulumi.runtime.MockResourceArgs, rid: str) -> dict[str, 
     if t.startswith("aws:"):
         kind = t.split("/")[-1].split(":")[0]
         out["arn"] = f"arn:aws:{t.split(':')[1].split('/')[0]}::000000000000:{kind}/{n}"
+        out["name"] = args.inputs.get("name", n)  # auto-naming adds a suffix at deploy
         out["latestVersion"] = 1
         out["privateIp"] = "10.42.16.10"
     elif t.startswith("gcp:"):
@@ -129,10 +130,12 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return rid, {**dict(args.inputs), **_fake_outputs(args, rid)}
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
-        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+        # args.token is the data source's type token, not a credential.
+        lookup = args.token
+        if lookup == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {"names": ["zone-a-resolved-at-deploy", "zone-b-resolved-at-deploy"],
                     "zoneIds": ["z1", "z2"]}
-        if args.token == "aws:ec2/getAmi:getAmi":
+        if lookup == "aws:ec2/getAmi:getAmi":
             return {"id": DEPLOY_TIME_AMI, "imageId": DEPLOY_TIME_AMI}
         raise InstallError(f"the dry run has no answer for the lookup {args.token}")
 
@@ -149,15 +152,17 @@ def record(agent: AgentInstall, target: HostTarget, *, stack: str = "dry-run") -
             exported = {k: pulumi.Output.from_input(v) for k, v in build(agent, target).items()}
             names = list(exported)
 
-            async def secrecy() -> None:
+            async def secrecy() -> bool:
                 for k, o in exported.items():
                     if await o.is_secret():
                         secret_outputs.add(k)
+                return True
 
-            return pulumi.Output.all(pulumi.Output.from_input(secrecy()), *exported.values()).apply(
+            marks: pulumi.Output[bool] = pulumi.Output.from_input(secrecy())
+            return pulumi.Output.all(marks, *exported.values()).apply(
                 lambda vs: outputs.update(zip(names, vs[1:], strict=True)))
 
-        pulumi.runtime.test(body)()
+        pulumi.runtime.test(body)()  # type: ignore[no-untyped-call]
     return Plan(cloud=target.cloud, resources=tuple(mocks.resources),
                 permissions=tuple(target.permissions(agent)), outputs=outputs,
                 secret_outputs=frozenset(secret_outputs))

@@ -55,6 +55,7 @@ TAG_RULES: dict[str, str] = {
     "aws:ec2/securityGroup:SecurityGroup": TAGGED,
     "aws:ec2/launchTemplate:LaunchTemplate": TAGGED,
     "aws:ec2/instance:Instance": TAGGED,
+    "aws:ebs/volume:Volume": TAGGED,
     "aws:iam/role:Role": TAGGED,
     "aws:iam/instanceProfile:InstanceProfile": TAGGED,
     "aws:iam/rolePolicy:RolePolicy": EXEMPT,  # inline policy: part of its (tagged) role
@@ -119,8 +120,9 @@ def _open_ingress(plan: Plan) -> Iterator[Violation]:
         elif r.type == "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule" or (
             r.type == "aws:ec2/securityGroupRule:SecurityGroupRule" and r.get("type") == "ingress"
         ):
-            if _open([r.get("cidrIpv4", ""), r.get("cidrIpv6", "")]
-                     + _list(r.get("cidrBlocks")) + _list(r.get("ipv6CidrBlocks"))):
+            cidrs = [r.get("cidrIpv4", ""), r.get("cidrIpv6", ""),
+                     *_list(r.get("cidrBlocks")), *_list(r.get("ipv6CidrBlocks"))]
+            if _open(cidrs):
                 yield Violation("open-ingress", _label(r), "ingress rule from the internet")
         elif r.type == "gcp:compute/firewall:Firewall":
             inbound = str(r.get("direction", "INGRESS")).upper() == "INGRESS"
@@ -131,8 +133,8 @@ def _open_ingress(plan: Plan) -> Iterator[Violation]:
             rules = (_list(r.get("securityRules"))
                      if r.type.endswith("NetworkSecurityGroup") else [r.inputs])
             for rule in rules:
-                sources = [rule.get("sourceAddressPrefix", "")] + _list(
-                    rule.get("sourceAddressPrefixes"))
+                sources = [rule.get("sourceAddressPrefix", ""),
+                           *_list(rule.get("sourceAddressPrefixes"))]
                 if (str(rule.get("direction", "")).lower() == "inbound"
                         and str(rule.get("access", "")).lower() == "allow"
                         and any(str(s).strip().lower() in AZURE_ANY for s in sources)):
@@ -163,7 +165,8 @@ def _imdsv2(plan: Plan) -> Iterator[Violation]:
             lt = templates.get(str(r.get("launchTemplate.id")))
             ok = lt is not None and _imds_ok(lt.get("metadataOptions"))
         if not ok:
-            yield Violation("imdsv2", _label(r), "instance does not require IMDSv2 with hop limit 1")
+            yield Violation("imdsv2", _label(r),
+                            "instance does not require IMDSv2 with hop limit 1")
 
 
 def _true(v: Any) -> bool:

@@ -116,7 +116,8 @@ umask 077
 
 missing=()
 for p in {packages}; do
-  dpkg-query -W -f='${{Status}}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  dpkg-query -W -f='${{Status}}' "$p" 2>/dev/null | grep -q "install ok installed" \\
+    || missing+=("$p")
 done
 if ((${{#missing[@]}})); then
   echo "corral: apt-get install ${{missing[*]}}"
@@ -133,14 +134,16 @@ tmp=$(mktemp /etc/corral/.agent.env.XXXXXX)
 cat > "$tmp" <<'CORRAL_AGENT_ENV'
 {env}CORRAL_AGENT_ENV
 addr=$(hostname -I 2>/dev/null | awk '{{print $1}}')
-echo "CORRAL_AGENT_DATAPLANE_PUBLIC_URL=http://${{addr:-127.0.0.1}}:{agent.dataplane_port}" >> "$tmp"
+url="http://${{addr:-127.0.0.1}}:{agent.dataplane_port}"
+echo "CORRAL_AGENT_DATAPLANE_PUBLIC_URL=$url" >> "$tmp"
 chmod 0600 "$tmp"
 mv -f "$tmp" {ENV_FILE}
 
 if [ ! -x {VENV}/bin/corral-agent ]; then
   echo "corral: installing {agent.agent_package} into {VENV}"
   python3 -m venv ${{CORRAL_VENV_ARGS:-}} {VENV}
-  {VENV}/bin/pip install -q --disable-pip-version-check ${{CORRAL_PIP_ARGS:-}} '{agent.agent_package}'
+  {VENV}/bin/pip install -q --disable-pip-version-check ${{CORRAL_PIP_ARGS:-}} \\
+    '{agent.agent_package}'
 fi
 
 cat > {UNIT_FILE}.tmp <<'CORRAL_AGENT_UNIT'

@@ -10,6 +10,7 @@ tag, stop/terminate only instances that carry it, and pass only the host role.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 from dataclasses import dataclass, field
 
@@ -108,7 +109,7 @@ def _assume_ec2() -> str:
 
 @dataclass(frozen=True, slots=True)
 class AwsHost:
-    options: AwsOptions = AwsOptions()
+    options: AwsOptions = field(default_factory=AwsOptions)
     cloud: str = "aws"
 
     def permissions(self, agent: AgentInstall) -> list[Permission]:
@@ -247,8 +248,6 @@ class AwsHost:
 
 
 def _subnet(vpc_cidr: str, index: int) -> str:
-    """The index-th /20 inside the VPC's range (the VPC must be /20 or larger)."""
-    import ipaddress
-
+    """The index-th /20 inside the VPC's range (the VPC must be /18 or larger)."""
     net = ipaddress.ip_network(vpc_cidr)
     return str(list(net.subnets(new_prefix=20))[index])

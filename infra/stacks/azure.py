@@ -7,7 +7,9 @@ and cloud-init custom data. People log in with Entra ID (``az ssh vm``).
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import pulumi
 from pulumi_azure_native import authorization, compute, managedidentity, network, resources
@@ -39,7 +41,7 @@ AGENT_ACTIONS = (
 
 @dataclass(frozen=True, slots=True)
 class AzureHost:
-    options: AzureOptions = AzureOptions()
+    options: AzureOptions = field(default_factory=AzureOptions)
     cloud: str = "azure"
 
     def permissions(self, agent: AgentInstall) -> list[Permission]:
@@ -61,15 +63,17 @@ class AzureHost:
 
         rg = resources.ResourceGroup(f"{n}-rg", resource_group_name=f"{n}-rg",
                                      location=o.location, tags=tags, opts=opts)
-        common = {"resource_group_name": rg.name, "location": o.location, "tags": tags}
+        rgn, loc = rg.name, o.location
         nat_ip = network.PublicIPAddress(
             f"{n}-nat-ip", public_ip_address_name=f"{n}-nat-ip",
             sku=network.PublicIPAddressSkuArgs(name="Standard"),
-            public_ip_allocation_method="Static", **common, opts=opts)
+            public_ip_allocation_method="Static",
+            resource_group_name=rgn, location=loc, tags=tags, opts=opts)
         nat = network.NatGateway(
             f"{n}-nat", nat_gateway_name=f"{n}-nat",
             sku=network.NatGatewaySkuArgs(name="Standard"),
-            public_ip_addresses=[network.SubResourceArgs(id=nat_ip.id)], **common, opts=opts)
+            public_ip_addresses=[network.SubResourceArgs(id=nat_ip.id)],
+            resource_group_name=rgn, location=loc, tags=tags, opts=opts)
         rules = [network.SecurityRuleArgs(
             name="deny-all-inbound", priority=4096, direction="Inbound", access="Deny",
             protocol="*", source_address_prefix="*", source_port_range="*",
@@ -84,11 +88,13 @@ class AzureHost:
                 description="Corral data plane from private clients"))
         nsg = network.NetworkSecurityGroup(
             f"{n}-nsg", network_security_group_name=f"{n}-nsg", security_rules=rules,
-            **common, opts=opts)
+            resource_group_name=rgn, location=loc, tags=tags, opts=opts)
         vnet = network.VirtualNetwork(
             f"{n}-vnet", virtual_network_name=f"{n}-vnet",
             address_space=network.AddressSpaceArgs(address_prefixes=[o.vnet_cidr]),
-            **common, opts=pulumi.ResourceOptions(parent=parent, ignore_changes=["subnets"]))
+            resource_group_name=rgn, location=loc, tags=tags,
+            # The subnet is its own resource; the VNet must not fight it over `subnets`.
+            opts=pulumi.ResourceOptions(parent=parent, ignore_changes=["subnets"]))
         subnet = network.Subnet(
             f"{n}-private", subnet_name="private", resource_group_name=rg.name,
             virtual_network_name=vnet.name, address_prefix=_first_24(o.vnet_cidr),
@@ -97,7 +103,8 @@ class AzureHost:
             default_outbound_access=False, opts=opts)
 
         identity = managedidentity.UserAssignedIdentity(
-            f"{n}-agent", resource_name_=f"{n}-agent", **common, opts=opts)
+            f"{n}-agent", resource_name_=f"{n}-agent",
+            resource_group_name=rgn, location=loc, tags=tags, opts=opts)
         role = authorization.RoleDefinition(
             f"{n}-agent-role", scope=rg.id, role_name=f"Corral agent {n}", description=about,
             role_type="CustomRole", assignable_scopes=[rg.id],
@@ -113,7 +120,7 @@ class AzureHost:
                 name="primary", primary=True, private_ip_allocation_method="Dynamic",
                 subnet=network.SubnetArgs(id=subnet.id))],
             network_security_group=network.NetworkSecurityGroupArgs(id=nsg.id),
-            **common, opts=opts)
+            resource_group_name=rgn, location=loc, tags=tags, opts=opts)
         vm = compute.VirtualMachine(
             f"{n}-agent", vm_name=f"{n}-agent",
             hardware_profile=compute.HardwareProfileArgs(vm_size=o.vm_size),
@@ -136,21 +143,25 @@ class AzureHost:
             network_profile=compute.NetworkProfileArgs(network_interfaces=[
                 compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=True)]),
             identity=compute.VirtualMachineIdentityArgs(
-                type="UserAssigned", user_assigned_identities=[identity.id]),
+                type=compute.ResourceIdentityType.USER_ASSIGNED,
+                user_assigned_identities=[identity.id]),
             security_profile=compute.SecurityProfileArgs(
                 security_type="TrustedLaunch",
                 uefi_settings=compute.UefiSettingsArgs(
                     secure_boot_enabled=True, v_tpm_enabled=True)),
-            **common, opts=opts)
+            resource_group_name=rgn, location=loc, tags=tags, opts=opts)
         compute.VirtualMachineExtension(
             f"{n}-entra-login", vm_extension_name="AADSSHLoginForLinux", vm_name=vm.name,
             publisher="Microsoft.Azure.ActiveDirectory", type="AADSSHLoginForLinux",
-            type_handler_version="1.0", auto_upgrade_minor_version=True, **common, opts=opts)
-        return Deployed(host=vm.vm_id, private_address=nic.ip_configurations.apply(
-            lambda cs: (cs or [None])[0].private_ip_address or "" if cs else ""))
+            type_handler_version="1.0", auto_upgrade_minor_version=True,
+            resource_group_name=rgn, location=loc, tags=tags, opts=opts)
+        return Deployed(host=vm.vm_id, private_address=nic.ip_configurations.apply(_first_ip))
+
+
+def _first_ip(configs: Sequence[network.outputs.NetworkInterfaceIPConfigurationResponse] | None
+              ) -> str:
+    return (configs[0].private_ip_address or "") if configs else ""
 
 
 def _first_24(cidr: str) -> str:
-    import ipaddress
-
     return str(next(ipaddress.ip_network(cidr).subnets(new_prefix=24)))

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 
@@ -14,7 +14,7 @@ from infra.config import AgentInstall, BaremetalOptions
 
 @dataclass(frozen=True, slots=True)
 class BaremetalHost:
-    options: BaremetalOptions = BaremetalOptions()
+    options: BaremetalOptions = field(default_factory=BaremetalOptions)
     cloud: str = "baremetal"
 
     def permissions(self, agent: AgentInstall) -> list[Permission]:

@@ -8,7 +8,7 @@ one account, not the project) — GCP's counterpart of AWS ``iam:PassRole``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_gcp as gcp
@@ -34,7 +34,7 @@ def _custom_role_id(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class GcpHost:
-    options: GcpOptions = GcpOptions()
+    options: GcpOptions = field(default_factory=GcpOptions)
     cloud: str = "gcp"
 
     def permissions(self, agent: AgentInstall) -> list[Permission]:
