@@ -2,7 +2,8 @@
 
 Tenant commands read ``CORRAL_API_KEY``; ``corral admin`` reads ``CORRAL_ADMIN_TOKEN``;
 ``corral billing`` reads ``CORRAL_BILLING_KEY`` (a billing key) or else ``CORRAL_ADMIN_TOKEN``;
-all read ``CORRAL_API_URL``. Errors print one red line and exit 1;
+all read ``CORRAL_API_URL``. ``corral install`` (the ``infra`` extra) installs an agent
+into a cloud account with Pulumi. Errors print one red line and exit 1;
 ``sandbox exec`` exits with the command's own exit code (124 when it timed out).
 """
 
@@ -435,9 +436,16 @@ def install(
             raise CorralError(
                 f"the installer needs the infra extra: pip install 'corral[infra]' ({e})"
             ) from None
+        if out is not None and cloud != "baremetal":
+            raise CorralError("--out is for baremetal; clouds are installed with pulumi up")
         if not enrollment_token and not dry_run:
             raise CorralError(
                 "set CORRAL_ENROLLMENT_TOKEN (from `corral admin enrollment-token --tenant ID`)"
+            )
+        if not agent_package and not dry_run:
+            raise CorralError(
+                "pass --agent-package: the wheel URL (with #sha256=...) or pinned requirement "
+                "the host installs; Corral is not on PyPI, so a bare name is not safe"
             )
         agent = AgentInstall(
             control_plane_url=control_plane_url,
@@ -451,8 +459,6 @@ def install(
             cloud=cloud, region=region, zone=zone, project=project, size=size
         )
         if out is not None:
-            if cloud != "baremetal":
-                raise CorralError("--out is for baremetal; clouds are installed with pulumi up")
             for path in inst.write_bundle(agent, out):
                 _out().print(f"wrote {escape(str(path))}")
             return

@@ -47,6 +47,7 @@ def test_baremetal_out_writes_the_bundle_with_tight_modes(tmp_path: Path) -> Non
     out = tmp_path / "bundle"
     result = CliRunner().invoke(
         app, ["install", "baremetal", "--out", str(out), "--name", "rack-3",
+              "--agent-package", "https://wheels.example.com/corral-0.1.0-py3-none-any.whl",
               "--control-plane-url", "https://cp.example.com"],
         env={**WIDE, "CORRAL_ENROLLMENT_TOKEN": "cet_from_env"})
     assert result.exit_code == 0, result.output
@@ -54,12 +55,15 @@ def test_baremetal_out_writes_the_bundle_with_tight_modes(tmp_path: Path) -> Non
     assert modes == {"agent.env": 0o600, "corral-agent.service": 0o644, "install.sh": 0o700,
                      "cloud-init.yaml": 0o600}
     assert "CORRAL_AGENT_ENROLLMENT_TOKEN=cet_from_env" in (out / "agent.env").read_text()
-    assert "CORRAL_AGENT_NAME=rack-3" in (out / "install.sh").read_text()
+    script = (out / "install.sh").read_text()
+    assert "CORRAL_AGENT_NAME=rack-3" in script
+    assert "'https://wheels.example.com/corral-0.1.0-py3-none-any.whl'" in script
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["install", "mars", "--dry-run"], "unknown cloud 'mars'"),
     (["install", "aws"], "set CORRAL_ENROLLMENT_TOKEN"),
+    (["install", "aws", "--enrollment-token", "cet_x"], "pass --agent-package"),
     (["install", "aws", "--out", "x"], "--out is for baremetal"),
     (["install", "aws", "--dry-run", "--dataplane-client", "0.0.0.0/0"], "not a private"),
     (["install", "gcp", "--dry-run", "--label", "nokey"], "KEY=VALUE"),
@@ -74,7 +78,7 @@ def test_bad_input_is_one_clear_error(args: list[str], message: str) -> None:
 def test_without_pulumi_cli_install_says_what_to_do(tmp_path: Path) -> None:
     """No `pulumi` on PATH: one clear error, nothing attempted."""
     result = CliRunner().invoke(
-        app, ["install", "baremetal"],
+        app, ["install", "baremetal", "--agent-package", "corral==0.1.0"],
         env={**WIDE, "CORRAL_ENROLLMENT_TOKEN": "cet_x", "PATH": str(tmp_path)})
     assert result.exit_code == 1
     assert "Pulumi CLI is not on PATH" in " ".join(result.output.split())
