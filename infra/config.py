@@ -19,7 +19,8 @@ from infra.errors import InstallConfigError
 DEFAULT_AGENT_PACKAGE = "corral==0.1.0"
 DRY_RUN_TOKEN = "cet_dry-run-placeholder"  # noqa: S105 - a placeholder, marked secret anyway
 
-_NAME = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
+# GCP service account ids ("<name>-agent") are at most 30 characters: 24 + 6.
+_NAME = re.compile(r"^[a-z][a-z0-9-]{1,22}[a-z0-9]$")
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.:/@=+,~%-]*$")
 _TAG_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -49,7 +50,7 @@ class AgentInstall:
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
             raise InstallConfigError(
-                f"name {self.name!r}: use 3-32 lowercase letters, digits and '-', "
+                f"name {self.name!r}: use 3-24 lowercase letters, digits and '-', "
                 "starting with a letter (it names cloud resources)"
             )
         if not self.control_plane_url.startswith(("https://", "http://")):

@@ -12,9 +12,7 @@ from infra.config import AgentInstall, AzureOptions
 from infra.plan import Plan, record
 from infra.stacks import CLOUDS, default_target
 from infra.stacks.azure import AzureHost
-
-TOKEN = "cet_unit-test-enrollment-token-0123456789"
-SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB3mXv4lFm4tZkC8cUa3Xj0bYv6y0H2cW1s0dJk9lq3e test"
+from tests.unit.infra.infra_cases import SSH_KEY, TOKEN
 
 
 @pytest.fixture(scope="session")

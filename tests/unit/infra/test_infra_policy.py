@@ -11,7 +11,7 @@ from infra.errors import PolicyViolationError
 from infra.plan import Plan, record
 from infra.policy import TAG_RULES, check, enforce
 from tests.unit.infra.broken import BrokenHost
-from tests.unit.infra.conftest import TOKEN
+from tests.unit.infra.infra_cases import TOKEN
 
 pytestmark = pytest.mark.infra
 

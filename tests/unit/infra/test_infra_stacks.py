@@ -11,7 +11,7 @@ import pytest
 from infra.component import COMPONENT_TYPE
 from infra.plan import Plan, RecordedResource
 from infra.render import render
-from tests.unit.infra.conftest import TOKEN
+from tests.unit.infra.infra_cases import TOKEN
 
 pytestmark = pytest.mark.infra
 
@@ -115,7 +115,7 @@ def test_aws_launch_template_imdsv2_encrypted_no_key_ssm(plans: dict[str, Plan])
 
 
 def render_for(p: Plan) -> Any:
-    from tests.unit.infra.conftest import AgentInstall
+    from infra.config import AgentInstall
 
     return render(AgentInstall(control_plane_url="https://corral.example.com",
                                enrollment_token=TOKEN, name="acme-agent",
@@ -203,7 +203,7 @@ def test_dataplane_clients_open_only_the_data_plane_port(cloud: str) -> None:
     from infra.policy import check
     from infra.stacks import default_target
     from infra.stacks.azure import AzureHost
-    from tests.unit.infra.conftest import SSH_KEY
+    from tests.unit.infra.infra_cases import SSH_KEY
 
     agent = AgentInstall(control_plane_url="https://c.example.com", enrollment_token=TOKEN,
                          dataplane_clients=("10.9.0.0/16",))
