@@ -18,6 +18,7 @@ it again (GCP runs its startup script on every boot) changes nothing that is in 
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 
 from infra.config import AgentInstall
@@ -161,9 +162,11 @@ fi
 """
 
 
-def cloud_init(script: str) -> str:
-    """#cloud-config that writes the install script (root, 0700) and runs it once."""
+def cloud_init(script: str, before: tuple[str, ...] = ()) -> str:
+    """#cloud-config that writes the install script (root, 0700) and runs it once,
+    after the shell commands in ``before`` (a cloud's own agents, e.g. AWS SSM)."""
     encoded = base64.b64encode(script.encode()).decode()
+    pre = "".join(f"  - [bash, -c, {json.dumps(cmd)}]\n" for cmd in before)
     return f"""\
 #cloud-config
 # Corral agent install. Holds the enrollment token: keep this user data secret.
@@ -174,7 +177,7 @@ write_files:
     encoding: b64
     content: {encoded}
 runcmd:
-  - [bash, /var/lib/corral-install/install.sh]
+{pre}  - [bash, /var/lib/corral-install/install.sh]
 """
 
 

@@ -19,10 +19,22 @@ import pulumi_aws as aws
 
 from infra.base import BootFiles, Deployed, Permission
 from infra.config import AgentInstall, AwsOptions
+from infra.render import cloud_init
 
 # Debian's own AWS account, which publishes the official Debian 12 AMIs.
 DEBIAN_AMI_OWNER = "136693071363"
 SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+
+
+def ssm_agent_step(region: str) -> str:
+    """Debian's AMIs do not ship the SSM agent; AWS publishes its .deb per region."""
+    url = (f"https://s3.{region}.amazonaws.com/amazon-ssm-{region}/latest/debian_amd64/"
+           "amazon-ssm-agent.deb")
+    return (
+        "dpkg-query -W amazon-ssm-agent >/dev/null 2>&1 || "
+        f"(curl -fsSL --retry 5 -o /tmp/amazon-ssm-agent.deb {url} && "
+        "dpkg -i /tmp/amazon-ssm-agent.deb && systemctl enable --now amazon-ssm-agent)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +232,9 @@ class AwsHost:
             f"{n}-agent-lt",
             image_id=ami.id,
             instance_type=o.instance_type,
-            user_data=boot.cloud_init.apply(lambda s: base64.b64encode(s.encode()).decode()),
+            user_data=boot.install_script.apply(
+                lambda s: base64.b64encode(
+                    cloud_init(s, before=(ssm_agent_step(o.region),)).encode()).decode()),
             iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
             metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
                 http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1,

@@ -44,6 +44,11 @@ def _missing() -> str | None:
         return f"bwrap cannot create namespaces here: {probe.stderr.decode().strip()}"
     if subprocess.run([str(SYSTEM_PYTHON), "-c", "import ensurepip, venv"]).returncode != 0:
         return "the system python3 lacks venv/ensurepip (apt-get install python3-venv)"
+    version = subprocess.run([str(SYSTEM_PYTHON), "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True).stdout.strip()
+    if version != str(sys.version_info[:2]):
+        return (f"the system python3 is {version}, this test's is {sys.version_info[:2]}: the "
+                "dependencies it lends the throwaway root would not load")
     return None
 
 

@@ -61,6 +61,23 @@ def test_cloud_init_carries_the_install_script_root_only() -> None:
     assert bundle.files()["agent.env"][1] == 0o600
 
 
+def test_cloud_init_is_valid_cloud_config_with_commands_before_the_install() -> None:
+    """Parsed as YAML (cloud-init's own parser is PyYAML): one root-only file, then the
+    extra commands in order, then the install script."""
+    from infra.render import cloud_init
+
+    yaml = pytest.importorskip("yaml")
+    text = cloud_init("#!/bin/bash\necho hi\n", before=('echo "a" && test -x /bin/sh || true',))
+    assert text.startswith("#cloud-config\n")
+    doc = yaml.safe_load(text)
+    (f,) = doc["write_files"]
+    assert (f["path"], f["owner"], f["permissions"], f["encoding"]) == (
+        "/var/lib/corral-install/install.sh", "root:root", "0700", "b64")
+    assert base64.b64decode(f["content"]).decode() == "#!/bin/bash\necho hi\n"
+    assert doc["runcmd"] == [["bash", "-c", 'echo "a" && test -x /bin/sh || true'],
+                             ["bash", "/var/lib/corral-install/install.sh"]]
+
+
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("name", "Bad_Name", "lowercase"),
     ("control_plane_url", "ftp://x", "https://"),

@@ -106,7 +106,12 @@ def test_aws_launch_template_imdsv2_encrypted_no_key_ssm(plans: dict[str, Plan])
     cloud_init = base64.b64decode(lt.get("userData")).decode()
     assert cloud_init.startswith("#cloud-config")
     bundle = render_for(p)
-    assert cloud_init == bundle.cloud_init
+    # The install script, after the SSM agent that Debian's AMIs lack.
+    assert f"content: {base64.b64encode(bundle.install_script.encode()).decode()}" in cloud_init
+    runcmd = cloud_init.split("runcmd:\n")[1].splitlines()
+    assert "amazon-ssm-agent.deb" in runcmd[0]
+    assert "s3.us-east-1.amazonaws.com" in runcmd[0]
+    assert runcmd[1] == "  - [bash, /var/lib/corral-install/install.sh]"
     ssm = {r.get("role") for r in p.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
            if r.get("policyArn", "").endswith("AmazonSSMManagedInstanceCore")}
     assert ssm == {"acme-agent-agent", "acme-agent-host"}
