@@ -257,7 +257,11 @@ class AwsHost:
             f"{n}-agent",
             launch_template=aws.ec2.InstanceLaunchTemplateArgs(
                 id=template.id, version=template.latest_version.apply(str)),
-            tags=named("agent"), volume_tags=named("agent"), opts=opts)
+            tags=named("agent"), volume_tags=named("agent"),
+            # The instance reads its user data back from EC2: keep that secret in state too.
+            opts=pulumi.ResourceOptions(parent=parent, provider=provider,
+                                        additional_secret_outputs=["userData",
+                                                                   "userDataBase64"]))
         return Deployed(host=instance.id, private_address=instance.private_ip)
 
 
