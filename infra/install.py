@@ -121,7 +121,7 @@ def print_plan(console: Console, plan: Plan, violations: list[policy.Violation])
         resources.add_row(str(i), r.type, r.name, _detail(r))
     console.print(resources)
     perms = Table(title="Permissions requested for the agent")
-    for col in ("principal", "action", "scope", "condition"):
+    for col in ("principal", "action", "scope", "granted through / condition"):
         perms.add_column(col, overflow="fold")
     for p in plan.permissions:
         perms.add_row(p.principal, p.action, p.scope, p.condition)

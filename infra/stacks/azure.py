@@ -45,9 +45,10 @@ class AzureHost:
     cloud: str = "azure"
 
     def permissions(self, agent: AgentInstall) -> list[Permission]:
-        return [Permission(f"managed identity {agent.name}-agent",
-                           f"custom role 'Corral agent {agent.name}': " + ", ".join(AGENT_ACTIONS),
-                           f"resource group {agent.name}-rg only")]
+        return [Permission(f"managed identity {agent.name}-agent", action,
+                           f"resource group {agent.name}-rg only",
+                           f"custom role 'Corral agent {agent.name}'")
+                for action in AGENT_ACTIONS]
 
     def deploy(
         self, parent: pulumi.Resource, agent: AgentInstall, boot: BootFiles

@@ -1,6 +1,6 @@
 """GCP: a custom-mode VPC with one private subnet and Cloud NAT, a firewall that denies
-all ingress, a service account with a custom role holding only the Compute permissions
-the agent uses, and a Shielded VM with no external IP, OS Login and a startup script.
+all ingress, a service account with two custom roles (launch hosts; stop/delete only
+instances named like this install's hosts, by IAM condition), and a Shielded VM with no external IP, OS Login and a startup script.
 
 The agent may act as the host service account only (``iam.serviceAccountUser`` on that
 one account, not the project) — GCP's counterpart of AWS ``iam:PassRole``.
@@ -17,19 +17,30 @@ from infra.base import BootFiles, Deployed, Permission
 from infra.config import AgentInstall, GcpOptions
 
 IMAGE = "debian-cloud/debian-12"
-AGENT_COMPUTE_PERMISSIONS = (
-    "compute.instances.create", "compute.instances.delete", "compute.instances.get",
-    "compute.instances.list", "compute.instances.start", "compute.instances.stop",
+# Launching a host: create it (with its disk, in our subnet, from a public image) and read.
+AGENT_LAUNCH_PERMISSIONS = (
+    "compute.instances.create", "compute.instances.get", "compute.instances.list",
     "compute.instances.setLabels", "compute.instances.setMetadata",
     "compute.instances.setServiceAccount", "compute.disks.create",
     "compute.subnetworks.use", "compute.images.useReadOnly", "compute.machineTypes.get",
     "compute.zoneOperations.get",
 )
+# Changing a host's life: granted only on instances named like this install's hosts.
+AGENT_MANAGE_PERMISSIONS = (
+    "compute.instances.delete", "compute.instances.start", "compute.instances.stop",
+    "compute.instances.reset",
+)
 AGENT_PROJECT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
 
 
-def _custom_role_id(name: str) -> str:
-    return "corral_" + name.replace("-", "_") + "_agent"
+def _custom_role_id(name: str, kind: str) -> str:
+    return "corral_" + name.replace("-", "_") + "_" + kind
+
+
+def host_name_condition(o: GcpOptions, name: str) -> str:
+    """IAM condition: only instances of this install's zone named ``<name>-host-*``."""
+    return (f'resource.type == "compute.googleapis.com/Instance" && resource.name.startsWith('
+            f'"projects/{o.project}/zones/{o.zone}/instances/{name}-host-")')
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +50,15 @@ class GcpHost:
 
     def permissions(self, agent: AgentInstall) -> list[Permission]:
         sa = f"serviceAccount {agent.name}-agent"
+        o = self.options
+        hosts = f"instances {o.zone}/{agent.name}-host-* only"
         return [
-            Permission(sa, f"custom role {_custom_role_id(agent.name)}: "
-                       + ", ".join(AGENT_COMPUTE_PERMISSIONS), f"project {self.options.project}"),
+            *(Permission(sa, perm, f"project {o.project}",
+                         f"custom role {_custom_role_id(agent.name, 'launch')}")
+              for perm in AGENT_LAUNCH_PERMISSIONS),
+            *(Permission(sa, perm, hosts,
+                         f"custom role {_custom_role_id(agent.name, 'manage')}, IAM condition")
+              for perm in AGENT_MANAGE_PERMISSIONS),
             *(Permission(sa, role, f"project {self.options.project}")
               for role in AGENT_PROJECT_ROLES),
             Permission(sa, "roles/iam.serviceAccountUser",
@@ -94,12 +111,22 @@ class GcpHost:
         agent_sa = gcp.serviceaccount.Account(
             f"{n}-agent", account_id=f"{n}-agent", display_name="Corral agent",
             description=about, opts=opts)
-        role = gcp.projects.IAMCustomRole(
-            f"{n}-agent-role", role_id=_custom_role_id(n), project=o.project,
-            title=f"Corral agent {n}", description=about,
-            permissions=list(AGENT_COMPUTE_PERMISSIONS), opts=opts)
-        gcp.projects.IAMMember(f"{n}-agent-compute", project=o.project, role=role.name,
+        launch = gcp.projects.IAMCustomRole(
+            f"{n}-agent-launch", role_id=_custom_role_id(n, "launch"), project=o.project,
+            title=f"Corral agent {n}: launch hosts", description=about,
+            permissions=list(AGENT_LAUNCH_PERMISSIONS), opts=opts)
+        gcp.projects.IAMMember(f"{n}-agent-launch", project=o.project, role=launch.name,
                                member=agent_sa.member, opts=opts)
+        manage = gcp.projects.IAMCustomRole(
+            f"{n}-agent-manage", role_id=_custom_role_id(n, "manage"), project=o.project,
+            title=f"Corral agent {n}: manage its hosts", description=about,
+            permissions=list(AGENT_MANAGE_PERMISSIONS), opts=opts)
+        gcp.projects.IAMMember(
+            f"{n}-agent-manage", project=o.project, role=manage.name, member=agent_sa.member,
+            condition=gcp.projects.IAMMemberConditionArgs(
+                title=f"corral-{n}-hosts-only", description=about + ": its own hosts only",
+                expression=host_name_condition(o, n)),
+            opts=opts)
         for r in AGENT_PROJECT_ROLES:
             gcp.projects.IAMMember(f"{n}-agent-{r.split('.')[-1].lower()}", project=o.project,
                                    role=r, member=agent_sa.member, opts=opts)

@@ -151,17 +151,28 @@ def test_gcp_private_shielded_os_login_behind_cloud_nat(plans: dict[str, Plan]) 
 
 
 def test_gcp_service_account_has_only_the_roles_it_needs(plans: dict[str, Plan]) -> None:
-    """A custom role of instance permissions, log/metric writers, and serviceAccountUser
-    on the host account only — no primitive or project-wide admin role."""
+    """Two custom roles — launch, and manage only this install's hosts (IAM condition) —
+    log/metric writers, and serviceAccountUser on the host account only."""
     p = plans["gcp"]
-    role = one(p, "gcp:projects/iAMCustomRole:IAMCustomRole")
-    perms = role.get("permissions")
-    assert "compute.instances.create" in perms
-    assert "compute.instances.delete" in perms
-    assert not [x for x in perms if x.startswith(("iam.", "resourcemanager.")) or "*" in x]
-    project_roles = sorted(r.get("role") for r in p.of_type("gcp:projects/iAMMember:IAMMember"))
-    assert project_roles == ["projects/project/roles/corral_acme_agent_agent",
-                             "roles/logging.logWriter", "roles/monitoring.metricWriter"]
+    roles = {r.get("roleId"): r.get("permissions")
+             for r in p.of_type("gcp:projects/iAMCustomRole:IAMCustomRole")}
+    assert set(roles) == {"corral_acme_agent_launch", "corral_acme_agent_manage"}
+    assert "compute.instances.create" in roles["corral_acme_agent_launch"]
+    assert "compute.instances.delete" not in roles["corral_acme_agent_launch"]
+    assert set(roles["corral_acme_agent_manage"]) == {
+        "compute.instances.delete", "compute.instances.start", "compute.instances.stop",
+        "compute.instances.reset"}
+    every = [x for perms in roles.values() for x in perms]
+    assert not [x for x in every if x.startswith(("iam.", "resourcemanager.")) or "*" in x]
+    bindings = {r.get("role"): r for r in p.of_type("gcp:projects/iAMMember:IAMMember")}
+    assert sorted(bindings) == ["projects/project/roles/corral_acme_agent_launch",
+                                "projects/project/roles/corral_acme_agent_manage",
+                                "roles/logging.logWriter", "roles/monitoring.metricWriter"]
+    manage = bindings["projects/project/roles/corral_acme_agent_manage"]
+    assert manage.get("condition.expression") == (
+        'resource.type == "compute.googleapis.com/Instance" && resource.name.startsWith('
+        '"projects/my-project/zones/us-central1-a/instances/acme-agent-host-")')
+    assert bindings["projects/project/roles/corral_acme_agent_launch"].get("condition") is None
     sa_binding = one(p, "gcp:serviceaccount/iAMMember:IAMMember")
     assert sa_binding.get("role") == "roles/iam.serviceAccountUser"
     assert sa_binding.get("serviceAccountId").endswith("acme-agent-host@project.iam."
