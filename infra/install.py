@@ -104,8 +104,13 @@ _SHOWN = {
 }
 
 
+def _shown(value: Any) -> str:
+    # Numbers cross the Pulumi wire as floats; 1.0 reads better as 1.
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def _detail(r: RecordedResource) -> str:
-    parts = [f"{p.split('.')[-1]}={r.get(p)}" for p in _SHOWN.get(r.type, ())
+    parts = [f"{p.split('.')[-1]}={_shown(r.get(p))}" for p in _SHOWN.get(r.type, ())
              if r.get(p) is not None]
     if r.secret_paths:
         parts.append("secret: " + ", ".join(sorted(r.secret_paths)))

@@ -1,6 +1,7 @@
 """GCP: a custom-mode VPC with one private subnet and Cloud NAT, a firewall that denies
 all ingress, a service account with two custom roles (launch hosts; stop/delete only
-instances named like this install's hosts, by IAM condition), and a Shielded VM with no external IP, OS Login and a startup script.
+instances named like this install's hosts, by IAM condition), and a Shielded VM with no
+external IP, OS Login and a startup script.
 
 The agent may act as the host service account only (``iam.serviceAccountUser`` on that
 one account, not the project) — GCP's counterpart of AWS ``iam:PassRole``.
