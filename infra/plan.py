@@ -10,13 +10,16 @@ not know fails loudly, so a new one cannot slip past the dry run.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 from pulumi.runtime import rpc
+from pulumi.runtime.settings import ROOT
 
 from infra.base import HostTarget, Permission
 from infra.config import AgentInstall
@@ -140,12 +143,26 @@ class RecordingMocks(pulumi.runtime.Mocks):
         raise InstallError(f"the dry run has no answer for the lookup {args.token}")
 
 
+@contextmanager
+def _own_event_loop() -> Iterator[None]:
+    """Pulumi's runtime drives the thread's current event loop; give it a fresh one, and
+    leave none behind (callers such as pytest-asyncio manage their own loops)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
 def record(agent: AgentInstall, target: HostTarget, *, stack: str = "dry-run") -> Plan:
     """Run the stack's program against the mock monitor and return what it registered."""
     mocks = RecordingMocks()
     outputs: dict[str, Any] = {}
     secret_outputs: set[str] = set()
-    with _LOCK:
+    with _LOCK, _own_event_loop():
+        ROOT.set(None)  # a fresh root stack, bound to this run's loop
         pulumi.runtime.set_mocks(mocks, project="corral", stack=stack, preview=False)
 
         def body() -> pulumi.Output[None]:
