@@ -469,7 +469,8 @@ def install(
                 raise typer.Exit(code=1)
             return
         outputs = inst.up(
-            agent, choice, stack=stack or f"{name}-{cloud}", on_output=_out().print
+            # Pulumi's own progress lines, verbatim (not rich markup).
+            agent, choice, stack=stack or f"{name}-{cloud}", on_output=typer.echo
         )
         for key, value in sorted(outputs.items()):
             if key != "install_script":
