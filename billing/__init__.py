@@ -1,9 +1,10 @@
 """Per-second billing: idempotent usage ingest, Decimal rating, monthly invoices, exports.
 
-A pure library: no database, no network. The control plane feeds it usage records and
-stores what it returns. Exports live in :mod:`billing.exports` (Parquet needs ``pyarrow``).
+A pure library: no database, no network. The control plane feeds it usage (as Arrow record
+batches, streamed) and stores what it returns. Exports live in :mod:`billing.exports`.
 """
 
+from billing.drafts import build_draft
 from billing.errors import (
     InvalidRateError,
     InvalidUsageError,
@@ -18,14 +19,13 @@ from billing.invoices import (
     InvoiceStatus,
     LineKind,
     SourceRange,
-    build_draft,
     finalize,
     verify,
 )
 from billing.periods import Period
 from billing.pricebook import DEFAULT_RATES, PriceBook, Rate, Resource
 from billing.rating import CostLine, rate_record
-from billing.usage import LedgerEntry, UsageKey, UsageLedger, UsageRecord
+from billing.usage import LedgerEntry, UsageKey, UsageLedger, UsageRecord, UsageSource
 
 __all__ = [
     "DEFAULT_RATES",
@@ -49,6 +49,7 @@ __all__ = [
     "UsageKey",
     "UsageLedger",
     "UsageRecord",
+    "UsageSource",
     "build_draft",
     "finalize",
     "rate_record",

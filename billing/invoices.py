@@ -10,25 +10,25 @@ A draft for period Q covers, from the ledger up to its watermark ``W``:
 Each invoice records what it covered as :class:`SourceRange` values, so every part of every
 record is billed exactly once whatever the order of arrival, drafting and finalizing.
 Amounts are rounded only on the line (see :mod:`billing.money` for the rule); the total is
-the sum of the rounded lines.
+the sum of the rounded lines. Drafts are built by :func:`billing.drafts.build_draft`,
+which streams the usage through :class:`billing.rater.InvoiceRater`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from billing.errors import InvoiceFinalizedError, InvoiceIntegrityError
-from billing.money import SECONDS_PER_HOUR, ZERO, exact_add, exact_sum, round_ratio, to_cents
+from billing.errors import InvoiceFinalizedError
+from billing.money import SECONDS_PER_HOUR, exact_sum, round_ratio
 from billing.periods import Period, is_utc
-from billing.pricebook import PriceBook, Rate, Resource
-from billing.rating import QUANTITY_DECIMALS, CostLine, rate_record
-from billing.usage import UsageLedger
+from billing.pricebook import Rate, Resource
+from billing.rating import QUANTITY_DECIMALS
 
 CURRENCY = "USD"
 
@@ -161,76 +161,9 @@ def plan_sources(
     return tuple(sorted(sources, key=lambda s: s.usage_period))
 
 
-def covered_cost_lines(
-    tenant_id: str,
-    sources: tuple[SourceRange, ...],
-    ledger: UsageLedger,
-    pricebook: PriceBook,
-) -> Iterator[tuple[SourceRange, CostLine]]:
-    """Yield each cost line the sources cover, with the range that covers it, in ledger order."""
-    for entry in ledger.entries(tenant_id):
-        for cost in rate_record(entry.record, pricebook):
-            period = str(cost.period)
-            for source in sources:
-                if source.covers(period, entry.seq):
-                    yield source, cost
-                    break
-
-
 def line_kind(invoice_period: str, usage_period: str) -> LineKind:
     """Usage lines bill the invoice's own month; anything else is an adjustment."""
     return LineKind.USAGE if usage_period == invoice_period else LineKind.ADJUSTMENT
-
-
-def build_draft(
-    tenant_id: str,
-    period: str,
-    ledger: UsageLedger,
-    pricebook: PriceBook,
-    finalized: Iterable[Invoice] = (),
-) -> Invoice:
-    """Build a draft invoice for a tenant's month from the ledger as it stands now."""
-    billing_period = Period.parse(period)
-    finalized = tuple(finalized)
-    for invoice in finalized:
-        if invoice.status is InvoiceStatus.FINALIZED and not verify(invoice):
-            raise InvoiceIntegrityError(
-                "finalized invoice fails its hash check",
-                tenant_id=invoice.tenant_id, period=invoice.period,
-            )
-    watermark = ledger.watermark
-    sources = plan_sources(tenant_id, billing_period, watermark, finalized)
-    numerators: dict[str, Decimal] = {}
-    unit_seconds: dict[str, Decimal] = {}
-    shapes: dict[str, tuple[LineKind, str, Rate]] = {}
-    for source, cost in covered_cost_lines(tenant_id, sources, ledger, pricebook):
-        kind = line_kind(period, source.usage_period)
-        line_id = line_id_for(kind, source.usage_period, cost.rate)
-        shapes[line_id] = (kind, source.usage_period, cost.rate)
-        numerators[line_id] = exact_add(numerators.get(line_id, ZERO), cost.numerator)
-        unit_seconds[line_id] = exact_add(unit_seconds.get(line_id, ZERO), cost.unit_seconds)
-    lines = tuple(
-        InvoiceLine(
-            line_id=line_id,
-            kind=shapes[line_id][0],
-            usage_period=shapes[line_id][1],
-            resource=shapes[line_id][2].resource,
-            gpu_model=shapes[line_id][2].gpu_model,
-            unit_price=shapes[line_id][2].per_hour,
-            price_id=shapes[line_id][2].price_id,
-            unit_seconds=unit_seconds[line_id],
-            amount=to_cents(numerators[line_id]),
-        )
-        for line_id in sorted(shapes)
-    )
-    return Invoice(
-        tenant_id=tenant_id,
-        period=period,
-        status=InvoiceStatus.DRAFT,
-        lines=lines,
-        sources=sources,
-        watermark=watermark,
-    )
 
 
 def finalize(draft: Invoice, *, finalized_at: datetime) -> Invoice:

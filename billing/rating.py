@@ -1,4 +1,9 @@
-"""Rate a usage record into unrounded cost lines, split at month and price boundaries."""
+"""Rate one usage record into unrounded cost lines, split at month and price boundaries.
+
+This is the per-record, object-at-a-time statement of rating — for explaining one record
+and as the reference the column-wise :class:`billing.rater.InvoiceRater` is tested against.
+Invoices and exports use the rater.
+"""
 
 from __future__ import annotations
 
@@ -86,32 +91,42 @@ def held_units(record: UsageRecord) -> list[tuple[Resource, str | None, Decimal]
     return held
 
 
-def split_points(record: UsageRecord, pricebook: PriceBook) -> list[datetime]:
-    """Return start, every month boundary and rate change inside the record, and end."""
+def split_points(
+    record: UsageRecord, pricebook: PriceBook, resource: Resource, gpu_model: str | None
+) -> list[datetime]:
+    """Return start, every month boundary and change of the SKU's rate inside the record, end."""
     points = {record.start, record.end}
     period = Period.containing(record.start).next()
     while period.start < record.end:
         points.add(period.start)
         period = period.next()
-    skus = [(resource, model) for resource, model, _ in held_units(record)]
-    points.update(pricebook.changes_between(record.tenant_id, skus, record.start, record.end))
+    points.update(pricebook.changes_between(
+        record.tenant_id, [(resource, gpu_model)], record.start, record.end
+    ))
     return sorted(points)
 
 
+_ORDER = {Resource.VCPU: 0, Resource.MEMORY: 1, Resource.GPU: 2}
+
+
 def rate_record(record: UsageRecord, pricebook: PriceBook) -> Iterator[CostLine]:
-    """Rate a record: one cost line per resource per stretch of constant month and rate."""
-    held = held_units(record)
-    points = split_points(record, pricebook)
-    for start, end in pairwise(points):
-        period = Period.containing(start)
-        for resource, model, units in held:
-            yield CostLine(
+    """Rate a record: one cost line per resource per stretch of constant month and rate.
+
+    Each resource is split only where its own rate (or the month) changes; lines come in
+    time order, vCPU before memory before GPU at the same instant — the order of export rows.
+    """
+    lines: list[CostLine] = []
+    for resource, model, units in held_units(record):
+        for start, end in pairwise(split_points(record, pricebook, resource, model)):
+            lines.append(CostLine(
                 record=record,
-                period=period,
+                period=Period.containing(start),
                 start=start,
                 end=end,
                 resource=resource,
                 units=units,
                 rate=pricebook.rate_at(record.tenant_id, resource, model, start),
                 list_rate=pricebook.list_rate_at(resource, model, start),
-            )
+            ))
+    lines.sort(key=lambda line: (line.start, _ORDER[line.resource]))
+    return iter(lines)

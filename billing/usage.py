@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING, Protocol
 
 from billing.errors import InvalidUsageError, UsageConflictError
-from billing.periods import is_utc
+from billing.periods import Period, is_utc
+
+if TYPE_CHECKING:
+    import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type information
 
 MAX_MEMORY_DECIMALS = 6
 """Memory sizes carry at most this many decimal places of GiB (about 1 KiB)."""
@@ -97,6 +101,25 @@ class LedgerEntry:
     record: UsageRecord
 
 
+class UsageSource(Protocol):
+    """Where drafts and exports read a tenant's usage from, streamed in arrival order.
+
+    A Protocol so that the in-memory :class:`UsageLedger` (tests, small tools) and the
+    control plane's database reader (bounded memory, server-side cursor) are interchangeable.
+    """
+
+    def watermark_for(self, tenant_id: str) -> int:
+        """The sequence number of the tenant's newest record (0 when it has none)."""
+        ...
+
+    def batches(self, tenant_id: str, periods: Sequence[Period]) -> Iterable[pa.RecordBatch]:
+        """The tenant's records as :data:`billing.columns.USAGE_SCHEMA` batches, by ``seq``.
+
+        Records that overlap none of ``periods`` may be left out (or not: rating skips them).
+        """
+        ...
+
+
 class UsageLedger:
     """In-memory, idempotent store of usage records; late and out-of-order records are fine.
 
@@ -134,6 +157,16 @@ class UsageLedger:
     def entries(self, tenant_id: str) -> Iterator[LedgerEntry]:
         """Iterate one tenant's entries in arrival order."""
         return iter(self._by_tenant.get(tenant_id, []))
+
+    def watermark_for(self, tenant_id: str) -> int:
+        """The ledger-wide watermark: sequence numbers are shared by every tenant here."""
+        return self.watermark
+
+    def batches(self, tenant_id: str, periods: Sequence[Period] = ()) -> Iterator[pa.RecordBatch]:
+        """One tenant's entries as usage batches, in arrival order."""
+        from billing.columns import entries_to_batches
+
+        return entries_to_batches(self.entries(tenant_id))
 
     def tenants(self) -> list[str]:
         """Return the tenants that have usage, sorted."""

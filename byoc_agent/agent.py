@@ -36,9 +36,10 @@ from dataclasses import dataclass
 import structlog
 
 from byoc_agent import __version__
+from byoc_agent.hosts.autoscale import MAX_HOSTS
+from byoc_agent.hosts.fleet import HostFleet
 from byoc_agent.meter import UsageMeter
-from byoc_agent.meter.usage_meter import MICROVM_RUNTIMES
-from byoc_agent.protocol import messages, signing, subjects, verify
+from byoc_agent.protocol import cosign, messages, signing, subjects, verify
 from byoc_agent.protocol.errors import (
     CapacityError,
     CorralError,
@@ -52,11 +53,14 @@ from byoc_agent.protocol.errors import (
 from byoc_agent.protocol.messages import SandboxReport, SandboxState
 from byoc_agent.runtimes.base import (
     EndReason,
+    KnowsStopReason,
     Liveness,
     Runtime,
     SandboxHandle,
     SandboxSpec,
+    Snapshotting,
 )
+from byoc_agent.runtimes.multi import runtime_isolations, runtime_names
 from byoc_agent.state import AgentIdentity, AgentStateStore, SandboxRecord
 from byoc_agent.transport.nats import (
     IncomingJob,
@@ -75,6 +79,7 @@ _ANSWERABLE = frozenset(
         RejectReason.EXPIRED,
         RejectReason.NOT_YET_VALID,
         RejectReason.SEQ_NOT_INCREASING,
+        RejectReason.MISSING_COSIGNATURE,
     }
 )
 
@@ -90,7 +95,9 @@ class AgentConfig:
     heartbeat_interval_s: float = 5.0
     reaper_interval_s: float = 0.5
     usage_interval_s: float = 60.0
+    fleet_interval_s: float = 5.0
     host: str = dataclasses.field(default_factory=socket.gethostname)
+    cosign_policy: cosign.CosignPolicy = dataclasses.field(default_factory=cosign.CosignPolicy)
 
 
 class Agent:
@@ -105,6 +112,7 @@ class Agent:
         transport: NatsAgentTransport,
         config: AgentConfig,
         templates: Callable[[], list[str]] = list,
+        fleet: HostFleet | None = None,
     ) -> None:
         self.identity = identity
         self.signing_key = signing_key
@@ -114,6 +122,7 @@ class Agent:
         self.transport = transport
         self.config = config
         self._templates = templates
+        self.fleet = fleet
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._outbox_wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -134,12 +143,15 @@ class Agent:
             tg.create_task(self._heartbeat_loop())
             tg.create_task(self._reaper_loop())
             tg.create_task(self._meter_loop())
+            if self.fleet is not None:
+                tg.create_task(self.fleet.run(self.config.fleet_interval_s))
 
     async def recover(self) -> None:
         """Reattach to sandboxes that were running before a restart; finish cut-off jobs."""
         for data in self.state.unfinished_jobs():
             try:
-                job = verify.verify_signed_job(data, keyring=self.keyring)
+                job_bytes, _ = cosign.split(data)  # co-signing was checked at acceptance
+                job = verify.verify_signed_job(job_bytes, keyring=self.keyring)
             except EnvelopeRejectedError as e:  # e.g. its key was revoked meanwhile
                 self.log.warning("unfinished_job_dropped", reason=e.reason.value, **e.fields)
                 continue
@@ -154,7 +166,12 @@ class Agent:
             if alive is Liveness.RUNNING:
                 self.log.info("sandbox_reattached", sandbox_id=rec.sandbox_id)
             else:
-                await self.publish_event(await self._end(rec, SandboxState.FAILED, EndReason.LOST))
+                # Ended while the agent was down: say why when the runtime can tell.
+                reason = EndReason.LOST
+                if alive is Liveness.STOPPED:
+                    known = await self._stop_reason(rec.handle)
+                    reason = known if known is not EndReason.EXITED else EndReason.LOST
+                await self.publish_event(await self._end(rec, SandboxState.FAILED, reason))
         if self.meter.settle():
             self._outbox_wakeup.set()
 
@@ -186,8 +203,9 @@ class Agent:
     async def accept(self, data: bytes) -> messages.Job | None:
         """Verify one job. Returns it if it should be executed now; None if it was
         rejected or already answered (the reason is logged; nothing was executed)."""
+        job_bytes, cosignatures = cosign.split(data)
         try:
-            job = verify.verify_signed_job(data, keyring=self.keyring)
+            job = verify.verify_signed_job(job_bytes, keyring=self.keyring)
         except EnvelopeRejectedError as e:
             self.log.warning("job_rejected", reason=e.reason.value, detail=e.message, **e.fields)
             return None
@@ -199,6 +217,14 @@ class Agent:
             if e.reason in _ANSWERABLE:
                 self._answer_rejected(job, e)
             return None
+        try:
+            cosigner = cosign.check(job, cosignatures, self.config.cosign_policy)
+        except EnvelopeRejectedError as e:
+            jlog.warning("job_rejected", reason=e.reason.value, detail=e.message)
+            self._answer_rejected(job, e)
+            return None
+        if cosigner is not None:
+            jlog.info("job_cosigned", cosigner_kid=cosigner)
         if job.job_id in self._inflight:
             jlog.info("job_duplicate", detail="already executing; this delivery is dropped")
             return None
@@ -245,6 +271,10 @@ class Agent:
                     report = await self._create(job.job_id, body)
                 elif isinstance(body, messages.KillSandboxBody):
                     report = await self._kill(body.sandbox_id)
+                elif isinstance(body, messages.PauseSandboxBody):
+                    report = await self._pause(body.sandbox_id)
+                elif isinstance(body, messages.ResumeSandboxBody):
+                    report = await self._resume(body.sandbox_id)
                 else:
                     report = await self._set_timeout(body.sandbox_id, body.timeout_s)
                 result = self._result(job, "succeeded", sandbox=report)
@@ -278,7 +308,9 @@ class Agent:
             return
         result = self._result(
             job, "rejected",
-            error=messages.WireError(code=ErrorCode.REJECTED.value, message=e.message[:2000]),
+            error=messages.WireError(
+                code=ErrorCode.REJECTED.value, message=f"{e.reason.value}: {e.message}"[:2000]
+            ),
         )
         data = signing.sign(self.signing_key, messages.RESULT_TYP, messages.to_json_bytes(result))
         self.state.enqueue(
@@ -314,10 +346,10 @@ class Agent:
         existing = self.state.get_sandbox(body.sandbox_id)
         if existing is not None:
             return _report(existing)
-        if body.isolation == "microvm" and self.runtime.name not in MICROVM_RUNTIMES:
+        if body.isolation not in runtime_isolations(self.runtime):
             raise InvalidArgumentError(
-                f"this agent runs {self.runtime.name} sandboxes only; microvm isolation needs "
-                "an agent with a microVM runtime",
+                f"this agent runs {self.runtime.name} sandboxes only; {body.isolation} "
+                "isolation needs an agent with a runtime that provides it",
                 job_id=job_id,
             )
         free_cpu, free_mem, _ = self.free_capacity()
@@ -335,6 +367,7 @@ class Agent:
             memory_mb=body.memory_mb,
             timeout_s=body.timeout_s,
             env=dict(body.env),
+            isolation=body.isolation,
         )
         handle = await self.runtime.create(spec)
         now = time.time()
@@ -356,9 +389,49 @@ class Agent:
         rec = self.state.get_sandbox(sandbox_id)
         if rec is None:
             raise SandboxNotFoundError(f"sandbox {sandbox_id} is not on this agent")
-        if rec.state is not SandboxState.RUNNING:
+        if rec.state not in (SandboxState.RUNNING, SandboxState.PAUSED):
             return _report(rec)
         return _report(await self._end(rec, SandboxState.KILLED, EndReason.KILLED))
+
+    async def _pause(self, sandbox_id: str) -> SandboxReport:
+        """Save and stop: billing stops at the pause; the timeout clock stops too."""
+        rec = self.state.get_sandbox(sandbox_id)
+        if rec is None:
+            raise SandboxNotFoundError(f"sandbox {sandbox_id} is not on this agent")
+        if rec.state is SandboxState.PAUSED:
+            return _report(rec)
+        if rec.state is not SandboxState.RUNNING:
+            raise SandboxNotRunningError(f"sandbox {sandbox_id} is {rec.state.value}")
+        runtime = self.runtime
+        if not isinstance(runtime, Snapshotting):
+            raise InvalidArgumentError(f"runtime {runtime.name} cannot pause sandboxes")
+        await runtime.pause(rec.handle)
+        paused = dataclasses.replace(rec, state=SandboxState.PAUSED)
+        self.state.put_sandbox(paused)
+        self.meter.pause(paused, time.time())
+        self._outbox_wakeup.set()
+        return _report(paused)
+
+    async def _resume(self, sandbox_id: str) -> SandboxReport:
+        rec = self.state.get_sandbox(sandbox_id)
+        if rec is None:
+            raise SandboxNotFoundError(f"sandbox {sandbox_id} is not on this agent")
+        if rec.state is SandboxState.RUNNING:
+            return _report(rec)
+        if rec.state is not SandboxState.PAUSED:
+            raise SandboxNotRunningError(f"sandbox {sandbox_id} is {rec.state.value}")
+        runtime = self.runtime
+        if not isinstance(runtime, Snapshotting):
+            raise InvalidArgumentError(f"runtime {runtime.name} cannot resume sandboxes")
+        await runtime.resume(rec.handle)
+        now = time.time()
+        # The timeout clock stood still while paused: what was left when it paused is left.
+        paused_at = self.meter.paused_since(rec) or now
+        left = max(rec.deadline - paused_at, 1.0)
+        resumed = dataclasses.replace(rec, state=SandboxState.RUNNING, deadline=now + left)
+        self.meter.resume(resumed, now)
+        self.state.put_sandbox(resumed)
+        return _report(resumed)
 
     async def _set_timeout(self, sandbox_id: str, timeout_s: int) -> SandboxReport:
         rec = self.state.get_sandbox(sandbox_id)
@@ -429,8 +502,19 @@ class Agent:
                     self.log.warning("inspect_failed", sandbox_id=rec.sandbox_id, error=str(e))
                     continue
                 if alive is not Liveness.RUNNING:
-                    ended = await self._end(current, SandboxState.FAILED, EndReason.EXITED)
+                    reason = await self._stop_reason(current.handle)
+                    self.log.info("sandbox_stopped", sandbox_id=rec.sandbox_id, reason=reason)
+                    ended = await self._end(current, SandboxState.FAILED, reason)
                     await self.publish_event(ended)
+
+    async def _stop_reason(self, handle: SandboxHandle) -> EndReason:
+        """Why a sandbox stopped on its own: out of memory, too many tasks, or it exited."""
+        if isinstance(self.runtime, KnowsStopReason):
+            try:
+                return await self.runtime.stop_reason(handle) or EndReason.EXITED
+            except CorralError as e:
+                self.log.warning("stop_reason_failed", sandbox_id=handle.sandbox_id, error=str(e))
+        return EndReason.EXITED
 
     async def reap_expired(self) -> None:
         now = time.time()
@@ -503,7 +587,7 @@ class Agent:
                 "at": time.time(),
                 "version": __version__,
                 "data_plane_url": self.config.data_plane_url,
-                "runtimes": [self.runtime.name],
+                "runtimes": runtime_names(self.runtime),
                 "templates": self._templates(),
                 "capacity": {
                     "cpu_total": self.config.cpu_total,
@@ -513,6 +597,11 @@ class Agent:
                     "sandboxes": n,
                 },
                 "running": [r.sandbox_id for r in self.state.sandboxes(SandboxState.RUNNING)],
+                "hosts": (
+                    None
+                    if self.fleet is None
+                    else [dataclasses.asdict(h) for h in self.fleet.report()[:MAX_HOSTS]]
+                ),
             }
         )
         return signing.sign(self.signing_key, messages.HEARTBEAT_TYP, messages.to_json_bytes(hb))

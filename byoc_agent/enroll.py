@@ -6,6 +6,7 @@ enrollment token (bound to a tenant, minted by the control plane) is spent here.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from byoc_agent.protocol import signing, verify
 from byoc_agent.protocol.errors import CorralError, InvalidArgumentError, RetryableError
 from byoc_agent.state import AgentIdentity, AgentStateStore
+from byoc_agent.transport.credentials import NatsUserFiles
 
 log = structlog.get_logger(__name__)
 HTTP_TIMEOUT_S = 10.0
@@ -48,9 +50,13 @@ def enroll(
     cpu_total: int,
     memory_mb_total: int,
     state: AgentStateStore,
+    nats_user: NatsUserFiles | None = None,
+    cosign_rules: list[str] | None = None,
+    cosigner_keys: list[str] | None = None,
 ) -> AgentIdentity:
-    """Spend the enrollment token; store the identity and the control plane's keys."""
-    body = {
+    """Spend the enrollment token; store the identity, the control plane's keys and the
+    NATS user JWT. Only public keys leave this machine (message key and NATS nkey)."""
+    body: dict[str, object] = {
         "token": token,
         "name": name,
         "public_key": key.public_text,
@@ -65,6 +71,11 @@ def enroll(
             "sandboxes": 0,
         },
     }
+    if nats_user is not None:
+        body["nats_public_key"] = nats_user.public_key()
+    if cosign_rules:
+        body["cosign_rules"] = cosign_rules
+        body["cosigner_keys"] = cosigner_keys or []
     try:
         r = httpx.post(
             f"{control_plane_url.rstrip('/')}/v1/agents/enroll", json=body, timeout=HTTP_TIMEOUT_S
@@ -77,6 +88,9 @@ def enroll(
             "ask the operator for a new enrollment token"
         )
     data = r.json()
+    nats_jwt = data.get("nats_jwt")
+    if nats_user is not None and isinstance(nats_jwt, str) and nats_jwt:
+        nats_user.save_jwt(nats_jwt)
     ident = AgentIdentity(
         agent_id=str(data["agent_id"]),
         tenant_id=str(data["tenant_id"]),
@@ -124,8 +138,33 @@ async def refresh_keys(
     except (httpx.HTTPError, KeyError, ValueError, TypeError) as e:
         log.warning("key_refresh_failed", error=str(e))
         return
+    keys = keep_revocations(state.control_plane_keys(), keys)
     state.replace_control_plane_keys(keys)
     update_keyring(ring, keys)
+
+
+def keep_revocations(
+    previous: list[tuple[str, str, str]], fresh: list[tuple[str, str, str]]
+) -> list[tuple[str, str, str]]:
+    """A revocation is final: a later key list (stale, replayed, or from an impostor) that
+    shows a revoked kid as active, or leaves it out, does not bring it back."""
+    revoked = {kid: public for kid, public, status in previous if status == "revoked"}
+    out = [(kid, public, "revoked" if kid in revoked else status)
+           for kid, public, status in fresh]
+    listed = {kid for kid, _, _ in fresh}
+    out += [(kid, public, "revoked") for kid, public in revoked.items() if kid not in listed]
+    return out
+
+
+async def key_refresh_loop(
+    client: httpx.AsyncClient, control_plane_url: str, state: AgentStateStore,
+    ring: verify.Keyring, *, interval_s: float,
+) -> None:
+    """Refresh the keyring every ``interval_s`` (``CORRAL_AGENT_KEY_REFRESH_INTERVAL_S``):
+    a kid the control plane revokes is refused here within one interval."""
+    while True:
+        await refresh_keys(client, control_plane_url, state, ring)
+        await asyncio.sleep(interval_s)
 
 
 def _keys(raw: object) -> list[tuple[str, str, str]]:

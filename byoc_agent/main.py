@@ -16,11 +16,16 @@ import structlog
 from byoc_agent import runtimes
 from byoc_agent.agent import Agent, AgentConfig
 from byoc_agent.dataplane import create_dataplane_app, serve
-from byoc_agent.enroll import enroll, keyring_from_state, load_or_create_key, refresh_keys
+from byoc_agent.dataplane.e2b import envd_asgi
+from byoc_agent.enroll import enroll, key_refresh_loop, keyring_from_state, load_or_create_key
+from byoc_agent.hosts.setup import build_fleet
 from byoc_agent.log_config import configure_logging
+from byoc_agent.protocol.cosign import CosignPolicy
 from byoc_agent.protocol.errors import CorralError
+from byoc_agent.runtimes.multi import runtime_names
 from byoc_agent.settings import AgentSettings
 from byoc_agent.state import AgentStateStore
+from byoc_agent.transport.credentials import NatsUserFiles
 from byoc_agent.transport.nats import NatsAgentTransport
 
 log = structlog.get_logger(__name__)
@@ -34,13 +39,47 @@ def _templates(settings: AgentSettings) -> list[str]:
     return list_templates(settings.templates_root)
 
 
+async def resolve_capacity(settings: AgentSettings) -> tuple[int, int]:
+    """(cpu, memory MiB) the agent offers: from its inventory's ready machines, if it has one."""
+    if settings.inventory is None:
+        return settings.cpu_total, settings.memory_mb_total
+    from byoc_agent.providers.baremetal import inventory_capacity
+
+    capacity = await inventory_capacity(settings.inventory)
+    if not capacity.ready_hosts:
+        raise CorralError(
+            f"no machine in the inventory {settings.inventory} is ready (not ready: "
+            f"{', '.join(capacity.not_ready_hosts) or 'none listed'}); check it with "
+            f"`python -m byoc_agent.providers.baremetal check {settings.inventory}`"
+        )
+    log.info("inventory_capacity", hosts=list(capacity.ready_hosts), cpu=capacity.cpu,
+             memory_mib=capacity.memory_mib, gpus=capacity.gpus,
+             not_ready=list(capacity.not_ready_hosts))
+    return max(1, int(capacity.cpu * settings.cpu_overcommit)), capacity.memory_mib
+
+
 async def run_agent(settings: AgentSettings) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
+    cpu_total, memory_mb_total = await resolve_capacity(settings)
+    try:
+        cosign_policy = CosignPolicy.from_config(settings.cosigner_keys, settings.cosign_rules)
+    except ValueError as e:
+        raise CorralError(f"CORRAL_AGENT_COSIGNER_KEYS / CORRAL_AGENT_COSIGN_RULES: {e}") from e
     state = AgentStateStore(settings.state_db)
     key = load_or_create_key(settings.key_file)
     runtime = runtimes.build_runtime(
-        settings.runtime, state_dir=settings.runtime_dir, templates_root=settings.templates_root
+        settings.runtime,
+        state_dir=settings.runtime_dir,
+        templates_root=settings.templates_root,
+        options=runtimes.RuntimeOptions(
+            microvm_cache=settings.microvm_cache,
+            microvm_accel=settings.microvm_accel,
+            microvm_egress=settings.microvm_egress,
+            disk_mb=settings.sandbox_disk_mb,
+            pids_max=settings.sandbox_pids_max,
+        ),
     )
+    nats_user = NatsUserFiles.under(settings.home)
     ident = state.identity()
     if ident is None:
         if not settings.enrollment_token:
@@ -55,16 +94,20 @@ async def run_agent(settings: AgentSettings) -> None:
             key=key,
             name=settings.name,
             data_plane_url=settings.advertised_dataplane_url,
-            runtimes=[runtime.name],
+            runtimes=runtime_names(runtime),
             templates=_templates(settings),
-            cpu_total=settings.cpu_total,
-            memory_mb_total=settings.memory_mb_total,
+            cpu_total=cpu_total,
+            memory_mb_total=memory_mb_total,
             state=state,
+            nats_user=nats_user,
+            cosign_rules=list(settings.cosign_rules),
+            cosigner_keys=list(settings.cosigner_keys),
         )
     keyring = keyring_from_state(state)
+    fleet = build_fleet(settings.hosts, state, ident) if settings.hosts else None
     transport = NatsAgentTransport(
         settings.nats_url or ident.nats_url, ident.tenant_id, ident.agent_id,
-        name=f"corral-agent-{ident.agent_id}",
+        name=f"corral-agent-{ident.agent_id}", credentials=nats_user.credentials(),
     )
     await transport.connect()
     agent = Agent(
@@ -76,28 +119,29 @@ async def run_agent(settings: AgentSettings) -> None:
         transport=transport,
         config=AgentConfig(
             data_plane_url=settings.advertised_dataplane_url,
-            cpu_total=settings.cpu_total,
-            memory_mb_total=settings.memory_mb_total,
+            cpu_total=cpu_total,
+            memory_mb_total=memory_mb_total,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             reaper_interval_s=settings.reaper_interval_s,
             usage_interval_s=settings.usage_interval_s,
+            fleet_interval_s=settings.hosts.interval_s if settings.hosts else 5.0,
+            cosign_policy=cosign_policy,
         ),
         templates=lambda: _templates(settings),
+        fleet=fleet,
     )
-    app = create_dataplane_app(agent)
+    app = envd_asgi(create_dataplane_app(agent), agent)
     log.info("agent_started", agent_id=ident.agent_id, tenant_id=ident.tenant_id,
              data_plane=settings.advertised_dataplane_url, runtime=runtime.name)
-
-    async def key_refresh(http: httpx.AsyncClient) -> None:
-        while True:
-            await refresh_keys(http, settings.control_plane_url, state, keyring)
-            await asyncio.sleep(settings.key_refresh_interval_s)
 
     try:
         async with httpx.AsyncClient() as http, asyncio.TaskGroup() as tg:
             tg.create_task(agent.run())
             tg.create_task(serve(app, settings.dataplane_host, settings.dataplane_port))
-            tg.create_task(key_refresh(http))
+            tg.create_task(key_refresh_loop(
+                http, settings.control_plane_url, state, keyring,
+                interval_s=settings.key_refresh_interval_s,
+            ))
     finally:
         log.info("agent_stopping", detail="draining; sandboxes keep running")
         with contextlib.suppress(Exception):

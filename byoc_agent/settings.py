@@ -4,8 +4,123 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
+
+from byoc_agent.protocol.errors import InvalidArgumentError
+from byoc_agent.runtimes.base import parse_egress
+
+# On-demand $/hour (AWS us-east-1 Linux list prices when written); the budget cap is only
+# as good as these, so set CORRAL_AGENT_HOST_PRICES to what your account pays.
+DEFAULT_HOST_PRICES: Mapping[str, Decimal] = {
+    "c5.metal": Decimal("4.08"),
+    "m7i.metal-24xl": Decimal("4.8384"),
+    "i4i.metal": Decimal("10.982"),
+    "p5.48xlarge": Decimal("55.04"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HostSettings:
+    """Where the agent gets hosts and how it scales them (``CORRAL_AGENT_HOST*``).
+
+    No credential is configured here: the provider SDK takes the identity of the machine
+    the agent runs on (instance role, service account, managed identity).
+    """
+
+    provider: str  # "aws" or "baremetal"
+    aws_region: str | None = None
+    aws_image_id: str | None = None
+    subnet_id: str | None = None
+    security_group_ids: tuple[str, ...] = ()
+    instance_types: tuple[str, ...] = ()
+    inventory: Path | None = None
+    max_hosts: int = 4
+    min_hosts: int = 0
+    budget_per_hour: Decimal = Decimal("50")
+    idle_timeout_s: float = 600.0
+    ready_timeout_s: float = 900.0
+    overcommit_cpu: float = 1.0
+    overcommit_memory: float = 1.0
+    reserve_after_s: float = 30.0
+    interval_s: float = 5.0
+    prices: Mapping[str, Decimal] = field(default_factory=lambda: dict(DEFAULT_HOST_PRICES))
+
+    @classmethod
+    def from_env(cls, e: Mapping[str, str]) -> HostSettings | None:
+        p = "CORRAL_AGENT_HOST"
+        provider = e.get(p + "_PROVIDER", "").strip()
+        if not provider:
+            return None
+        if provider not in ("aws", "baremetal"):
+            raise InvalidArgumentError(
+                f"{p}_PROVIDER={provider!r}: use 'aws' or 'baremetal' (or leave it unset "
+                "for an agent that manages no hosts)",
+                field=p + "_PROVIDER",
+            )
+
+        def words(name: str) -> tuple[str, ...]:
+            return tuple(w.strip() for w in e.get(name, "").split(",") if w.strip())
+
+        def num(name: str, default: str, kind: type[int] | type[float]) -> float:
+            raw = e.get(name, default)
+            try:
+                return kind(raw)
+            except ValueError:
+                raise InvalidArgumentError(
+                    f"{name}={raw!r} is not a number", field=name
+                ) from None
+
+        def money(name: str, raw: str) -> Decimal:
+            try:
+                value = Decimal(raw)
+            except InvalidOperation:
+                raise InvalidArgumentError(
+                    f"{name}: {raw!r} is not a decimal amount in $/hour", field=name
+                ) from None
+            if not value.is_finite() or value < 0:
+                raise InvalidArgumentError(f"{name}: {raw!r} must be >= 0", field=name)
+            return value
+
+        prices = dict(DEFAULT_HOST_PRICES)
+        for item in words(p + "_PRICES"):
+            itype, sep, price = item.partition("=")
+            if not sep or not itype.strip():
+                raise InvalidArgumentError(
+                    f"{p}_PRICES: {item!r} is not TYPE=DOLLARS_PER_HOUR", field=p + "_PRICES"
+                )
+            prices[itype.strip()] = money(p + "_PRICES", price.strip())
+        inventory = e.get(p + "_INVENTORY")
+        if provider == "baremetal" and not inventory:
+            raise InvalidArgumentError(
+                f"{p}_INVENTORY must name the inventory file for the baremetal provider",
+                field=p + "_INVENTORY",
+            )
+        if provider == "aws" and not (e.get(p + "_AWS_REGION") and e.get(p + "_AWS_IMAGE_ID")):
+            raise InvalidArgumentError(
+                f"the aws host provider needs {p}_AWS_REGION and {p}_AWS_IMAGE_ID",
+                field=p + "_AWS_IMAGE_ID",
+            )
+        return cls(
+            provider=provider,
+            aws_region=e.get(p + "_AWS_REGION") or None,
+            aws_image_id=e.get(p + "_AWS_IMAGE_ID") or None,
+            subnet_id=e.get(p + "_SUBNET_ID") or None,
+            security_group_ids=words(p + "_SECURITY_GROUP_IDS"),
+            instance_types=words(p + "_INSTANCE_TYPES"),
+            inventory=Path(inventory) if inventory else None,
+            max_hosts=int(num(p + "S_MAX", "4", int)),
+            min_hosts=int(num(p + "S_MIN", "0", int)),
+            budget_per_hour=money(p + "S_BUDGET_PER_HOUR", e.get(p + "S_BUDGET_PER_HOUR", "50")),
+            idle_timeout_s=num(p + "S_IDLE_S", "600", float),
+            ready_timeout_s=num(p + "S_READY_TIMEOUT_S", "900", float),
+            overcommit_cpu=num(p + "S_OVERCOMMIT_CPU", "1", float),
+            overcommit_memory=num(p + "S_OVERCOMMIT_MEMORY", "1", float),
+            reserve_after_s=num(p + "S_RESERVE_AFTER_S", "30", float),
+            interval_s=num(p + "S_INTERVAL_S", "5", float),
+            prices=prices,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,12 +135,27 @@ class AgentSettings:
     dataplane_public_url: str | None = None
     runtime: str = "gvisor"
     templates_dir: Path | None = None
+    # microVMs: where the guest kernel, initramfs and disk images are cached; kvm|tcg|auto.
+    microvm_cache_dir: Path | None = None
+    microvm_accel: str = "auto"
+    # Destinations ("a.b.c.d:port") every microVM sandbox of this agent may connect to.
+    microvm_egress: tuple[str, ...] = ()
     cpu_total: int = 2
     memory_mb_total: int = 4096
+    # A bare-metal inventory (see providers/baremetal.py): when set, the agent offers the
+    # ready machines' cpu (times cpu_overcommit) and memory instead of the two totals above.
+    inventory: Path | None = None
+    cpu_overcommit: float = 1.0
     heartbeat_interval_s: float = 5.0
     key_refresh_interval_s: float = 30.0
     reaper_interval_s: float = 0.5
     usage_interval_s: float = 60.0
+    hosts: HostSettings | None = None
+    # Per-sandbox host limits of the gVisor runtime (0: none): disk quota, tasks.
+    sandbox_disk_mb: int = 10 * 1024
+    sandbox_pids_max: int = 4096
+    cosigner_keys: tuple[str, ...] = ()
+    cosign_rules: tuple[str, ...] = ()
 
     @property
     def state_db(self) -> Path:
@@ -38,6 +168,10 @@ class AgentSettings:
     @property
     def runtime_dir(self) -> Path:
         return self.home / "runtime"
+
+    @property
+    def microvm_cache(self) -> Path:
+        return self.microvm_cache_dir or (self.home / "microvm")
 
     @property
     def templates_root(self) -> Path:
@@ -53,6 +187,7 @@ class AgentSettings:
         p = "CORRAL_AGENT_"
         home = Path(e.get(p + "HOME", ".corral/agent"))
         templates = e.get(p + "TEMPLATES_DIR")
+        inventory = e.get(p + "INVENTORY")
         return cls(
             home=home,
             control_plane_url=e.get(p + "CONTROL_PLANE_URL", "http://127.0.0.1:8080"),
@@ -64,10 +199,30 @@ class AgentSettings:
             dataplane_public_url=e.get(p + "DATAPLANE_PUBLIC_URL") or None,
             runtime=e.get(p + "RUNTIME", "gvisor"),
             templates_dir=Path(templates) if templates else None,
+            microvm_cache_dir=Path(e[p + "MICROVM_CACHE"]) if e.get(p + "MICROVM_CACHE") else None,
+            microvm_accel=e.get(p + "MICROVM_ACCEL", "auto"),
+            microvm_egress=tuple(
+                str(rule)
+                for rule in parse_egress(
+                    w.strip() for w in e.get(p + "MICROVM_EGRESS", "").split(",") if w.strip()
+                )
+            ),
             cpu_total=int(e.get(p + "CPU_TOTAL", str(os.cpu_count() or 2))),
             memory_mb_total=int(e.get(p + "MEMORY_MB_TOTAL", "4096")),
+            inventory=Path(inventory) if inventory else None,
+            cpu_overcommit=float(e.get(p + "CPU_OVERCOMMIT", "1")),
             heartbeat_interval_s=float(e.get(p + "HEARTBEAT_INTERVAL_S", "5")),
             key_refresh_interval_s=float(e.get(p + "KEY_REFRESH_INTERVAL_S", "30")),
             reaper_interval_s=float(e.get(p + "REAPER_INTERVAL_S", "0.5")),
             usage_interval_s=float(e.get(p + "USAGE_INTERVAL_S", "60")),
+            hosts=HostSettings.from_env(e),
+            sandbox_disk_mb=int(e.get(p + "SANDBOX_DISK_MB", str(10 * 1024))),
+            sandbox_pids_max=int(e.get(p + "SANDBOX_PIDS_MAX", "4096")),
+            cosigner_keys=_words(e.get(p + "COSIGNER_KEYS", "")),
+            cosign_rules=_words(e.get(p + "COSIGN_RULES", "")),
         )
+
+
+def _words(text: str) -> tuple[str, ...]:
+    """A comma- or space-separated list."""
+    return tuple(w for w in text.replace(",", " ").split() if w)

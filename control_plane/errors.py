@@ -6,6 +6,7 @@
     ├── RetryableError
     │   ├── CapacityError            no online agent with room            → 503
     │   ├── AgentTimeoutError        the agent did not answer in time     → 504
+    │   ├── RateLimitedError         the tenant's bucket is empty         → 429 + Retry-After
     │   └── PublishError             NATS did not accept the job          → 503
     └── PermanentError
         ├── InvalidArgumentError     names the ``field``                  → 400
@@ -56,6 +57,16 @@ class AgentFailedError(PermanentError):
 
 class AgentTimeoutError(RetryableError):
     code = ErrorCode.TIMEOUT
+
+
+class RateLimitedError(RetryableError):
+    """Too many requests of one kind from one tenant; ``retry_after_s`` says when to retry."""
+
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, *, retry_after_s: int, **fields: str | int | None) -> None:
+        super().__init__(message, **fields)
+        self.retry_after_s = retry_after_s
 
 
 class PublishError(RetryableError):

@@ -8,8 +8,11 @@ in one transaction; a month is finalized once, and only after it has ended.
 Every read of a finalized invoice recomputes its hash; a mismatch is an
 :class:`billing.InvoiceIntegrityError` (HTTP 500), logged as an error, never papered over.
 
-The ledger is the tenant's whole usage history in arrival (``seq``) order, so a ledger
-sequence number is the record's rank among the tenant's records and stays the same from
+Usage reaches :mod:`billing` through :class:`StoredUsageSource`, which streams a tenant's
+records from the database in Arrow batches (one query, a server-side cursor, only the
+months the invoice covers), so no draft or export holds a tenant's history in memory.
+A record's billing sequence number is its rank among *all* the tenant's records in arrival
+(``seq``) order, and the watermark is the tenant's record count; ranks stay the same from
 one draft to the next. That is what lets :mod:`billing` tell usage of a finalized month
 that arrived after finalization (rank above the invoice's watermark) and bill it once, as
 an ``adjustment`` line, on the next month that is not finalized.
@@ -17,11 +20,11 @@ an ``adjustment`` line, on the next month that is not finalized.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from functools import partial
 
+import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type information
 import structlog
 from sqlalchemy.orm import Session
 
@@ -31,16 +34,19 @@ from billing import (
     InvoiceIntegrityError,
     Period,
     PriceBook,
-    UsageLedger,
     UsageRecord,
     build_draft,
     finalize,
     verify,
 )
+from billing.columns import USAGE_SCHEMA, round_ratio_column
 from billing.usage import MAX_MEMORY_DECIMALS
 from control_plane.errors import ConflictError
 from control_plane.store import Database, invoices, tenants, usage, utcnow
-from control_plane.store.usage import StoredUsage
+from control_plane.store.usage import RANKED_COLUMNS, StoredUsage
+
+READ_BATCH = 10_000
+"""Records per batch read from the database while drafting or exporting."""
 
 log = structlog.get_logger("control_plane.invoicing")
 
@@ -74,6 +80,45 @@ def usage_record(stored: StoredUsage) -> UsageRecord:
     )
 
 
+class StoredUsageSource:
+    """A :class:`billing.UsageSource` over ``usage_records``, inside one session (transaction)."""
+
+    def __init__(self, session: Session, batch_size: int = READ_BATCH) -> None:
+        self._session = session
+        self._batch_size = batch_size
+
+    def watermark_for(self, tenant_id: str) -> int:
+        """The tenant's record count: the rank of its newest record."""
+        return usage.tenant_usage_count(self._session, tenant_id=tenant_id)
+
+    def batches(self, tenant_id: str, periods: Sequence[Period]) -> Iterator[pa.RecordBatch]:
+        """The tenant's records overlapping the periods, ranked, streamed in Arrow batches."""
+        if not periods:
+            return
+        rows = usage.stream_ranked_usage(
+            self._session,
+            tenant_id=tenant_id,
+            start=min(p.start for p in periods),
+            end=max(p.end for p in periods),
+            batch_size=self._batch_size,
+        )
+        for part in rows:
+            yield _usage_batch(part)
+
+
+def _usage_batch(rows: Sequence[Sequence[object]]) -> pa.RecordBatch:
+    columns = dict(zip(RANKED_COLUMNS, zip(*rows, strict=True), strict=True))
+    memory_mb = pa.array(columns["memory_mb"], pa.int64())
+    arrays = {
+        "seq": pa.array(columns["rank"], pa.int64()),
+        "memory_micro_gib": round_ratio_column(memory_mb, 10**MAX_MEMORY_DECIMALS, 1024),
+    }
+    for field in USAGE_SCHEMA:
+        if field.name not in arrays:
+            arrays[field.name] = pa.array(columns[field.name], field.type)
+    return pa.RecordBatch.from_arrays([arrays[f.name] for f in USAGE_SCHEMA], schema=USAGE_SCHEMA)
+
+
 class InvoiceService:
     """Drafts, finalizes and reads one tenant's monthly invoices over the store."""
 
@@ -90,19 +135,6 @@ class InvoiceService:
     @property
     def pricebook(self) -> PriceBook:
         return self._pricebook
-
-    def ledger(self, tenant_id: str) -> UsageLedger:
-        """The tenant's usage, every month, loaded in arrival order, one batch at a time."""
-        ledger = UsageLedger()
-        after = 0
-        while True:
-            read = partial(usage.tenant_usage_batch, tenant_id=tenant_id, after_seq=after)
-            batch = self._db.run_sync(read)
-            if not batch:
-                return ledger
-            for stored in batch:
-                ledger.ingest(usage_record(stored))
-            after = batch[-1].seq
 
     def finalized(self, tenant_id: str) -> list[Invoice]:
         """The tenant's finalized invoices, each checked against its hash."""
@@ -122,12 +154,16 @@ class InvoiceService:
             return stored
         return self.draft(tenant_id, period)
 
-    def draft(self, tenant_id: str, period: Period, ledger: UsageLedger | None = None) -> Invoice:
+    def draft(self, tenant_id: str, period: Period) -> Invoice:
         """The month's draft from the usage stored now; a finalized month is a conflict."""
         finalized = self.finalized(tenant_id)
-        ledger = ledger if ledger is not None else self.ledger(tenant_id)
+
+        def rate(s: Session) -> Invoice:
+            source = StoredUsageSource(s)
+            return build_draft(tenant_id, str(period), source, self._pricebook, finalized)
+
         try:
-            return build_draft(tenant_id, str(period), ledger, self._pricebook, finalized)
+            return self._db.run_sync(rate)
         except InvoiceFinalizedError as e:
             raise ConflictError(
                 "invoice is already finalized", tenant_id=tenant_id, period=str(period)

@@ -13,6 +13,7 @@ Create, step by step::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 from byoc_agent.protocol.errors import (
     CorralError,
     ErrorCode,
+    InvalidArgumentError,
     SandboxNotRunningError,
     error_from_code,
 )
@@ -30,18 +32,21 @@ from byoc_agent.protocol.messages import (
     CreateSandboxBody,
     JobStatus,
     KillSandboxBody,
+    PauseSandboxBody,
+    ResumeSandboxBody,
     SandboxState,
     SetTimeoutBody,
 )
 from byoc_agent.runtimes.base import EndReason
+from control_plane.cosign_service import CosignService, agent_policy
 from control_plane.errors import AgentFailedError, JobRejectedError, PublishError
 from control_plane.jobs.issuer import JobIssuer
 from control_plane.jobs.keys import SigningKeys
 from control_plane.jobs.tokens import IssuedSandboxToken, mint_sandbox_token
 from control_plane.jobs.waiters import JobOutcome
-from control_plane.scheduler import Candidate, Request, choose
+from control_plane.scheduler import Candidate, Request, choose, isolations_of
 from control_plane.settings import Settings
-from control_plane.store import Database, agents, sandboxes, utcnow
+from control_plane.store import Database, agents, new_id, sandboxes, tenants, utcnow
 from control_plane.store.sandboxes import NewSandbox, SandboxRecord
 
 log = structlog.get_logger("control_plane.sandboxes")
@@ -56,6 +61,8 @@ class CreateSandbox:
     timeout_s: int
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # None: the tenant's required isolation, else gvisor.
+    isolation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +70,7 @@ class SandboxAccess:
     sandbox: SandboxRecord
     data_plane_url: str
     token: IssuedSandboxToken
+    cosign_request_id: str | None = None
 
 
 def outcome_error(outcome: JobOutcome) -> CorralError:
@@ -82,9 +90,14 @@ class SandboxService:
     ) -> None:
         self._db = db
         self._issuer = issuer
+        self._cosign = CosignService(db, issuer)
         self._keys = keys
         self._settings = settings
         self._placing: dict[str, asyncio.Lock] = {}
+
+    @property
+    def cosign(self) -> CosignService:
+        return self._cosign
 
     def _candidates(self, s: Session, tenant_id: str) -> list[Candidate]:
         now = utcnow()
@@ -100,18 +113,29 @@ class SandboxService:
                 Candidate(
                     agent_id=agent.id,
                     templates=frozenset(agent.templates),
+                    isolations=isolations_of(agent.runtimes),
                     cpu_free=agent.capacity.cpu_total - cpu,
                     memory_mb_free=agent.capacity.memory_mb_total - mem,
                 )
             )
         return out
 
-    async def create(self, req: CreateSandbox) -> SandboxAccess:
-        request = Request(
-            tenant_id=req.tenant_id, template=req.template, cpu=req.cpu, memory_mb=req.memory_mb
-        )
-
+    async def create(self, req: CreateSandbox, *, token_ttl_s: int | None = None) -> SandboxAccess:
         def place(s: Session) -> SandboxRecord:
+            required = tenants.get_tenant(s, req.tenant_id).required_isolation
+            if required is not None and req.isolation not in (None, required):
+                raise InvalidArgumentError(
+                    f"isolation: this tenant's policy requires {required} sandboxes",
+                    tenant_id=req.tenant_id,
+                )
+            isolation = req.isolation or required or "gvisor"
+            request = Request(
+                tenant_id=req.tenant_id,
+                template=req.template,
+                cpu=req.cpu,
+                memory_mb=req.memory_mb,
+                isolation=isolation,
+            )
             chosen = choose(request, self._candidates(s, req.tenant_id))
             return sandboxes.create_sandbox(
                 s,
@@ -123,11 +147,13 @@ class SandboxService:
                     memory_mb=req.memory_mb,
                     timeout_s=req.timeout_s,
                     metadata=req.metadata,
+                    isolation=isolation,
                 ),
             )
 
         lock = self._placing.setdefault(req.tenant_id, asyncio.Lock())
         async with lock:
+            await self._db.run(lambda s: self._cosign.expire_in(s, req.tenant_id))
             sandbox = await self._db.run(place)
         bound = log.bind(
             tenant_id=sandbox.tenant_id, agent_id=sandbox.agent_id, sandbox_id=sandbox.id
@@ -140,10 +166,16 @@ class SandboxService:
             memory_mb=req.memory_mb,
             timeout_s=req.timeout_s,
             env=dict(req.env),
+            isolation="microvm" if sandbox.isolation == "microvm" else "gvisor",
         )
+        held = await self._hold_if_high_risk(sandbox, body, has_env=bool(req.env))
+        if held is not None:
+            access = await self._access(sandbox)
+            return dataclasses.replace(access, cosign_request_id=held)
         try:
             outcome = await self._issuer.run(
                 tenant_id=sandbox.tenant_id,
+                actor=f"tenant:{sandbox.tenant_id}",
                 agent_id=sandbox.agent_id,
                 sandbox_id=sandbox.id,
                 body=body,
@@ -170,16 +202,51 @@ class SandboxService:
 
         sandbox = await self._db.run(started)
         bound.info("sandbox_created", state=sandbox.state.value)
-        return await self._access(sandbox)
+        return await self._access(sandbox, token_ttl_s)
 
-    async def _access(self, sandbox: SandboxRecord) -> SandboxAccess:
+    async def _hold_if_high_risk(
+        self, sandbox: SandboxRecord, body: CreateSandboxBody, *, has_env: bool
+    ) -> str | None:
+        """When the agent's co-signing rules match, store the job for the customer to
+        co-sign instead of sending it; returns the cosign request (= job) id."""
+        agent = await self._db.run(lambda s: agents.get_agent(s, sandbox.agent_id))
+        policy = agent_policy(agent)
+        rule = policy.required_by(body) if policy is not None else None
+        if rule is None:
+            return None
+        if has_env:
+            await self._db.run(
+                lambda s: sandboxes.transition(
+                    s, sandbox.id, SandboxState.FAILED, reason=EndReason.CREATE_FAILED.value
+                )
+            )
+            raise InvalidArgumentError(
+                f"this sandbox needs a customer cosignature (agent rule {rule}), so its job "
+                "waits in the control plane: env cannot be sent that way; write secrets with "
+                "sandbox.files once it runs",
+                field="env",
+            )
+        job_id = new_id("j")
+        await self._db.run(
+            lambda s: self._cosign.hold_in(
+                s, job_id=job_id, agent=agent, sandbox_id=sandbox.id, body=body, rule=rule,
+                actor=f"tenant:{sandbox.tenant_id}",
+            )
+        )
+        log.info("sandbox_awaits_cosignature", sandbox_id=sandbox.id, job_id=job_id,
+                 rule=str(rule))
+        return job_id
+
+    async def _access(
+        self, sandbox: SandboxRecord, token_ttl_s: int | None = None
+    ) -> SandboxAccess:
         agent = await self._db.run(lambda s: agents.get_agent(s, sandbox.agent_id))
         token = mint_sandbox_token(
-            self._keys.active,
+            await self._keys.current(),
             tenant_id=sandbox.tenant_id,
             agent_id=sandbox.agent_id,
             sandbox_id=sandbox.id,
-            ttl_s=self._settings.sandbox_token_ttl_s,
+            ttl_s=token_ttl_s or self._settings.sandbox_token_ttl_s,
         )
         return SandboxAccess(sandbox=sandbox, data_plane_url=agent.data_plane_url, token=token)
 
@@ -195,6 +262,7 @@ class SandboxService:
             return
         outcome = await self._issuer.run(
             tenant_id=sandbox.tenant_id,
+            actor=f"tenant:{sandbox.tenant_id}",
             agent_id=sandbox.agent_id,
             sandbox_id=sandbox.id,
             body=KillSandboxBody(sandbox_id=sandbox.id),
@@ -208,12 +276,67 @@ class SandboxService:
             return
         raise outcome_error(outcome)
 
+    async def pause(self, tenant_id: str, sandbox_id: str) -> SandboxRecord:
+        """Pause a running sandbox: its memory and files are saved on its agent, it holds
+        no CPU or memory and is not billed until resumed; its timeout stops counting."""
+        sandbox = await self.get(tenant_id, sandbox_id)
+        if sandbox.state == SandboxState.PAUSED:
+            return sandbox
+        if sandbox.state != SandboxState.RUNNING:
+            raise SandboxNotRunningError("the sandbox is not running", sandbox_id=sandbox_id)
+        await self._lifecycle_job(sandbox, PauseSandboxBody(sandbox_id=sandbox.id))
+
+        def paused(s: Session) -> SandboxRecord:
+            # The timeout clock stands still while paused: remember what is left.
+            current = sandboxes.get_sandbox(s, sandbox_id, tenant_id=tenant_id)
+            if current.expires_at is not None:
+                left = max(int((current.expires_at - utcnow()).total_seconds()), 1)
+                sandboxes.set_expiry(s, sandbox_id, left, None)
+            return sandboxes.get_sandbox(s, sandbox_id, tenant_id=tenant_id)
+
+        return await self._db.run(paused)
+
+    async def resume(self, tenant_id: str, sandbox_id: str) -> SandboxRecord:
+        """Continue a paused sandbox where it stopped."""
+        sandbox = await self.get(tenant_id, sandbox_id)
+        if sandbox.state == SandboxState.RUNNING:
+            return sandbox
+        if sandbox.state != SandboxState.PAUSED:
+            raise SandboxNotRunningError(
+                f"the sandbox is {sandbox.state.value}, not paused", sandbox_id=sandbox_id
+            )
+        await self._lifecycle_job(sandbox, ResumeSandboxBody(sandbox_id=sandbox.id))
+
+        def resumed(s: Session) -> SandboxRecord:
+            current = sandboxes.get_sandbox(s, sandbox_id, tenant_id=tenant_id)
+            left = current.timeout_s
+            sandboxes.set_expiry(s, sandbox_id, left, utcnow() + timedelta(seconds=left))
+            return sandboxes.get_sandbox(s, sandbox_id, tenant_id=tenant_id)
+
+        return await self._db.run(resumed)
+
+    async def _lifecycle_job(
+        self, sandbox: SandboxRecord, body: PauseSandboxBody | ResumeSandboxBody
+    ) -> None:
+        outcome = await self._issuer.run(
+            tenant_id=sandbox.tenant_id,
+            agent_id=sandbox.agent_id,
+            sandbox_id=sandbox.id,
+            body=body,
+            timeout_s=self._settings.job_timeout_s,
+        )
+        if outcome.status != JobStatus.SUCCEEDED:
+            raise outcome_error(outcome)
+        log.info(f"sandbox_{body.kind.removesuffix('_sandbox')}d", tenant_id=sandbox.tenant_id,
+                 sandbox_id=sandbox.id)  # fmt: skip
+
     async def set_timeout(self, tenant_id: str, sandbox_id: str, timeout_s: int) -> SandboxRecord:
         sandbox = await self.get(tenant_id, sandbox_id)
         if sandbox.state != SandboxState.RUNNING:
             raise SandboxNotRunningError("the sandbox is not running", sandbox_id=sandbox_id)
         outcome = await self._issuer.run(
             tenant_id=sandbox.tenant_id,
+            actor=f"tenant:{sandbox.tenant_id}",
             agent_id=sandbox.agent_id,
             sandbox_id=sandbox.id,
             body=SetTimeoutBody(sandbox_id=sandbox.id, timeout_s=timeout_s),
@@ -228,9 +351,11 @@ class SandboxService:
 
         return await self._db.run(extend)
 
-    async def access(self, tenant_id: str, sandbox_id: str) -> SandboxAccess:
+    async def access(
+        self, tenant_id: str, sandbox_id: str, *, token_ttl_s: int | None = None
+    ) -> SandboxAccess:
         """A fresh data-plane token for a running sandbox."""
         sandbox = await self.get(tenant_id, sandbox_id)
         if sandbox.state != SandboxState.RUNNING:
             raise SandboxNotRunningError("the sandbox is not running", sandbox_id=sandbox_id)
-        return await self._access(sandbox)
+        return await self._access(sandbox, token_ttl_s)

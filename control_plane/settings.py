@@ -13,8 +13,10 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 MASTER_KEY_BYTES = 32
+_N = TypeVar("_N", int, float)
 
 
 class SettingsError(ValueError):
@@ -52,6 +54,18 @@ class Settings:
     job_ttl_s: int = 300
     max_body_bytes: int = 1024 * 1024
     enrollment_token_max_ttl_s: int = 7 * 86400
+    # Per-tenant token bucket for POST /v1/sandboxes (0 disables): rate per second, burst.
+    sandbox_create_rate_per_s: float = 5.0
+    sandbox_create_burst: int = 50
+    # E2B-compatible API (control_plane/e2b): sizes E2B's create does not carry, and the
+    # lifetime of the envdAccessToken (the SDK never refreshes it; see docs/e2b-compat.md)
+    e2b_cpu: int = 1
+    e2b_memory_mb: int = 512
+    e2b_access_token_ttl_s: int = 86400
+    # "jwt": nats-server runs in operator mode trusting this control plane's NATS
+    # authority (python -m control_plane.nats_auth server-config); each agent gets its own
+    # NATS user at enrollment. "none": NATS without auth (tests that do not need it).
+    nats_auth: str = "none"
 
     def __repr__(self) -> str:
         return (
@@ -128,8 +142,12 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         timeout_s_max=_int(env, "CORRAL_LIMIT_TIMEOUT_S_MAX", 86400),
         metadata_max_keys=_int(env, "CORRAL_LIMIT_METADATA_MAX_KEYS", 64),
     )
+    nats_auth = env.get("CORRAL_NATS_AUTH") or "jwt"
+    if nats_auth not in ("jwt", "none"):
+        raise SettingsError("CORRAL_NATS_AUTH must be 'jwt' or 'none'")
     return Settings(
         home=home,
+        nats_auth=nats_auth,
         database_url=env.get("CORRAL_DATABASE_URL") or f"sqlite:///{home / 'control-plane.db'}",
         nats_url=nats_url,
         public_nats_url=env.get("CORRAL_PUBLIC_NATS_URL") or nats_url,
@@ -141,4 +159,19 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         job_timeout_s=_float(env, "CORRAL_JOB_TIMEOUT_S", 60.0),
         heartbeat_offline_s=_float(env, "CORRAL_HEARTBEAT_OFFLINE_S", 15.0),
         sandbox_token_ttl_s=_int(env, "CORRAL_SANDBOX_TOKEN_TTL_S", 900),
+        sandbox_create_rate_per_s=_non_negative(
+            _float(env, "CORRAL_SANDBOX_CREATE_RATE_PER_S", 5.0), "CORRAL_SANDBOX_CREATE_RATE_PER_S"
+        ),
+        sandbox_create_burst=_non_negative(
+            _int(env, "CORRAL_SANDBOX_CREATE_BURST", 50), "CORRAL_SANDBOX_CREATE_BURST"
+        ),
+        e2b_cpu=_int(env, "CORRAL_E2B_CPU", 1),
+        e2b_memory_mb=_int(env, "CORRAL_E2B_MEMORY_MB", 512),
+        e2b_access_token_ttl_s=_int(env, "CORRAL_E2B_ACCESS_TOKEN_TTL_S", 86400),
     )
+
+
+def _non_negative(value: _N, name: str) -> _N:
+    if value < 0:
+        raise SettingsError(f"{name} must not be negative")
+    return value

@@ -24,6 +24,8 @@ from corral._http import About, HttpClient, JsonBody, QueryParams, converted, pa
 from corral._wire import (
     AgentWire,
     ApiKeyWire,
+    ConsoleUserListWire,
+    ConsoleUserWire,
     EnrollmentTokenWire,
     Page,
     TenantCreatedWire,
@@ -35,9 +37,20 @@ from corral.errors import APIError
 DEFAULT_ENROLLMENT_TTL_S = 3600
 EXPORT_FORMATS = ("csv", "parquet", "focus")
 EXPORT_WAIT_S = 600.0
-"""How long to wait for the first byte of an export: the server builds it before sending."""
+"""How long to wait for the next bytes of an export: the server rates it while it sends, and
+a tenant with a long history can take a while before its first rows."""
 
 W = TypeVar("W", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleUser:
+    """A person who signs in to the web console at ``/console``."""
+
+    id: str
+    username: str
+    role: str
+    created_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +60,11 @@ class Tenant:
     id: str
     name: str
     created_at: datetime | None = None
+    required_isolation: str | None = None
 
     @classmethod
     def from_wire(cls, wire: TenantWire) -> Tenant:
-        return cls(wire.id, wire.name, utc(wire.created_at))
+        return cls(wire.id, wire.name, utc(wire.created_at), wire.required_isolation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +75,7 @@ class ApiKey:
     name: str
     created_at: datetime | None = None
     revoked_at: datetime | None = None
+    role: str | None = None  # owner, admin, member, viewer, billing (None for billing keys)
 
     @property
     def revoked(self) -> bool:
@@ -75,6 +90,7 @@ class NewApiKey:
     name: str
     key: str = field(repr=False)
     created_at: datetime | None = None
+    role: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +179,11 @@ class AdminClient:
         client._setup(config, credential_env, transport)
         return client
 
+    @property
+    def api_url(self) -> str:
+        """The control plane this client talks to."""
+        return self._config.api_url
+
     def close(self) -> None:
         self._http.close()
 
@@ -235,12 +256,24 @@ class AdminClient:
         response = self._call("GET", f"/v1/tenants/{_seg(tenant_id)}")
         return Tenant.from_wire(parse(TenantWire, response, self._about))
 
+    def set_tenant_policy(self, tenant_id: str, *, required_isolation: str | None) -> Tenant:
+        """Require ``"microvm"`` isolation for every sandbox of a tenant (``None`` clears it)."""
+        response = self._call(
+            "PUT",
+            f"/v1/tenants/{_seg(tenant_id)}/policy",
+            json={"required_isolation": required_isolation},
+        )
+        return Tenant.from_wire(parse(TenantWire, response, self._about))
+
     # ---- API keys ----
 
-    def create_api_key(self, tenant_id: str, name: str) -> NewApiKey:
-        """Create an API key for a tenant; its secret is in the result, this once."""
+    def create_api_key(self, tenant_id: str, name: str, role: str = "member") -> NewApiKey:
+        """Create an API key for a tenant in ``role`` (owner, admin, member, viewer or
+        billing); its secret is in the result, this once."""
         response = self._call(
-            "POST", f"/v1/tenants/{_seg(tenant_id)}/api-keys", json={"name": name}
+            "POST",
+            f"/v1/tenants/{_seg(tenant_id)}/api-keys",
+            json={"name": name, "role": role},
         )
         wire = parse(ApiKeyWire, response, self._about)
         if wire.key is None:
@@ -249,12 +282,14 @@ class AdminClient:
                 "try again.",
                 status_code=response.status_code,
             )
-        return NewApiKey(wire.id, wire.name, wire.key, utc(wire.created_at))
+        return NewApiKey(wire.id, wire.name, wire.key, utc(wire.created_at), wire.role)
 
     def list_api_keys(self, tenant_id: str) -> builtins.list[ApiKey]:
-        """A tenant's API keys, without secrets."""
+        """A tenant's API keys with their roles, without secrets."""
         items = self._pages(f"/v1/tenants/{_seg(tenant_id)}/api-keys", _ApiKeyPage, ApiKeyWire)
-        return [ApiKey(w.id, w.name, utc(w.created_at), utc(w.revoked_at)) for w in items]
+        return [
+            ApiKey(w.id, w.name, utc(w.created_at), utc(w.revoked_at), w.role) for w in items
+        ]
 
     def revoke_api_key(self, tenant_id: str, key_id: str) -> None:
         """Revoke a key; requests with it fail with 401 from now on."""
@@ -310,6 +345,23 @@ class AdminClient:
             )
             for w in self._pages("/v1/agents", _AgentPage, AgentWire)
         ]
+
+    # ---- console users ----
+
+    def create_console_user(self, username: str, password: str, role: str = "admin") -> ConsoleUser:
+        """Create a web-console user (role ``admin``, ``viewer`` or ``billing``)."""
+        response = self._call(
+            "POST",
+            "/v1/console/users",
+            json={"username": username, "password": password, "role": role},
+        )
+        w = parse(ConsoleUserWire, response, self._about)
+        return ConsoleUser(w.id, w.username, w.role, utc(w.created_at))
+
+    def list_console_users(self) -> builtins.list[ConsoleUser]:
+        response = self._call("GET", "/v1/console/users")
+        wire = parse(ConsoleUserListWire, response, self._about)
+        return [ConsoleUser(w.id, w.username, w.role, utc(w.created_at)) for w in wire.items]
 
     # ---- billing ----
 

@@ -26,6 +26,7 @@ from corral.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    RateLimitedError,
     SandboxNotFoundError,
     SandboxNotRunningError,
     SandboxTimeoutError,
@@ -83,6 +84,7 @@ def _read_error_body(response: httpx.Response) -> _ErrorBody:
 _STATUS_BY_CODE: dict[str, int] = {
     "invalid_argument": 400,
     "payload_too_large": 413,
+    "rate_limited": 429,
     "unauthenticated": 401,
     "forbidden": 403,
     "not_found": 404,
@@ -95,13 +97,19 @@ _STATUS_BY_CODE: dict[str, int] = {
 def error_from_response(response: httpx.Response, about: About) -> CorralError:
     """Turn an error response into the typed exception a caller can act on."""
     body = _read_error_body(response)
-    return _build_error(
+    error = _build_error(
         response.status_code,
         body,
         about,
         request_id=response.headers.get("x-request-id"),
         url=str(response.request.url),
     )
+    if isinstance(error, RateLimitedError):
+        try:
+            error.retry_after_s = float(response.headers.get("retry-after", ""))
+        except ValueError:
+            error.retry_after_s = None
+    return error
 
 
 def error_from_event(code: str, message: str, about: About) -> CorralError:
@@ -161,6 +169,8 @@ def _build_error(
                 f"Timed out in sandbox {sid}: {msg}", sandbox_id=sid, code=code
             )
         return SandboxTimeoutError(f"Timed out: {msg}", **common)
+    if code == "rate_limited" or status == 429:
+        return RateLimitedError(f"Rate limited: {msg}. Retry in a moment.", **common)
     if status in (400, 413, 422):
         what = f" for '{body.field}'" if body.field else ""
         hint = "Send less data per request." if status == 413 else "Fix it and try again."

@@ -56,6 +56,7 @@ class SandboxWire(_Edge):
     id: str
     state: str
     template: str = ""
+    isolation: str = "gvisor"
     cpu: int | None = None
     memory_mb: int | None = None
     timeout_s: int | None = None
@@ -67,6 +68,7 @@ class SandboxWire(_Edge):
     data_plane_url: str | None = None
     access_token: str | None = None
     access_token_expires_at: datetime | None = None
+    cosign_request_id: str | None = None
 
     def initial_access(self) -> AccessWire | None:
         """The data-plane access that came with a create response, if any."""
@@ -114,6 +116,7 @@ class TenantWire(_Edge):
     id: str
     name: str
     created_at: datetime | None = None
+    required_isolation: str | None = None
 
 
 class ApiKeyWire(_Edge):
@@ -122,6 +125,7 @@ class ApiKeyWire(_Edge):
     created_at: datetime | None = None
     revoked_at: datetime | None = None
     key: str | None = None
+    role: str | None = None
 
 
 class TenantCreatedWire(_Edge):
@@ -129,6 +133,18 @@ class TenantCreatedWire(_Edge):
 
     tenant: TenantWire
     api_key: ApiKeyWire
+
+
+class ConsoleUserWire(_Edge):
+    id: str
+    username: str
+    role: str
+    created_at: datetime | None = None
+    disabled_at: datetime | None = None
+
+
+class ConsoleUserListWire(_Edge):
+    items: list[ConsoleUserWire]
 
 
 class EnrollmentTokenWire(_Edge):

@@ -60,6 +60,10 @@ app.add_typer(billing_app, name="billing")
 admin_app.add_typer(tenant_app, name="tenant")
 admin_app.add_typer(apikey_app, name="apikey")
 admin_app.add_typer(billing_key_app, name="billing-key")
+console_user_app = typer.Typer(
+    help="People who sign in to the web console at /console.", no_args_is_help=True
+)
+admin_app.add_typer(console_user_app, name="console-user")
 
 
 def _out() -> Console:
@@ -106,6 +110,9 @@ def sandbox_create(
     timeout: int = typer.Option(300, help="Seconds until the sandbox is killed."),
     env: list[str] | None = typer.Option(None, "--env", help="KEY=VALUE, repeatable."),
     metadata: list[str] | None = typer.Option(None, "--metadata", help="KEY=VALUE, repeatable."),
+    isolation: str | None = typer.Option(
+        None, help="gvisor or microvm (default: the tenant's policy, else gvisor)."
+    ),
 ) -> None:
     """Start a sandbox and print its id."""
     env_vars = _pairs(env, "--env")
@@ -118,6 +125,7 @@ def sandbox_create(
             timeout=timeout,
             env=env_vars,
             metadata=meta,
+            isolation=isolation,
         )
         sandbox.close()
     typer.echo(sandbox.id)
@@ -227,6 +235,22 @@ def tenant_create(name: str = typer.Argument(..., help="Tenant name.")) -> None:
     _show_secret(console, "API key", created.api_key.key)
 
 
+@tenant_app.command("policy")
+def tenant_policy(
+    tenant: str = typer.Argument(..., help="Tenant id."),
+    require_isolation: str = typer.Option(
+        ..., "--require-isolation", help="microvm, or none to clear the requirement."
+    ),
+) -> None:
+    """Require an isolation class for every sandbox of a tenant."""
+    required = None if require_isolation == "none" else require_isolation
+    with _friendly(), AdminClient() as admin:
+        updated = admin.set_tenant_policy(tenant, required_isolation=required)
+    _out().print(
+        f"Tenant {updated.id} requires {updated.required_isolation or 'no particular'} isolation."
+    )
+
+
 @tenant_app.command("ls")
 def tenant_ls() -> None:
     """List tenants."""
@@ -244,12 +268,17 @@ def tenant_ls() -> None:
 def apikey_create(
     tenant: str = typer.Option(..., "--tenant", help="Tenant id."),
     name: str = typer.Option("default", help="A name to recognise the key by."),
+    role: str = typer.Option(
+        "member", help="owner, admin, member, viewer or billing (see SECURITY.md)."
+    ),
 ) -> None:
     """Create an API key for a tenant and print it, once."""
     with _friendly(), AdminClient() as admin:
-        key = admin.create_api_key(tenant, name)
+        key = admin.create_api_key(tenant, name, role)
     console = _out()
-    console.print(f"Created API key [bold]{escape(key.name)}[/bold] ({key.id}).")
+    console.print(
+        f"Created {escape(key.role or role)} API key [bold]{escape(key.name)}[/bold] ({key.id})."
+    )
     _show_secret(console, "API key", key.key)
 
 
@@ -259,10 +288,12 @@ def apikey_ls(tenant: str = typer.Option(..., "--tenant", help="Tenant id.")) ->
     with _friendly(), AdminClient() as admin:
         keys = admin.list_api_keys(tenant)
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "NAME", "CREATED", "REVOKED"):
+    for column in ("ID", "NAME", "ROLE", "CREATED", "REVOKED"):
         table.add_column(column, overflow="fold")
     for key in keys:
-        table.add_row(key.id, key.name, _when(key.created_at), _when(key.revoked_at))
+        table.add_row(
+            key.id, key.name, key.role or "", _when(key.created_at), _when(key.revoked_at)
+        )
     _out().print(table if keys else "No API keys.")
 
 
@@ -310,6 +341,38 @@ def billing_key_revoke(
     with _friendly(), AdminClient() as admin:
         admin.revoke_billing_key(key_id)
     typer.echo(f"revoked {key_id}")
+
+
+@console_user_app.command("create")
+def console_user_create(
+    username: str = typer.Argument(..., help="Sign-in name (a-z, 0-9, . _ @ -)."),
+    role: str = typer.Option("admin", "--role", help="admin, viewer or billing."),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from stdin instead of prompting."
+    ),
+) -> None:
+    """Create a console user; the password (at least 12 characters) is prompted for."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    with _friendly(), AdminClient() as admin:
+        user = admin.create_console_user(username, password, role)
+        url = f"{admin.api_url}/console/"
+    typer.echo(f"created console user {user.username} ({user.role}); sign in at {url}")
+
+
+@console_user_app.command("ls")
+def console_user_ls() -> None:
+    """List console users (never their passwords)."""
+    with _friendly(), AdminClient() as admin:
+        users = admin.list_console_users()
+    table = Table(box=None, header_style="bold")
+    for column in ("USERNAME", "ROLE", "ID", "CREATED"):
+        table.add_column(column, overflow="fold")
+    for user in users:
+        table.add_row(user.username, user.role, user.id, _when(user.created_at))
+    _out().print(table if users else "No console users.")
 
 
 @admin_app.command("enrollment-token")
@@ -392,6 +455,13 @@ def billing_export(
         )
         raise typer.Exit(code=1) from None
     _err().print(f"wrote {written} bytes to {escape(str(output))}")
+
+
+from corral.cli_trust import audit_app, cosign_app, keys_app  # noqa: E402 (uses helpers above)
+
+admin_app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+app.add_typer(cosign_app, name="cosign")
 
 
 @app.command("install")

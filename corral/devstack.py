@@ -7,6 +7,7 @@ down/up. ``up`` is a no-op when the stack is already healthy.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -23,7 +24,9 @@ def _stack(home: Path) -> LocalStack:
 
 def up(home: Path) -> int:
     stack = _stack(home)
-    if stack.healthy() and (home / "dev.env").exists():
+    env = home / "dev.env"
+    # A dev.env written before the E2B variables existed is rewritten by start().
+    if stack.healthy() and env.exists() and "E2B_API_URL=" in env.read_text():
         console.print("[green]Corral is already running[/] (nothing to do).")
         _print_env(home)
         return 0
@@ -52,6 +55,20 @@ def _print_env(home: Path) -> None:
     for line in env.splitlines():
         print(f"  {line}")
     console.print(f"\nUse them: [bold]set -a; . {home / 'dev.env'}; set +a[/]")
+    _print_console_login(home)
+
+
+def _print_console_login(home: Path) -> None:
+    """Where the web console is and how to sign in (the first user, made by ``up``)."""
+    path = home / "console-admin.json"
+    stack = LocalStack(home)
+    console.print(f"\nWeb console: [bold]{stack.api_url}/console/[/]")
+    if not path.exists():
+        console.print("  add a user: corral admin console-user create NAME")
+        return
+    login = json.loads(path.read_text())
+    print(f"  username: {login.get('username', '')}")
+    print(f"  password: {login.get('password', '')}   (also in {path})")
 
 
 def down(home: Path) -> int:

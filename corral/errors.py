@@ -11,11 +11,13 @@
     │   └── FileNotFoundInSandboxError (also a builtin FileNotFoundError)
     ├── InvalidArgumentError           400 / 413; ``.field`` names the offending input
     ├── ConflictError                  409
+    ├── CosignatureRequiredError       the agent's rules need the customer's cosignature first
     ├── SandboxNotRunningError         the sandbox was killed, timed out or failed
     ├── SandboxTimeoutError            the sandbox (or a wait for it) ran out of time
     │   └── CommandTimeoutError        a command passed its ``timeout``
     ├── CommandExitError               ``CommandResult.check()`` on a non-zero exit
     ├── CapacityError                  503 capacity: no agent has room right now   (retryable)
+    ├── RateLimitedError               429: too many requests; ``.retry_after_s``   (retryable)
     ├── ServiceUnavailableError        503/502/504, or the API could not be reached (retryable)
     └── APIError                       any other status, or a response the SDK cannot read
 
@@ -110,6 +112,15 @@ class ConflictError(CorralError):
     """The request conflicts with the resource's current state."""
 
 
+class CosignatureRequiredError(CorralError):
+    """The sandbox waits, pending, until the customer co-signs its job: ``corral cosign
+    sign <cosign_request_id> --key FILE``, then ``Sandbox.connect(sandbox_id)``."""
+
+    def __init__(self, message: str, *, sandbox_id: str, cosign_request_id: str) -> None:
+        super().__init__(message, sandbox_id=sandbox_id, code="cosignature_required")
+        self.cosign_request_id = cosign_request_id
+
+
 class SandboxNotRunningError(CorralError):
     """The sandbox is no longer running (killed, timed out or failed)."""
 
@@ -159,6 +170,13 @@ class CapacityError(CorralError):
     retryable = True
 
 
+class RateLimitedError(CorralError):
+    """The tenant sent too many requests of this kind; retry after ``retry_after_s``."""
+
+    retryable = True
+    retry_after_s: float | None = None
+
+
 class ServiceUnavailableError(CorralError):
     """The API could not be reached or did not answer in time."""
 
@@ -181,6 +199,7 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "PermissionDeniedError",
+    "RateLimitedError",
     "SandboxNotFoundError",
     "SandboxNotRunningError",
     "SandboxTimeoutError",

@@ -31,6 +31,7 @@ from corral._files import Files
 from corral._http import About, HttpClient, parse
 from corral._wire import Page, SandboxWire, utc
 from corral.errors import (
+    CosignatureRequiredError,
     InvalidArgumentError,
     SandboxNotFoundError,
     SandboxNotRunningError,
@@ -71,6 +72,7 @@ class SandboxInfo:
     created_at: datetime | None = None
     expires_at: datetime | None = None
     end_reason: str | None = None
+    isolation: str = "gvisor"
 
     @property
     def is_running(self) -> bool:
@@ -90,6 +92,7 @@ class SandboxInfo:
             created_at=utc(wire.created_at),
             expires_at=utc(wire.expires_at),
             end_reason=wire.end_reason,
+            isolation=wire.isolation,
         )
 
 
@@ -143,12 +146,17 @@ class Sandbox:
         env: Mapping[str, str] | None = None,
         metadata: Mapping[str, str] | None = None,
         *,
+        isolation: str | None = None,
         api_key: str | None = None,
         api_url: str | None = None,
         request_timeout: float | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> Sandbox:
-        """Start a sandbox and wait until it runs; it is killed after ``timeout`` seconds."""
+        """Start a sandbox and wait until it runs; it is killed after ``timeout`` seconds.
+
+        ``isolation``: ``"gvisor"`` (a user-space kernel) or ``"microvm"`` (a kernel of its
+        own in a virtual machine); by default the tenant's required isolation, else gvisor.
+        """
         config = ConnectionConfig.resolve(
             api_key=api_key, api_url=api_url, request_timeout=request_timeout
         )
@@ -167,9 +175,17 @@ class Sandbox:
                     "timeout_s": timeout,
                     "env": dict(env or {}),
                     "metadata": dict(metadata or {}),
+                    **({"isolation": isolation} if isolation is not None else {}),
                 },
             )
             wire = parse(SandboxWire, response, about)
+            if wire.cosign_request_id:
+                raise CosignatureRequiredError(
+                    f"Sandbox {wire.id} waits for your cosignature (agent rule): run `corral "
+                    f"cosign sign {wire.cosign_request_id} --key <your key file>`, then "
+                    f"Sandbox.connect({wire.id!r}).",
+                    sandbox_id=wire.id, cosign_request_id=wire.cosign_request_id,
+                )
             access = wire.initial_access()
             sandbox = cls(
                 SandboxInfo.from_wire(wire),
@@ -293,6 +309,57 @@ class Sandbox:
         )
         self._info = SandboxInfo.from_wire(parse(SandboxWire, response, about))
         return self._info
+
+    def pause(self) -> SandboxInfo:
+        """Save the sandbox's memory and files and stop it; it is not billed while paused.
+
+        Commands and file calls fail until :meth:`Sandbox.resume`; running command streams
+        end. Processes, open files and everything written are there after resume.
+        """
+        about = About("control", resource="sandbox", sandbox_id=self.id)
+        response = self._http.request(
+            "POST",
+            f"{self._config.api_url}/v1/sandboxes/{self.id}/pause",
+            about,
+            token=self._config.api_key,
+        )
+        self._info = SandboxInfo.from_wire(parse(SandboxWire, response, about))
+        return self._info
+
+    @classmethod
+    def resume(
+        cls,
+        sandbox_id: str,
+        *,
+        api_key: str | None = None,
+        api_url: str | None = None,
+        request_timeout: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> Sandbox:
+        """Continue a paused sandbox where it stopped, and connect to it."""
+        if not _SANDBOX_ID_RE.match(sandbox_id):
+            raise InvalidArgumentError(f"{sandbox_id!r} is not a sandbox id.")
+        config = ConnectionConfig.resolve(
+            api_key=api_key, api_url=api_url, request_timeout=request_timeout
+        )
+        about = About("control", resource="sandbox", sandbox_id=sandbox_id)
+        http = HttpClient(config.request_timeout, transport)
+        try:
+            http.request(
+                "POST",
+                f"{config.api_url}/v1/sandboxes/{sandbox_id}/resume",
+                about,
+                token=config.api_key,
+            )
+        finally:
+            http.close()
+        return cls.connect(
+            sandbox_id,
+            api_key=api_key,
+            api_url=api_url,
+            request_timeout=request_timeout,
+            transport=transport,
+        )
 
     def kill(self) -> bool:
         """Kill the sandbox and close this client; False if it was already gone."""

@@ -12,7 +12,7 @@ from control_plane.testing import postgres_database, postgres_unavailable_reason
 from corral.testing import NatsServer
 
 # In CI these suites must run, not skip: a skip there is a failure.
-_MUST_RUN = ("gvisor", "nats", "postgres", "e2e")
+_MUST_RUN = ("gvisor", "nats", "postgres", "e2e", "console", "microvm")
 
 
 @pytest.fixture

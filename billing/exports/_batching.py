@@ -1,17 +1,20 @@
-"""Cut a stream of rows into bounded batches so that exports hold one batch at a time."""
+"""Cut a stream into bounded batches, and the sinks writers accept (a path or a binary file)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from itertools import islice
-from typing import TypeVar
+from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 T = TypeVar("T")
 
-DEFAULT_BATCH_SIZE = 10_000
-
 Progress = Callable[[int], None]
 """Called with the number of rows written so far, after each batch."""
+
+Sink = Path | BinaryIO
+"""Where a writer writes: a file path, or an open binary stream (an HTTP response, a pipe)."""
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -21,3 +24,13 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while batch := list(islice(iterator, size)):
         yield batch
+
+
+@contextmanager
+def opened(sink: Sink) -> Iterator[BinaryIO]:
+    """Open a path for writing (and close it), or pass an open stream through (left open)."""
+    if isinstance(sink, Path):
+        with sink.open("wb") as handle:
+            yield handle
+    else:
+        yield sink

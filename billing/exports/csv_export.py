@@ -1,4 +1,4 @@
-"""CSV export: one line per :class:`ExportRow`, streamed in batches, read back exactly."""
+"""CSV export: one line per export row, written a batch at a time by Arrow, read back exactly."""
 
 from __future__ import annotations
 
@@ -6,25 +6,22 @@ import csv
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from billing.exports._batching import DEFAULT_BATCH_SIZE, Progress, batched
-from billing.exports.rows import EXPORT_FIELDS, ExportRow, row_from_text, row_to_text
+import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type information
+
+from billing.exports._batching import Progress, Sink, opened
+from billing.exports._format import csv_writer, text_batch, text_schema
+from billing.exports.rows import EXPORT_FIELDS, ExportRow, row_from_text
 
 
 def write_csv(
-    rows: Iterable[ExportRow],
-    path: Path,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: Progress | None = None,
+    batches: Iterable[pa.RecordBatch], sink: Sink, *, progress: Progress | None = None
 ) -> int:
-    """Stream rows into a CSV file in batches; return how many rows were written."""
+    """Stream export batches into CSV (a path or a binary stream); return the rows written."""
     written = 0
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=EXPORT_FIELDS)
-        writer.writeheader()
-        for batch in batched(rows, batch_size):
-            writer.writerows(row_to_text(row) for row in batch)
-            written += len(batch)
+    with opened(sink) as handle, csv_writer(handle, text_schema(list(EXPORT_FIELDS))) as writer:
+        for batch in batches:
+            writer.write_batch(text_batch(batch))
+            written += batch.num_rows
             if progress is not None:
                 progress(written)
     return written

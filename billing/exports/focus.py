@@ -14,32 +14,49 @@ import csv
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from billing.exports._batching import DEFAULT_BATCH_SIZE, Progress, batched
-from billing.exports.rows import ExportRow, row_from_text, row_to_text
+import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type information
+import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+from billing.exports._batching import Progress, Sink, opened
+from billing.exports._format import csv_writer, text_batch, text_schema
+from billing.exports.rows import ExportRow, row_from_text
 from billing.invoices import LineKind
 
 FOCUS_VERSION = "1.2"
 PROVIDER = "Corral"
 SERVICE_NAME = "Corral Sandboxes"
 
-_Cell = Callable[[dict[str, str]], str]
+_Cell = Callable[[pa.RecordBatch], pa.Array]
+"""Computes one FOCUS column from a text batch of export rows."""
 
 
 def _field(name: str) -> _Cell:
-    return lambda cells: cells[name]
+    return lambda cells: cells.column(name)
 
 
 def _const(text: str) -> _Cell:
-    return lambda cells: text
+    return lambda cells: pa.repeat(pa.scalar(text, pa.string()), cells.num_rows)
 
 
-def _charge_class(cells: dict[str, str]) -> str:
-    return "Correction" if cells["line_kind"] == LineKind.ADJUSTMENT.value else ""
+def _late(cells: pa.RecordBatch) -> pa.Array:
+    return pc.not_equal(cells.column("line_kind"), LineKind.USAGE.value)
 
 
-def _description(cells: dict[str, str]) -> str:
-    late = f", late usage from {cells['usage_period']}" if cells["line_kind"] != "usage" else ""
-    return f"{cells['sku_id']} held by sandbox {cells['sandbox_id']}{late}"
+def _charge_class(cells: pa.RecordBatch) -> pa.Array:
+    """``Correction`` for late usage billed in a later period, else null."""
+    correction = pc.equal(cells.column("line_kind"), LineKind.ADJUSTMENT.value)
+    return pc.if_else(correction, "Correction", pa.scalar(None, pa.string()))
+
+
+def _description(cells: pa.RecordBatch) -> pa.Array:
+    late = pc.if_else(
+        _late(cells),
+        pc.binary_join_element_wise(", late usage from ", cells.column("usage_period"), ""),
+        "",
+    )
+    return pc.binary_join_element_wise(
+        cells.column("sku_id"), " held by sandbox ", cells.column("sandbox_id"), late, ""
+    )
 
 
 FOCUS_COLUMNS: dict[str, _Cell] = {
@@ -131,22 +148,17 @@ _BACK = {
 
 
 def write_focus(
-    rows: Iterable[ExportRow],
-    path: Path,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: Progress | None = None,
+    batches: Iterable[pa.RecordBatch], sink: Sink, *, progress: Progress | None = None
 ) -> int:
-    """Stream rows into a FOCUS 1.2 CSV file in batches; return how many rows were written."""
+    """Stream export batches into a FOCUS 1.2 CSV (path or binary stream); return rows written."""
     written = 0
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(FOCUS_COLUMNS)
-        for batch in batched(rows, batch_size):
-            for row in batch:
-                cells = row_to_text(row)
-                writer.writerow([render(cells) for render in FOCUS_COLUMNS.values()])
-            written += len(batch)
+    schema = text_schema(list(FOCUS_COLUMNS))
+    with opened(sink) as handle, csv_writer(handle, schema) as writer:
+        for batch in batches:
+            cells = text_batch(batch)
+            columns = [render(cells) for render in FOCUS_COLUMNS.values()]
+            writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
+            written += batch.num_rows
             if progress is not None:
                 progress(written)
     return written

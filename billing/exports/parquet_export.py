@@ -10,54 +10,25 @@ from pathlib import Path
 import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type information
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-from billing.exports._batching import DEFAULT_BATCH_SIZE, Progress, batched
+from billing.columns import DEFAULT_BATCH_SIZE
+from billing.exports._batching import Progress, Sink, opened
 from billing.exports._format import format_decimal, format_timestamp, optional_text
 from billing.exports.rows import EXPORT_FIELDS, ExportRow, row_from_text
+from billing.rater import EXPORT_SCHEMA
 
-_TIMESTAMP = pa.timestamp("s", tz="UTC")
-_DECIMAL_SCALES = {
-    "unit_seconds": 6,
-    "quantity": 12,
-    "unit_price": 10,
-    "list_unit_price": 10,
-    "contracted_cost": 10,
-    "list_cost": 10,
-    "billed_cost": 2,
-}
-_TIMESTAMPS = {
-    "billing_period_start",
-    "billing_period_end",
-    "charge_period_start",
-    "charge_period_end",
-}
-
-
-def _type_of(name: str) -> object:
-    if name in _DECIMAL_SCALES:
-        return pa.decimal128(38, _DECIMAL_SCALES[name])
-    if name in _TIMESTAMPS:
-        return _TIMESTAMP
-    return pa.string()
-
-
-SCHEMA = pa.schema([pa.field(name, _type_of(name), nullable=name == "gpu_model")
-                    for name in EXPORT_FIELDS])
+SCHEMA = EXPORT_SCHEMA
+"""Parquet columns: ``decimal128`` money and quantities, ``timestamp[s, UTC]`` times."""
 
 
 def write_parquet(
-    rows: Iterable[ExportRow],
-    path: Path,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: Progress | None = None,
+    batches: Iterable[pa.RecordBatch], sink: Sink, *, progress: Progress | None = None
 ) -> int:
-    """Stream rows into a Parquet file, one row group per batch; return how many were written."""
+    """Stream export batches into Parquet (path or binary stream), a row group per batch."""
     written = 0
-    with pq.ParquetWriter(str(path), SCHEMA) as writer:
-        for batch in batched(rows, batch_size):
-            columns = {name: [getattr(row, name) for row in batch] for name in EXPORT_FIELDS}
-            writer.write_batch(pa.RecordBatch.from_pydict(columns, schema=SCHEMA))
-            written += len(batch)
+    with opened(sink) as handle, pq.ParquetWriter(handle, SCHEMA) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            written += batch.num_rows
             if progress is not None:
                 progress(written)
     return written

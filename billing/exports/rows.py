@@ -1,11 +1,17 @@
-"""Export rows: one per cost line an invoice covers, each with its share of the line's cents.
+"""Export rows: one per record, resource and price stretch an invoice covers, with its cents.
+
+Rows are produced as Arrow record batches (:data:`~billing.rater.EXPORT_SCHEMA`) by
+:func:`export_batches`, streamed from a :class:`~billing.usage.UsageSource`; the writers
+take those batches. :class:`ExportRow` is the same row as a Python object, for readers,
+reconciliation and tests.
 
 A row's ``billed_cost`` is allocated by cumulative rounding inside its invoice line: after
 each row, the line's running exact total is rounded (ROUND_HALF_EVEN, to the cent) and the
 row gets the difference from the previous running rounded total. The shares are whole
 cents, each within a cent of the row's exact cost, and they add up, by telescoping, to
 exactly the line's amount on the invoice — so the billed-cost column reconciles to the cent
-while rows stream through in constant memory.
+while rows stream through in constant memory. Within an invoice, rows are in arrival order
+of their records, then by time, then vCPU, memory, GPU, whatever the batch size.
 """
 
 from __future__ import annotations
@@ -15,7 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from billing.errors import InvoiceIntegrityError
+import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type information
+
+from billing.columns import DEFAULT_BATCH_SIZE
+from billing.drafts import check_finalized, plan_draft, source_periods
+from billing.exports._batching import batched
 from billing.exports._format import (
     format_decimal,
     format_timestamp,
@@ -23,18 +33,10 @@ from billing.exports._format import (
     parse_optional,
     parse_timestamp,
 )
-from billing.invoices import (
-    Invoice,
-    InvoiceStatus,
-    LineKind,
-    covered_cost_lines,
-    line_id_for,
-    line_kind,
-    verify,
-)
-from billing.money import ZERO, exact_add, to_cents
+from billing.invoices import Invoice
 from billing.pricebook import PriceBook
-from billing.usage import UsageLedger
+from billing.rater import EXPORT_SCHEMA, InvoiceRater
+from billing.usage import UsageSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,66 +78,83 @@ class ExportRow:
 EXPORT_FIELDS: tuple[str, ...] = tuple(ExportRow.__dataclass_fields__)
 """Column names, in order, of the CSV and Parquet exports."""
 
+if tuple(EXPORT_SCHEMA.names) != EXPORT_FIELDS:  # pragma: no cover - a programming error
+    raise RuntimeError("ExportRow and EXPORT_SCHEMA disagree")
+
+
+def invoice_batches(
+    invoice: Invoice, usage: UsageSource, pricebook: PriceBook
+) -> Iterator[pa.RecordBatch]:
+    """Stream one invoice's export rows, a batch per usage batch, re-rated from ``usage``.
+
+    A finalized invoice is hash-checked first; once the usage is exhausted the rated lines
+    must equal the invoice's exactly, else :class:`InvoiceIntegrityError` (the export would
+    not reconcile).
+    """
+    check_finalized([invoice])
+    rater = InvoiceRater(
+        invoice.tenant_id, invoice.period, invoice.sources, pricebook,
+        status=invoice.status, currency=invoice.currency,
+    )
+    for batch in usage.batches(invoice.tenant_id, source_periods(invoice.sources)):
+        rows = rater.rows(batch)
+        if rows is not None:
+            yield rows
+    rater.check_against(invoice)
+
+
+def draft_batches(
+    tenant_id: str,
+    period: str,
+    usage: UsageSource,
+    pricebook: PriceBook,
+    finalized: Iterable[Invoice] = (),
+) -> Iterator[pa.RecordBatch]:
+    """Stream the export rows of the month's draft in one pass, drafting as the rows go.
+
+    The rows are those of :func:`billing.build_draft` for the same usage, without reading
+    the usage twice: the draft's lines are sums of the rows' unit-seconds, and each row's
+    billed cost is its share of its line, which needs no total up front.
+    """
+    rater, _ = plan_draft(tenant_id, period, usage, pricebook, finalized)
+    for batch in usage.batches(tenant_id, source_periods(rater.sources)):
+        rows = rater.rows(batch)
+        if rows is not None:
+            yield rows
+
+
+def export_batches(
+    invoices: Iterable[Invoice], usage: UsageSource, pricebook: PriceBook
+) -> Iterator[pa.RecordBatch]:
+    """Stream the export rows of several invoices, one invoice after the other."""
+    for invoice in invoices:
+        yield from invoice_batches(invoice, usage, pricebook)
+
 
 def iter_export_rows(
-    invoices: Iterable[Invoice], ledger: UsageLedger, pricebook: PriceBook
+    invoices: Iterable[Invoice], usage: UsageSource, pricebook: PriceBook
 ) -> Iterator[ExportRow]:
-    """Yield every row of the given invoices, re-rated from the ledger, one at a time."""
-    for invoice in invoices:
-        if invoice.status is InvoiceStatus.FINALIZED and not verify(invoice):
-            raise InvoiceIntegrityError(
-                "finalized invoice fails its hash check",
-                tenant_id=invoice.tenant_id, period=invoice.period,
-            )
-        yield from _invoice_rows(invoice, ledger, pricebook)
+    """Yield every row of the given invoices as :class:`ExportRow` objects (small exports)."""
+    for batch in export_batches(invoices, usage, pricebook):
+        yield from rows_of(batch)
 
 
-def _invoice_rows(
-    invoice: Invoice, ledger: UsageLedger, pricebook: PriceBook
-) -> Iterator[ExportRow]:
-    exact: dict[str, Decimal] = {}
-    allocated: dict[str, Decimal] = {}
-    period = invoice.billing_period
-    for source, cost in covered_cost_lines(invoice.tenant_id, invoice.sources, ledger, pricebook):
-        kind: LineKind = line_kind(invoice.period, source.usage_period)
-        line_id = line_id_for(kind, source.usage_period, cost.rate)
-        running = exact_add(exact.get(line_id, ZERO), cost.numerator)
-        rounded = to_cents(running)
-        share = rounded - allocated.get(line_id, ZERO)
-        exact[line_id] = running
-        allocated[line_id] = rounded
-        record = cost.record
-        yield ExportRow(
-            invoice_id=invoice.invoice_id,
-            invoice_status=invoice.status.value,
-            tenant_id=invoice.tenant_id,
-            billing_period=invoice.period,
-            billing_period_start=period.start,
-            billing_period_end=period.end,
-            line_id=line_id,
-            line_kind=kind.value,
-            usage_period=source.usage_period,
-            charge_period_start=cost.start,
-            charge_period_end=cost.end,
-            agent_id=record.agent_id,
-            record_id=record.record_id,
-            sandbox_id=record.sandbox_id,
-            host=record.host,
-            isolation=record.isolation,
-            template=record.template,
-            resource=cost.resource.value,
-            gpu_model=cost.rate.gpu_model,
-            sku_id=cost.rate.sku_id,
-            price_id=cost.rate.price_id,
-            unit=cost.resource.unit,
-            unit_seconds=cost.unit_seconds,
-            quantity=cost.quantity_hours,
-            unit_price=cost.rate.per_hour,
-            list_unit_price=cost.list_rate.per_hour,
-            contracted_cost=cost.cost,
-            list_cost=cost.list_cost,
-            billed_cost=share,
-            currency=invoice.currency,
+def rows_of(batch: pa.RecordBatch) -> Iterator[ExportRow]:
+    """The rows of an export batch as :class:`ExportRow` objects."""
+    for values in batch.to_pylist():
+        yield ExportRow(**values)
+
+
+def batches_from_rows(
+    rows: Iterable[ExportRow], batch_size: int = DEFAULT_BATCH_SIZE
+) -> Iterator[pa.RecordBatch]:
+    """Turn :class:`ExportRow` objects into export batches of at most ``batch_size`` rows."""
+    for chunk in batched(rows, batch_size):
+        columns = [[getattr(row, name) for row in chunk] for name in EXPORT_FIELDS]
+        yield pa.RecordBatch.from_arrays(
+            [pa.array(values, field.type) for values, field in zip(columns, EXPORT_SCHEMA,
+                                                                     strict=True)],
+            schema=EXPORT_SCHEMA,
         )
 
 

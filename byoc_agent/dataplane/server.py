@@ -21,6 +21,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp
 
 from byoc_agent.protocol import messages, verify
 from byoc_agent.protocol.errors import (
@@ -62,7 +63,7 @@ class ExecBody(BaseModel):
     timeout_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
 
 
-class _HTTPError(Exception):
+class HTTPError(Exception):
     def __init__(self, status: int, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -85,11 +86,48 @@ def _check_path(path: str) -> str:
     return path
 
 
+def verify_sandbox_token(
+    access: SandboxAccess, raw: bytes, sandbox_id: str | None, scope: messages.Scope
+) -> messages.SandboxToken:
+    """Check a sandbox token locally: kid, signature, time, agent, tenant, sandbox, scope.
+
+    ``sandbox_id=None`` accepts the token's own sandbox (the caller routes by it).
+    Raises :class:`HTTPError` (401, 403 or 404).
+    """
+    try:
+        _, token = verify.verify_model(
+            raw,
+            typ=messages.SANDBOX_TOKEN_TYP,
+            model=messages.SandboxToken,
+            keyring=access.keyring,
+            max_bytes=8192,
+        )
+    except EnvelopeRejectedError as e:
+        raise HTTPError(
+            401, ErrorCode.UNAUTHENTICATED, f"invalid sandbox token ({e.reason.value})"
+        ) from e
+    now = time.time()
+    if token.exp <= now:
+        raise HTTPError(401, ErrorCode.UNAUTHENTICATED, "sandbox token expired; refresh it")
+    if token.iat > now + verify.CLOCK_SKEW_S:
+        raise HTTPError(401, ErrorCode.UNAUTHENTICATED, "sandbox token not yet valid")
+    wanted = token.sandbox_id if sandbox_id is None else sandbox_id
+    if (
+        token.agent_id != access.identity.agent_id
+        or token.tenant_id != access.identity.tenant_id
+        or token.sandbox_id != wanted
+    ):
+        raise HTTPError(404, ErrorCode.NOT_FOUND, f"sandbox {wanted} not found")
+    if scope not in token.scopes:
+        raise HTTPError(403, ErrorCode.FORBIDDEN, f"token lacks the {scope.value} scope")
+    return token
+
+
 def create_dataplane_app(access: SandboxAccess) -> FastAPI:
     app = FastAPI(title="Corral data plane", version="1", docs_url=None, redoc_url=None)
 
-    @app.exception_handler(_HTTPError)
-    async def _http_error(_: Request, e: _HTTPError) -> JSONResponse:
+    @app.exception_handler(HTTPError)
+    async def _http_error(_: Request, e: HTTPError) -> JSONResponse:
         return _error(e.status, e.code.value, e.message)
 
     @app.exception_handler(CorralError)
@@ -111,33 +149,9 @@ def create_dataplane_app(access: SandboxAccess) -> FastAPI:
     def authorize(request: Request, sandbox_id: str, scope: messages.Scope) -> SandboxHandle:
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer "):
-            raise _HTTPError(401, ErrorCode.UNAUTHENTICATED, "missing Bearer sandbox token")
+            raise HTTPError(401, ErrorCode.UNAUTHENTICATED, "missing Bearer sandbox token")
         raw = header[7:].strip().encode("ascii", errors="replace")
-        try:
-            _, token = verify.verify_model(
-                raw,
-                typ=messages.SANDBOX_TOKEN_TYP,
-                model=messages.SandboxToken,
-                keyring=access.keyring,
-                max_bytes=8192,
-            )
-        except EnvelopeRejectedError as e:
-            raise _HTTPError(
-                401, ErrorCode.UNAUTHENTICATED, f"invalid sandbox token ({e.reason.value})"
-            ) from e
-        now = time.time()
-        if token.exp <= now:
-            raise _HTTPError(401, ErrorCode.UNAUTHENTICATED, "sandbox token expired; refresh it")
-        if token.iat > now + verify.CLOCK_SKEW_S:
-            raise _HTTPError(401, ErrorCode.UNAUTHENTICATED, "sandbox token not yet valid")
-        if (
-            token.agent_id != access.identity.agent_id
-            or token.tenant_id != access.identity.tenant_id
-            or token.sandbox_id != sandbox_id
-        ):
-            raise _HTTPError(404, ErrorCode.NOT_FOUND, f"sandbox {sandbox_id} not found")
-        if scope not in token.scopes:
-            raise _HTTPError(403, ErrorCode.FORBIDDEN, f"token lacks the {scope.value} scope")
+        verify_sandbox_token(access, raw, sandbox_id, scope)
         return access.running_handle(sandbox_id)
 
     @app.get("/healthz")
@@ -191,13 +205,13 @@ def create_dataplane_app(access: SandboxAccess) -> FastAPI:
         _check_path(path)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
-            raise _HTTPError(413, ErrorCode.PAYLOAD_TOO_LARGE, "file is over 1 GiB")
+            raise HTTPError(413, ErrorCode.PAYLOAD_TOO_LARGE, "file is over 1 GiB")
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > MAX_UPLOAD_BYTES:
-                raise _HTTPError(413, ErrorCode.PAYLOAD_TOO_LARGE, "file is over 1 GiB")
+                raise HTTPError(413, ErrorCode.PAYLOAD_TOO_LARGE, "file is over 1 GiB")
             chunks.append(chunk)
         await access.runtime.write_file(handle, path, b"".join(chunks))
         return {"path": path, "size": size}
@@ -257,7 +271,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve(app: FastAPI, host: str, port: int) -> None:
+async def serve(app: ASGIApp, host: str, port: int) -> None:
     """Serve until cancelled."""
     server = _Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",

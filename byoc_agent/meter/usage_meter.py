@@ -107,6 +107,29 @@ class UsageMeter:
         end = max(billing_second(rec.ended_at), start)
         return self._emit(rec, start, end, final=True)
 
+    def pause(self, rec: SandboxRecord, at: float) -> int:
+        """Cut the running interval at ``floor(at)`` as a sandbox pauses; returns the second
+        billing stopped at (the cursor), which :meth:`resume` starts again from."""
+        start = self._next_start(rec)
+        if start is None:
+            raise ValueError(f"sandbox {rec.sandbox_id} has ended")
+        end = billing_second(at)
+        if end > start:
+            self._emit(rec, start, end, final=False)
+            return end
+        return start
+
+    def resume(self, rec: SandboxRecord, at: float) -> None:
+        """Billing starts again at ``floor(at)``: the paused seconds are never billed."""
+        start = self._next_start(rec)
+        if start is None:
+            raise ValueError(f"sandbox {rec.sandbox_id} has ended")
+        self.state.skip_usage(rec.sandbox_id, start=start, to=max(billing_second(at), start))
+
+    def paused_since(self, rec: SandboxRecord) -> int | None:
+        """The second a paused sandbox's billing stopped at (its cursor)."""
+        return self._next_start(rec)
+
     def settle(self) -> int:
         """After a restart: emit the final record of every ended sandbox that lacks one (the
         agent died between recording the end and metering it). Returns how many."""

@@ -7,6 +7,7 @@
     │   └── CapacityError
     └── PermanentError               retrying the same input fails the same way
         ├── InvalidArgumentError
+        ├── QuotaExceededError       an account limit; waiting does not help, raising it does
         ├── NotFoundError
         │   ├── SandboxNotFoundError
         │   ├── TemplateNotFoundError
@@ -33,10 +34,12 @@ class ErrorCode(StrEnum):
     SANDBOX_NOT_RUNNING = "sandbox_not_running"
     TIMEOUT = "timeout"
     CAPACITY = "capacity"
+    QUOTA_EXCEEDED = "quota_exceeded"
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     CONFLICT = "conflict"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    RATE_LIMITED = "rate_limited"
     REJECTED = "rejected"
     INTERNAL = "internal"
     UNAVAILABLE = "unavailable"
@@ -96,6 +99,16 @@ class InvalidArgumentError(PermanentError):
     code = ErrorCode.INVALID_ARGUMENT
 
 
+class QuotaExceededError(PermanentError):
+    """An account limit (a cloud's instance or vCPU quota) stops the request.
+
+    Permanent, unlike ``capacity``: the same request fails until someone raises the quota
+    or frees some of it.
+    """
+
+    code = ErrorCode.QUOTA_EXCEEDED
+
+
 class NotFoundError(PermanentError):
     code = ErrorCode.NOT_FOUND
 
@@ -138,6 +151,7 @@ _BY_CODE: dict[ErrorCode, type[CorralError]] = {
     ErrorCode.SANDBOX_NOT_RUNNING: SandboxNotRunningError,
     ErrorCode.TIMEOUT: CommandTimeoutError,
     ErrorCode.CAPACITY: CapacityError,
+    ErrorCode.QUOTA_EXCEEDED: QuotaExceededError,
     ErrorCode.UNAVAILABLE: RetryableError,
 }
 
@@ -161,6 +175,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CONFLICT: 409,
     ErrorCode.SANDBOX_NOT_RUNNING: 409,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.QUOTA_EXCEEDED: 429,
     ErrorCode.INTERNAL: 500,
     ErrorCode.REJECTED: 502,
     ErrorCode.CAPACITY: 503,

@@ -12,7 +12,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 JOB_TYP = "corral-job+json"
 RESULT_TYP = "corral-result+json"
@@ -50,6 +50,8 @@ class JobKind(StrEnum):
     CREATE_SANDBOX = "create_sandbox"
     KILL_SANDBOX = "kill_sandbox"
     SET_TIMEOUT = "set_timeout"
+    PAUSE_SANDBOX = "pause_sandbox"
+    RESUME_SANDBOX = "resume_sandbox"
 
 
 class CreateSandboxBody(_Wire):
@@ -76,8 +78,21 @@ class SetTimeoutBody(_Wire):
     timeout_s: Annotated[int, Field(ge=1, le=86400)]
 
 
+class PauseSandboxBody(_Wire):
+    """Save the sandbox's memory and files to the agent's disk and stop it."""
+
+    kind: Literal["pause_sandbox"] = "pause_sandbox"
+    sandbox_id: Id
+
+
+class ResumeSandboxBody(_Wire):
+    kind: Literal["resume_sandbox"] = "resume_sandbox"
+    sandbox_id: Id
+
+
 JobBody = Annotated[
-    CreateSandboxBody | KillSandboxBody | SetTimeoutBody, Field(discriminator="kind")
+    CreateSandboxBody | KillSandboxBody | SetTimeoutBody | PauseSandboxBody | ResumeSandboxBody,
+    Field(discriminator="kind"),
 ]
 
 
@@ -109,6 +124,7 @@ class SandboxState(StrEnum):
 
     PENDING = "pending"
     RUNNING = "running"
+    PAUSED = "paused"  # memory and files saved on the agent; holds no CPU or memory
     KILLED = "killed"
     TIMED_OUT = "timed_out"
     FAILED = "failed"
@@ -168,8 +184,31 @@ class Capacity(_Wire):
     sandboxes: int
 
 
+class HostSummary(_Wire):
+    """One host an agent manages, as the control plane may see it (allow-listed fields:
+    no address, no tags, nothing from the provider's credentials). ``*_free`` is the room
+    left for new sandboxes after the agent's overcommit ratio, so with overcommit it can
+    exceed ``*_total`` (the host's physical size); zero unless the host is ready."""
+
+    host_id: Annotated[str, Field(min_length=1, max_length=128)]
+    instance_type: Annotated[str, Field(min_length=1, max_length=64)]
+    state: Literal["requested", "provisioning", "ready", "draining", "terminated", "failed"]
+    cpu_total: Annotated[int, Field(ge=0)]
+    cpu_free: Annotated[int, Field(ge=0)]
+    memory_mb_total: Annotated[int, Field(ge=0)]
+    memory_mb_free: Annotated[int, Field(ge=0)]
+    gpus_total: Annotated[int, Field(ge=0)] = 0
+    gpus_free: Annotated[int, Field(ge=0)] = 0
+    kvm: bool = False
+    sandboxes: Annotated[int, Field(ge=0)] = 0
+
+
 class Heartbeat(_Wire):
-    """Sent by the agent every few seconds on core NATS. Signed by the agent."""
+    """Sent by the agent every few seconds on core NATS. Signed by the agent.
+
+    ``hosts`` is present only when the agent manages hosts (ADR 0017): an agent without
+    a host provider sends exactly the bytes it sent before the field existed.
+    """
 
     schema_: Literal["corral.heartbeat/v1"] = Field("corral.heartbeat/v1", alias="schema")
     agent_id: Id
@@ -181,8 +220,16 @@ class Heartbeat(_Wire):
     templates: list[str]
     capacity: Capacity
     running: list[Id] = Field(default_factory=list, max_length=10000)
+    hosts: Annotated[list[HostSummary], Field(max_length=1000)] | None = None
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_hosts(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        data: dict[str, object] = handler(self)
+        if self.hosts is None:
+            data.pop("hosts", None)
+        return data
 
 
 class UsageReport(_Wire):

@@ -3,10 +3,11 @@
 The only module that imports the AWS SDK. Every launch gets IMDSv2 only (``HttpTokens=
 required``, hop limit 1, so a sandbox behind the host's NAT cannot reach the metadata
 service), an encrypted EBS root volume, and the ``corral:*`` tags; the subnet and security
-groups come from the :class:`HostSpec`. ``provision`` passes the client token to EC2 as
-``ClientToken`` and also looks the token up by tag first, so a retry after the EC2
-idempotency window (or against an endpoint that ignores ``ClientToken``) does not launch a
-second host. Hosts without ``corral:managed-by=corral`` are never described or terminated.
+groups come from the :class:`HostSpec`, else from the provider's configuration.
+``provision`` passes the client token to EC2 as ``ClientToken`` and also looks the token
+up by tag first, so a retry after the EC2 idempotency window (or against an endpoint that
+ignores ``ClientToken``) does not launch a second host. Hosts without
+``corral:managed-by=corral`` are never described or terminated.
 
 Endpoint, credentials and retries follow boto3's own configuration (e.g.
 ``AWS_ENDPOINT_URL_EC2``), read by boto3 when the client is created.
@@ -102,7 +103,16 @@ class AwsProvider:
         instance_types: Sequence[str] = DEFAULT_INSTANCE_TYPES,
         root_volume_gib: int = 100,
         call_timeout_s: float = 60.0,
+        max_attempts: int = 3,
+        session: boto3.session.Session | None = None,
+        subnet_id: str | None = None,
+        security_group_ids: Sequence[str] = (),
     ) -> None:
+        """``subnet_id`` / ``security_group_ids``: the agent's configured network, used when
+        a ``HostSpec`` names none. ``session``: a boto3 session to create the EC2 client
+        from (its loaded service models are reused); a new one for ``region`` by default."""
+        self._subnet_id = subnet_id
+        self._security_group_ids = tuple(security_group_ids)
         self._region = region
         self._image_id = image_id
         self._instance_types = tuple(instance_types)
@@ -110,13 +120,12 @@ class AwsProvider:
         self._call_timeout_s = call_timeout_s
         self._root_device: str | None = None
         config = Config(
-            retries={"mode": "standard", "max_attempts": 3},
+            retries={"mode": "standard", "max_attempts": max_attempts},
             connect_timeout=10,
             read_timeout=30,
         )
-        self._ec2: EC2Client = boto3.session.Session(region_name=region).client(
-            "ec2", config=config
-        )
+        session = session or boto3.session.Session(region_name=region)
+        self._ec2: EC2Client = session.client("ec2", region_name=region, config=config)
 
     async def list_offerings(self) -> list[Offering]:
         resp = await self._call(
@@ -149,7 +158,7 @@ class AwsProvider:
             "MinCount": 1,
             "MaxCount": 1,
             "ClientToken": token,
-            "SecurityGroupIds": list(spec.security_group_ids),
+            "SecurityGroupIds": list(spec.security_group_ids or self._security_group_ids),
             "MetadataOptions": {
                 "HttpTokens": "required",
                 "HttpPutResponseHopLimit": 1,
@@ -171,8 +180,8 @@ class AwsProvider:
                 {"ResourceType": "volume", "Tags": tags},
             ],
         }
-        if spec.subnet_id:
-            request["SubnetId"] = spec.subnet_id
+        if spec.subnet_id or self._subnet_id:
+            request["SubnetId"] = spec.subnet_id or self._subnet_id or ""
         resp = await self._call(
             lambda: self._ec2.run_instances(**request),
             tenant_id=spec.tenant_id,

@@ -10,6 +10,7 @@ Inventory, JSON (``{"hosts": [...]}``) or TOML (``[[hosts]]``)::
     id = "rack1-01"            # unique
     address = "10.0.4.11"
     port = 22                  # optional: readiness = a TCP connect to address:port
+    health_url = "http://10.0.4.11:8788/healthz"   # optional: readiness = a 2xx from it
     cpu = 64
     memory_mib = 262144
     gpus = 0
@@ -17,9 +18,19 @@ Inventory, JSON (``{"hosts": [...]}``) or TOML (``[[hosts]]``)::
     instance_type = "bm.64c"   # optional, default derived from cpu/memory/gpus
     kvm = true                 # optional, default true
     labels = { rack = "1" }    # optional
+    cordoned = false           # optional: true takes the machine out of service (no new claims)
 
-Readiness: a TCP connect to ``address:port``; with no port, a loopback address is ready
-at once (a local host) and any other address is checked on port 22.
+    [limits]                   # optional
+    max_claims = 4             # at most this many hosts claimed at once (the inventory's quota)
+
+Readiness: a 2xx answer from ``health_url`` when one is given (e.g. the data plane's
+``/healthz`` of an agent already running there); else a TCP connect to ``address:port``;
+with neither, a loopback address is ready at once (this machine) and any other address is
+checked on port 22.
+
+The file is read again when it changes (size, mtime or inode), so an operator can add,
+cordon or remove machines, or change the limit, without restarting the agent; a file that
+no longer parses makes every call fail with a message naming the problem until it is fixed.
 """
 
 from __future__ import annotations
@@ -36,11 +47,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
+
 from byoc_agent.protocol.errors import InvalidArgumentError
 from byoc_agent.providers.base import Host, HostSpec, HostState, Offering
 from byoc_agent.providers.errors import (
     CapacityUnavailableError,
     HostNotFoundError,
+    QuotaExceededError,
     UnknownInstanceTypeError,
 )
 
@@ -59,9 +73,11 @@ class InventoryHost:
     gpus: int = 0
     gpu_model: str | None = None
     port: int | None = None
+    health_url: str | None = None
     instance_type: str = ""
     kvm: bool = True
     labels: Mapping[str, str] = field(default_factory=dict)
+    cordoned: bool = False
 
     def offering(self) -> Offering:
         return Offering(
@@ -92,8 +108,21 @@ def derived_instance_type(cpu: int, memory_mib: int, gpus: int) -> str:
     return f"{name}.{gpus}gpu" if gpus else name
 
 
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """A parsed inventory file: its machines and its limit on concurrent claims."""
+
+    hosts: tuple[InventoryHost, ...]
+    max_claims: int | None = None
+
+
 def load_inventory(path: Path) -> list[InventoryHost]:
-    """Read and check an inventory file (``.toml``, else JSON)."""
+    """Read and check an inventory file's machines (``.toml``, else JSON)."""
+    return list(read_inventory(path).hosts)
+
+
+def read_inventory(path: Path) -> Inventory:
+    """Read and check an inventory file (``.toml``, else JSON), limits included."""
     text = path.read_text(encoding="utf-8")
     try:
         raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
@@ -109,7 +138,17 @@ def load_inventory(path: Path) -> list[InventoryHost]:
         )
     hosts = [_parse_host(path.name, i, entry) for i, entry in enumerate(entries)]
     _check_unique_and_uniform(path.name, hosts)
-    return hosts
+    limits = raw.get("limits", {})
+    if not isinstance(limits, dict):
+        raise InvalidArgumentError(f"inventory {path.name}: 'limits' must be a table/object")
+    max_claims = limits.get("max_claims")
+    if max_claims is not None and (
+        not isinstance(max_claims, int) or isinstance(max_claims, bool) or max_claims < 0
+    ):
+        raise InvalidArgumentError(
+            f"inventory {path.name}: 'limits.max_claims' must be a whole number >= 0"
+        )
+    return Inventory(hosts=tuple(hosts), max_claims=max_claims)
 
 
 def _parse_host(file: str, index: int, entry: object) -> InventoryHost:
@@ -138,6 +177,11 @@ def _parse_host(file: str, index: int, entry: object) -> InventoryHost:
     port = entry.get("port")
     if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
         raise InvalidArgumentError(f"{where}: 'port' must be between 1 and 65535")
+    health_url = entry.get("health_url")
+    if health_url is not None and (
+        not isinstance(health_url, str) or not health_url.startswith(("http://", "https://"))
+    ):
+        raise InvalidArgumentError(f"{where}: 'health_url' must be an http(s) URL")
     cpu, memory_mib, gpus = need_int("cpu"), need_int("memory_mib"), need_int("gpus", 0)
     gpu_model = entry.get("gpu_model")
     if gpu_model is not None and not isinstance(gpu_model, str):
@@ -146,9 +190,12 @@ def _parse_host(file: str, index: int, entry: object) -> InventoryHost:
     if not isinstance(instance_type, str):
         raise InvalidArgumentError(f"{where}: 'instance_type' must be a string")
     kvm = entry.get("kvm", True)
+    cordoned = entry.get("cordoned", False)
     labels = entry.get("labels", {})
     if not isinstance(kvm, bool):
         raise InvalidArgumentError(f"{where}: 'kvm' must be true or false")
+    if not isinstance(cordoned, bool):
+        raise InvalidArgumentError(f"{where}: 'cordoned' must be true or false")
     if not isinstance(labels, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
     ):
@@ -161,9 +208,11 @@ def _parse_host(file: str, index: int, entry: object) -> InventoryHost:
         gpus=gpus,
         gpu_model=gpu_model or None,
         port=port,
+        health_url=health_url,
         instance_type=instance_type,
         kvm=kvm,
         labels=dict(labels),
+        cordoned=cordoned,
     )
 
 
@@ -194,19 +243,36 @@ class BareMetalProvider:
         state_path: Path | None = None,
         connect_timeout_s: float = 2.0,
     ) -> None:
-        self._inventory = {h.id: h for h in load_inventory(inventory_path)}
+        self._inventory_path = inventory_path
+        self._inventory_stamp: tuple[int, int, int] | None = None
+        self._inventory: dict[str, InventoryHost] = {}
+        self._max_claims: int | None = None
+        self._reload_inventory()
         self._state_path = state_path or inventory_path.with_name(
             inventory_path.name + ".claims.json"
         )
         self._connect_timeout_s = connect_timeout_s
         self._lock = asyncio.Lock()
 
+    def _reload_inventory(self) -> None:
+        """Read the inventory again if the file changed since the last read."""
+        st = self._inventory_path.stat()
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == self._inventory_stamp:
+            return
+        inventory = read_inventory(self._inventory_path)
+        self._inventory = {h.id: h for h in inventory.hosts}
+        self._max_claims = inventory.max_claims
+        self._inventory_stamp = stamp
+
     async def list_offerings(self) -> list[Offering]:
+        await asyncio.to_thread(self._reload_inventory)
         by_type = {h.instance_type: h.offering() for h in self._inventory.values()}
         return [by_type[t] for t in sorted(by_type)]
 
     async def provision(self, spec: HostSpec) -> Host:
         async with self._lock:
+            await asyncio.to_thread(self._reload_inventory)
             claims = await asyncio.to_thread(self._read_claims)
             for claim in claims.values():
                 if claim.client_token == spec.client_token:
@@ -223,12 +289,22 @@ class BareMetalProvider:
                     instance_type=spec.instance_type,
                 )
             held = {c.inventory_id for c in claims.values() if c.terminated_at is None}
-            free = [h for h in candidates if h.id not in held]
+            if self._max_claims is not None and len(held) >= self._max_claims:
+                raise QuotaExceededError(
+                    f"the inventory allows at most {self._max_claims} claimed hosts "
+                    f"(limits.max_claims in {self._inventory_path.name}) and {len(held)} are "
+                    "claimed; raise the limit or terminate a host you no longer need",
+                    tenant_id=spec.tenant_id,
+                    instance_type=spec.instance_type,
+                )
+            free = [h for h in candidates if h.id not in held and not h.cordoned]
             if not free:
+                cordoned = sum(1 for h in candidates if h.cordoned)
                 raise CapacityUnavailableError(
-                    f"all {len(candidates)} inventory hosts of type {spec.instance_type!r} "
-                    "are claimed; terminate an idle host or add machines to the inventory, "
-                    "then retry",
+                    f"none of the {len(candidates)} inventory hosts of type "
+                    f"{spec.instance_type!r} is free ({len(candidates) - cordoned} claimed, "
+                    f"{cordoned} cordoned); terminate an idle host, uncordon or add machines "
+                    "in the inventory, then retry",
                     tenant_id=spec.tenant_id,
                     instance_type=spec.instance_type,
                 )
@@ -247,6 +323,7 @@ class BareMetalProvider:
         return await self._host(claim)
 
     async def describe(self, host_id: str) -> Host:
+        await asyncio.to_thread(self._reload_inventory)
         claims = await asyncio.to_thread(self._read_claims)
         claim = claims.get(host_id)
         if claim is None:
@@ -254,6 +331,7 @@ class BareMetalProvider:
         return await self._host(claim)
 
     async def list_by_tag(self, key: str, value: str) -> list[Host]:
+        await asyncio.to_thread(self._reload_inventory)
         claims = await asyncio.to_thread(self._read_claims)
         matching = [
             c for c in claims.values() if c.terminated_at is None and c.tags.get(key) == value
@@ -298,21 +376,7 @@ class BareMetalProvider:
         )
 
     async def _ready(self, machine: InventoryHost) -> bool:
-        if machine.port is None and ipaddress.ip_address(machine.address).is_loopback:
-            return True
-        port = machine.port or _DEFAULT_READY_PORT
-        try:
-            async with asyncio.timeout(self._connect_timeout_s):
-                _, writer = await asyncio.open_connection(machine.address, port)
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        try:
-            async with asyncio.timeout(self._connect_timeout_s):
-                await writer.wait_closed()
-        except (OSError, TimeoutError):
-            pass
-        return True
+        return await check_ready(machine, timeout_s=self._connect_timeout_s)
 
     def _read_claims(self) -> dict[str, _Claim]:
         try:
@@ -368,9 +432,137 @@ class BareMetalProvider:
             raise
 
 
+async def check_ready(machine: InventoryHost, *, timeout_s: float = 2.0) -> bool:
+    """The readiness check, answered within ``timeout_s``.
+
+    A 2xx from ``health_url`` when the machine has one; else a TCP connect to
+    ``address:port``. With neither, a loopback address is this machine and is ready at
+    once; any other address is checked on port 22 (sshd answering means it is up).
+    """
+    if machine.health_url is not None:
+        try:
+            async with httpx.AsyncClient(timeout=timeout_s) as client:
+                response = await client.get(machine.health_url)
+        except httpx.HTTPError:
+            return False
+        return response.is_success
+    if machine.port is None and ipaddress.ip_address(machine.address).is_loopback:
+        return True
+    port = machine.port or _DEFAULT_READY_PORT
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(machine.address, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    try:
+        async with asyncio.timeout(timeout_s):
+            await writer.wait_closed()
+    except (OSError, TimeoutError):
+        pass
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryCapacity:
+    """What the ready, in-service machines of an inventory add up to."""
+
+    cpu: int
+    memory_mib: int
+    gpus: int
+    ready_hosts: tuple[str, ...]
+    not_ready_hosts: tuple[str, ...]
+
+
+async def inventory_capacity(path: Path, *, timeout_s: float = 2.0) -> InventoryCapacity:
+    """Check every machine of the inventory; sum cpu, memory and GPUs of the ready ones.
+
+    Cordoned machines count as not ready. Raises InvalidArgumentError for a bad file.
+    """
+    hosts = [h for h in load_inventory(path) if not h.cordoned]
+    ready = await asyncio.gather(*(check_ready(h, timeout_s=timeout_s) for h in hosts))
+    up = [h for h, ok in zip(hosts, ready, strict=True) if ok]
+    return InventoryCapacity(
+        cpu=sum(h.cpu for h in up),
+        memory_mib=sum(h.memory_mib for h in up),
+        gpus=sum(h.gpus for h in up),
+        ready_hosts=tuple(h.id for h in up),
+        not_ready_hosts=tuple(h.id for h, ok in zip(hosts, ready, strict=True) if not ok),
+    )
+
+
+def this_machine(host_id: str = "local", *, address: str = "127.0.0.1") -> dict[str, object]:
+    """An inventory entry describing the machine this runs on (cpu, memory, GPUs, KVM)."""
+    cpu = os.cpu_count() or 1
+    memory_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    gpus = len([p for p in Path("/dev").glob("nvidia[0-9]*") if p.name[6:].isdigit()])
+    kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)
+    return {
+        "id": host_id,
+        "address": address,
+        "cpu": cpu,
+        "memory_mib": memory_mib,
+        "gpus": gpus,
+        "kvm": kvm,
+        "labels": {"role": "local"},
+    }
+
+
+def write_inventory(path: Path, hosts: list[dict[str, object]]) -> None:
+    """Write ``{"hosts": hosts}`` as a JSON inventory, atomically, and check it parses."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".inventory-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"hosts": hosts}, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    read_inventory(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m byoc_agent.providers.baremetal check FILE | local FILE``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m byoc_agent.providers.baremetal")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="check every machine of an inventory for readiness")
+    check.add_argument("inventory", type=Path)
+    check.add_argument("--timeout", type=float, default=2.0)
+    local = sub.add_parser("local", help="write a one-host inventory for this machine")
+    local.add_argument("inventory", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "local":
+            write_inventory(args.inventory, [this_machine()])
+            print(f"wrote {args.inventory}")
+            return 0
+        hosts = load_inventory(args.inventory)
+        ready = asyncio.run(_check_all(hosts, args.timeout))
+    except (InvalidArgumentError, OSError) as e:
+        print(f"error: {e}")
+        return 2
+    for h, ok in zip(hosts, ready, strict=True):
+        status = "cordoned" if h.cordoned else ("ready" if ok else "NOT READY")
+        print(f"{h.id:20} {h.address:15} {h.cpu:4} cpu {h.memory_mib:8} MiB {h.gpus} gpu  {status}")
+    return 0 if any(ok and not h.cordoned for h, ok in zip(hosts, ready, strict=True)) else 1
+
+
+async def _check_all(hosts: list[InventoryHost], timeout_s: float) -> list[bool]:
+    return list(await asyncio.gather(*(check_ready(h, timeout_s=timeout_s) for h in hosts)))
+
+
 def _not_found(host_id: str) -> HostNotFoundError:
     return HostNotFoundError(
         f"no bare-metal host {host_id!r} was ever claimed from this inventory; "
         "check the id (list hosts by tag to see the current ones)",
         host_id=host_id,
     )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

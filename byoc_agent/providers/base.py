@@ -15,9 +15,14 @@ the same token returns the same host (even a terminated one) and never launches 
 ``terminate`` is idempotent too. A provider may skip states it cannot observe (a cloud that
 answers "running" goes straight to READY; an inventory host is claimed and checked at once).
 
-Why a ``Protocol``: providers wrap unrelated SDKs (boto3, an inventory file) that must not
-share a base class's hidden state; the contract suite in ``tests/integration/providers``
-checks behaviour instead. Blocking SDK calls run in ``asyncio.to_thread``.
+Why a ``Protocol``: providers wrap unrelated SDKs (boto3, google-cloud-compute,
+azure-mgmt-compute, an inventory file) that must not share a base class's hidden state; the
+contract suite in ``tests/integration/providers`` checks behaviour instead. Blocking SDK
+calls run in ``asyncio.to_thread``.
+
+Errors (``providers/errors.py``): every method may raise ``ProviderAuthError`` (credentials
+refused or a permission missing) and ``RetryableError`` (the API unreachable, throttled or
+failing); the method docstrings name the rest. Messages say what to do.
 """
 
 from __future__ import annotations
@@ -126,19 +131,21 @@ class HostProvider(Protocol):
     name: str
 
     async def list_offerings(self) -> list[Offering]:
-        """The instance types this provider can launch. Raises ProviderAuthError."""
+        """The instance types this provider can launch here, with their shape."""
         ...
 
     async def provision(self, spec: HostSpec) -> Host:
         """Launch (or claim) one host; returns without waiting for READY.
 
-        Idempotent by ``spec.client_token``. Raises QuotaExceededError,
-        CapacityUnavailableError, UnknownInstanceTypeError, ProviderAuthError.
+        Idempotent by ``spec.client_token``, across restarts too. Raises
+        QuotaExceededError (permanent until the quota is raised), CapacityUnavailableError
+        (retryable), UnknownInstanceTypeError; none of them leaves a host behind.
         """
         ...
 
     async def describe(self, host_id: str) -> Host:
-        """The host's current state. Raises HostNotFoundError."""
+        """The host's current state (TERMINATED once given back). Raises HostNotFoundError
+        for an id this provider never issued or a machine Corral did not launch."""
         ...
 
     async def list_by_tag(self, key: str, value: str) -> list[Host]:

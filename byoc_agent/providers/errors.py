@@ -3,19 +3,21 @@
 ::
 
     CorralError
-    ├── RetryableError
+    ├── RetryableError                     (also: the cloud API was unreachable or throttled)
     │   └── CapacityError
     │       └── CapacityUnavailableError   the cloud or the inventory has no such host free now
     └── PermanentError
-        ├── QuotaExceededError             an account limit; needs a quota increase
+        ├── QuotaExceededError             an account limit; needs a quota increase (wire
+        │                                  code ``quota_exceeded``)
         ├── ProviderAuthError              credentials missing, wrong or lacking a permission
         ├── InvalidArgumentError
         │   └── UnknownInstanceTypeError   the provider does not offer that instance type
         └── NotFoundError
-            └── HostNotFoundError          no host with that id
+            └── HostNotFoundError          no host with that id (or not one Corral launched)
 
 Adapters convert SDK exceptions into these inside the adapter (``raise X(...) from e``);
-messages say what happened and what a person can do about it.
+messages say what happened and what a person can do about it. ``docs/providers.md`` lists
+which cloud error becomes which of these.
 """
 
 from __future__ import annotations
@@ -26,19 +28,20 @@ from byoc_agent.protocol.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermanentError,
+    QuotaExceededError,
 )
+
+__all__ = [
+    "CapacityUnavailableError",
+    "HostNotFoundError",
+    "ProviderAuthError",
+    "QuotaExceededError",
+    "UnknownInstanceTypeError",
+]
 
 
 class CapacityUnavailableError(CapacityError):
     """No host of the requested type is free right now; the same request may succeed later."""
-
-
-class QuotaExceededError(PermanentError):
-    """An account limit (instances, vCPUs) stops the launch until the quota is raised.
-
-    Keeps the inherited wire code on purpose: ``capacity`` would be rebuilt as a retryable
-    CapacityError on the other side, and waiting does not raise a quota.
-    """
 
 
 class ProviderAuthError(PermanentError):

@@ -20,19 +20,27 @@ contract suite in ``tests/integration/runtimes`` checks behaviour instead.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import ipaddress
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
+from byoc_agent.protocol.errors import InvalidArgumentError
 from byoc_agent.protocol.messages import SandboxState
+
+MAX_EGRESS = 16  # destinations in one allow-list
 
 ALLOWED_TRANSITIONS: Mapping[SandboxState, frozenset[SandboxState]] = {
     SandboxState.PENDING: frozenset(
         {SandboxState.RUNNING, SandboxState.FAILED, SandboxState.KILLED}
     ),
     SandboxState.RUNNING: frozenset(
-        {SandboxState.KILLED, SandboxState.TIMED_OUT, SandboxState.FAILED}
+        {SandboxState.PAUSED, SandboxState.KILLED, SandboxState.TIMED_OUT, SandboxState.FAILED}
+    ),
+    SandboxState.PAUSED: frozenset(
+        {SandboxState.RUNNING, SandboxState.KILLED, SandboxState.TIMED_OUT, SandboxState.FAILED}
     ),
     SandboxState.KILLED: frozenset(),
     SandboxState.TIMED_OUT: frozenset(),
@@ -52,6 +60,8 @@ class EndReason(StrEnum):
     EXITED = "exited"
     CREATE_FAILED = "create_failed"
     LOST = "lost"
+    OOM_KILLED = "oom_killed"  # over its memory limit: the host's OOM killer ended it
+    PIDS_LIMIT = "pids_limit"  # too many tasks (e.g. a fork bomb): the process cap ended it
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +73,65 @@ class SandboxSpec:
     memory_mb: int
     timeout_s: int
     env: Mapping[str, str] = field(default_factory=dict)
+    # "gvisor" or "microvm": which runtime of an agent's RuntimeSet runs it.
+    isolation: str = "gvisor"
+    # The TCP destinations ("a.b.c.d:port") the sandbox may connect to; empty: no network
+    # device at all. Only the microVM runtime provides one (see docs/microvm.md).
+    egress: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class EgressRule:
+    """One allowed TCP destination: an IPv4 address and a port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_egress(entries: Iterable[str]) -> tuple[EgressRule, ...]:
+    """Validate an egress allow-list of ``"a.b.c.d:port"`` entries (TCP, IPv4 literals only).
+
+    Raises InvalidArgumentError naming the first bad entry. Hostnames, IPv6, CIDR ranges,
+    port ranges, duplicates and addresses nobody can connect to (0.0.0.0, multicast,
+    broadcast) are rejected rather than guessed at.
+    """
+    rules: list[EgressRule] = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise InvalidArgumentError(f"egress entry {entry!r} must be a string 'a.b.c.d:port'")
+        host, sep, port_text = entry.partition(":")
+        try:
+            address = ipaddress.IPv4Address(host)
+        except ValueError:
+            address = None
+        if (
+            not sep
+            or address is None
+            or not port_text.isascii()
+            or not port_text.isdigit()
+            or port_text != str(int(port_text))
+            or not 1 <= int(port_text) <= 65535
+        ):
+            raise InvalidArgumentError(
+                f"egress entry {entry!r} must be an IPv4 address and a TCP port 1-65535, "
+                "like 192.0.2.10:443 (no hostnames, ranges or IPv6)"
+            )
+        if address.is_unspecified or address.is_multicast or address == ipaddress.IPv4Address(
+            "255.255.255.255"
+        ):
+            raise InvalidArgumentError(f"egress entry {entry!r} is not a connectable address")
+        rule = EgressRule(str(address), int(port_text))
+        if rule in rules:
+            raise InvalidArgumentError(f"egress entry {entry!r} is listed twice")
+        rules.append(rule)
+    if len(rules) > MAX_EGRESS:
+        raise InvalidArgumentError(
+            f"an egress allow-list holds at most {MAX_EGRESS} destinations, not {len(rules)}"
+        )
+    return tuple(rules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +193,7 @@ class FileInfo:
 
 class Liveness(StrEnum):
     RUNNING = "running"
+    PAUSED = "paused"  # stopped with its memory and files kept; resume() continues it
     STOPPED = "stopped"
     MISSING = "missing"
 
@@ -175,4 +245,49 @@ class Runtime(Protocol):
 
     async def destroy(self, handle: SandboxHandle) -> None:
         """Stop the sandbox and free everything it held. Idempotent."""
+        ...
+
+
+SNAPSHOT_META = "snapshot.json"  # in every snapshot directory: which runtime made it, and how
+
+
+@runtime_checkable
+class Snapshotting(Protocol):
+    """What a runtime that can pause, snapshot and restore sandboxes adds to :class:`Runtime`.
+
+    A snapshot is a directory holding the sandbox's memory and filesystem and
+    ``snapshot.json``; the filesystem is synced inside the sandbox before memory is saved.
+    """
+
+    async def pause(self, handle: SandboxHandle) -> None:
+        """Save the sandbox's state to disk and stop it: it holds no CPU or memory until
+        :meth:`resume`. Raises SandboxNotRunningError unless it is running."""
+        ...
+
+    async def resume(self, handle: SandboxHandle) -> None:
+        """Continue a paused sandbox where it stopped (processes, memory, files)."""
+        ...
+
+    async def snapshot(self, handle: SandboxHandle, dest: Path) -> None:
+        """Write a snapshot of a running sandbox to ``dest`` (a new directory); the sandbox
+        stops briefly and then runs on."""
+        ...
+
+    async def restore(self, spec: SandboxSpec, source: Path) -> SandboxHandle:
+        """Start a new sandbox (``spec.sandbox_id``) from a snapshot. It is a new machine:
+        its own id, hostname, machine-id and random seed. cpu and memory are the snapshot's."""
+        ...
+
+
+@runtime_checkable
+class KnowsStopReason(Protocol):
+    """Optional: a runtime that can tell why a sandbox stopped on its own.
+
+    A separate interface so runtimes that cannot tell need not pretend; the agent asks
+    only those that implement it, before it destroys the sandbox.
+    """
+
+    async def stop_reason(self, handle: SandboxHandle) -> EndReason | None:
+        """``OOM_KILLED`` (over its memory limit), ``PIDS_LIMIT`` (too many tasks), or
+        ``None`` when it simply exited or the runtime cannot say."""
         ...

@@ -4,8 +4,8 @@ Layout under ``state_dir``::
 
     runsc/                     private ``runsc --root`` (never the system-wide one)
     sandboxes/<id>/bundle/     config.json (written here) + rootfs/ (overlay mount point)
-    sandboxes/<id>/upper/      the sandbox's writes (overlay upper layer)
-    sandboxes/<id>/work/       overlayfs work dir
+    sandboxes/<id>/disk.img    sparse ext4 image of ``disk_mb`` (the disk quota), loop-mounted
+    sandboxes/<id>/disk/       ... here; holds upper/ (the sandbox's writes) and work/
     sandboxes/<id>/exec/       pid files of running commands
     sandboxes/<id>/runsc.log   stdio of ``runsc run -detach``
 
@@ -20,8 +20,22 @@ of a 256 MB sandbox and vanish on restore — so it is not used. For the same re
 
 Limits are real because ``linux.cgroupsPath`` is ``/<cgroup_parent>/<id>`` with a CPU
 quota of ``cpu * 100000`` µs per 100000 µs and a memory limit of ``memory_mb``; runsc
-creates the cgroups under every v1 controller. No ``pids.limit``: it crashes runsc at
-start. Over the memory limit the host OOM killer ends the whole sandbox.
+creates the cgroups under every v1 controller. Over the memory limit the host OOM killer
+ends the whole sandbox; :meth:`GVisorRuntime.stop_reason` then reads the memory cgroup's
+``oom_kill`` counter and reports ``oom_killed``.
+
+Process count: a ``pids.limit`` in the spec makes this runsc crash at start (its Go
+runtime cannot make its threads), so ``pids.max`` is written into the sandbox's pids
+cgroup from outside once the sandbox is up, at ``pids_max`` tasks (threads of the sentry,
+the gofer and, on the ptrace platform, one stub process per sandboxed address space). A
+fork bomb that reaches it ends the sandbox (runsc cannot make another thread) — reported
+as ``pids_limit`` — instead of the host's process table; gVisor does not enforce
+``RLIMIT_NPROC`` for its tasks, so there is no gentler in-sandbox limit.
+
+Disk: the overlay's upper and work dirs live on a per-sandbox ext4 file system in a sparse
+image of ``disk_mb`` MiB, loop-mounted (``nosuid,nodev,discard``: deleted files give their
+blocks back to the host). A full disk is ``ENOSPC`` inside the sandbox and nothing
+outside it. ``disk_mb=0`` puts them on the agent's own disk with no quota.
 
 Commands run as ``/bin/sh -c <cmd>`` through ``runsc exec`` (a command that is only plain
 words, with no shell syntax and no builtin, skips the shell: one process less inside gVisor;
@@ -38,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -57,6 +72,8 @@ from byoc_agent.protocol.errors import (
     SandboxNotRunningError,
 )
 from byoc_agent.runtimes.base import (
+    SNAPSHOT_META,
+    EndReason,
     ExecEvent,
     ExecRequest,
     Exit,
@@ -78,6 +95,14 @@ _CHUNK = 64 * 1024
 _STDIN_CHUNK = 1024 * 1024
 _CPU_PERIOD_US = 100_000
 _MIN_MEMORY_MB = 32
+_PAUSED = "paused"  # a paused sandbox's checkpoint, inside its directory
+_CHECKPOINT = "checkpoint.img"  # what runsc checkpoint writes into its image directory
+_CHECKPOINT_DIR = "checkpoint"  # in a snapshot directory
+DEFAULT_DISK_MB = 10 * 1024
+DEFAULT_PIDS_MAX = 4096
+_MIN_DISK_MB = 16
+# A sandbox starts with ~45 tasks (sentry and gofer threads); leave room for real work.
+_MIN_PIDS_MAX = 128
 _TIMEOUT_EXIT = 124  # what coreutils ``timeout`` reports; we report it for a timed-out command
 _KILLED_EXIT = 137  # ``timeout -s KILL`` exits 128 + 9 when the command ran out of time
 _RUNSC_FAILED = 128  # runsc exec's own failures (no such sandbox, no such cwd, ...)
@@ -87,8 +112,15 @@ _BASE_ENV: Mapping[str, str] = {
     "HOME": _HOME,
     "LANG": "C.UTF-8",
 }
-# PID 1: sleeps forever and reaps orphans (``wait`` in sh waits on any child).
-_INIT = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep infinity & wait; done"]
+# PID 1: sleeps forever and reaps orphans (``wait`` in sh waits on any child). It first
+# drops the stdio runsc gave it — the host's runsc.log — so that nothing in the sandbox can
+# write to a host file through /proc/1/fd/1 (that would bypass the disk quota).
+_INIT = [
+    "/bin/sh",
+    "-c",
+    "exec </dev/null >/dev/null 2>&1; trap 'exit 0' TERM; "
+    "while :; do sleep infinity & wait; done",
+]
 # Docker's default capability set: root in the sandbox can chown, bind low ports, etc.
 _CAPS = [
     "CAP_CHOWN",
@@ -130,6 +162,8 @@ class _Paths:
     dir: Path
     bundle: Path
     rootfs: Path
+    disk_image: Path
+    disk: Path
     upper: Path
     work: Path
     exec_dir: Path
@@ -142,8 +176,10 @@ class _Paths:
             dir=d,
             bundle=d / "bundle",
             rootfs=d / "bundle" / "rootfs",
-            upper=d / "upper",
-            work=d / "work",
+            disk_image=d / "disk.img",
+            disk=d / "disk",
+            upper=d / "disk" / "upper",
+            work=d / "disk" / "work",
             exec_dir=d / "exec",
             log=d / "runsc.log",
         )
@@ -202,11 +238,30 @@ class GVisorRuntime:
         start_timeout_s: float = 30.0,
         stop_timeout_s: float = 30.0,
         exec_grace_s: float = 5.0,
+        disk_mb: int = DEFAULT_DISK_MB,
+        pids_max: int = DEFAULT_PIDS_MAX,
     ) -> None:
         found = runsc if runsc is not None else shutil.which("runsc")
         if found is None:
             raise InvalidArgumentError("runsc not found on PATH; install the Debian package runsc")
         self._runsc = found
+        if disk_mb < 0 or pids_max < 0:
+            raise InvalidArgumentError("disk_mb and pids_max must not be negative (0: no limit)")
+        if 0 < pids_max < _MIN_PIDS_MAX:
+            raise InvalidArgumentError(f"pids_max must be 0 (no limit) or at least {_MIN_PIDS_MAX}")
+        if 0 < disk_mb < _MIN_DISK_MB:
+            raise InvalidArgumentError(f"disk_mb must be 0 (no quota) or at least {_MIN_DISK_MB}")
+        self._mkfs: str | None = None
+        if disk_mb:
+            self._mkfs = shutil.which("mkfs.ext4") or next(
+                (p for p in ("/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4") if os.path.exists(p)), None
+            )
+            if self._mkfs is None:
+                raise InvalidArgumentError(
+                    "mkfs.ext4 not found (Debian package e2fsprogs); needed for disk_mb > 0"
+                )
+        self.disk_mb = disk_mb
+        self.pids_max = pids_max
         self._state_dir = state_dir.resolve()
         # overlayfs mount options are comma/colon separated: keep our paths unambiguous.
         if any(c in str(self._state_dir) for c in ",:"):
@@ -275,6 +330,7 @@ class GVisorRuntime:
                 f"memory_mb must be at least {_MIN_MEMORY_MB}", sandbox_id=spec.sandbox_id
             )
         _validate_env(spec.env)
+        _refuse_egress(spec)
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -295,6 +351,7 @@ class GVisorRuntime:
                 await self._mount(lower, paths)
                 await self._start(spec.sandbox_id, paths)
                 await self._wait_ready(spec.sandbox_id)
+                await asyncio.to_thread(self._limit_pids, spec.sandbox_id)
             except BaseException:
                 bound.warning("sandbox_create_failed")
                 await asyncio.shield(self._teardown(spec.sandbox_id, paths))
@@ -315,41 +372,90 @@ class GVisorRuntime:
     def _prepare_bundle(self, spec: SandboxSpec, paths: _Paths) -> None:
         self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
         paths.dir.mkdir(parents=True, mode=0o700)
-        for d in (paths.rootfs, paths.upper, paths.work, paths.exec_dir):
+        for d in (paths.rootfs, paths.disk, paths.exec_dir):
             d.mkdir(parents=True)
         config = oci_config(spec, paths.rootfs, self._cgroup_path(spec.sandbox_id))
         (paths.bundle / "config.json").write_text(json.dumps(config, indent=2))
 
-    async def _mount(self, lower: Path, paths: _Paths) -> None:
-        if any(c in str(lower) for c in ",:"):
-            raise InvalidArgumentError(f"template path must not contain ',' or ':': {lower}")
-        opts = f"lowerdir={lower},upperdir={paths.upper},workdir={paths.work}"
+    async def _host(self, what: str, *argv: str) -> None:
+        """Run a host tool (mount, mkfs) to completion; raise with its stderr if it fails."""
         proc = await asyncio.create_subprocess_exec(
-            "mount",
-            "-t",
-            "overlay",
-            "overlay",
-            "-o",
-            opts,
-            str(paths.rootfs),
+            *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
-        async with asyncio.timeout(self._start_timeout_s):
-            _, err = await proc.communicate()
+        try:
+            async with asyncio.timeout(self._start_timeout_s):
+                _, err = await proc.communicate()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise CorralError(f"{what} did not finish within {self._start_timeout_s} s") from None
         if proc.returncode != 0:
-            raise CorralError(f"overlay mount failed: {err.decode(errors='replace').strip()}")
+            raise CorralError(f"{what} failed: {err.decode(errors='replace').strip()[-300:]}")
+
+    async def _mount_disk(self, paths: _Paths, upper_from: Path | None = None) -> None:
+        """The sandbox's writable disk: a sparse ext4 image of ``disk_mb``, loop-mounted.
+
+        Its upper layer starts empty but for a machine-id of its own, or (a restore) as a
+        copy of ``upper_from``."""
+        if self._mkfs is not None:
+            await asyncio.to_thread(_sparse_file, paths.disk_image, self.disk_mb * 1024 * 1024)
+            await self._host(
+                "mkfs.ext4",
+                self._mkfs,
+                "-q",
+                "-F",
+                "-m",
+                "0",
+                "-O",
+                "^has_journal",
+                "-E",
+                "lazy_itable_init=1,nodiscard",
+                str(paths.disk_image),
+            )
+            await self._host(
+                "disk mount",
+                "mount",
+                "-o",
+                "loop,nosuid,nodev,discard",
+                str(paths.disk_image),
+                str(paths.disk),
+            )
+        await asyncio.to_thread(paths.work.mkdir)
+        if upper_from is not None:
+            await _copy_tree(upper_from, paths.upper)
+            return
+
+        def fresh_upper() -> None:
+            # Every sandbox is its own machine: its own machine-id, over the template's.
+            (paths.upper / "etc").mkdir(parents=True)
+            (paths.upper / "etc" / "machine-id").write_text(uuid.uuid4().hex + "\n")
+
+        await asyncio.to_thread(fresh_upper)
+
+    async def _mount(self, lower: Path, paths: _Paths, upper_from: Path | None = None) -> None:
+        if any(c in str(lower) for c in ",:"):
+            raise InvalidArgumentError(f"template path must not contain ',' or ':': {lower}")
+        await self._mount_disk(paths, upper_from)
+        opts = f"lowerdir={lower},upperdir={paths.upper},workdir={paths.work}"
+        await self._host(
+            "overlay mount", "mount", "-t", "overlay", "overlay", "-o", opts, str(paths.rootfs)
+        )
         # The rootfs's /tmp is bind-mounted as /tmp: make sure it exists and is world-writable.
         await asyncio.to_thread(_ensure_tmp, paths.rootfs / "tmp")
 
-    async def _start(self, sandbox_id: str, paths: _Paths) -> None:
+    async def _start(self, sandbox_id: str, paths: _Paths, image: Path | None = None) -> None:
+        """``runsc run -detach``, or with ``image`` ``runsc restore`` from a checkpoint."""
         # runsc run -detach hands its stdio to the sandbox processes: never our pipes.
+        verb = ["run"] if image is None else ["restore", "--image-path", str(image)]
         logfile = await asyncio.to_thread(paths.log.open, "ab")
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self._flags(),
-                "run",
+                *verb,
                 "-detach",
                 "--bundle",
                 str(paths.bundle),
@@ -393,7 +499,9 @@ class GVisorRuntime:
 
     async def inspect(self, handle: SandboxHandle) -> Liveness:
         """Ask runsc: ``running`` → RUNNING; any other status → STOPPED; unknown → MISSING."""
-        self._paths(handle.sandbox_id)
+        paths = self._paths(handle.sandbox_id)
+        if await asyncio.to_thread((paths.dir / _PAUSED / _CHECKPOINT).exists):
+            return Liveness.PAUSED
         done = await self._runsc_call(["state", handle.sandbox_id], self._stop_timeout_s)
         if done.exit_code != 0:
             return Liveness.MISSING
@@ -430,24 +538,76 @@ class GVisorRuntime:
     async def _teardown(self, sandbox_id: str, paths: _Paths) -> None:
         await self._runsc_call(["kill", sandbox_id, "KILL"], self._stop_timeout_s)
         await self._runsc_call(["delete", "-force", sandbox_id], self._stop_timeout_s)
-        if await asyncio.to_thread(os.path.ismount, paths.rootfs):
-            umount = await asyncio.create_subprocess_exec(
-                "umount",
-                str(paths.rootfs),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            async with asyncio.timeout(self._stop_timeout_s):
-                rc = await umount.wait()
-            if rc != 0:  # something still holds it: detach now, the kernel frees it later
-                lazy = await asyncio.create_subprocess_exec("umount", "-l", str(paths.rootfs))
-                async with asyncio.timeout(self._stop_timeout_s):
-                    await lazy.wait()
+        await self._unmount(paths.rootfs)
+        await self._unmount(paths.disk)  # the loop device goes with it (autoclear)
         await self._remove_cgroups(sandbox_id)
-        if await asyncio.to_thread(os.path.ismount, paths.rootfs):
-            raise CorralError("overlay still mounted after umount", sandbox_id=sandbox_id)
+        for mountpoint in (paths.rootfs, paths.disk):
+            if await asyncio.to_thread(os.path.ismount, mountpoint):
+                raise CorralError(
+                    f"{mountpoint.name} still mounted after umount", sandbox_id=sandbox_id
+                )
         await asyncio.to_thread(shutil.rmtree, paths.dir, True)
+
+    async def _unmount(self, mountpoint: Path) -> None:
+        if not await asyncio.to_thread(os.path.ismount, mountpoint):
+            return
+        umount = await asyncio.create_subprocess_exec(
+            "umount",
+            str(mountpoint),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        async with asyncio.timeout(self._stop_timeout_s):
+            rc = await umount.wait()
+        if rc != 0:  # something still holds it: detach now, the kernel frees it later
+            lazy = await asyncio.create_subprocess_exec("umount", "-l", str(mountpoint))
+            async with asyncio.timeout(self._stop_timeout_s):
+                await lazy.wait()
+
+    # ---- limits and why a sandbox stopped ------------------------------------------
+
+    def _controller_dir(self, controller: str, sandbox_id: str) -> Path:
+        """The sandbox's cgroup directory for one v1 controller (or the v2 unified one)."""
+        rel = self._cgroup_path(sandbox_id).lstrip("/")
+        if (self._cgroup_fs / "cgroup.controllers").exists():  # pure cgroup v2
+            return self._cgroup_fs / rel
+        return self._cgroup_fs / controller / rel
+
+    def _limit_pids(self, sandbox_id: str) -> None:
+        """Write ``pids.max`` into the sandbox's pids cgroup, from outside the sandbox."""
+        if not self.pids_max:
+            return
+        limit = self._controller_dir("pids", sandbox_id) / "pids.max"
+        try:
+            limit.write_text(f"{self.pids_max}\n")
+        except OSError as e:
+            raise CorralError(
+                f"cannot set pids.max on the sandbox's cgroup ({e}); set pids_max=0 "
+                "to run without a process limit",
+                sandbox_id=sandbox_id,
+            ) from e
+
+    async def stop_reason(self, handle: SandboxHandle) -> EndReason | None:
+        """Why a sandbox that is no longer running stopped, from its cgroups' counters.
+
+        ``oom_killed`` when the memory cgroup recorded an OOM kill; ``pids_limit`` when the
+        pids cgroup refused a task at ``pids.max``; ``None`` when neither (it exited).
+        Call it before :meth:`destroy`, which removes the cgroups.
+        """
+        sid = handle.sandbox_id
+        self._paths(sid)
+        memory = self._controller_dir("memory", sid)
+        pids = self._controller_dir("pids", sid)
+        v2 = (self._cgroup_fs / "cgroup.controllers").exists()
+        oom = await asyncio.to_thread(
+            _counter, memory / ("memory.events" if v2 else "memory.oom_control"), "oom_kill"
+        )
+        if oom:
+            return EndReason.OOM_KILLED
+        if await asyncio.to_thread(_counter, pids / "pids.events", "max"):
+            return EndReason.PIDS_LIMIT
+        return None
 
     def cgroup_dirs(self, sandbox_id: str) -> list[Path]:
         """Every cgroup directory this sandbox may have (v1 controllers and unified)."""
@@ -472,6 +632,151 @@ class GVisorRuntime:
                 return
             await asyncio.sleep(0.05)
 
+    # ---- pause, snapshot, restore ----------------------------------------------------
+
+    async def _checkpoint(self, handle: SandboxHandle, image_dir: Path) -> None:
+        """Sync the sandbox's files, write its state to ``image_dir`` (it stops), delete it."""
+        sid = handle.sandbox_id
+        synced = await self._helper(handle, "sync", "/")
+        if synced.exit_code != 0:
+            raise CorralError("sync before checkpoint failed", sandbox_id=sid)
+        await asyncio.to_thread(image_dir.mkdir, parents=True, exist_ok=True)
+        done = await self._runsc_call(
+            ["checkpoint", "--image-path", str(image_dir), sid], self._stop_timeout_s
+        )
+        if done.exit_code != 0:
+            await asyncio.to_thread(shutil.rmtree, image_dir, True)
+            raise CorralError(
+                f"runsc checkpoint failed: {done.stderr.decode(errors='replace')[-300:]}",
+                sandbox_id=sid,
+            )
+        await self._runsc_call(["delete", "-force", sid], self._stop_timeout_s)
+
+    async def pause(self, handle: SandboxHandle) -> None:
+        """``runsc checkpoint`` into the sandbox's ``paused/``; files stay in its overlay."""
+        paths = await self._require_running(handle)
+        started = time.monotonic()
+        async with self._lock(handle.sandbox_id):
+            await self._checkpoint(handle, paths.dir / _PAUSED)
+        log.info("sandbox_paused", sandbox_id=handle.sandbox_id,
+                 ms=round((time.monotonic() - started) * 1000))  # fmt: skip
+
+    async def resume(self, handle: SandboxHandle) -> None:
+        """``runsc restore`` from ``paused/``, then drop the checkpoint."""
+        paths = self._paths(handle.sandbox_id)
+        paused = paths.dir / _PAUSED
+        started = time.monotonic()
+        async with self._lock(handle.sandbox_id):
+            if not await asyncio.to_thread((paused / _CHECKPOINT).exists):
+                if await self.inspect(handle) is Liveness.RUNNING:
+                    return
+                raise SandboxNotRunningError(
+                    f"sandbox {handle.sandbox_id} is not paused", sandbox_id=handle.sandbox_id
+                )
+            await self._start(handle.sandbox_id, paths, image=paused)
+            await self._wait_ready(handle.sandbox_id)
+            await asyncio.to_thread(shutil.rmtree, paused, True)
+        log.info("sandbox_resumed", sandbox_id=handle.sandbox_id,
+                 ms=round((time.monotonic() - started) * 1000))  # fmt: skip
+
+    async def snapshot(self, handle: SandboxHandle, dest: Path) -> None:
+        """Checkpoint into ``dest``, copy the overlay's upper layer, restore the original."""
+        paths = await self._require_running(handle)
+        sid = handle.sandbox_id
+        async with self._lock(sid):
+            if await asyncio.to_thread(dest.exists):
+                raise InvalidArgumentError(f"snapshot {dest.name} already exists")
+            try:
+                await self._checkpoint(handle, dest / _CHECKPOINT_DIR)
+                try:
+                    await _copy_tree(paths.upper, dest / "upper")
+                    config = json.loads(
+                        await asyncio.to_thread((paths.bundle / "config.json").read_text)
+                    )
+                    meta = {"runtime": self.name, "template": handle.data.get("template", ""),
+                            "config": config}  # fmt: skip
+                    await asyncio.to_thread((dest / SNAPSHOT_META).write_text, json.dumps(meta))
+                finally:
+                    await self._start(sid, paths, image=dest / _CHECKPOINT_DIR)
+                    await self._wait_ready(sid)
+            except BaseException:
+                await asyncio.to_thread(shutil.rmtree, dest, True)
+                raise
+
+    async def restore(self, spec: SandboxSpec, source: Path) -> SandboxHandle:
+        """A new sandbox from a snapshot: its own overlay (a copy of the snapshot's upper
+        layer), restored with ``runsc restore``, then given its own hostname and machine-id."""
+        paths = self._paths(spec.sandbox_id)
+        _validate_env(spec.env)
+        _refuse_egress(spec)
+        try:
+            meta = json.loads(await asyncio.to_thread((source / SNAPSHOT_META).read_text))
+        except (OSError, ValueError) as e:
+            raise InvalidArgumentError(f"not a snapshot: {source.name} ({e})") from None
+        if meta.get("runtime") != self.name:
+            raise InvalidArgumentError(
+                f"snapshot {source.name} was made by {meta.get('runtime')!r}, not {self.name}"
+            )
+        template = str(meta.get("template") or spec.template)
+        lower = await asyncio.to_thread(template_rootfs, self._templates_root, template)
+        started = time.monotonic()
+        async with self._lock(spec.sandbox_id):
+            if await asyncio.to_thread(paths.dir.exists):
+                raise InvalidArgumentError(
+                    f"sandbox {spec.sandbox_id} already exists", sandbox_id=spec.sandbox_id
+                )
+            try:
+                await asyncio.to_thread(self._prepare_restore, spec, paths, meta["config"])
+                await self._mount(lower, paths, upper_from=source / "upper")
+                await self._start(spec.sandbox_id, paths, image=source / _CHECKPOINT_DIR)
+                await self._wait_ready(spec.sandbox_id)
+                await self._become(spec.sandbox_id)
+            except BaseException:
+                await asyncio.shield(self._teardown(spec.sandbox_id, paths))
+                raise
+        log.info("sandbox_restored", sandbox_id=spec.sandbox_id, snapshot=source.name,
+                 ms=round((time.monotonic() - started) * 1000))  # fmt: skip
+        return SandboxHandle(
+            sandbox_id=spec.sandbox_id,
+            runtime=self.name,
+            created_at=time.time(),
+            data={
+                "template": template,
+                "bundle": str(paths.bundle),
+                "runsc_root": str(self._root),
+                "cgroup": self._cgroup_path(spec.sandbox_id),
+            },
+        )
+
+    def _prepare_restore(self, spec: SandboxSpec, paths: _Paths, config: object) -> None:
+        """This sandbox's spec (its rootfs, cgroup, hostname) with the snapshot's limits,
+        which its memory image was made under."""
+        resources = config.get("linux", {}).get("resources", {}) if isinstance(config, dict) else {}
+        quota = int(resources.get("cpu", {}).get("quota", spec.cpu * _CPU_PERIOD_US))
+        cpu = quota // _CPU_PERIOD_US
+        memory_mb = int(resources.get("memory", {}).get("limit", spec.memory_mb << 20)) >> 20
+        own = dataclasses.replace(spec, cpu=max(cpu, 1), memory_mb=memory_mb)
+        self._prepare_bundle(own, paths)
+
+    async def _become(self, sandbox_id: str) -> None:
+        """A restored copy's own identity. Randomness needs nothing: gVisor reads it from the
+        host kernel on every request and keeps no pool that a checkpoint could copy."""
+        script = (
+            'hostname "$1" && echo "$1" > /etc/hostname && '
+            "cat /proc/sys/kernel/random/uuid | tr -d - > /etc/machine-id"
+        )
+        done = await self._runsc_call(
+            ["exec", "--cap", "CAP_SYS_ADMIN", sandbox_id, "/bin/sh", "-c", script, "sh",
+             sandbox_id],
+            self._start_timeout_s,
+        )  # fmt: skip
+        if done.exit_code != 0:
+            raise CorralError(
+                f"could not set the restored sandbox's identity: "
+                f"{done.stderr.decode(errors='replace')[-300:]}",
+                sandbox_id=sandbox_id,
+            )
+
     def sandbox_dir(self, sandbox_id: str) -> Path:
         """Host directory holding this sandbox's bundle, overlay layers and logs."""
         return self._paths(sandbox_id).dir
@@ -483,6 +788,10 @@ class GVisorRuntime:
         if not await asyncio.to_thread(paths.bundle.exists):
             raise SandboxNotRunningError(
                 f"sandbox {handle.sandbox_id} does not exist here", sandbox_id=handle.sandbox_id
+            )
+        if await asyncio.to_thread((paths.dir / _PAUSED).exists):
+            raise SandboxNotRunningError(
+                f"sandbox {handle.sandbox_id} is paused", sandbox_id=handle.sandbox_id
             )
         return paths
 
@@ -824,6 +1133,33 @@ def oci_config(spec: SandboxSpec, rootfs: Path, cgroups_path: str) -> dict[str, 
     }
 
 
+async def _copy_tree(src: Path, dest: Path) -> None:
+    """``cp -a``: keeps owners, modes, xattrs and overlayfs whiteouts (device nodes)."""
+    if not await asyncio.to_thread(src.exists):
+        await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
+        return
+    proc = await asyncio.create_subprocess_exec(
+        "cp", "-a", "--reflink=auto", str(src), str(dest),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise CorralError(f"copying {src.name} failed: {err.decode(errors='replace')[-300:]}")
+
+
+def _refuse_egress(spec: SandboxSpec) -> None:
+    """runsc runs with --network=none: only that works on these kernels (see docs/microvm.md).
+    An allow-list is refused rather than ignored, so nobody believes it is in force."""
+    if spec.egress:
+        raise InvalidArgumentError(
+            "gvisor sandboxes have no network on this host; use isolation=microvm for an "
+            "egress allow-list",
+            sandbox_id=spec.sandbox_id,
+        )
+
+
 def _validate_env(env: Mapping[str, str]) -> None:
     for key, value in env.items():
         if not _ENV_KEY_RE.fullmatch(key) or "\0" in value:
@@ -840,6 +1176,25 @@ def _sandbox_path(path: str) -> str:
 def _ensure_tmp(tmp: Path) -> None:
     tmp.mkdir(exist_ok=True)
     tmp.chmod(0o1777)
+
+
+def _sparse_file(path: Path, size: int) -> None:
+    with path.open("xb") as fh:
+        fh.truncate(size)
+    path.chmod(0o600)
+
+
+def _counter(path: Path, name: str) -> int:
+    """The value of ``name`` in a cgroup ``key value`` file; 0 when absent or unreadable."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        key, _, value = line.partition(" ")
+        if key == name and value.strip().isdigit():
+            return int(value.strip())
+    return 0
 
 
 def _tail(path: Path, limit: int = 2000) -> str:

@@ -1,12 +1,22 @@
 """What the agent must remember across restarts: identity, keys, applied jobs, sandboxes,
-and where each sandbox's usage records stand."""
+where each sandbox's usage records stand, and the hosts the agent manages."""
 
 from byoc_agent.state.store import (
     AgentIdentity,
     AgentStateStore,
     AppliedJob,
+    HostRecord,
+    Placement,
     SandboxRecord,
     UsageCursor,
 )
 
-__all__ = ["AgentIdentity", "AgentStateStore", "AppliedJob", "SandboxRecord", "UsageCursor"]
+__all__ = [
+    "AgentIdentity",
+    "AgentStateStore",
+    "AppliedJob",
+    "HostRecord",
+    "Placement",
+    "SandboxRecord",
+    "UsageCursor",
+]

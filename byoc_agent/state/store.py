@@ -3,7 +3,14 @@
 The replay guard lives here so that a job applied before a restart is still refused
 (or answered from its stored result) after it. So does the usage meter's cursor (the end
 of the last usage record emitted per sandbox), written in the same transaction as the
-record's outbox row: see :meth:`AgentStateStore.spool_usage`.
+record's outbox row: see :meth:`AgentStateStore.spool_usage`. And so do the hosts the
+agent manages and which sandbox is placed on which host (see :mod:`byoc_agent.hosts`).
+
+The schema evolves in numbered steps (``_MIGRATIONS``), recorded in SQLite's
+``PRAGMA user_version``: opening a store applies, in order and each in its own
+transaction, the steps it has not seen. Step 1 is the original schema (every statement
+``IF NOT EXISTS``, so a file made before versioning, at version 0, upgrades in place).
+A step is never edited once released; a change is a new step.
 """
 
 from __future__ import annotations
@@ -12,8 +19,10 @@ import json
 import sqlite3
 import threading
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
+from byoc_agent.hosts.phases import HostPhase
 from byoc_agent.protocol.messages import SandboxState
 from byoc_agent.runtimes.base import SandboxHandle
 
@@ -44,6 +53,29 @@ CREATE TABLE IF NOT EXISTS usage_cursors (
 );
 """
 
+# Step 2: hosts the agent provisions (host_key is also the provider's client token) and
+# the placement of sandboxes on them (host_key NULL = waiting for room).
+_HOSTS = """
+CREATE TABLE hosts (
+    host_key TEXT PRIMARY KEY, provider TEXT NOT NULL, instance_type TEXT NOT NULL,
+    phase TEXT NOT NULL, provider_host_id TEXT, private_ip TEXT,
+    vcpu INTEGER NOT NULL, memory_mb INTEGER NOT NULL, gpus INTEGER NOT NULL,
+    kvm INTEGER NOT NULL, price_per_hour TEXT NOT NULL,
+    requested_at REAL NOT NULL, phase_since REAL NOT NULL, ready_by REAL NOT NULL,
+    idle_since REAL, reason TEXT, replaces TEXT
+);
+CREATE INDEX hosts_phase ON hosts (phase);
+CREATE TABLE host_placements (
+    sandbox_id TEXT PRIMARY KEY, host_key TEXT, cpu INTEGER NOT NULL,
+    memory_mb INTEGER NOT NULL, gpus INTEGER NOT NULL, isolation TEXT NOT NULL,
+    submitted_at REAL NOT NULL
+);
+CREATE INDEX host_placements_host ON host_placements (host_key);
+"""
+
+_MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _SCHEMA), (2, _HOSTS))
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
+
 
 @dataclass(frozen=True, slots=True)
 class AgentIdentity:
@@ -71,6 +103,43 @@ class UsageCursor:
 
 
 @dataclass(frozen=True, slots=True)
+class HostRecord:
+    """One host the agent manages. ``host_key`` is Corral's id for it and the client token
+    it was provisioned with; ``provider_host_id`` is the provider's id once known."""
+
+    host_key: str
+    provider: str
+    instance_type: str
+    phase: HostPhase
+    vcpu: int
+    memory_mb: int
+    gpus: int
+    kvm: bool
+    price_per_hour: Decimal
+    requested_at: float
+    phase_since: float
+    ready_by: float
+    provider_host_id: str | None = None
+    private_ip: str | None = None
+    idle_since: float | None = None
+    reason: str | None = None
+    replaces: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A sandbox's claim on host resources; ``host_key`` None while it waits for room."""
+
+    sandbox_id: str
+    host_key: str | None
+    cpu: int
+    memory_mb: int
+    gpus: int
+    isolation: str
+    submitted_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class SandboxRecord:
     sandbox_id: str
     tenant_id: str
@@ -94,7 +163,33 @@ class AgentStateStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Apply the schema steps this file has not seen, each atomically with its number."""
+        current = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"agent state schema {current} is newer than this agent knows "
+                f"({SCHEMA_VERSION}); run the newer agent or restore a matching backup"
+            )
+        for version, script in _MIGRATIONS:
+            if version <= current:
+                continue
+            statements = [f"{st.strip()};" for st in script.split(";") if st.strip()]
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in statements:
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {version:d}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
@@ -238,6 +333,28 @@ class AgentStateStore:
                 raise
         return True
 
+    def skip_usage(self, sandbox_id: str, *, start: int, to: int) -> bool:
+        """Move a sandbox's cursor from ``start`` to ``to`` with no record: the seconds in
+        between are not billed (it was paused). Compare-and-set like :meth:`spool_usage`."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT last_end, final FROM usage_cursors WHERE sandbox_id = ?",
+                    (sandbox_id,),
+                ).fetchone()
+                if (row is not None and (bool(row[1]) or int(row[0]) != start)) or to < start:
+                    self._db.execute("ROLLBACK")
+                    return False
+                self._db.execute(
+                    "INSERT OR REPLACE INTO usage_cursors VALUES (?, ?, 0)", (sandbox_id, to)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return True
+
     # sandboxes ------------------------------------------------------------
     def put_sandbox(self, rec: SandboxRecord) -> None:
         h = rec.handle
@@ -270,6 +387,109 @@ class AgentStateStore:
                     "SELECT * FROM sandboxes WHERE state = ?", (state.value,)
                 ).fetchall()
         return [_record(r) for r in rows]
+
+
+    # hosts ----------------------------------------------------------------
+    def put_host(self, rec: HostRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO hosts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (rec.host_key, rec.provider, rec.instance_type, rec.phase.value,
+                 rec.provider_host_id, rec.private_ip, rec.vcpu, rec.memory_mb, rec.gpus,
+                 int(rec.kvm), str(rec.price_per_hour), rec.requested_at, rec.phase_since,
+                 rec.ready_by, rec.idle_since, rec.reason, rec.replaces),
+            )
+
+    def get_host(self, host_key: str) -> HostRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM hosts WHERE host_key = ?", (host_key,)).fetchone()
+        return _host_record(row) if row else None
+
+    def hosts(self, phases: frozenset[HostPhase] | None = None) -> list[HostRecord]:
+        """Hosts in request order, all or only those in ``phases``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM hosts ORDER BY requested_at, host_key"
+            ).fetchall()
+        recs = [_host_record(r) for r in rows]
+        return recs if phases is None else [r for r in recs if r.phase in phases]
+
+    # placements -----------------------------------------------------------
+    def put_placement(self, p: Placement) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO host_placements VALUES (?,?,?,?,?,?,?)",
+                (p.sandbox_id, p.host_key, p.cpu, p.memory_mb, p.gpus, p.isolation,
+                 p.submitted_at),
+            )
+
+    def get_placement(self, sandbox_id: str) -> Placement | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM host_placements WHERE sandbox_id = ?", (sandbox_id,)
+            ).fetchone()
+        return _placement(row) if row else None
+
+    def delete_placement(self, sandbox_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM host_placements WHERE sandbox_id = ?", (sandbox_id,))
+
+    def placements(self, host_key: str | None = None) -> list[Placement]:
+        """All placements (waiting ones included), or only those on ``host_key``."""
+        with self._lock:
+            if host_key is None:
+                rows = self._db.execute(
+                    "SELECT * FROM host_placements ORDER BY submitted_at, sandbox_id"
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT * FROM host_placements WHERE host_key = ? "
+                    "ORDER BY submitted_at, sandbox_id",
+                    (host_key,),
+                ).fetchall()
+        return [_placement(r) for r in rows]
+
+
+def _placement(r: tuple[object, ...]) -> Placement:
+    return Placement(
+        sandbox_id=str(r[0]),
+        host_key=_opt_str(r[1]),
+        cpu=int(str(r[2])),
+        memory_mb=int(str(r[3])),
+        gpus=int(str(r[4])),
+        isolation=str(r[5]),
+        submitted_at=float(str(r[6])),
+    )
+
+
+def _opt_str(v: object) -> str | None:
+    return None if v is None else str(v)
+
+
+def _opt_float(v: object) -> float | None:
+    return None if v is None else float(str(v))
+
+
+def _host_record(row: tuple[object, ...]) -> HostRecord:
+    return HostRecord(
+        host_key=str(row[0]),
+        provider=str(row[1]),
+        instance_type=str(row[2]),
+        phase=HostPhase(str(row[3])),
+        provider_host_id=_opt_str(row[4]),
+        private_ip=_opt_str(row[5]),
+        vcpu=int(str(row[6])),
+        memory_mb=int(str(row[7])),
+        gpus=int(str(row[8])),
+        kvm=bool(int(str(row[9]))),
+        price_per_hour=Decimal(str(row[10])),
+        requested_at=float(str(row[11])),
+        phase_since=float(str(row[12])),
+        ready_by=float(str(row[13])),
+        idle_since=_opt_float(row[14]),
+        reason=_opt_str(row[15]),
+        replaces=_opt_str(row[16]),
+    )
 
 
 def _record(row: tuple[object, ...]) -> SandboxRecord:

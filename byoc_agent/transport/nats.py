@@ -55,13 +55,14 @@ class TransportUnavailable(Exception):
 
 class NatsAgentTransport:
     def __init__(self, url: str, tenant_id: str, agent_id: str, *, name: str = "corral-agent",
-                 user: str | None = None, password: str | None = None) -> None:
+                 credentials: tuple[str, str] | None = None) -> None:
+        """``credentials`` is ``(user JWT file, nkey seed file)`` from enrollment, or None
+        for a NATS server without auth (development only)."""
         self.url = url
         self.tenant_id = tenant_id
         self.agent_id = agent_id
         self._name = name
-        self._user = user
-        self._password = password
+        self._credentials = credentials
         self._nc: Client | None = None
 
     async def connect(self) -> None:
@@ -71,8 +72,10 @@ class NatsAgentTransport:
         self._nc = await nats.connect(
             self.url,
             name=self._name,
-            user=self._user,
-            password=self._password,
+            user_credentials=self._credentials,
+            # Replies to this agent's JetStream requests land under its own prefix, the
+            # only place its NATS user may subscribe.
+            inbox_prefix=subjects.agent_inbox_prefix(self.agent_id),
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=NETWORK_TIMEOUT_S,
@@ -96,7 +99,7 @@ class NatsAgentTransport:
     async def jobs(self, batch_timeout: float = 1.0) -> AsyncIterator[IncomingJob]:
         """Delivered jobs, in stream order, forever. Reconnects the consumer on failure."""
         subject = subjects.jobs(self.tenant_id, self.agent_id)
-        durable = f"agent-{self.agent_id}"
+        durable = subjects.jobs_consumer(self.agent_id)
         while True:
             try:
                 js = self.nc.jetstream(timeout=NETWORK_TIMEOUT_S)
@@ -105,6 +108,9 @@ class NatsAgentTransport:
                     durable=durable,
                     stream=subjects.JOBS_STREAM,
                     config=ConsumerConfig(
+                        # name + filter: created through CONSUMER.CREATE.<stream>.<name>.
+                        # <filter>, the only consumer call the agent's NATS user may make.
+                        name=durable,
                         durable_name=durable,
                         ack_policy=AckPolicy.EXPLICIT,
                         deliver_policy=DeliverPolicy.ALL,

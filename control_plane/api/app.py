@@ -13,12 +13,27 @@ from collections.abc import AsyncIterator
 
 import structlog
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 
+from control_plane import e2b, nats_auth
 from control_plane.api import errors
 from control_plane.api.body_limit import BodyLimit
-from control_plane.api.routes import agents, billing, jobs, sandboxes, tenants
+from control_plane.api.rate_limit import TenantRateLimiter
+from control_plane.api.routes import (
+    admin_keys,
+    agents,
+    api_keys,
+    audit,
+    billing,
+    console_users,
+    cosign,
+    jobs,
+    sandboxes,
+    tenants,
+)
 from control_plane.api.schemas import Health
 from control_plane.api.services import Services
+from control_plane.audit import AuditLog
 from control_plane.jobs.inbox import AgentInbox
 from control_plane.jobs.issuer import JobIssuer
 from control_plane.jobs.keys import SigningKeys
@@ -56,6 +71,10 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
         issuer=issuer,
         sandboxes=SandboxService(db, issuer, keys, settings),
         inbox=AgentInbox(db, waiters),
+        create_limiter=TenantRateLimiter(
+            settings.sandbox_create_rate_per_s, settings.sandbox_create_burst
+        ),
+        audit=AuditLog(db),
     )
 
     @contextlib.asynccontextmanager
@@ -64,6 +83,16 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
             await asyncio.to_thread(upgrade_to_head, settings.database_url)
             key = await keys.load()
             log.info("signing_key_loaded", kid=key.kid)
+            if settings.nats_auth == "jwt":
+                authority = await asyncio.to_thread(
+                    nats_auth.load_or_create, db, settings.master_key
+                )
+                svc.nats.authority = authority
+                log.info("nats_authority_loaded", account=authority.account_public)
+                if nats_transport is not None:
+                    nats_transport.use_credentials(
+                        authority.new_user("corral-control-plane", permissions=None)
+                    )
             if nats_transport is not None:
                 await nats_transport.connect()
                 await nats_transport.ensure_streams()
@@ -92,10 +121,22 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
-    @app.get("/healthz", response_model=Health, tags=["health"])
+    @app.get("/healthz", response_model=Health, tags=["health"], responses=errors.COMMON_ERRORS)
     async def healthz() -> Health:
         return Health()
 
-    for module in (tenants, agents, sandboxes, jobs, billing):
-        app.include_router(module.router)
+    for module in (
+        tenants, api_keys, agents, sandboxes, jobs, billing, console_users, admin_keys, audit,
+        cosign,
+    ):  # fmt: skip
+        app.include_router(module.router, responses=errors.COMMON_ERRORS)
+
+    @app.get("/console", include_in_schema=False)
+    async def console_root() -> RedirectResponse:
+        return RedirectResponse("/console/", status_code=307)
+
+    from control_plane.console.app import create_console  # it imports the API's services
+
+    app.mount("/console", create_console(svc))
+    app.include_router(e2b.router)  # E2B-compatible lifecycle API (docs/e2b-compat.md)
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -9,7 +11,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from byoc_agent.protocol.errors import CorralError, ErrorCode
-from control_plane.errors import http_status
+from control_plane.api.schemas import ErrorResponse
+from control_plane.errors import RateLimitedError, http_status
 
 log = structlog.get_logger("control_plane.api")
 
@@ -68,7 +71,10 @@ async def _corral(request: Request, exc: Exception) -> JSONResponse:
             code=exc.code.value,
             **{k: v for k, v in exc.fields.items() if k.endswith("_id")},
         )
-    return error_response(status, exc.code, exc.message, str(field) if field else None)
+    response = error_response(status, exc.code, exc.message, str(field) if field else None)
+    if isinstance(exc, RateLimitedError):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 async def _http(_: Request, exc: Exception) -> JSONResponse:
@@ -92,3 +98,30 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(CorralError, _corral)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these error statuses, with the error body's schema."""
+    return {
+        status: {"model": ErrorResponse, "description": _DESCRIPTIONS[status]}
+        for status in statuses
+    }
+
+
+_DESCRIPTIONS = {
+    400: "Invalid input; `error.field` names it",
+    401: "Missing, unknown or revoked credential",
+    403: "The credential's role may not do this",
+    404: "Unknown, or another tenant's, resource",
+    409: "The resource's state does not allow this",
+    413: "Request body over the limit",
+    429: "Rate limited; see the Retry-After header",
+    502: "The agent refused or failed the job",
+    503: "No agent online or with capacity, or NATS unavailable",
+    504: "The agent did not answer in time",
+}
+COMMON_ERRORS = documented(400, 401, 403, 404, 413)
+"""Every route can answer these (auth, validation, body limit): documented once, in OpenAPI."""
+AGENT_ERRORS = documented(409, 502, 503, 504)
+"""Routes that wait for an agent's signed answer to a job."""
+RATE_LIMITED = documented(429)

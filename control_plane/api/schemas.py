@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 from byoc_agent.protocol.messages import MAX_ENV_VALUE, MAX_ENV_VARS, EnvName, JobKind, JobStatus
 from byoc_agent.protocol.messages import SandboxState as WireSandboxState
 from byoc_agent.protocol.signing import public_key_from_text
+from control_plane.roles import DEFAULT_KEY_ROLE, KeyRole
 
 TEMPLATE_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 METADATA_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$"
@@ -38,6 +39,15 @@ class CreateTenantRequest(_Body):
 
 class CreateApiKeyRequest(_Body):
     name: Name
+    role: KeyRole = DEFAULT_KEY_ROLE
+
+
+Isolation = Literal["gvisor", "microvm"]
+
+
+class TenantPolicyRequest(_Body):
+    # "microvm": every sandbox of the tenant gets a kernel of its own; null: no requirement.
+    required_isolation: Isolation | None
 
 
 class CreateBillingKeyRequest(_Body):
@@ -65,6 +75,39 @@ class EnrollRequest(_Body):
     runtimes: list[ListItem] = Field(default_factory=list, max_length=32)
     templates: list[ListItem] = Field(default_factory=list, max_length=256)
     capacity: CapacityModel
+    # The agent's own NATS user nkey (U…); the private seed never leaves the agent.
+    nats_public_key: StrictStr | None = Field(default=None, max_length=64)
+    # Customer co-signing the agent enforces: rules ("create_sandbox:cpu>8") and the
+    # customer's Ed25519 public keys. The control plane holds matching jobs for a
+    # cosignature instead of sending them to be refused.
+    cosign_rules: list[StrictStr] = Field(default_factory=list, max_length=32)
+    cosigner_keys: list[StrictStr] = Field(default_factory=list, max_length=16)
+
+    @field_validator("cosign_rules")
+    @classmethod
+    def _rules(cls, value: list[str]) -> list[str]:
+        from byoc_agent.protocol.cosign import CosignRule
+
+        return [str(CosignRule.parse(v)) for v in value]
+
+    @field_validator("cosigner_keys")
+    @classmethod
+    def _cosigners(cls, value: list[str]) -> list[str]:
+        for v in value:
+            try:
+                public_key_from_text(v)
+            except ValueError:
+                raise ValueError("must be base64url Ed25519 public keys (32 bytes)") from None
+        return value
+
+    @field_validator("nats_public_key")
+    @classmethod
+    def _nkey(cls, value: str | None) -> str | None:
+        from control_plane.nats_auth import is_user_public_key
+
+        if value is not None and not is_user_public_key(value):
+            raise ValueError("must be a NATS user public nkey (U…, 56 characters)")
+        return value
 
     @field_validator("public_key")
     @classmethod
@@ -78,6 +121,8 @@ class EnrollRequest(_Body):
 
 class CreateSandboxRequest(_Body):
     template: StrictStr = Field(pattern=TEMPLATE_PATTERN)
+    # None: the tenant's required isolation if it has one, else gvisor.
+    isolation: Isolation | None = None
     cpu: StrictInt = 1
     memory_mb: StrictInt = 512
     timeout_s: StrictInt = 300
@@ -110,12 +155,14 @@ class TenantOut(_Out):
     id: str
     name: str
     created_at: datetime
+    required_isolation: str | None = None
 
 
 class ApiKeyOut(_Out):
     id: str
     tenant_id: str
     name: str
+    role: KeyRole
     created_at: datetime
     revoked_at: datetime | None
 
@@ -129,9 +176,15 @@ class NewApiKeyOut(_Out):
     created_at: datetime
 
 
+class NewTenantApiKeyOut(NewApiKeyOut):
+    """A freshly created tenant API key with its role; ``key`` is shown this once."""
+
+    role: KeyRole
+
+
 class CreatedTenantOut(_Out):
     tenant: TenantOut
-    api_key: NewApiKeyOut
+    api_key: NewTenantApiKeyOut
 
 
 class TenantPage(_Out):
@@ -177,6 +230,52 @@ class EnrolledAgentOut(_Out):
     tenant_id: str
     nats_url: str
     control_plane_keys: list[SigningKeyOut]
+    # A user JWT for the agent's own nkey, allowed only its own subjects; null when the
+    # control plane runs NATS without auth.
+    nats_jwt: str | None = None
+
+
+class SigningKeyAdminOut(_Out):
+    kid: str
+    public_key: str
+    status: Literal["active", "retired", "revoked"]
+    created_at: datetime
+    retired_at: datetime | None
+    revoked_at: datetime | None
+
+
+class SigningKeyAdminList(_Out):
+    keys: list[SigningKeyAdminOut]
+
+
+class RevokedKeyOut(_Out):
+    revoked: SigningKeyAdminOut
+    replaced_by: SigningKeyAdminOut | None
+
+
+class AuditEntryOut(_Out):
+    seq: int
+    at: datetime
+    actor: str
+    tenant_id: str | None
+    action: str
+    subject: str | None
+    detail: dict[str, str]
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(_Out):
+    items: list[AuditEntryOut]
+    next_cursor: str | None
+
+
+class AuditVerifyOut(_Out):
+    ok: bool
+    entries: int
+    head_hash: str
+    first_bad_seq: int | None
+    problem: str | None
 
 
 class CapacityOut(_Out):
@@ -211,6 +310,7 @@ class SandboxOut(_Out):
     tenant_id: str
     agent_id: str
     template: str
+    isolation: str
     cpu: int
     memory_mb: int
     timeout_s: int
@@ -227,6 +327,38 @@ class SandboxCreatedOut(SandboxOut):
     data_plane_url: str
     access_token: str
     access_token_expires_at: datetime
+    # Set when the agent's rules need a customer cosignature first: the sandbox stays
+    # pending until `corral cosign sign <id>` (POST /v1/cosign-requests/{id}/cosignature).
+    cosign_request_id: str | None = None
+
+
+class CosignRequestOut(_Out):
+    id: str
+    tenant_id: str
+    agent_id: str
+    sandbox_id: str | None
+    kind: str
+    body: dict[str, object]
+    body_sha256: str
+    rule: str
+    status: Literal["pending", "released", "expired"]
+    created_at: datetime
+    expires_at: datetime
+    released_at: datetime | None
+
+
+class CosignRequestPage(_Out):
+    items: list[CosignRequestOut]
+    next_cursor: str | None
+
+
+class CosignatureRequest(_Body):
+    cosignature: StrictStr = Field(min_length=1, max_length=2048)
+
+
+class CosignReleasedOut(_Out):
+    job_id: str
+    status: str
 
 
 class SandboxPage(_Out):

@@ -10,6 +10,7 @@ from control_plane.api.schemas import (
     CapacityOut,
     JobErrorOut,
     JobOut,
+    NewTenantApiKeyOut,
     SandboxOut,
     SigningKeyOut,
     TenantOut,
@@ -18,11 +19,13 @@ from control_plane.store.agents import AgentRecord
 from control_plane.store.jobs import JobRecord
 from control_plane.store.sandboxes import SandboxRecord
 from control_plane.store.signing_keys import SigningKeyRecord
-from control_plane.store.tenants import ApiKeyRecord, TenantRecord
+from control_plane.store.tenants import ApiKeyRecord, IssuedApiKey, TenantRecord
 
 
 def tenant_out(r: TenantRecord) -> TenantOut:
-    return TenantOut(id=r.id, name=r.name, created_at=r.created_at)
+    return TenantOut(
+        id=r.id, name=r.name, created_at=r.created_at, required_isolation=r.required_isolation
+    )
 
 
 def api_key_out(r: ApiKeyRecord) -> ApiKeyOut:
@@ -30,8 +33,16 @@ def api_key_out(r: ApiKeyRecord) -> ApiKeyOut:
         id=r.id,
         tenant_id=r.tenant_id,
         name=r.name,
+        role=r.role,
         created_at=r.created_at,
         revoked_at=r.revoked_at,
+    )
+
+
+def new_api_key_out(issued: IssuedApiKey) -> NewTenantApiKeyOut:
+    r = issued.record
+    return NewTenantApiKeyOut(
+        id=r.id, name=r.name, role=r.role, key=issued.key, created_at=r.created_at
     )
 
 
@@ -68,6 +79,7 @@ def sandbox_fields(r: SandboxRecord) -> dict[str, object]:
         "tenant_id": r.tenant_id,
         "agent_id": r.agent_id,
         "template": r.template,
+        "isolation": r.isolation,
         "cpu": r.cpu,
         "memory_mb": r.memory_mb,
         "timeout_s": r.timeout_s,

@@ -12,7 +12,7 @@ and late or out-of-order records are accepted as they come.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
@@ -38,8 +38,9 @@ from byoc_agent.protocol.signing import key_id, public_key_from_text
 from byoc_agent.protocol.verify import CLOCK_SKEW_S, Keyring, verify_model
 from byoc_agent.runtimes.base import EndReason
 from control_plane.jobs.waiters import JobOutcome, JobWaiters
-from control_plane.store import Database, agents, jobs, sandboxes, usage, utcnow
+from control_plane.store import Database, agents, audit, jobs, sandboxes, usage, utcnow
 from control_plane.store.agents import AgentRecord, AgentReport, Capacity
+from control_plane.store.audit import AuditEvent
 from control_plane.store.usage import Ingested, Usage
 from control_plane.transport.base import Disposition
 
@@ -133,14 +134,33 @@ class AgentInbox:
                 raise ForeignMessageError(f"unknown subject kind {kind[:32]!r}")
         except EnvelopeRejectedError as e:
             bound.warning("message_dropped", reason=e.reason.value, detail=e.message[:200])
-            return Disposition.DROPPED
+            return await self._dropped(tenant_id, agent_id, kind, e.reason.value, e.message)
         except (NotFoundError, ForeignMessageError, ValueError) as e:
             bound.warning("message_dropped", reason="foreign", detail=str(e)[:200])
-            return Disposition.DROPPED
+            return await self._dropped(tenant_id, agent_id, kind, "foreign", str(e))
         except SQLAlchemyError as e:
             bound.error("message_retry", error=type(e).__name__)
             return Disposition.RETRY
         return Disposition.APPLIED
+
+    async def _dropped(
+        self, tenant_id: str, agent_id: str, kind: str, reason: str, detail: str
+    ) -> Disposition:
+        """Audit a refused agent message (not heartbeats: stale ones are routine). The
+        tenant and agent are only what the subject claims, so they go in the detail."""
+        if kind != "heartbeat":
+            event = AuditEvent(
+                action="agent_message.rejected", actor=f"agent:{agent_id[:64]}",
+                subject=kind[:32],
+                detail={"reason": reason, "claimed_tenant": tenant_id[:64],
+                        "detail": detail[:200]},
+            )
+            try:
+                await self._db.run(lambda s: audit.append(s, event))
+            except SQLAlchemyError as e:
+                log.error("message_retry", error=type(e).__name__)
+                return Disposition.RETRY
+        return Disposition.DROPPED
 
     @staticmethod
     def _check_ids(agent: AgentRecord, tenant_id: str, agent_id: str) -> None:
@@ -161,6 +181,7 @@ class AgentInbox:
             if not jobs.complete_job(s, job.id, status, error_code=code, error_message=message):
                 done = jobs.get_job(s, job.id, tenant_id=None)
                 return JobOutcome(done.id, done.status, done.error_code, done.error_message)
+            audit.append(s, _result_event(agent, job.id, status, message))
             report = result.sandbox
             if report is not None and report.sandbox_id != job.sandbox_id:
                 report = None
@@ -261,6 +282,19 @@ class AgentInbox:
         await self._db.run(lambda s: agents.record_heartbeat(s, agent.id, report))
 
 
+def _result_event(
+    agent: AgentRecord, job_id: str, status: JobStatus, message: str | None
+) -> AuditEvent:
+    """A rejected job names the agent's reason (the message starts ``<reason>: ``)."""
+    actor = f"agent:{agent.id}"
+    if status == JobStatus.REJECTED:
+        reason = (message or "").partition(":")[0].strip() or "unknown"
+        return AuditEvent(action="job.rejected", actor=actor, tenant_id=agent.tenant_id,
+                          subject=job_id, detail={"reason": reason, "message": message or ""})
+    return AuditEvent(action="job.verified", actor=actor, tenant_id=agent.tenant_id,
+                      subject=job_id, detail={"outcome": status.value})
+
+
 def _apply_job_to_sandbox(
     s: Session,
     kind: JobKind,
@@ -282,6 +316,12 @@ def _apply_job_to_sandbox(
                 source=job_id,
                 started_at=_when(report.started_at) if report else None,
             )
+            current = sandboxes.get_sandbox(s, sandbox_id, tenant_id=None)
+            if current.expires_at is None and current.state == SandboxState.RUNNING:
+                # A job released by a cosignature: no API call is waiting to set this.
+                begin = current.started_at or utcnow()
+                sandboxes.set_expiry(s, sandbox_id, current.timeout_s,
+                                     begin + timedelta(seconds=current.timeout_s))
         else:
             sandboxes.transition(
                 s,
@@ -290,6 +330,9 @@ def _apply_job_to_sandbox(
                 reason=EndReason.CREATE_FAILED.value,
                 source=job_id,
             )
+    elif kind in (JobKind.PAUSE_SANDBOX, JobKind.RESUME_SANDBOX):
+        if status == JobStatus.SUCCEEDED and report is not None:
+            sandboxes.transition(s, sandbox_id, report.state, reason=None, source=job_id)
     elif kind == JobKind.KILL_SANDBOX:
         if status == JobStatus.SUCCEEDED:
             state = (

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
 from sqlalchemy.orm import Session
 
-from byoc_agent.protocol import subjects
+from byoc_agent.protocol import cosign, subjects
 from byoc_agent.protocol.errors import ErrorCode
 from byoc_agent.protocol.messages import JOB_TYP, Job, JobBody, JobKind, JobStatus, to_json_bytes
 from byoc_agent.protocol.signing import sign
 from control_plane.errors import AgentTimeoutError, PublishError
 from control_plane.jobs.keys import SigningKeys
 from control_plane.jobs.waiters import JobOutcome, JobWaiters
-from control_plane.store import Database, agents, jobs, new_id
+from control_plane.store import Database, agents, audit, jobs, new_id
+from control_plane.store.audit import AuditEvent
 from control_plane.transport.base import Publisher
 
 log = structlog.get_logger("control_plane.jobs")
@@ -69,6 +71,8 @@ class JobIssuer:
         sandbox_id: str | None,
         body: JobBody,
         job_id: str | None = None,
+        actor: str = "control-plane",
+        cosignatures: Sequence[bytes] = (),
     ) -> IssuedJob:
         """Publish one job; returns once JetStream acknowledged it (status ``delivered``)."""
         job_id = job_id or new_id("j")
@@ -87,6 +91,11 @@ class JobIssuer:
                     kind=kind,
                     seq=seq,
                 )
+                audit.append(s, AuditEvent(
+                    action="job.issued", actor=actor, tenant_id=tenant_id, subject=job_id,
+                    detail={"agent_id": agent_id, "kind": kind.value, "seq": str(seq),
+                            "sandbox_id": sandbox_id or ""},
+                ))
                 return seq
 
             seq = await self._db.run(allocate)
@@ -100,7 +109,8 @@ class JobIssuer:
                 seq=seq,
                 body=body,
             )
-            data = sign(self._keys.active, JOB_TYP, to_json_bytes(job))
+            key = await self._keys.current()
+            data = cosign.attach(sign(key, JOB_TYP, to_json_bytes(job)), cosignatures)
             try:
                 async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                     await self._publisher.publish_job(
@@ -108,17 +118,32 @@ class JobIssuer:
                     )
             except (TimeoutError, OSError, ConnectionError, RuntimeError) as e:
                 bound.warning("job_publish_failed", seq=seq, error=type(e).__name__)
-                await self._db.run(
-                    lambda s: jobs.complete_job(
+                error_name = type(e).__name__
+
+                def failed(s: Session) -> None:
+                    jobs.complete_job(
                         s,
                         job_id,
                         JobStatus.FAILED,
                         error_code=ErrorCode.UNAVAILABLE.value,
                         error_message="could not publish the job",
                     )
-                )
+                    audit.append(s, AuditEvent(
+                        action="job.publish_failed", actor="control-plane", tenant_id=tenant_id,
+                        subject=job_id, detail={"agent_id": agent_id, "error": error_name},
+                    ))
+
+                await self._db.run(failed)
                 raise PublishError("the job could not be published", job_id=job_id) from e
-        await self._db.run(lambda s: jobs.mark_delivered(s, job_id))
+        def delivered(s: Session) -> None:
+            jobs.mark_delivered(s, job_id)
+            audit.append(s, AuditEvent(
+                action="job.delivered", actor="control-plane", tenant_id=tenant_id,
+                subject=job_id, detail={"agent_id": agent_id, "kid": key.kid,
+                                        "stream": subjects.JOBS_STREAM},
+            ))
+
+        await self._db.run(delivered)
         bound.info("job_published", seq=seq)
         return IssuedJob(job_id=job_id, tenant_id=tenant_id, agent_id=agent_id, seq=seq)
 
@@ -130,6 +155,7 @@ class JobIssuer:
         sandbox_id: str | None,
         body: JobBody,
         timeout_s: float,
+        actor: str = "control-plane",
     ) -> JobOutcome:
         """Issue a job and wait for the agent's result; AgentTimeoutError after ``timeout_s``."""
         job_id = new_id("j")
@@ -141,6 +167,7 @@ class JobIssuer:
                 sandbox_id=sandbox_id,
                 body=body,
                 job_id=job_id,
+                actor=actor,
             )
             try:
                 async with asyncio.timeout(timeout_s):

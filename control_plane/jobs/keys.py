@@ -7,6 +7,7 @@ the kid as associated data, so a sealed blob cannot be moved to another row unno
 from __future__ import annotations
 
 import secrets
+import time
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -16,6 +17,9 @@ from control_plane.store import Database, signing_keys
 from control_plane.store.signing_keys import SigningKeyRecord
 
 NONCE_BYTES = 12
+# How long a replica signs with the key it loaded before it checks the database for a
+# rotation or revocation made by another replica (or the CLI).
+ACTIVE_KEY_RECHECK_S = 5.0
 
 
 class SealError(ValueError):
@@ -45,6 +49,7 @@ class SigningKeys:
         self._db = db
         self._master_key = master_key
         self._active: SigningKey | None = None
+        self._checked_at = 0.0
 
     def __repr__(self) -> str:
         kid = self._active.kid if self._active else None
@@ -56,19 +61,41 @@ class SigningKeys:
         if sealed is None:
             await self.rotate()
         else:
-            pem = unseal(self._master_key, sealed.kid, sealed.sealed_private_key)
-            self._active = SigningKey.from_pem(sealed.kid, pem)
+            self._open(sealed)
+        self._checked_at = time.monotonic()
         return self.active
+
+    def _open(self, sealed: signing_keys.SealedKey) -> None:
+        if self._active is not None and self._active.kid == sealed.kid:
+            return
+        pem = unseal(self._master_key, sealed.kid, sealed.sealed_private_key)
+        self._active = SigningKey.from_pem(sealed.kid, pem)
+
+    async def current(self) -> SigningKey:
+        """The key to sign with now: the loaded one, re-read from the database at most every
+        few seconds so a rotation or revocation made elsewhere takes effect here too."""
+        if time.monotonic() - self._checked_at >= ACTIVE_KEY_RECHECK_S:
+            sealed = await self._db.run(signing_keys.active_key)
+            if sealed is None:
+                await self.rotate()
+            else:
+                self._open(sealed)
+            self._checked_at = time.monotonic()
+        return self.active
+
+    def rotate_in(self, s: signing_keys.Session) -> SigningKeyRecord:
+        """Make a new active key inside the caller's transaction; the previous active key
+        stays trusted as ``retired`` (overlap), so jobs signed with it still verify."""
+        key = SigningKey.generate()
+        blob = seal(self._master_key, key.kid, key.to_pem())
+        record = signing_keys.add_active_key(s, key.kid, key.public_text, blob)
+        self._active = key
+        self._checked_at = time.monotonic()
+        return record
 
     async def rotate(self) -> SigningKeyRecord:
         """Make a new active key; the previous one stays trusted as ``retired``."""
-        key = SigningKey.generate()
-        blob = seal(self._master_key, key.kid, key.to_pem())
-        record = await self._db.run(
-            lambda s: signing_keys.add_active_key(s, key.kid, key.public_text, blob)
-        )
-        self._active = key
-        return record
+        return await self._db.run(self.rotate_in)
 
     async def public_keys(self) -> list[SigningKeyRecord]:
         return await self._db.run(signing_keys.list_keys)

@@ -1,5 +1,5 @@
 """Place sandboxes on agents."""
 
-from control_plane.scheduler.best_fit import Candidate, Request, choose
+from control_plane.scheduler.best_fit import Candidate, Request, choose, isolations_of
 
-__all__ = ["Candidate", "Request", "choose"]
+__all__ = ["Candidate", "Request", "choose", "isolations_of"]

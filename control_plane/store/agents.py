@@ -36,6 +36,10 @@ class Agent(Base):
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Customer co-signing as the agent reported it at enrollment (the agent enforces it;
+    # the control plane uses it to hold such jobs for a cosignature instead of sending).
+    cosign_rules: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    cosigner_keys: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class EnrollmentToken(Base):
@@ -73,6 +77,8 @@ class AgentRecord:
     last_heartbeat_at: datetime | None
     enrolled_at: datetime
     revoked_at: datetime | None
+    cosign_rules: tuple[str, ...] = ()
+    cosigner_keys: tuple[str, ...] = ()
 
     def is_online(self, now: datetime, offline_after_s: float) -> bool:
         return (
@@ -123,6 +129,8 @@ def _agent(row: Agent) -> AgentRecord:
         last_heartbeat_at=row.last_heartbeat_at,
         enrolled_at=row.enrolled_at,
         revoked_at=row.revoked_at,
+        cosign_rules=tuple(row.cosign_rules or ()),
+        cosigner_keys=tuple(row.cosigner_keys or ()),
     )
 
 
@@ -154,7 +162,10 @@ def create_enrollment_token(s: Session, tenant_id: str, ttl_s: int) -> IssuedEnr
     return IssuedEnrollmentToken(token=secret.text, tenant_id=tenant_id, expires_at=row.expires_at)
 
 
-def enroll(s: Session, token: str, name: str, public_key: str, report: AgentReport) -> AgentRecord:
+def enroll(
+    s: Session, token: str, name: str, public_key: str, report: AgentReport,
+    *, cosign_rules: tuple[str, ...] = (), cosigner_keys: tuple[str, ...] = (),
+) -> AgentRecord:
     """Consume a one-use enrollment token and register the agent with its public key."""
     now = utcnow()
     agent_id = new_id("a")
@@ -185,6 +196,8 @@ def enroll(s: Session, token: str, name: str, public_key: str, report: AgentRepo
         memory_mb_total=0,
         memory_mb_free=0,
         sandboxes=0,
+        cosign_rules=list(cosign_rules),
+        cosigner_keys=list(cosigner_keys),
     )
     _apply_report(row, report)
     s.add(row)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from byoc_agent.protocol.errors import NotFoundError
@@ -104,10 +104,13 @@ def get_job(s: Session, job_id: str, *, tenant_id: str | None) -> JobRecord:
 
 
 def mark_delivered(s: Session, job_id: str) -> None:
-    row = s.get(JobRow, job_id)
-    if row is not None and row.status == JobStatus.QUEUED.value:
-        row.status = JobStatus.DELIVERED.value
-        row.delivered_at = utcnow()
+    """queued → delivered, in one conditional UPDATE: a result applied concurrently (the
+    agent can answer before the publisher's ack is processed) is never overwritten."""
+    s.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.status == JobStatus.QUEUED.value)
+        .values(status=JobStatus.DELIVERED.value, delivered_at=utcnow())
+    )
 
 
 def complete_job(

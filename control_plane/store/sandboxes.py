@@ -29,6 +29,7 @@ class Sandbox(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
     template: Mapped[str] = mapped_column(String(64))
+    isolation: Mapped[str] = mapped_column(String(16), default="gvisor", server_default="gvisor")
     cpu: Mapped[int] = mapped_column(Integer)
     memory_mb: Mapped[int] = mapped_column(Integer)
     timeout_s: Mapped[int] = mapped_column(Integer)
@@ -72,6 +73,7 @@ class NewSandbox:
     memory_mb: int
     timeout_s: int
     metadata: Mapping[str, str] = field(default_factory=dict)
+    isolation: str = "gvisor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,7 @@ class SandboxRecord:
     started_at: datetime | None
     ended_at: datetime | None
     expires_at: datetime | None
+    isolation: str = "gvisor"
 
     @property
     def terminal(self) -> bool:
@@ -126,6 +129,7 @@ def _record(row: Sandbox, labels: Mapping[str, str]) -> SandboxRecord:
         started_at=row.started_at,
         ended_at=row.ended_at,
         expires_at=row.expires_at,
+        isolation=row.isolation,
     )
 
 
@@ -136,6 +140,7 @@ def create_sandbox(s: Session, new: NewSandbox) -> SandboxRecord:
         tenant_id=new.tenant_id,
         agent_id=new.agent_id,
         template=new.template,
+        isolation=new.isolation,
         cpu=new.cpu,
         memory_mb=new.memory_mb,
         timeout_s=new.timeout_s,
@@ -210,7 +215,10 @@ def transition(
     now = utcnow()
     row.state = to.value
     if to == SandboxState.RUNNING:
-        row.started_at = started_at or now
+        if current == SandboxState.PENDING or row.started_at is None:  # not on a resume
+            row.started_at = started_at or now
+    elif to == SandboxState.PAUSED:
+        pass  # neither started nor ended: the state history records when
     elif to != SandboxState.PENDING:
         row.ended_at = ended_at or now
         row.end_reason = reason
@@ -227,7 +235,10 @@ def transition(
     return True
 
 
-def set_expiry(s: Session, sandbox_id: str, timeout_s: int, expires_at: datetime) -> None:
+def set_expiry(
+    s: Session, sandbox_id: str, timeout_s: int, expires_at: datetime | None
+) -> None:
+    """Set the timeout; ``expires_at`` is None while the sandbox is paused (its clock stops)."""
     row = s.get(Sandbox, sandbox_id)
     if row is None:
         raise NotFoundError("no such sandbox", sandbox_id=sandbox_id)

@@ -12,6 +12,11 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from byoc_agent.protocol.errors import NotFoundError
 from control_plane.store.base import Base, UTCDateTime, utcnow
 
+__all__ = [
+    "KeyStatus", "SealedKey", "Session", "SigningKeyRecord", "SigningKeyRow", "active_key",
+    "add_active_key", "get_key", "list_keys", "revoke_key",
+]
+
 
 class KeyStatus(StrEnum):
     ACTIVE = "active"
@@ -37,6 +42,8 @@ class SigningKeyRecord:
     public_key: str
     status: KeyStatus
     created_at: datetime
+    retired_at: datetime | None = None
+    revoked_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +61,8 @@ def _record(row: SigningKeyRow) -> SigningKeyRecord:
         public_key=row.public_key,
         status=KeyStatus(row.status),
         created_at=row.created_at,
+        retired_at=row.retired_at,
+        revoked_at=row.revoked_at,
     )
 
 
@@ -89,10 +98,19 @@ def add_active_key(s: Session, kid: str, public_key: str, sealed: bytes) -> Sign
     return _record(row)
 
 
-def revoke_key(s: Session, kid: str) -> SigningKeyRecord:
+def get_key(s: Session, kid: str) -> SigningKeyRecord:
     row = s.get(SigningKeyRow, kid)
     if row is None:
-        raise NotFoundError("no such signing key")
-    row.status = KeyStatus.REVOKED.value
-    row.revoked_at = utcnow()
+        raise NotFoundError("no such signing key", kid=kid[:64])
+    return _record(row)
+
+
+def revoke_key(s: Session, kid: str) -> SigningKeyRecord:
+    """Mark a key revoked (idempotent); agents stop trusting it at their next refresh."""
+    row = s.get(SigningKeyRow, kid)
+    if row is None:
+        raise NotFoundError("no such signing key", kid=kid[:64])
+    if row.status != KeyStatus.REVOKED.value:
+        row.status = KeyStatus.REVOKED.value
+        row.revoked_at = utcnow()
     return _record(row)

@@ -7,11 +7,21 @@ time. ``seq`` is the arrival order, which the billing ledger uses to tell late u
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, Integer, String, UniqueConstraint, select
+from sqlalchemy import (
+    ForeignKey,
+    Index,
+    Integer,
+    Row,
+    String,
+    UniqueConstraint,
+    func,
+    select,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from control_plane.store.base import Base, UTCDateTime
@@ -195,3 +205,59 @@ def tenant_usage_batch(s: Session, *, tenant_id: str, after_seq: int) -> list[St
         .limit(READ_BATCH)
     )
     return [_stored(r) for r in s.scalars(query).all()]
+
+
+def tenant_usage_count(s: Session, *, tenant_id: str) -> int:
+    """How many records the tenant has, of every month (its billing watermark)."""
+    query = select(func.count()).select_from(UsageRow).where(UsageRow.tenant_id == tenant_id)
+    return int(s.scalar(query) or 0)
+
+
+RANKED_COLUMNS = (
+    "rank", "agent_id", "record_id", "sandbox_id", "start", "end", "vcpu", "memory_mb",
+    "gpu_count", "gpu_model", "isolation", "template", "host",
+)
+"""The columns of :func:`stream_ranked_usage` rows, in order."""
+
+
+def stream_ranked_usage(
+    s: Session, *, tenant_id: str, start: datetime, end: datetime, batch_size: int
+) -> Iterator[Sequence[Row[tuple[object, ...]]]]:
+    """The tenant's records overlapping ``[start, end)`` in arrival order, ``batch_size`` at a
+    time, each with its ``rank``: its position among *all* the tenant's records (1, 2, ...).
+
+    One query, streamed (a server-side cursor on PostgreSQL; SQLite steps its cursor), so
+    memory holds one batch of plain rows, never the tenant's history. The rank is what the
+    billing ledger calls a sequence number; the window runs over every month, so records
+    outside the range still count.
+    """
+    ranked = (
+        select(
+            func.row_number().over(order_by=UsageRow.seq).label("rank"),
+            UsageRow.agent_id,
+            UsageRow.record_id,
+            UsageRow.sandbox_id,
+            UsageRow.start,
+            UsageRow.end,
+            UsageRow.vcpu,
+            UsageRow.memory_mb,
+            UsageRow.gpu_count,
+            UsageRow.gpu_model,
+            UsageRow.isolation,
+            UsageRow.template,
+            UsageRow.host,
+        )
+        .where(UsageRow.tenant_id == tenant_id)
+        .subquery()
+    )
+    query = (
+        select(*(ranked.c[name] for name in RANKED_COLUMNS))
+        .where(ranked.c.start < end, ranked.c.end > start)
+        .order_by(ranked.c.rank)
+        .execution_options(stream_results=True, yield_per=batch_size)
+    )
+    result = s.execute(query)
+    try:
+        yield from result.partitions(batch_size)
+    finally:
+        result.close()

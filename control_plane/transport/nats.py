@@ -25,6 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from nats.js.client import JetStreamContext
 
 from byoc_agent.protocol import subjects
+from control_plane.nats_auth import UserCredentials, sign_nonce
 from control_plane.transport.base import Disposition, Inbox
 
 log = structlog.get_logger("control_plane.transport")
@@ -64,25 +65,68 @@ def stream_configs() -> list[StreamConfig]:
 class NatsTransport:
     """Connects to NATS, ensures streams, publishes jobs, and runs the inbound loops."""
 
-    def __init__(self, url: str, *, client_name: str = "corral-control-plane") -> None:
+    def __init__(
+        self, url: str, *, client_name: str = "corral-control-plane",
+        credentials: UserCredentials | None = None,
+    ) -> None:
         self._url = url
         self._client_name = client_name
+        self._credentials = credentials
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+
+    def use_credentials(self, credentials: UserCredentials) -> None:
+        """Connect as this NATS user (set before :meth:`connect`)."""
+        self._credentials = credentials
 
     def __repr__(self) -> str:
         return f"NatsTransport(connected={self._nc is not None and self._nc.is_connected})"
 
     async def connect(self) -> None:
-        async with asyncio.timeout(OP_TIMEOUT_S):
-            self._nc = await nats.connect(
-                self._url,
-                name=self._client_name,
-                connect_timeout=5,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=1,
-            )
+        creds = self._credentials
+        auth: dict[str, object] = {}
+        if creds is not None:
+            auth = {
+                "user_jwt_cb": lambda: creds.jwt.encode("ascii"),
+                "signature_cb": lambda nonce: sign_nonce(creds.seed, nonce),
+            }
+        errors: list[str] = []
+        connecting: asyncio.Future[Client] | None = None
+
+        async def on_error(e: Exception) -> None:
+            errors.append(str(e))
+            log.warning("nats_error", error=str(e)[:200])
+            # An authorization failure will not go away by retrying: stop connecting.
+            if "authorization" in str(e).lower() and connecting is not None:
+                connecting.cancel()
+
+        connecting = asyncio.ensure_future(nats.connect(
+            self._url,
+            name=self._client_name,
+            **auth,
+            error_cb=on_error,
+            connect_timeout=5,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+        ))
+        try:
+            async with asyncio.timeout(OP_TIMEOUT_S):
+                self._nc = await connecting
+        except (TimeoutError, asyncio.CancelledError, nats.errors.Error, OSError) as e:
+            connecting.cancel()
+            task = asyncio.current_task()
+            if isinstance(e, asyncio.CancelledError) and task is not None and task.cancelling():
+                raise  # we are being cancelled, not refused
+            last = errors[-1] if errors else type(e).__name__
+            hint = ""
+            if "authorization" in last.lower():
+                hint = (
+                    "; nats-server must trust this control plane's NATS account: write its "
+                    "config with `python -m control_plane.nats_auth server-config` "
+                    "(or set CORRAL_NATS_AUTH=none for a server without auth)"
+                )
+            raise ConnectionError(f"cannot connect to NATS at {self._url}: {last}{hint}") from e
         self._js = self._nc.jetstream(timeout=OP_TIMEOUT_S)
         log.info("nats_connected")
 

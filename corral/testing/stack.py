@@ -18,12 +18,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from corral._admin import AdminClient
+from corral.errors import ConflictError
 from corral.testing.nats_server import NatsServer, free_port
 
 DEFAULT_PORTS = {"nats": 14222, "api": 18080, "dataplane": 18788}
@@ -38,10 +39,23 @@ class StackInfo:
     tenant_id: str
     nats_url: str
     data_plane_url: str
+    console_user: str = ""
+    console_password: str = field(default="", repr=False)
+
+    @property
+    def console_url(self) -> str:
+        return f"{self.api_url}/console/"
 
 
 class StackError(Exception):
     """The stack could not be started; the message says what to look at."""
+
+
+def default_runtime() -> str:
+    """gVisor, plus QEMU microVMs where QEMU is installed (``make up`` installs it)."""
+    import shutil
+
+    return "gvisor,qemu-microvm" if shutil.which("qemu-system-x86_64") else "gvisor"
 
 
 class LocalStack:
@@ -51,7 +65,7 @@ class LocalStack:
         *,
         ports: Mapping[str, int] | None = None,
         templates_dir: Path | None = None,
-        runtime: str = "gvisor",
+        runtime: str | None = None,
         database_url: str | None = None,
         progress: Progress | None = None,
         extra_env: Mapping[str, str] | None = None,
@@ -60,7 +74,7 @@ class LocalStack:
         self.run_dir = self.home / "run"
         self.logs = self.home / "logs"
         self.templates_dir = (templates_dir or self.home / "templates").resolve()
-        self.runtime = runtime
+        self.runtime = runtime or default_runtime()
         self.database_url = database_url
         self.progress = progress or (lambda _msg: None)
         self.extra_env = dict(extra_env or {})
@@ -177,17 +191,19 @@ class LocalStack:
         """Start whatever is not running; idempotent. Returns the dev credentials."""
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "stack.json").write_text(json.dumps({"ports": self.ports}, indent=2))
-        if self.runtime == "gvisor":
+        if self.runtime != "memory":
             from byoc_agent.runtimes.templates import ensure_template
 
             self.progress("template: ensuring 'base' (first build takes about a minute)")
             ensure_template(self.templates_dir, "base", progress=self.progress)
         admin = self.admin_token()
+        cp_env = self._control_plane_env(admin)
         if self._pid("nats") is None:
             self._check_port_free("nats")
-            self.progress(f"nats-server: starting on {self.nats_url}")
+            self.progress(f"nats-server: starting on {self.nats_url} (per-agent JWT users)")
             server = NatsServer(port=self.ports["nats"], store_dir=self.home / "nats",
-                                log_file=self.logs / "nats.log")
+                                log_file=self.logs / "nats.log",
+                                config=self._nats_auth_config(cp_env))
             conf = server.write_config()
             from corral.testing.nats_server import nats_server_binary
 
@@ -196,19 +212,11 @@ class LocalStack:
         if self._pid("control-plane") is None:
             self._check_port_free("api")
             self.progress(f"control plane: starting on {self.api_url}")
-            env = {
-                "CORRAL_HOME": str(self.home / "control-plane"),
-                "CORRAL_ADMIN_TOKEN": admin,
-                "CORRAL_NATS_URL": self.nats_url,
-                "CORRAL_LISTEN_HOST": "127.0.0.1",
-                "CORRAL_LISTEN_PORT": str(self.ports["api"]),
-            }
-            if self.database_url:
-                env["CORRAL_DATABASE_URL"] = self.database_url
-            self._spawn("control-plane", [sys.executable, "-m", "control_plane.main"], env)
+            self._spawn("control-plane", [sys.executable, "-m", "control_plane.main"], cp_env)
             self._wait("control plane", lambda: _http_ok(f"{self.api_url}/healthz"),
                        "control-plane")
         dev = self._bootstrap_tenant(admin)
+        console_login = self._bootstrap_console_user(admin)
         if self._pid("agent") is None:
             self._check_port_free("dataplane")
             self.progress(f"agent: starting ({self.runtime}), data plane on {self.data_plane_url}")
@@ -219,12 +227,23 @@ class LocalStack:
                 "CORRAL_AGENT_DATAPLANE_PORT": str(self.ports["dataplane"]),
                 "CORRAL_AGENT_RUNTIME": self.runtime,
                 "CORRAL_AGENT_TEMPLATES_DIR": str(self.templates_dir),
+                # Guest kernel and disk images, shared by every stack using these templates.
+                "CORRAL_AGENT_MICROVM_CACHE": str(self.templates_dir.parent / "microvm"),
                 "CORRAL_AGENT_HEARTBEAT_INTERVAL_S": "2",
+                # One bare-metal host, this machine: the agent offers what it has.
+                "CORRAL_AGENT_INVENTORY": str(self.write_local_inventory()),
                 # A dev machine overcommits CPU (each sandbox still gets its cgroup quota).
-                "CORRAL_AGENT_CPU_TOTAL": str(4 * (os.cpu_count() or 2)),
-                "CORRAL_AGENT_MEMORY_MB_TOTAL": "8192",
+                "CORRAL_AGENT_CPU_OVERCOMMIT": "4",
             }
-            if not (self.home / "agent" / "agent-state.db").exists():
+            agent_home = self.home / "agent"
+            if (agent_home / "agent-state.db").exists() and not (
+                agent_home / "nats-user.jwt"
+            ).exists():
+                # Enrolled before NATS had per-agent users: enroll again for credentials.
+                self.progress("agent: enrolled without a NATS user; enrolling again")
+                for name in ("agent-state.db", "agent-state.db-wal", "agent-state.db-shm"):
+                    (agent_home / name).unlink(missing_ok=True)
+            if not (agent_home / "agent-state.db").exists():
                 with AdminClient(admin, api_url=self.api_url) as client:
                     token = client.create_enrollment_token(dev["tenant_id"])
                 env["CORRAL_AGENT_ENROLLMENT_TOKEN"] = token.token
@@ -236,9 +255,60 @@ class LocalStack:
             api_url=self.api_url, api_key=dev["api_key"], admin_token=admin,
             tenant_id=dev["tenant_id"], nats_url=self.nats_url,
             data_plane_url=self.data_plane_url,
+            console_user=console_login.get("username", ""),
+            console_password=console_login.get("password", ""),
         )
         self.write_env(info)
         return info
+
+    def write_local_inventory(self) -> Path:
+        """``<home>/agent/inventory.json``: a one-host inventory for this machine (127.0.0.1)."""
+        from byoc_agent.providers.baremetal import this_machine, write_inventory
+
+        path = self.home / "agent" / "inventory.json"
+        write_inventory(path, [this_machine("local")])
+        return path
+
+    def _control_plane_env(self, admin: str) -> dict[str, str]:
+        env = {
+            "CORRAL_HOME": str(self.home / "control-plane"),
+            "CORRAL_ADMIN_TOKEN": admin,
+            "CORRAL_NATS_URL": self.nats_url,
+            "CORRAL_NATS_AUTH": "jwt",
+            "CORRAL_LISTEN_HOST": "127.0.0.1",
+            "CORRAL_LISTEN_PORT": str(self.ports["api"]),
+        }
+        if self.database_url:
+            env["CORRAL_DATABASE_URL"] = self.database_url
+        return env
+
+    def nats_observer_creds(self) -> Path:
+        """A ``.creds`` file for an unrestricted NATS user (tests that watch all traffic)."""
+        out = self.home / "run" / "observer.creds"
+        self._nats_auth(["user-creds", "--name", "observer", "--out", str(out)],
+                        self._control_plane_env(self.admin_token()))
+        return out
+
+    def _nats_auth_config(self, cp_env: Mapping[str, str]) -> str:
+        """The nats-server operator/account configuration from the control plane's NATS
+        authority (created in its database on first use, sealed with its master key)."""
+        out = self.home / "nats" / "auth.conf"
+        self._nats_auth(["server-config", "--out", str(out)], cp_env)
+        return out.read_text()
+
+    def _nats_auth(self, args: list[str], cp_env: Mapping[str, str]) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with (self.logs / "nats-auth.log").open("ab") as log:
+            done = subprocess.run(
+                [sys.executable, "-m", "control_plane.nats_auth", *args],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **self.extra_env, **cp_env}, cwd=self.home, check=False,
+                timeout=120,
+            )
+        if done.returncode != 0:
+            raise StackError(
+                f"control_plane.nats_auth {args[0]} failed; see {self.logs / 'nats-auth.log'}"
+            )
 
     def _bootstrap_tenant(self, admin: str) -> dict[str, str]:
         saved = self._load_json("dev-tenant.json")
@@ -249,6 +319,25 @@ class LocalStack:
         dev = {"tenant_id": created.tenant.id, "api_key": created.api_key.key}
         self._write_secret(self.home / "dev-tenant.json", json.dumps(dev))
         return dev
+
+    def _bootstrap_console_user(self, admin: str) -> dict[str, str]:
+        """The first web-console user (``admin``), created once; its login in
+        ``console-admin.json`` (mode 0600). ``{}`` when the user exists without that file."""
+        saved = self._load_json("console-admin.json")
+        if saved.get("username") and saved.get("password"):
+            return {"username": str(saved["username"]), "password": str(saved["password"])}
+        login = {"username": "admin", "password": secrets.token_urlsafe(18)}
+        try:
+            with AdminClient(admin, api_url=self.api_url) as client:
+                client.create_console_user(login["username"], login["password"], "admin")
+        except ConflictError:
+            self.progress(
+                "console: user 'admin' exists but its password is not in console-admin.json; "
+                "add one with `corral admin console-user create NAME`"
+            )
+            return {}
+        self._write_secret(self.home / "console-admin.json", json.dumps(login))
+        return login
 
     def _agent_online(self, admin: str, tenant_id: str) -> bool:
         try:
@@ -265,7 +354,10 @@ class LocalStack:
         self._write_secret(
             path,
             f"CORRAL_API_URL={info.api_url}\nCORRAL_API_KEY={info.api_key}\n"
-            f"CORRAL_ADMIN_TOKEN={info.admin_token}\n",
+            f"CORRAL_ADMIN_TOKEN={info.admin_token}\n"
+            # the e2b SDKs, unchanged (docs/e2b-compat.md)
+            f"E2B_API_URL={info.api_url}\nE2B_SANDBOX_URL={info.data_plane_url}\n"
+            f"E2B_API_KEY={info.api_key}\n",
         )
         return path
 
@@ -274,7 +366,7 @@ class LocalStack:
         the agent left running (it never kills them itself)."""
         for name in ("agent", "control-plane", "nats"):
             self.stop_service(name)
-        if destroy_sandboxes and self.runtime == "gvisor":
+        if destroy_sandboxes and self.runtime != "memory":
             self._destroy_sandboxes()
 
     def stop_service(self, name: str) -> None:
@@ -312,15 +404,18 @@ class LocalStack:
         import asyncio
 
         from byoc_agent.protocol.messages import SandboxState
-        from byoc_agent.runtimes.gvisor import GVisorRuntime
+        from byoc_agent.runtimes import RuntimeOptions, build_runtime
         from byoc_agent.state import AgentStateStore
 
         db = self.home / "agent" / "agent-state.db"
         if not db.exists():
             return
         state = AgentStateStore(db)
-        runtime = GVisorRuntime(
-            state_dir=self.home / "agent" / "runtime" / "gvisor", templates_root=self.templates_dir
+        runtime = build_runtime(
+            self.runtime,
+            state_dir=self.home / "agent" / "runtime",
+            templates_root=self.templates_dir,
+            options=RuntimeOptions(microvm_cache=self.templates_dir.parent / "microvm"),
         )
 
         async def destroy_all() -> None:

@@ -31,7 +31,8 @@ async def test_a_canary_in_files_and_output_never_reaches_the_control_plane_or_n
     and nowhere in NATS traffic, JetStream storage, the control-plane database or logs."""
     canary = f"CANARY-{uuid.uuid4().hex}"
     captured: list[bytes] = []
-    nc = await nats.connect(info.nats_url)
+    # NATS runs with per-agent users; an unrestricted observer user watches everything.
+    nc = await nats.connect(info.nats_url, user_credentials=str(stack.nats_observer_creds()))
 
     heartbeat = asyncio.Event()
 

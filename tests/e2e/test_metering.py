@@ -232,3 +232,45 @@ def test_a_nats_outage_spools_usage_and_loses_and_doubles_nothing(
     _wait_for("the spooled usage to be delivered", lambda: _spooled_usage(metering_stack) == 0)
     assert sb.kill()
     _assert_billed_exactly_once(metering_stack, minfo, sb.id)
+
+
+def test_a_paused_sandbox_keeps_its_files_and_is_not_billed_while_paused(
+    minfo: StackInfo,
+) -> None:
+    """pause → (no usage) → resume: files and processes are kept; the paused seconds are
+    in no usage record, and the records before and after the pause touch no paused second."""
+    sb = _create(minfo)
+    sid = sb.id
+    try:
+        sb.files.write("/work/kept.txt", "written before the pause")
+        bg = sb.commands.run("nohup sleep 900 >/dev/null 2>&1 & echo $!").stdout.strip()
+        time.sleep(USAGE_INTERVAL_S + 1)  # at least one interim record while running
+        info = sb.pause()
+        paused_at = time.time()
+        assert info.state == "paused"
+        assert Sandbox.list(state="paused", api_url=minfo.api_url, api_key=minfo.api_key)
+        time.sleep(3 * USAGE_INTERVAL_S)  # three usage intervals with nothing to bill
+        resumed_at = time.time()
+        sb.close()
+        sb = Sandbox.resume(sid, api_url=minfo.api_url, api_key=minfo.api_key)
+        assert sb.get_info().state == "running"
+        assert sb.files.read("/work/kept.txt") == "written before the pause"
+        assert sb.commands.run(f"kill -0 {bg} && echo alive").stdout.strip() == "alive"
+        time.sleep(USAGE_INTERVAL_S + 1)
+    finally:
+        sb.kill()
+    started_at, ended_at = _lifetime(minfo, sid)
+    expected = (math.floor(ended_at) - math.floor(started_at)) - (resumed_at - paused_at)
+
+    def billed() -> float:
+        return sum(_seconds(u, "end") - _seconds(u, "start") for u in _usage(minfo, sid))
+
+    _wait_for(
+        "the last usage record",
+        lambda: any(_seconds(u, "end") >= math.floor(ended_at) - 1 for u in _usage(minfo, sid)),
+    )
+    records = _usage(minfo, sid)
+    for u in records:  # no record covers the middle of the pause
+        assert not (_seconds(u, "start") < paused_at + 1 < _seconds(u, "end") - 1), records
+    # Pause and resume are each seen by the agent within about a second of the SDK call.
+    assert abs(billed() - expected) <= 3, (billed(), expected, records)

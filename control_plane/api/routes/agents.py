@@ -6,9 +6,12 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Query
+from sqlalchemy.orm import Session
 
 from byoc_agent.protocol.errors import InvalidArgumentError
-from control_plane.api.auth import AnyPrincipal, Operator, Role, Svc
+from byoc_agent.protocol.signing import key_id, public_key_from_text
+from byoc_agent.protocol.subjects import agent_permissions
+from control_plane.api.auth import AgentReader, Operator, Svc
 from control_plane.api.pagination import decode_cursor, encode_cursor
 from control_plane.api.schemas import (
     AgentOut,
@@ -20,8 +23,10 @@ from control_plane.api.schemas import (
     SigningKeyList,
 )
 from control_plane.api.views import agent_out, signing_key_out
-from control_plane.store import MAX_PAGE, agents, utcnow
-from control_plane.store.agents import AgentReport, Capacity
+from control_plane.errors import UnauthenticatedError
+from control_plane.store import MAX_PAGE, agents, audit, utcnow
+from control_plane.store.agents import AgentRecord, AgentReport, Capacity
+from control_plane.store.audit import AuditEvent
 
 log = structlog.get_logger("control_plane.api")
 
@@ -34,9 +39,16 @@ async def create_enrollment_token(
 ) -> EnrollmentTokenOut:
     if body.ttl_s > svc.settings.enrollment_token_max_ttl_s:
         raise InvalidArgumentError("ttl_s is too long", field="ttl_s")
-    issued = await svc.db.run(
-        lambda s: agents.create_enrollment_token(s, body.tenant_id, body.ttl_s)
-    )
+
+    def create(s: Session) -> agents.IssuedEnrollmentToken:
+        issued = agents.create_enrollment_token(s, body.tenant_id, body.ttl_s)
+        audit.append(s, AuditEvent(
+            action="enrollment_token.created", actor="operator", tenant_id=body.tenant_id,
+            detail={"expires_at": issued.expires_at.isoformat()},
+        ))
+        return issued
+
+    issued = await svc.db.run(create)
     return EnrollmentTokenOut(
         token=issued.token, tenant_id=issued.tenant_id, expires_at=issued.expires_at
     )
@@ -58,9 +70,39 @@ async def enroll(body: EnrollRequest, svc: Svc) -> EnrolledAgentOut:
             sandboxes=c.sandboxes,
         ),
     )
-    agent = await svc.db.run(
-        lambda s: agents.enroll(s, body.token, body.name, body.public_key, report)
-    )
+    authority = svc.nats.authority
+    if authority is not None and body.nats_public_key is None:
+        raise InvalidArgumentError(
+            "this control plane runs NATS with per-agent users: send nats_public_key",
+            field="nats_public_key",
+        )
+
+    def run(s: Session) -> tuple[AgentRecord, str | None]:
+        agent = agents.enroll(
+            s, body.token, body.name, body.public_key, report,
+            cosign_rules=tuple(body.cosign_rules), cosigner_keys=tuple(body.cosigner_keys),
+        )
+        jwt = None
+        if authority is not None and body.nats_public_key is not None:
+            jwt = authority.user_jwt(
+                body.nats_public_key, f"agent-{agent.id}",
+                agent_permissions(agent.tenant_id, agent.id),
+            )
+        audit.append(s, AuditEvent(
+            action="agent.enrolled", actor=f"agent:{agent.id}", tenant_id=agent.tenant_id,
+            subject=agent.id,
+            detail={"name": agent.name, "kid": key_id(public_key_from_text(body.public_key)),
+                    "nats_user": body.nats_public_key or ""},
+        ))
+        return agent, jwt
+
+    try:
+        agent, jwt = await svc.db.run(run)
+    except UnauthenticatedError as e:
+        await svc.audit.record(AuditEvent(
+            action="agent.enroll_refused", actor="anonymous", detail={"reason": e.message},
+        ))
+        raise
     log.info("agent_enrolled", agent_id=agent.id, tenant_id=agent.tenant_id)
     keys = await svc.keys.public_keys()
     return EnrolledAgentOut(
@@ -68,18 +110,19 @@ async def enroll(body: EnrollRequest, svc: Svc) -> EnrolledAgentOut:
         tenant_id=agent.tenant_id,
         nats_url=svc.settings.public_nats_url,
         control_plane_keys=[signing_key_out(k) for k in keys],
+        nats_jwt=jwt,
     )
 
 
 @router.get("/v1/agents", response_model=AgentPage)
 async def list_agents(
-    who: AnyPrincipal,
+    who: AgentReader,
     svc: Svc,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=256)] = None,
 ) -> AgentPage:
     after = decode_cursor(cursor)
-    tenant_id = who.tenant_id if who.role == Role.TENANT else None
+    tenant_id = who.scope()
     page = await svc.db.run(
         lambda s: agents.list_agents(s, tenant_id=tenant_id, after=after, limit=limit)
     )
@@ -92,8 +135,8 @@ async def list_agents(
 
 
 @router.get("/v1/agents/{agent_id}", response_model=AgentOut)
-async def get_agent(agent_id: str, who: AnyPrincipal, svc: Svc) -> AgentOut:
-    tenant_id = who.tenant_id if who.role == Role.TENANT else None
+async def get_agent(agent_id: str, who: AgentReader, svc: Svc) -> AgentOut:
+    tenant_id = who.scope()
     agent = await svc.db.run(lambda s: agents.get_agent(s, agent_id, tenant_id=tenant_id))
     return agent_out(agent, now=utcnow(), offline_after_s=svc.settings.heartbeat_offline_s)
 

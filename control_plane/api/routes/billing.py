@@ -1,21 +1,22 @@
 """Billing: stored usage, monthly invoices and the period's finance export.
 
-The reads (usage, invoices, export) take the operator token or a billing key (the
-``billing`` role, for finance); finalizing and minting billing keys take the operator.
-The export is built with :mod:`billing` into a temporary file (bounded memory,
-see :mod:`control_plane.usage_export`) and streamed.
+The reads (usage, invoices, export) take the operator token, a billing key (the platform's
+``billing`` role, for finance, across tenants) or a tenant API key with the ``billing``
+role, which sees its own tenant only: naming another tenant is a 404. Finalizing and
+minting billing keys take the operator.
+The export is rated and encoded batch by batch while it is sent (bounded memory,
+see :mod:`control_plane.usage_export`); it has no Content-Length.
 Invoices are drafted live and finalized by :mod:`control_plane.invoicing`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path as FilePath
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
-from fastapi.responses import FileResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import StreamingResponse
 
 from billing import Invoice
 from byoc_agent.protocol.errors import InvalidArgumentError
@@ -33,10 +34,10 @@ from control_plane.api.schemas import (
     UsageRecordOut,
 )
 from control_plane.invoicing import InvoiceService
-from control_plane.store import MAX_PAGE, billing_keys, usage
+from control_plane.store import MAX_PAGE, billing_keys, tenants, usage
 from control_plane.store.billing_keys import BillingKeyRecord
 from control_plane.store.usage import StoredUsage
-from control_plane.usage_export import UsageExporter, parse_format, parse_period
+from control_plane.usage_export import UsageExporter, parse_format, parse_period, stream_export
 
 router = APIRouter(prefix="/v1/billing", tags=["billing"])
 
@@ -103,7 +104,7 @@ def _after_seq(cursor: str | None) -> int | None:
 
 @router.get("/usage", response_model=UsagePage)
 async def list_usage(
-    _: BillingReader,
+    who: BillingReader,
     svc: Svc,
     period: Annotated[str, Query(max_length=16)],
     tenant_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -113,12 +114,14 @@ async def list_usage(
     """Usage records overlapping the month, in arrival order, optionally for one tenant."""
     month = parse_period(period)
     after = _after_seq(cursor)
+    who.check_tenant(tenant_id or None)
+    scope = who.scope() or tenant_id or None
     page = await svc.db.run(
         lambda s: usage.list_usage(
             s,
             start=month.start,
             end=month.end,
-            tenant_id=tenant_id or None,
+            tenant_id=scope,
             after_seq=after,
             limit=limit,
         )
@@ -127,22 +130,49 @@ async def list_usage(
     return UsagePage(items=[_usage_out(u) for u in page.items], next_cursor=encode_cursor(last))
 
 
-@router.get("/export", response_class=FileResponse)
+@router.get("/export", response_class=StreamingResponse)
 async def export(
-    _: BillingReader,
+    who: BillingReader,
     svc: Svc,
     period: Annotated[str, Query(max_length=16)],
     format_name: Annotated[str, Query(alias="format", max_length=16)] = "csv",
-) -> FileResponse:
-    """The period's draft invoices as rows (CSV, Parquet or FOCUS 1.2), streamed."""
+    tenant_id: Annotated[str | None, Query(max_length=64)] = None,
+) -> StreamingResponse:
+    """The period's invoices as rows (CSV, Parquet or FOCUS 1.2), streamed as they are rated.
+
+    Errors found before the first chunk (bad input, a finalized invoice that fails its
+    hash) are ordinary HTTP errors; a failure later cuts the response short, which the
+    client sees as an incomplete body.
+    """
     month = parse_period(period)
     fmt = parse_format(format_name)
-    path = await asyncio.to_thread(UsageExporter(svc.db).write, month, fmt)
-    return FileResponse(
-        path,
+    who.check_tenant(tenant_id or None)
+    scope = who.scope() or tenant_id or None
+    if scope is not None:
+        await svc.db.run(lambda s: tenants.get_tenant(s, scope))
+    exporter = UsageExporter(svc.db)
+    billed = await asyncio.to_thread(exporter.check, month)
+    chosen = billed if scope is None else [t for t in billed if t == scope]
+    body = stream_export(exporter, month, fmt, chosen)
+    try:
+        first = await anext(body)
+    except BaseException:
+        await body.aclose()
+        raise
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            yield first
+            async for chunk in body:
+                yield chunk
+        finally:
+            await body.aclose()
+
+    filename = f"corral-usage-{month}-{fmt.value}.{fmt.suffix}"
+    return StreamingResponse(
+        chunks(),
         media_type=fmt.media_type,
-        filename=f"corral-usage-{month}-{fmt.value}.{fmt.suffix}",
-        background=BackgroundTask(FilePath(path).unlink, missing_ok=True),
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
 
@@ -152,22 +182,25 @@ PeriodPath = Annotated[str, Path(max_length=16)]
 
 @router.get("/invoices", response_model=InvoiceList)
 async def list_invoices(
-    _: BillingReader,
+    who: BillingReader,
     svc: Svc,
     period: Annotated[str, Query(max_length=16)],
     tenant_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> InvoiceList:
     """The month's invoices, finalized or drafted live, for one tenant or every billed one."""
     month = parse_period(period)
-    found = await asyncio.to_thread(InvoiceService(svc.db).invoices, month, tenant_id or None)
+    who.check_tenant(tenant_id or None)
+    scope = who.scope() or tenant_id or None
+    found = await asyncio.to_thread(InvoiceService(svc.db).invoices, month, scope)
     return InvoiceList(items=[_invoice_out(invoice) for invoice in found])
 
 
 @router.get("/invoices/{tenant_id}/{period}", response_model=InvoiceOut)
 async def get_invoice(
-    _: BillingReader, svc: Svc, tenant_id: TenantPath, period: PeriodPath
+    who: BillingReader, svc: Svc, tenant_id: TenantPath, period: PeriodPath
 ) -> InvoiceOut:
     """The finalized invoice (hash verified), or the draft as the usage stands now."""
+    who.check_tenant(tenant_id)
     month = parse_period(period)
     invoice = await asyncio.to_thread(InvoiceService(svc.db).invoice, tenant_id, month)
     return _invoice_out(invoice)

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Query, Request, Response
 
 from byoc_agent.protocol.messages import SandboxState
 from control_plane.api import limits
-from control_plane.api.auth import Svc, TenantId
+from control_plane.api.auth import SandboxAccess, SandboxReader, SandboxWriter, Svc
+from control_plane.api.errors import AGENT_ERRORS, RATE_LIMITED, documented
 from control_plane.api.pagination import decode_cursor, encode_cursor
 from control_plane.api.schemas import (
     CreateSandboxRequest,
@@ -25,19 +26,26 @@ from control_plane.store import MAX_PAGE, sandboxes
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
 
-@router.post("", status_code=201, response_model=SandboxCreatedOut)
+@router.post(
+    "",
+    status_code=201,
+    response_model=SandboxCreatedOut,
+    responses={**AGENT_ERRORS, **RATE_LIMITED},
+)
 async def create_sandbox(
-    body: CreateSandboxRequest, tenant_id: TenantId, svc: Svc
+    body: CreateSandboxRequest, who: SandboxWriter, svc: Svc
 ) -> SandboxCreatedOut:
     lim = svc.settings.limits
     limits.check_cpu(lim, body.cpu)
     limits.check_memory(lim, body.memory_mb)
     limits.check_timeout(lim, body.timeout_s)
     limits.check_metadata(lim, body.metadata)
+    svc.create_limiter.take(who.tenant_id)
     access = await svc.sandboxes.create(
         CreateSandbox(
-            tenant_id=tenant_id,
+            tenant_id=who.tenant_id,
             template=body.template,
+            isolation=body.isolation,
             cpu=body.cpu,
             memory_mb=body.memory_mb,
             timeout_s=body.timeout_s,
@@ -51,6 +59,7 @@ async def create_sandbox(
             "data_plane_url": access.data_plane_url,
             "access_token": access.token.token,
             "access_token_expires_at": access.token.expires_at,
+            "cosign_request_id": access.cosign_request_id,
         }
     )
 
@@ -58,7 +67,7 @@ async def create_sandbox(
 @router.get("", response_model=SandboxPage)
 async def list_sandboxes(
     request: Request,
-    tenant_id: TenantId,
+    who: SandboxReader,
     svc: Svc,
     state: SandboxState | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
@@ -68,7 +77,7 @@ async def list_sandboxes(
     labels = limits.metadata_filters(request.query_params)
     page = await svc.db.run(
         lambda s: sandboxes.list_sandboxes(
-            s, tenant_id=tenant_id, state=state, metadata=labels, after=after, limit=limit
+            s, tenant_id=who.tenant_id, state=state, metadata=labels, after=after, limit=limit
         )
     )
     return SandboxPage(
@@ -77,27 +86,41 @@ async def list_sandboxes(
 
 
 @router.get("/{sandbox_id}", response_model=SandboxOut)
-async def get_sandbox(sandbox_id: str, tenant_id: TenantId, svc: Svc) -> SandboxOut:
-    return sandbox_out(await svc.sandboxes.get(tenant_id, sandbox_id))
+async def get_sandbox(sandbox_id: str, who: SandboxReader, svc: Svc) -> SandboxOut:
+    return sandbox_out(await svc.sandboxes.get(who.tenant_id, sandbox_id))
 
 
-@router.post("/{sandbox_id}/timeout", response_model=SandboxOut)
+@router.post("/{sandbox_id}/timeout", response_model=SandboxOut, responses=AGENT_ERRORS)
 async def set_timeout(
-    sandbox_id: str, body: SetTimeoutRequest, tenant_id: TenantId, svc: Svc
+    sandbox_id: str, body: SetTimeoutRequest, who: SandboxWriter, svc: Svc
 ) -> SandboxOut:
     limits.check_timeout(svc.settings.limits, body.timeout_s)
-    return sandbox_out(await svc.sandboxes.set_timeout(tenant_id, sandbox_id, body.timeout_s))
+    return sandbox_out(
+        await svc.sandboxes.set_timeout(who.tenant_id, sandbox_id, body.timeout_s)
+    )
 
 
-@router.delete("/{sandbox_id}", status_code=204)
-async def kill_sandbox(sandbox_id: str, tenant_id: TenantId, svc: Svc) -> Response:
-    await svc.sandboxes.kill(tenant_id, sandbox_id)
+@router.post("/{sandbox_id}/pause", response_model=SandboxOut, responses=AGENT_ERRORS)
+async def pause_sandbox(sandbox_id: str, who: SandboxWriter, svc: Svc) -> SandboxOut:
+    """Save the sandbox's memory and files on its agent and stop it (not billed while paused)."""
+    return sandbox_out(await svc.sandboxes.pause(who.tenant_id, sandbox_id))
+
+
+@router.post("/{sandbox_id}/resume", response_model=SandboxOut, responses=AGENT_ERRORS)
+async def resume_sandbox(sandbox_id: str, who: SandboxWriter, svc: Svc) -> SandboxOut:
+    """Continue a paused sandbox where it stopped."""
+    return sandbox_out(await svc.sandboxes.resume(who.tenant_id, sandbox_id))
+
+
+@router.delete("/{sandbox_id}", status_code=204, responses=AGENT_ERRORS)
+async def kill_sandbox(sandbox_id: str, who: SandboxWriter, svc: Svc) -> Response:
+    await svc.sandboxes.kill(who.tenant_id, sandbox_id)
     return Response(status_code=204)
 
 
-@router.post("/{sandbox_id}/token", response_model=SandboxTokenOut)
-async def sandbox_token(sandbox_id: str, tenant_id: TenantId, svc: Svc) -> SandboxTokenOut:
-    access = await svc.sandboxes.access(tenant_id, sandbox_id)
+@router.post("/{sandbox_id}/token", response_model=SandboxTokenOut, responses=documented(409))
+async def sandbox_token(sandbox_id: str, who: SandboxAccess, svc: Svc) -> SandboxTokenOut:
+    access = await svc.sandboxes.access(who.tenant_id, sandbox_id)
     return SandboxTokenOut(
         access_token=access.token.token,
         expires_at=access.token.expires_at,

@@ -1,4 +1,4 @@
-"""Tenants and their API keys (operator only)."""
+"""Tenants and their API keys (operator only; tenants manage their own at /v1/api-keys)."""
 
 from __future__ import annotations
 
@@ -13,26 +13,21 @@ from control_plane.api.schemas import (
     CreateApiKeyRequest,
     CreatedTenantOut,
     CreateTenantRequest,
-    NewApiKeyOut,
+    NewTenantApiKeyOut,
     TenantOut,
     TenantPage,
+    TenantPolicyRequest,
 )
-from control_plane.api.views import api_key_out, tenant_out
+from control_plane.api.views import api_key_out, new_api_key_out, tenant_out
 from control_plane.store import MAX_PAGE, tenants
-from control_plane.store.tenants import IssuedApiKey
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
-
-
-def _new_key(issued: IssuedApiKey) -> NewApiKeyOut:
-    r = issued.record
-    return NewApiKeyOut(id=r.id, name=r.name, key=issued.key, created_at=r.created_at)
 
 
 @router.post("", status_code=201, response_model=CreatedTenantOut)
 async def create_tenant(body: CreateTenantRequest, _: Operator, svc: Svc) -> CreatedTenantOut:
     tenant, key = await svc.db.run(lambda s: tenants.create_tenant(s, body.name))
-    return CreatedTenantOut(tenant=tenant_out(tenant), api_key=_new_key(key))
+    return CreatedTenantOut(tenant=tenant_out(tenant), api_key=new_api_key_out(key))
 
 
 @router.get("", response_model=TenantPage)
@@ -54,12 +49,26 @@ async def get_tenant(tenant_id: str, _: Operator, svc: Svc) -> TenantOut:
     return tenant_out(await svc.db.run(lambda s: tenants.get_tenant(s, tenant_id)))
 
 
-@router.post("/{tenant_id}/api-keys", status_code=201, response_model=NewApiKeyOut)
+@router.put("/{tenant_id}/policy", response_model=TenantOut)
+async def set_tenant_policy(
+    tenant_id: str, body: TenantPolicyRequest, _: Operator, svc: Svc
+) -> TenantOut:
+    """Require an isolation class (``microvm``) for every sandbox of the tenant, or clear it."""
+    record = await svc.db.run(
+        lambda s: tenants.set_required_isolation(s, tenant_id, body.required_isolation)
+    )
+    return tenant_out(record)
+
+
+@router.post("/{tenant_id}/api-keys", status_code=201, response_model=NewTenantApiKeyOut)
 async def create_api_key(
     tenant_id: str, body: CreateApiKeyRequest, _: Operator, svc: Svc
-) -> NewApiKeyOut:
-    issued = await svc.db.run(lambda s: tenants.create_api_key(s, tenant_id, body.name))
-    return _new_key(issued)
+) -> NewTenantApiKeyOut:
+    """Mint a key for the tenant in ``role`` (default ``member``); its secret is shown once."""
+    issued = await svc.db.run(
+        lambda s: tenants.create_api_key(s, tenant_id, body.name, body.role)
+    )
+    return new_api_key_out(issued)
 
 
 @router.get("/{tenant_id}/api-keys", response_model=ApiKeyList)

@@ -23,13 +23,13 @@ import pytest_asyncio
 import structlog
 
 from byoc_agent.agent import Agent, AgentConfig
-from byoc_agent.protocol import messages, signing, subjects, verify
+from byoc_agent.protocol import cosign, messages, signing, subjects, verify
 from byoc_agent.runtimes.memory import InMemoryRuntime
 from byoc_agent.state import AgentIdentity, AgentStateStore
 from byoc_agent.transport.nats import NatsAgentTransport
 from corral.testing import NatsServer
 
-pytestmark = [pytest.mark.nats, pytest.mark.asyncio]
+pytestmark = [pytest.mark.nats, pytest.mark.asyncio, pytest.mark.security]
 
 TENANT = "ten-a"
 AGENT = "agt-a"
@@ -49,6 +49,7 @@ class Harness:
     )
     seq: int = 0
     nats_url: str = ""
+    cosign_policy: cosign.CosignPolicy = dataclasses.field(default_factory=cosign.CosignPolicy)
 
     def job(self, *, seq: int | None = None, **changes: Any) -> tuple[str, bytes]:
         """A signed create job; ``changes`` override payload fields."""
@@ -94,7 +95,8 @@ class Harness:
             runtime=self.runtime,
             transport=transport,
             config=AgentConfig(data_plane_url="http://127.0.0.1:1", cpu_total=8,
-                               memory_mb_total=8192, heartbeat_interval_s=60),
+                               memory_mb_total=8192, heartbeat_interval_s=60,
+                               cosign_policy=self.cosign_policy),
         )
         self.agent = agent
         self.task = asyncio.create_task(agent.run())
@@ -123,6 +125,10 @@ class Harness:
                 if info.delivered.stream_seq >= stream_seq and info.num_ack_pending == 0:
                     return
                 await asyncio.sleep(0.05)
+
+    async def result_for_sent(self, job_id: str, data: bytes) -> messages.JobResult:
+        await self.publish(data)
+        return await self.result_for(job_id)
 
     async def result_for(self, job_id: str, wait_s: float = 10) -> messages.JobResult:
         async with asyncio.timeout(wait_s):
@@ -373,3 +379,96 @@ async def test_a_sandbox_that_died_on_its_own_is_recorded_as_failed(harness: Har
     assert rec is not None
     assert rec.state == "failed"
     assert rec.end_reason == "exited"
+
+
+# ---- customer co-signing ----------------------------------------------------------------
+
+CUSTOMER = signing.SigningKey.generate()
+
+
+async def _with_cosign_rules(h: Harness, rules: list[str]) -> None:
+    """Restart the agent with the customer's key and these high-risk rules."""
+    await h.stop_agent()
+    h.cosign_policy = cosign.CosignPolicy.from_config([CUSTOMER.public_text], rules)
+    await h.start_agent()
+
+
+def _cosigned(h: Harness, data: bytes, key: signing.SigningKey = CUSTOMER,
+              **changes: Any) -> bytes:
+    job = verify.verify_signed_job(data, keyring=verify.Keyring({h.cp_key.kid:
+                                                                  h.cp_key.public_key}))
+    fields: dict[str, Any] = {"job_id": job.job_id, "tenant_id": job.tenant_id,
+                              "agent_id": job.agent_id, "body": job.body}
+    fields.update(changes)
+    return cosign.attach(data, [cosign.cosign(key, **fields)])
+
+
+async def test_the_control_plane_alone_cannot_get_a_high_risk_job_executed(
+    harness: Harness,
+) -> None:
+    """A job matching a customer rule, signed only by the control plane, is refused as
+    missing_cosignature and answered as rejected; nothing is created."""
+    await _with_cosign_rules(harness, ["create_sandbox:cpu>1"])
+    job_id, data = harness.job(body={
+        "kind": "create_sandbox", "sandbox_id": "sbx-risky", "template": "base", "cpu": 4,
+        "memory_mb": 256, "timeout_s": 60, "env": {}, "isolation": "gvisor",
+    })
+    with structlog.testing.capture_logs() as logs:
+        await harness.publish(data)
+        result = await harness.result_for(job_id)
+    assert result.status == "rejected"
+    assert result.error is not None
+    assert result.error.message.startswith("missing_cosignature")
+    assert harness.runtime.created == []
+    assert "missing_cosignature" in _reasons([e for e in logs if e.get("event") == "job_rejected"])
+
+
+async def test_a_high_risk_job_with_the_customers_cosignature_runs(harness: Harness) -> None:
+    """The same kind of job with a valid customer cosignature is executed."""
+    await _with_cosign_rules(harness, ["create_sandbox:cpu>1"])
+    job_id, data = harness.job(body={
+        "kind": "create_sandbox", "sandbox_id": "sbx-approved", "template": "base", "cpu": 4,
+        "memory_mb": 256, "timeout_s": 60, "env": {}, "isolation": "gvisor",
+    })
+    await harness.publish(_cosigned(harness, data))
+    result = await harness.result_for(job_id)
+    assert result.status == "succeeded"
+    assert harness.runtime.created == ["sbx-approved"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["stranger_key", "other_job", "other_body", "expired", "garbage", "control_plane_key"],
+)
+async def test_a_wrong_cosignature_does_not_unlock_a_high_risk_job(
+    harness: Harness, bad: str
+) -> None:
+    """Another key (even the control plane's), another job's or body's approval, an expired
+    approval or junk: all refused as missing_cosignature."""
+    await _with_cosign_rules(harness, ["create_sandbox"])
+    job_id, data = harness.job()
+    if bad == "stranger_key":
+        sent = _cosigned(harness, data, key=signing.SigningKey.generate())
+    elif bad == "control_plane_key":
+        sent = _cosigned(harness, data, key=harness.cp_key)
+    elif bad == "other_job":
+        sent = _cosigned(harness, data, job_id="job-someotherjob")
+    elif bad == "other_body":
+        sent = _cosigned(harness, data, body=messages.KillSandboxBody(sandbox_id="sbx-x"))
+    elif bad == "expired":
+        sent = _cosigned(harness, data, ttl_s=1, now=int(time.time()) - 600)
+    else:
+        sent = cosign.attach(data, [b"not.a.cosignature"])
+    result = await harness.result_for_sent(job_id, sent)
+    assert result.status == "rejected"
+    assert result.error is not None
+    assert result.error.message.startswith("missing_cosignature")
+    assert harness.runtime.created == []
+
+
+async def test_jobs_no_rule_marks_high_risk_run_without_a_cosignature(harness: Harness) -> None:
+    """Rules are narrow: a small sandbox under a cpu>1 rule needs no customer."""
+    await _with_cosign_rules(harness, ["create_sandbox:cpu>1"])
+    job_id, data = harness.job()
+    await harness.publish(data)
+    assert (await harness.result_for(job_id)).status == "succeeded"

@@ -148,8 +148,13 @@ async def test_a_sandbox_is_created_with_a_verifiable_token_then_killed(
         assert (await cp.http.delete(f"/v1/sandboxes/{sb['id']}", headers=auth)).status_code == 204
         assert [r.job.body.kind for r in agent.received] == ["create_sandbox", "kill_sandbox"]
         assert [r.job.seq for r in agent.received] == [1, 2]
-        job = (await cp.http.get(f"/v1/jobs/{create_job.job.job_id}", headers=auth)).json()
-        assert job["status"] == "succeeded"
+        # The caller is answered as soon as the result arrives; the job row is updated by
+        # the inbox, which may finish a moment later.
+        async def job_succeeded() -> bool:
+            r = await cp.http.get(f"/v1/jobs/{create_job.job.job_id}", headers=auth)
+            return bool(r.json()["status"] == "succeeded")
+
+        await eventually(job_succeeded)
         listed = (
             await cp.http.get("/v1/sandboxes", params={"metadata.team": "red"}, headers=auth)
         ).json()

@@ -4,19 +4,63 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
 from byoc_agent.providers.base import HostProvider, HostSpec
 
 if TYPE_CHECKING:
+    from fake_azure import FakeArm
+    from fake_gcp import FakeCompute
     from mypy_boto3_ec2.client import EC2Client
+
+    from byoc_agent.providers.azure import AzureProvider
+    from byoc_agent.providers.gcp import GcpProvider
 
 REGION = "us-east-1"
 BM_TYPE = "bm.8c.16g"
+
+
+def gcp_unavailable() -> str | None:
+    """Why the GCP suites cannot run here, or None."""
+    if importlib.util.find_spec("google.cloud.compute_v1") is None:
+        return "GCP provider tests need google-cloud-compute (the `gcp` extra or `dev`)"
+    return None
+
+
+def azure_unavailable() -> str | None:
+    """Why the Azure suites cannot run here, or None."""
+    if importlib.util.find_spec("azure.mgmt.compute") is None:
+        return "Azure provider tests need azure-mgmt-compute (the `azure` extra or `dev`)"
+    return None
+
+
+class Faults(Protocol):
+    """How a test makes one backend refuse a provision the way the real service would."""
+
+    def exhaust_quota(self) -> None:
+        """The account (or inventory) limit leaves no room for one more host."""
+
+    def exhaust_capacity(self) -> None:
+        """The zone/region (or inventory) has no free host of the suite's type right now."""
+
+    def revoke_credentials(self) -> bool:
+        """Make the backend refuse our credentials; False if the backend has none."""
+
+    def restore(self) -> None:
+        """Undo every fault: the same request now succeeds."""
+
+
+def unavailable(name: str) -> str | None:
+    return {"aws": aws_unavailable, "gcp": gcp_unavailable, "azure": azure_unavailable}.get(
+        name, lambda: None
+    )()
 
 
 def aws_unavailable() -> str | None:
@@ -45,8 +89,11 @@ class ProviderCase:
     name: str
     provider: HostProvider
     instance_type: str
+    faults: Faults | None = None
     subnet_id: str | None = None
     security_group_ids: tuple[str, ...] = field(default_factory=tuple)
+    # A new provider object on the same backend and state files: the agent after a restart.
+    reopen: Callable[[], HostProvider] | None = None
 
     def spec(self, client_token: str, *, tenant: str = "t-1", agent: str = "a-1") -> HostSpec:
         return HostSpec(
@@ -101,3 +148,100 @@ def loopback_hosts(port: int | None) -> list[dict[str, object]]:
     for h in (first, second):
         h.update(memory_mib=16384, gpus=0, labels={"rack": "1"})
     return [first, second]
+
+
+class InventoryFaults:
+    """Bare metal: the quota is ``limits.max_claims``; capacity runs out when hosts are cordoned."""
+
+    def __init__(self, path: Path, hosts: list[dict[str, object]]) -> None:
+        self._path = path
+        self._hosts = hosts
+
+    def _write(self, hosts: list[dict[str, object]], limits: dict[str, int] | None = None) -> None:
+        doc: dict[str, object] = {"hosts": hosts}
+        if limits is not None:
+            doc["limits"] = limits
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(tmp, self._path)  # a new inode: the provider sees the change at once
+
+    def exhaust_quota(self) -> None:
+        self._write(self._hosts, {"max_claims": 0})
+
+    def exhaust_capacity(self) -> None:
+        self._write([{**h, "cordoned": True} for h in self._hosts])
+
+    def revoke_credentials(self) -> bool:
+        return False
+
+    def restore(self) -> None:
+        self._write(self._hosts)
+
+
+class StaticTokenCredential:
+    """An Azure ``TokenCredential`` (test code) that hands out a fixed bearer token."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def get_token(self, *scopes: str, **kwargs: object) -> object:
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+    def get_token_info(self, *scopes: str, options: object = None) -> object:
+        from azure.core.credentials import AccessTokenInfo
+
+        return AccessTokenInfo(self.token, int(time.time()) + 3600)
+
+
+def make_gcp_provider(fake: FakeCompute, ledger: Path | None) -> GcpProvider:
+    from fake_gcp import PROJECT, ZONE
+    from google.auth.credentials import AnonymousCredentials
+
+    from byoc_agent.providers.gcp import GcpConfig, GcpProvider
+
+    config = GcpConfig(
+        project=PROJECT,
+        zone=ZONE,
+        image="projects/debian-cloud/global/images/family/debian-12",
+        machine_types=("n2-standard-32", "a3-highgpu-8g", "c3-highcpu-192-metal"),
+        service_account="corral-host@corral-test.iam.gserviceaccount.com",
+    )
+    return GcpProvider(
+        config,
+        ledger_path=ledger,
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        api_endpoint=fake.base_url,
+        call_timeout_s=20,
+    )
+
+
+def make_azure_provider(
+    fake: FakeArm, cert: Path, ledger: Path | None, token: str
+) -> AzureProvider:
+    from fake_azure import LOCATION, RESOURCE_GROUP, SUBSCRIPTION
+
+    from byoc_agent.providers.azure import AzureConfig, AzureProvider
+
+    config = AzureConfig(
+        subscription_id=SUBSCRIPTION,
+        resource_group=RESOURCE_GROUP,
+        location=LOCATION,
+        image="Canonical:ubuntu-24_04-lts:server:latest",
+        admin_username="corral",
+        ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBvCorralTestKeyOnly corral@test",
+        vm_sizes=("Standard_D32s_v5", "Standard_ND96isr_H100_v5", "Standard_F8s_v2"),
+        host_identity_id=f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
+        "/providers/Microsoft.ManagedIdentity/userAssignedIdentities/corral-host",
+    )
+    return AzureProvider(
+        config,
+        ledger_path=ledger,
+        credential=StaticTokenCredential(token),  # type: ignore[arg-type]
+        base_url=fake.base_url,
+        connection_verify=str(cert),
+        polling_interval=0,
+        retry_total=0,
+        call_timeout_s=20,
+    )

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from provider_cases import REGION, MotoEc2, ProviderCase, aws_unavailable, use_fake_aws_env
 
 from byoc_agent.protocol.errors import InvalidArgumentError
-from byoc_agent.providers.base import MANAGED_BY, TAG_AGENT, TAG_MANAGED_BY, TAG_TENANT
+from byoc_agent.providers.base import MANAGED_BY, TAG_AGENT, TAG_MANAGED_BY, TAG_TENANT, HostSpec
 from byoc_agent.providers.errors import (
     HostNotFoundError,
     ProviderAuthError,
     UnknownInstanceTypeError,
 )
+
+if TYPE_CHECKING:
+    import boto3
 
 pytestmark = pytest.mark.asyncio
 
@@ -130,3 +134,31 @@ async def test_missing_credentials_are_a_provider_auth_error(
     with pytest.raises(ProviderAuthError) as caught:
         await provider.list_offerings()
     assert "credentials" in str(caught.value)
+
+
+async def test_a_gpu_host_gets_the_configured_network_and_the_client_token(
+    moto_ec2: MotoEc2, boto_session: boto3.session.Session
+) -> None:
+    """p5.48xlarge with no network in the spec: subnet and security group come from the
+    provider's configuration, and EC2 receives our ClientToken."""
+    from byoc_agent.providers.aws import AwsProvider
+
+    provider = AwsProvider(
+        region=REGION,
+        image_id=moto_ec2.image_id,
+        subnet_id=moto_ec2.subnet_id,
+        security_group_ids=(moto_ec2.security_group_id,),
+        session=boto_session,
+    )
+    spec = HostSpec(
+        tenant_id="t-gpu", agent_id="a-gpu", instance_type="p5.48xlarge", client_token="tok-p5"
+    )
+    host = await provider.provision(spec)
+    inst = moto_ec2.ec2.describe_instances(InstanceIds=[host.host_id])["Reservations"][0][
+        "Instances"
+    ][0]
+    assert inst["InstanceType"] == "p5.48xlarge"
+    assert inst["SubnetId"] == moto_ec2.subnet_id
+    assert [g["GroupId"] for g in inst["SecurityGroups"]] == [moto_ec2.security_group_id]
+    assert inst["ClientToken"] == "tok-p5"
+    assert inst["MetadataOptions"]["HttpTokens"] == "required"

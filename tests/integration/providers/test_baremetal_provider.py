@@ -8,12 +8,20 @@ import socket
 from pathlib import Path
 
 import pytest
+from fake_http import Recorder, Reply, serve
 from provider_cases import BM_TYPE, ProviderCase, loopback_hosts, write_inventory
 
-from byoc_agent.protocol.errors import InvalidArgumentError, RetryableError
-from byoc_agent.providers.baremetal import BareMetalProvider
+from byoc_agent.main import resolve_capacity
+from byoc_agent.protocol.errors import CorralError, InvalidArgumentError, RetryableError
+from byoc_agent.providers.baremetal import (
+    BareMetalProvider,
+    inventory_capacity,
+    this_machine,
+)
+from byoc_agent.providers.baremetal import write_inventory as write_local_inventory
 from byoc_agent.providers.base import TAG_TENANT, HostState
 from byoc_agent.providers.errors import CapacityUnavailableError, UnknownInstanceTypeError
+from byoc_agent.settings import AgentSettings
 
 pytestmark = pytest.mark.asyncio
 
@@ -126,3 +134,61 @@ async def test_a_bad_inventory_is_refused_with_a_message_naming_the_problem(
     """Errors point at the file, the host and the field to fix."""
     with pytest.raises(InvalidArgumentError, match=complaint):
         BareMetalProvider(write_inventory(tmp_path / "inv.json", hosts))
+
+
+async def test_inventory_capacity_counts_only_ready_machines_in_service(
+    tmp_path: Path, loopback_port: int
+) -> None:
+    """One ready, one cordoned, one whose port is closed: only the first adds capacity."""
+    hosts: list[dict[str, object]] = [
+        {"id": "up", "address": "127.0.0.1", "port": loopback_port, "cpu": 8,
+         "memory_mib": 16384, "gpus": 1},
+        {"id": "off", "address": "127.0.0.1", "cpu": 8, "memory_mib": 16384, "gpus": 1,
+         "cordoned": True},
+        {"id": "down", "address": "127.0.0.1", "port": closed_port(), "cpu": 8,
+         "memory_mib": 16384, "gpus": 1},
+    ]
+    capacity = await inventory_capacity(write_inventory(tmp_path / "inv.json", hosts))
+    assert (capacity.cpu, capacity.memory_mib, capacity.gpus) == (8, 16384, 1)
+    assert capacity.ready_hosts == ("up",)
+    assert capacity.not_ready_hosts == ("down",)
+
+
+async def test_the_agent_offers_its_inventory_capacity_times_the_cpu_overcommit(
+    tmp_path: Path,
+) -> None:
+    """CORRAL_AGENT_INVENTORY replaces the configured totals; no ready host stops the agent."""
+    inventory = tmp_path / "agent" / "inventory.json"
+    write_local_inventory(inventory, [this_machine("local")])
+    settings = AgentSettings.from_env(
+        {"CORRAL_AGENT_HOME": str(tmp_path / "agent"),
+         "CORRAL_AGENT_INVENTORY": str(inventory),
+         "CORRAL_AGENT_CPU_OVERCOMMIT": "4",
+         "CORRAL_AGENT_CPU_TOTAL": "1", "CORRAL_AGENT_MEMORY_MB_TOTAL": "1"}
+    )
+    machine = this_machine("local")
+    assert await resolve_capacity(settings) == (4 * int(str(machine["cpu"])),
+                                                int(str(machine["memory_mib"])))
+
+    write_inventory(inventory, loopback_hosts(closed_port())[:1])
+    with pytest.raises(CorralError, match="baremetal check"):
+        await resolve_capacity(settings)
+
+
+async def test_a_machine_with_a_health_url_is_ready_only_while_it_answers_2xx(
+    tmp_path: Path,
+) -> None:
+    """health_url replaces the TCP check: 503 keeps the host provisioning, 200 makes it ready."""
+    answer = {"status": 503}
+    recorder = Recorder()
+    with serve(lambda _: Reply(answer["status"], {"status": "starting"}), recorder) as url:
+        hosts: list[dict[str, object]] = [
+            {"id": "h1", "address": "127.0.0.1", "cpu": 8, "memory_mib": 16384,
+             "health_url": f"{url}/healthz"},
+        ]
+        provider = BareMetalProvider(write_inventory(tmp_path / "inv.json", hosts))
+        host = await provider.provision(case_for(provider).spec("tok-health"))
+        assert host.state is HostState.PROVISIONING
+        answer["status"] = 200
+        assert (await provider.describe(host.host_id)).state is HostState.READY
+    assert {r.path for r in recorder.requests} == {"/healthz"}

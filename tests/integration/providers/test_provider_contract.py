@@ -1,17 +1,20 @@
 """The behaviour every HostProvider must have, checked against the real backend (see conftest).
 
-Bare metal runs on a loopback inventory; AWS runs against moto's EC2 server over HTTP.
+Bare metal runs on a loopback inventory; AWS against moto's EC2 server over HTTP; GCP and
+Azure against local servers speaking their REST APIs, driven by the real client libraries.
+The error cases make the backend refuse the way the real service does (see ``Faults``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
-from provider_cases import ProviderCase
+from provider_cases import Faults, ProviderCase
 
-from byoc_agent.protocol.errors import NotFoundError, PermanentError
+from byoc_agent.protocol.errors import ErrorCode, NotFoundError, PermanentError
 from byoc_agent.providers.base import (
     MANAGED_BY,
     TAG_AGENT,
@@ -21,11 +24,22 @@ from byoc_agent.providers.base import (
     HostProvider,
     HostState,
 )
-from byoc_agent.providers.errors import HostNotFoundError
+from byoc_agent.providers.errors import (
+    CapacityUnavailableError,
+    HostNotFoundError,
+    ProviderAuthError,
+    QuotaExceededError,
+    UnknownInstanceTypeError,
+)
 
 pytestmark = pytest.mark.asyncio
 
 UNKNOWN_HOST_ID = "i-0123456789abcdef0"
+
+
+def faults_of(case: ProviderCase) -> Faults:
+    assert case.faults is not None, f"{case.name} has no faults to inject"
+    return case.faults
 
 
 async def wait_for_state(
@@ -47,7 +61,7 @@ async def test_offerings_include_the_type_the_suite_provisions(provider_case: Pr
     offering = offerings[provider_case.instance_type]
     assert offering.vcpu > 0
     assert offering.memory_mib > 0
-    assert offering.bare_metal
+    assert offering.kvm, "the suite's type must be able to run microVMs (metal or nested)"
 
 
 async def test_a_host_goes_from_provisioned_to_ready_to_terminated(
@@ -109,6 +123,28 @@ async def test_terminate_is_idempotent_and_the_token_still_names_the_same_host(
     assert replay.state is HostState.TERMINATED
 
 
+async def test_a_restarted_provider_sees_the_same_hosts_and_honours_the_same_tokens(
+    provider_case: ProviderCase,
+) -> None:
+    """A new provider object on the same backend and state: nothing forgotten, nothing doubled."""
+    assert provider_case.reopen is not None
+    before = provider_case.provider
+    live = await before.provision(provider_case.spec("tok-live", agent="a-restart"))
+    gone = await before.provision(provider_case.spec("tok-gone", agent="a-restart"))
+    await before.terminate(gone.host_id)
+    await wait_for_state(before, gone.host_id, HostState.TERMINATED)
+
+    after = provider_case.reopen()
+    assert [h.host_id for h in await after.list_by_tag(TAG_AGENT, "a-restart")] == [live.host_id]
+    assert (await after.describe(gone.host_id)).state is HostState.TERMINATED
+    assert (await after.provision(provider_case.spec("tok-live", agent="a-restart"))).host_id == (
+        live.host_id
+    )
+    replay = await after.provision(provider_case.spec("tok-gone", agent="a-restart"))
+    assert (replay.host_id, replay.state) == (gone.host_id, HostState.TERMINATED)
+    assert [h.host_id for h in await after.list_by_tag(TAG_AGENT, "a-restart")] == [live.host_id]
+
+
 async def test_describe_of_an_unknown_host_raises_host_not_found(
     provider_case: ProviderCase,
 ) -> None:
@@ -128,3 +164,82 @@ async def test_terminate_of_an_unknown_host_raises_host_not_found(
     """Terminate does not pretend an id it never issued was released."""
     with pytest.raises(HostNotFoundError):
         await provider_case.provider.terminate(UNKNOWN_HOST_ID)
+
+
+async def test_an_instance_type_the_provider_does_not_offer_is_refused_permanently(
+    provider_case: ProviderCase,
+) -> None:
+    """UnknownInstanceTypeError names the type; nothing is launched."""
+    spec = dataclasses.replace(
+        provider_case.spec("tok-unknown", agent="a-unknown"), instance_type="x9.nonesuch"
+    )
+    with pytest.raises(UnknownInstanceTypeError) as caught:
+        await provider_case.provider.provision(spec)
+    assert not caught.value.retryable
+    assert caught.value.code is ErrorCode.INVALID_ARGUMENT
+    assert "x9.nonesuch" in str(caught.value)
+    assert await provider_case.provider.list_by_tag(TAG_AGENT, "a-unknown") == []
+
+
+async def test_quota_exceeded_is_permanent_actionable_and_launches_nothing(
+    provider_case: ProviderCase,
+) -> None:
+    """An account limit: not retryable, says to raise the quota; once raised, the token works."""
+    provider = provider_case.provider
+    faults_of(provider_case).exhaust_quota()
+    with pytest.raises(QuotaExceededError) as caught:
+        await provider.provision(provider_case.spec("tok-quota", agent="a-quota"))
+    error = caught.value
+    assert not error.retryable
+    assert error.code is ErrorCode.QUOTA_EXCEEDED
+    assert error.fields["instance_type"] == provider_case.instance_type
+    assert any(word in str(error).lower() for word in ("raise", "request a higher"))
+    assert await provider.list_by_tag(TAG_AGENT, "a-quota") == []
+
+    faults_of(provider_case).restore()
+    host = await provider.provision(provider_case.spec("tok-quota", agent="a-quota"))
+    assert host.state is not HostState.TERMINATED
+    assert [h.host_id for h in await provider.list_by_tag(TAG_AGENT, "a-quota")] == [host.host_id]
+
+
+async def test_capacity_unavailable_is_retryable_and_the_same_token_succeeds_later(
+    provider_case: ProviderCase,
+) -> None:
+    """No free host of the type now: retryable, nothing left behind, a later retry works."""
+    provider = provider_case.provider
+    faults_of(provider_case).exhaust_capacity()
+    with pytest.raises(CapacityUnavailableError) as caught:
+        await provider.provision(provider_case.spec("tok-capacity", agent="a-capacity"))
+    error = caught.value
+    assert error.retryable
+    assert error.code is ErrorCode.CAPACITY
+    assert error.fields["instance_type"] == provider_case.instance_type
+    assert "retry" in str(error).lower()
+    assert await provider.list_by_tag(TAG_AGENT, "a-capacity") == []
+
+    faults_of(provider_case).restore()
+    host = await provider.provision(provider_case.spec("tok-capacity", agent="a-capacity"))
+    ready = await wait_for_state(provider, host.host_id, HostState.READY)
+    assert ready.tags[TAG_AGENT] == "a-capacity"
+
+
+async def test_refused_credentials_are_a_permanent_auth_error_on_every_call(
+    provider_case: ProviderCase,
+) -> None:
+    """Every call fails with ProviderAuthError saying which identity or role to fix."""
+    provider = provider_case.provider
+    if not faults_of(provider_case).revoke_credentials():
+        pytest.skip(f"{provider_case.name} uses no credentials (an inventory file)")
+    with pytest.raises(ProviderAuthError) as on_provision:
+        await provider.provision(provider_case.spec("tok-auth"))
+    with pytest.raises(ProviderAuthError):
+        await provider.list_by_tag(TAG_TENANT, "t-1")
+    with pytest.raises(ProviderAuthError):
+        await provider.describe(UNKNOWN_HOST_ID)
+    error = on_provision.value
+    assert not error.retryable
+    assert error.code is ErrorCode.FORBIDDEN
+    assert any(w in str(error).lower() for w in ("credential", "role", "permission"))
+
+    faults_of(provider_case).restore()
+    assert await provider.list_by_tag(TAG_TENANT, "t-1") == []

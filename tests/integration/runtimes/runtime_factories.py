@@ -16,9 +16,11 @@ import pytest
 
 from byoc_agent.runtimes.base import Runtime, SandboxHandle, SandboxSpec
 from byoc_agent.runtimes.gvisor import GVisorRuntime
+from byoc_agent.runtimes.qemu_microvm import QemuMicrovmRuntime
 
 REPO = Path(__file__).resolve().parents[3]
 TEMPLATES_ROOT = REPO / ".corral" / "templates"  # gitignored; reused while its stamp is current
+MICROVM_CACHE = REPO / ".corral" / "microvm"  # guest kernel, initramfs, disk images
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +71,58 @@ GVISOR = RuntimeFactory(
     leftovers=_gvisor_leftovers,
 )
 
-RUNTIMES: list[RuntimeFactory] = [GVISOR]
+
+def _microvm_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "microVM contract tests need root (the guest kernel comes from apt)"
+    for binary, package in (
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+        ("busybox", "busybox-static"),
+        ("cpio", "cpio"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("debootstrap", "debootstrap"),
+    ):
+        if shutil.which(binary) is None:
+            return f"{binary} is not on PATH (Debian package {package})"
+    return None
+
+
+def _microvm_make(state_dir: Path, templates_root: Path) -> Runtime:
+    # Tests pin TCG: the KVM probe is exercised by its own test, not on every sandbox.
+    return QemuMicrovmRuntime(state_dir, templates_root, cache_dir=MICROVM_CACHE, accel="tcg")
+
+
+def _microvm_leftovers(runtime: Runtime, sandbox_id: str) -> list[str]:
+    assert isinstance(runtime, QemuMicrovmRuntime)
+    found = [
+        f"{what} {d}"
+        for what, d in (
+            ("state dir", runtime.sandbox_dir(sandbox_id)),
+            ("socket dir", runtime.socket_dir(sandbox_id)),
+        )
+        if d.exists()
+    ]
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(runtime.sandbox_dir(sandbox_id)).encode() in cmdline:
+                found.append(f"process {proc.name}")
+    return found
+
+
+MICROVM = RuntimeFactory(
+    name="microvm",
+    mark=pytest.mark.microvm,
+    unavailable=_microvm_unavailable,
+    make=_microvm_make,
+    leftovers=_microvm_leftovers,
+)
+
+RUNTIMES: list[RuntimeFactory] = [GVISOR, MICROVM]
 
 
 class Sandboxes:
@@ -100,6 +153,10 @@ class Sandboxes:
         handle = await self.runtime.create(spec)
         self._handles.append(handle)
         return handle
+
+    def adopt(self, handle: SandboxHandle) -> None:
+        """Destroy this sandbox too at the end (one made another way, e.g. restored)."""
+        self._handles.append(handle)
 
     async def destroy_all(self) -> None:
         for handle in self._handles:

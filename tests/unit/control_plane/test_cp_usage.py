@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -114,10 +115,8 @@ def test_a_period_must_be_a_month() -> None:
     assert not isinstance(caught.value, InvalidPeriodError)
 
 
-def test_an_empty_period_exports_only_a_header(db: Database) -> None:
-    """No usage: a CSV with its header and no rows, in a file the caller owns."""
-    path = UsageExporter(db).write(parse_period("2026-11"), ExportFormat.CSV)
-    try:
-        assert path.read_text().count("\n") == 1
-    finally:
-        path.unlink()
+def test_an_empty_period_exports_only_a_header(db: Database, tmp_path: Path) -> None:
+    """No usage: a CSV with its header and no rows."""
+    path = tmp_path / "empty.csv"
+    assert UsageExporter(db).write(parse_period("2026-11"), ExportFormat.CSV, path) == 0
+    assert path.read_text().count("\n") == 1

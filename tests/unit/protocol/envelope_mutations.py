@@ -9,14 +9,17 @@ from dataclasses import dataclass
 
 import pytest
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
-from byoc_agent.protocol import messages, signing, verify
+from byoc_agent.protocol import cosign, messages, signing, verify
 from byoc_agent.protocol.errors import EnvelopeRejectedError
 
 from .wire_examples import (
     AUDIENCE,
     CONTROL_PLANE_KEY,
+    COSIGNATURE,
     CREATE_JOB,
+    CUSTOMER_KEY,
     NOW,
     SANDBOX_TOKEN,
     MemoryReplayGuard,
@@ -37,11 +40,14 @@ class Target:
     verify: Callable[[bytes], object]
     # Paths of JSON objects that are pydantic models (extra keys forbidden), not free maps.
     model_objects: tuple[Path, ...]
+    model: type[BaseModel] = messages.Job
+    signer: signing.SigningKey = CONTROL_PLANE_KEY
+    max_bytes: int = signing.MAX_MESSAGE_BYTES
 
-    def sign(self, payload: bytes, *, key: signing.SigningKey = CONTROL_PLANE_KEY) -> bytes:
-        return signing.sign(key, self.typ, payload)
+    def sign(self, payload: bytes, *, key: signing.SigningKey | None = None) -> bytes:
+        return signing.sign(key or self.signer, self.typ, payload)
 
-    def sign_json(self, payload: Json, *, key: signing.SigningKey = CONTROL_PLANE_KEY) -> bytes:
+    def sign_json(self, payload: Json, *, key: signing.SigningKey | None = None) -> bytes:
         return self.sign(signing.canonical_json(payload), key=key)
 
     @property
@@ -65,8 +71,16 @@ def _verify_token(message: bytes) -> object:
     return token
 
 
+def _verify_cosignature(message: bytes) -> object:
+    # The agent's path for a high-risk job: the customer's key, bound to this very job.
+    policy = cosign.CosignPolicy(keys=keyring_for(CUSTOMER_KEY),
+                                 rules=(cosign.CosignRule("create_sandbox"),))
+    _, approval = cosign.verify_cosignature(message, CREATE_JOB, policy, now=NOW)
+    return approval
+
+
 def _as_json(model: object) -> dict[str, Json]:
-    assert isinstance(model, messages.Job | messages.SandboxToken)
+    assert isinstance(model, messages.Job | messages.SandboxToken | cosign.Cosignature)
     loaded = json.loads(messages.to_json_bytes(model))
     assert isinstance(loaded, dict)
     return loaded
@@ -74,9 +88,14 @@ def _as_json(model: object) -> dict[str, Json]:
 
 JOB = Target("job", _as_json(CREATE_JOB), messages.JOB_TYP, _verify_job, ((), ("body",)))
 TOKEN = Target(
-    "sandbox_token", _as_json(SANDBOX_TOKEN), messages.SANDBOX_TOKEN_TYP, _verify_token, ((),)
+    "sandbox_token", _as_json(SANDBOX_TOKEN), messages.SANDBOX_TOKEN_TYP, _verify_token, ((),),
+    model=messages.SandboxToken, max_bytes=8192,
 )
-TARGETS = (JOB, TOKEN)
+COSIGNATURE_TARGET = Target(
+    "cosignature", _as_json(COSIGNATURE), cosign.COSIGNATURE_TYP, _verify_cosignature, ((),),
+    model=cosign.Cosignature, signer=CUSTOMER_KEY, max_bytes=cosign.MAX_COSIGNATURE_BYTES,
+)
+TARGETS = (JOB, TOKEN, COSIGNATURE_TARGET)
 TARGET_IDS = [t.name for t in TARGETS]
 
 

@@ -15,6 +15,7 @@ from byoc_agent.protocol.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermanentError,
+    QuotaExceededError,
     RejectReason,
     RetryableError,
     SandboxNotRunningError,
@@ -30,6 +31,7 @@ _TYPED = [
     (ErrorCode.SANDBOX_NOT_RUNNING, SandboxNotRunningError),
     (ErrorCode.TIMEOUT, CommandTimeoutError),
     (ErrorCode.CAPACITY, CapacityError),
+    (ErrorCode.QUOTA_EXCEEDED, QuotaExceededError),
     (ErrorCode.UNAVAILABLE, RetryableError),
 ]
 
@@ -39,6 +41,7 @@ _UNTYPED = [
     ErrorCode.FORBIDDEN,
     ErrorCode.CONFLICT,
     ErrorCode.PAYLOAD_TOO_LARGE,
+    ErrorCode.RATE_LIMITED,  # an HTTP answer of the control plane; agents never send it
     ErrorCode.REJECTED,
     ErrorCode.INTERNAL,
 ]

@@ -12,11 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from byoc_agent.protocol import messages, signing, verify
+from byoc_agent.protocol import cosign, messages, signing, verify
 from byoc_agent.protocol.errors import EnvelopeRejectedError, RejectReason
 from byoc_agent.protocol.messages import JobKind
 
-from .wire_examples import AGENT_KEY, CONTROL_PLANE_KEY, EXAMPLES, Example, keyring_for
+from .wire_examples import (
+    AGENT_KEY,
+    CONTROL_PLANE_KEY,
+    CUSTOMER_KEY,
+    EXAMPLES,
+    Example,
+    keyring_for,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 REGENERATE = os.environ.get("CORRAL_REGENERATE_GOLDEN") == "1"
@@ -39,7 +46,9 @@ def _keys_document() -> bytes:
             "public_key": key.public_text,
             "kid": key.kid,
         }
-        for name, key in (("control_plane", CONTROL_PLANE_KEY), ("agent", AGENT_KEY))
+        for name, key in (
+            ("control_plane", CONTROL_PLANE_KEY), ("agent", AGENT_KEY), ("customer", CUSTOMER_KEY)
+        )
     }
     return (json.dumps(keys, indent=2, sort_keys=True) + "\n").encode()
 
@@ -120,7 +129,7 @@ def test_every_message_type_and_job_kind_has_a_golden_example() -> None:
     models = {type(e.model) for e in EXAMPLES}
     assert models == {
         messages.Job, messages.JobResult, messages.SandboxEvent, messages.Heartbeat,
-        messages.UsageReport, messages.SandboxToken,
+        messages.UsageReport, messages.SandboxToken, cosign.Cosignature,
     }
     kinds = {e.model.body.kind for e in EXAMPLES if isinstance(e.model, messages.Job)}
     assert kinds == {k.value for k in JobKind}

@@ -12,14 +12,17 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
-from byoc_agent.protocol import messages, signing, verify
+from byoc_agent.protocol import cosign, messages, signing, verify
 from byoc_agent.protocol.messages import (
     Capacity,
     CreateSandboxBody,
     Heartbeat,
+    HostSummary,
     Job,
     JobResult,
     KillSandboxBody,
+    PauseSandboxBody,
+    ResumeSandboxBody,
     SandboxEvent,
     SandboxReport,
     SandboxState,
@@ -35,6 +38,7 @@ CONTROL_PLANE_SEED = bytes.fromhex(
 )
 AGENT_SEED = bytes.fromhex("202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f")
 STRANGER_SEED = bytes.fromhex("404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f")
+CUSTOMER_SEED = bytes.fromhex("606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f")
 
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
 TENANT = "ten-golden"
@@ -50,6 +54,7 @@ def key_from_seed(seed: bytes) -> signing.SigningKey:
 CONTROL_PLANE_KEY = key_from_seed(CONTROL_PLANE_SEED)
 AGENT_KEY = key_from_seed(AGENT_SEED)
 STRANGER_KEY = key_from_seed(STRANGER_SEED)
+CUSTOMER_KEY = key_from_seed(CUSTOMER_SEED)  # the customer's co-signing key
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,11 @@ SANDBOX_TOKEN = SandboxToken(
     exp=NOW + 900,
 )
 
+COSIGNATURE = cosign.Cosignature(
+    job_id=CREATE_JOB.job_id, tenant_id=TENANT, agent_id=AGENT,
+    body_sha256=cosign.body_digest(CREATE_JOB.body), iat=NOW, exp=NOW + 3600,
+)
+
 EXAMPLES: tuple[Example, ...] = (
     Example("job_create_sandbox", CREATE_JOB, messages.JOB_TYP, CONTROL_PLANE_KEY),
     Example(
@@ -105,6 +115,24 @@ EXAMPLES: tuple[Example, ...] = (
         Job(
             job_id="job-0002", tenant_id=TENANT, agent_id=AGENT, iat=NOW + 700,
             exp=NOW + 1000, seq=2, body=KillSandboxBody(sandbox_id=_SBX),
+        ),
+        messages.JOB_TYP,
+        CONTROL_PLANE_KEY,
+    ),
+    Example(
+        "job_pause_sandbox",
+        Job(
+            job_id="job-0005", tenant_id=TENANT, agent_id=AGENT, iat=NOW + 800,
+            exp=NOW + 1100, seq=5, body=PauseSandboxBody(sandbox_id=_SBX),
+        ),
+        messages.JOB_TYP,
+        CONTROL_PLANE_KEY,
+    ),
+    Example(
+        "job_resume_sandbox",
+        Job(
+            job_id="job-0006", tenant_id=TENANT, agent_id=AGENT, iat=NOW + 900,
+            exp=NOW + 1200, seq=6, body=ResumeSandboxBody(sandbox_id=_SBX),
         ),
         messages.JOB_TYP,
         CONTROL_PLANE_KEY,
@@ -167,6 +195,33 @@ EXAMPLES: tuple[Example, ...] = (
         AGENT_KEY,
     ),
     Example(
+        "heartbeat_with_hosts",
+        Heartbeat(
+            agent_id=AGENT, tenant_id=TENANT, at=NOW + 10.0, version="0.1.0",
+            data_plane_url="https://agt-golden.example.internal:8443",
+            runtimes=["gvisor"], templates=["base"],
+            capacity=Capacity(
+                cpu_total=16, cpu_free=16, memory_mb_total=65536, memory_mb_free=65536,
+                sandboxes=0,
+            ),
+            running=[],
+            hosts=[
+                HostSummary(
+                    host_id="i-0123456789abcdef0", instance_type="c5.metal", state="ready",
+                    cpu_total=96, cpu_free=94, memory_mb_total=196608, memory_mb_free=194560,
+                    gpus_total=0, gpus_free=0, kvm=True, sandboxes=1,
+                ),
+                HostSummary(
+                    host_id="ch-5f1c0e2a9b7d4c3e8f6a1b2c3d4e5f60", instance_type="p5.48xlarge",
+                    state="requested", cpu_total=192, cpu_free=0, memory_mb_total=2097152,
+                    memory_mb_free=0, gpus_total=8, gpus_free=0, kvm=False, sandboxes=0,
+                ),
+            ],
+        ),
+        messages.HEARTBEAT_TYP,
+        AGENT_KEY,
+    ),
+    Example(
         "usage_report_final",
         UsageReport(
             record_id="usage-15ef8332d275fa420187c4467a811d949fbc13d6", tenant_id=TENANT,
@@ -178,6 +233,7 @@ EXAMPLES: tuple[Example, ...] = (
         AGENT_KEY,
     ),
     Example("sandbox_token", SANDBOX_TOKEN, messages.SANDBOX_TOKEN_TYP, CONTROL_PLANE_KEY),
+    Example("cosignature", COSIGNATURE, cosign.COSIGNATURE_TYP, CUSTOMER_KEY),
 )
 
 

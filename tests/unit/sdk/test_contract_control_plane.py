@@ -84,3 +84,47 @@ def test_real_error_bodies_map_to_typed_errors(admin: AdminClient, control_plane
         as_tenant.list_tenants()
     with pytest.raises(AuthenticationError):
         Sandbox.list(api_key="ck_0123456789abcdef_nope", api_url=control_plane_url)
+
+
+@pytest.mark.console
+def test_cli_creates_a_console_user_who_can_sign_in(
+    control_plane_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`corral admin console-user create` makes a user that signs in to /console."""
+    import re
+
+    import httpx
+    from typer.testing import CliRunner
+
+    from corral.cli import app as cli_app
+
+    monkeypatch.setenv("CORRAL_API_URL", control_plane_url)
+    monkeypatch.setenv("CORRAL_ADMIN_TOKEN", ADMIN_TOKEN)
+    runner = CliRunner()
+    password = "a long enough passphrase"
+    made = runner.invoke(
+        cli_app,
+        ["admin", "console-user", "create", "cli-ops", "--role", "viewer", "--password-stdin"],
+        input=password + "\n",
+    )
+    assert made.exit_code == 0, made.output
+    assert "created console user cli-ops (viewer)" in made.stdout
+    listed = runner.invoke(cli_app, ["admin", "console-user", "ls"])
+    assert "cli-ops" in listed.stdout
+    assert password not in listed.stdout
+    again = runner.invoke(
+        cli_app, ["admin", "console-user", "create", "cli-ops", "--password-stdin"],
+        input=password + "\n",
+    )
+    assert again.exit_code == 1
+    assert "already exists" in again.output
+    with httpx.Client(base_url=control_plane_url, follow_redirects=False) as web:
+        page = web.get("/console/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert token
+        r = web.post(
+            "/console/login",
+            data={"username": "cli-ops", "password": password, "csrf_token": token.group(1)},
+        )
+        assert r.status_code == 303
+        assert web.get("/console/tenants").status_code == 200

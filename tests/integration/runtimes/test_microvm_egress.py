@@ -1,0 +1,146 @@
+"""A microVM's network: none by default; with an egress allow-list, the listed destinations
+and nothing else. Every destination here is a listener on 127.0.0.1 that this test starts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from runtime_factories import MICROVM
+
+from byoc_agent.runtimes.base import ExecRequest, Exit, SandboxHandle, SandboxSpec, Stdout
+from byoc_agent.runtimes.qemu_microvm import QemuMicrovmRuntime, guest_address
+
+pytestmark = [pytest.mark.microvm, pytest.mark.asyncio]
+
+BANNER = b"corral-egress-banner"
+
+# Runs in the guest: connect to each HOST:PORT argument, print what happened.
+PROBE = r"""
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=3) as s:
+            s.settimeout(5)
+            print(target, "open", s.recv(100).decode(errors="replace"), flush=True)
+    except OSError as e:
+        print(target, "refused", type(e).__name__, flush=True)
+"""
+
+
+class Listener:
+    """A TCP listener on 127.0.0.1 that greets, closes, and counts its connections."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        async def greet(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            self.accepted += 1
+            w.write(BANNER)
+            await w.drain()
+            w.close()
+
+        self.server = await asyncio.start_server(greet, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+@pytest_asyncio.fixture
+async def listeners() -> AsyncIterator[tuple[Listener, Listener]]:
+    allowed, other = Listener(), Listener()
+    await allowed.start()
+    await other.start()
+    try:
+        yield allowed, other
+    finally:
+        await allowed.stop()
+        await other.stop()
+
+
+@pytest.fixture
+def microvm(state_dir: Path, templates_root: Path) -> QemuMicrovmRuntime:
+    reason = MICROVM.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    runtime = MICROVM.make(state_dir, templates_root)
+    assert isinstance(runtime, QemuMicrovmRuntime)
+    return runtime
+
+
+async def _run(runtime: QemuMicrovmRuntime, handle: SandboxHandle, cmd: str) -> tuple[str, int]:
+    out, code = b"", -1
+    async for ev in runtime.exec(handle, ExecRequest(cmd=cmd, timeout_s=60)):
+        if isinstance(ev, Stdout):
+            out += ev.data
+        elif isinstance(ev, Exit):
+            code = ev.exit_code
+    return out.decode(), code
+
+
+async def _probe(runtime: QemuMicrovmRuntime, handle: SandboxHandle, *targets: str) -> dict[
+    str, str
+]:
+    await runtime.write_file(handle, "/tmp/probe.py", PROBE.encode())
+    out, code = await _run(runtime, handle, "python3 /tmp/probe.py " + " ".join(targets))
+    assert code == 0, out
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines() if line}
+
+
+def _spec(name: str, egress: tuple[str, ...] = ()) -> SandboxSpec:
+    return SandboxSpec(
+        sandbox_id=f"egress-{name}-{os.getpid()}", tenant_id="tenant-egress", template="base",
+        cpu=1, memory_mb=256, timeout_s=300, egress=egress,
+    )  # fmt: skip
+
+
+async def test_no_allow_list_means_no_network_but_loopback(microvm: QemuMicrovmRuntime) -> None:
+    handle = await microvm.create(_spec("none"))
+    try:
+        out, code = await _run(microvm, handle, "ls /sys/class/net; test -e /run/corral/egress")
+        assert out.split() == ["lo"]
+        assert code == 1  # no mapping file either
+    finally:
+        await microvm.destroy(handle)
+
+
+async def test_only_listed_destinations_are_reachable_across_pause_and_resume(
+    microvm: QemuMicrovmRuntime, listeners: tuple[Listener, Listener]
+) -> None:
+    allowed, other = listeners
+    handle = await microvm.create(_spec("list", (f"127.0.0.1:{allowed.port}",)))
+    try:
+        mapped = f"{guest_address(0)}:{allowed.port}"
+        mapping = (await microvm.read_file(handle, "/run/corral/egress")).decode()
+        assert mapping == f"{mapped} 127.0.0.1:{allowed.port}\n"
+        # Not listed: the other listener through the gateway (without restrict=on QEMU would
+        # carry this to the host's loopback), the forward's address on the other port, and
+        # an address with no forward at all.
+        denied = [
+            f"10.0.2.2:{other.port}",
+            f"{guest_address(0)}:{other.port}",
+            f"{guest_address(1)}:{other.port}",
+        ]
+        for round_ in ("before pause", "after resume"):
+            seen = await _probe(microvm, handle, mapped, *denied)
+            assert seen[mapped] == f"open {BANNER.decode()}", (round_, seen)
+            for target in denied:
+                assert seen[target].startswith("refused"), (round_, target, seen)
+            if round_ == "before pause":
+                await microvm.pause(handle)
+                await microvm.resume(handle)
+        assert allowed.accepted == 2
+        assert other.accepted == 0
+    finally:
+        await microvm.destroy(handle)
