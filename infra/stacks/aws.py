@@ -3,8 +3,9 @@ an IMDSv2-only launch template with an encrypted root volume, and one agent inst
 
 Access is through SSM Session Manager (``aws ssm start-session``): no SSH key, no port.
 
-The agent's role may run instances only if they carry this install's ``corral-install``
-tag, stop/terminate only instances that carry it, and pass only the host role.
+The agent's role may run instances only if they carry the ``corral:managed-by=corral`` tag
+its host provider sets, stop/terminate only instances that carry it, launch only into this
+VPC, and pass only the host role.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
+from byoc_agent.providers.base import MANAGED_BY, TAG_MANAGED_BY
 from infra.base import BootFiles, Deployed, Permission
 from infra.config import AgentInstall, AwsOptions
 from infra.render import cloud_init
@@ -48,18 +50,21 @@ class Statement:
 
 
 def agent_statements(agent: AgentInstall, region: str) -> list[Statement]:
-    tag = {"aws:RequestTag/corral-install": agent.name}
-    owned = {"aws:ResourceTag/corral-install": agent.name}
+    """What the agent's AwsProvider (byoc_agent/providers/aws.py) calls, and no more. It
+    tags every instance and volume it launches ``corral:managed-by=corral`` and never
+    touches an instance without that tag; the conditions hold it to that."""
+    tag = {f"aws:RequestTag/{TAG_MANAGED_BY}": MANAGED_BY}
+    owned = {f"aws:ResourceTag/{TAG_MANAGED_BY}": MANAGED_BY}
     ec2 = f"arn:aws:ec2:{region}:*"
     return [
         Statement(
             "RunTaggedHosts", ("ec2:RunInstances",),
-            (f"{ec2}:instance/*", f"{ec2}:volume/*", f"{ec2}:network-interface/*"),
+            (f"{ec2}:instance/*", f"{ec2}:volume/*"),
             {"StringEquals": tag},
         ),
         Statement(
             "RunInOurVpc", ("ec2:RunInstances",),
-            (f"{ec2}:subnet/*", f"{ec2}:security-group/*"),
+            (f"{ec2}:subnet/*", f"{ec2}:security-group/*", f"{ec2}:network-interface/*"),
             {"StringEquals": {"ec2:Vpc": "{vpc_arn}"}},
         ),
         Statement(

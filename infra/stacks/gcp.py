@@ -1,6 +1,6 @@
 """GCP: a custom-mode VPC with one private subnet and Cloud NAT, a firewall that denies
 all ingress, a service account with two custom roles (launch hosts; stop/delete only
-instances named like this install's hosts, by IAM condition), and a Shielded VM with no
+instances named like the agent's hosts, by IAM condition), and a Shielded VM with no
 external IP, OS Login and a startup script.
 
 The agent may act as the host service account only (``iam.serviceAccountUser`` on that
@@ -38,10 +38,15 @@ def _custom_role_id(name: str, kind: str) -> str:
     return "corral_" + name.replace("-", "_") + "_" + kind
 
 
-def host_name_condition(o: GcpOptions, name: str) -> str:
-    """IAM condition: only instances of this install's zone named ``<name>-host-*``."""
+# The agent's GcpProvider names every host it launches ``corral-<hash>``
+# (byoc_agent/providers/gcp.py: instance_name); a test keeps the two in step.
+HOST_NAME_PREFIX = "corral-"
+
+
+def host_name_condition(o: GcpOptions) -> str:
+    """IAM condition: only instances in the install's zone named like the agent's hosts."""
     return (f'resource.type == "compute.googleapis.com/Instance" && resource.name.startsWith('
-            f'"projects/{o.project}/zones/{o.zone}/instances/{name}-host-")')
+            f'"projects/{o.project}/zones/{o.zone}/instances/{HOST_NAME_PREFIX}")')
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +57,7 @@ class GcpHost:
     def permissions(self, agent: AgentInstall) -> list[Permission]:
         sa = f"serviceAccount {agent.name}-agent"
         o = self.options
-        hosts = f"instances {o.zone}/{agent.name}-host-* only"
+        hosts = f"instances {o.zone}/{HOST_NAME_PREFIX}* only"
         return [
             *(Permission(sa, perm, f"project {o.project}",
                          f"custom role {_custom_role_id(agent.name, 'launch')}")
@@ -126,7 +131,7 @@ class GcpHost:
             f"{n}-agent-manage", project=o.project, role=manage.name, member=agent_sa.member,
             condition=gcp.projects.IAMMemberConditionArgs(
                 title=f"corral-{n}-hosts-only", description=about + ": its own hosts only",
-                expression=host_name_condition(o, n)),
+                expression=host_name_condition(o)),
             opts=opts)
         for r in AGENT_PROJECT_ROLES:
             gcp.projects.IAMMember(f"{n}-agent-{r.split('.')[-1].lower()}", project=o.project,

@@ -71,11 +71,13 @@ def test_aws_agent_role_is_conditioned_on_corral_tags(plans: dict[str, Plan]) ->
     """Run only tagged instances, manage only tagged ones, pass only the host role."""
     st = _policy(plans["aws"])
     assert st["RunTaggedHosts"]["Condition"] == {
-        "StringEquals": {"aws:RequestTag/corral-install": "acme-agent"}}
+        "StringEquals": {"aws:RequestTag/corral:managed-by": "corral"}}
+    assert [r.split(":")[-1] for r in st["RunTaggedHosts"]["Resource"]] == [
+        "instance/*", "volume/*"]
     assert st["ManageOwnHosts"]["Action"] == ["ec2:StartInstances", "ec2:StopInstances",
                                               "ec2:RebootInstances", "ec2:TerminateInstances"]
     assert st["ManageOwnHosts"]["Condition"] == {
-        "StringEquals": {"aws:ResourceTag/corral-install": "acme-agent"}}
+        "StringEquals": {"aws:ResourceTag/corral:managed-by": "corral"}}
     assert st["TagAtLaunchOnly"]["Condition"] == {
         "StringEquals": {"ec2:CreateAction": "RunInstances"}}
     host_role_arn = "arn:aws:iam::000000000000:role/acme-agent-host"
@@ -117,6 +119,19 @@ def test_aws_launch_template_imdsv2_encrypted_no_key_ssm(plans: dict[str, Plan])
     assert ssm == {"acme-agent-agent", "acme-agent-host"}
     inst = one(p, "aws:ec2/instance:Instance")
     assert inst.get("launchTemplate.id") == lt.id
+
+
+def test_the_grants_match_what_the_agents_host_providers_do() -> None:
+    """The AWS tag and the GCP name prefix the conditions rely on are the ones the agent's
+    providers actually set (byoc_agent/providers)."""
+    from byoc_agent.providers.base import HostSpec
+    from infra.stacks.gcp import HOST_NAME_PREFIX
+
+    gcp_provider = pytest.importorskip("byoc_agent.providers.gcp")
+    assert gcp_provider.instance_name("any-client-token").startswith(HOST_NAME_PREFIX)
+    spec = HostSpec(tenant_id="t", agent_id="a", instance_type="m7i.metal-24xl",
+                    client_token="c")
+    assert spec.all_tags()["corral:managed-by"] == "corral"
 
 
 def render_for(p: Plan) -> Any:
@@ -171,7 +186,7 @@ def test_gcp_service_account_has_only_the_roles_it_needs(plans: dict[str, Plan])
     manage = bindings["projects/project/roles/corral_acme_agent_manage"]
     assert manage.get("condition.expression") == (
         'resource.type == "compute.googleapis.com/Instance" && resource.name.startsWith('
-        '"projects/my-project/zones/us-central1-a/instances/acme-agent-host-")')
+        '"projects/my-project/zones/us-central1-a/instances/corral-")')
     assert bindings["projects/project/roles/corral_acme_agent_launch"].get("condition") is None
     sa_binding = one(p, "gcp:serviceaccount/iAMMember:IAMMember")
     assert sa_binding.get("role") == "roles/iam.serviceAccountUser"
