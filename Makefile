@@ -14,7 +14,7 @@ test:
 	bash scripts/test.sh
 
 lint:
-	.venv/bin/ruff check corral control_plane byoc_agent billing tests bench
+	.venv/bin/ruff check corral control_plane byoc_agent billing infra tests bench
 	.venv/bin/mypy
 
 bench:

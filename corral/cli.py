@@ -2,7 +2,8 @@
 
 Tenant commands read ``CORRAL_API_KEY``; ``corral admin`` reads ``CORRAL_ADMIN_TOKEN``;
 ``corral billing`` reads ``CORRAL_BILLING_KEY`` (a billing key) or else ``CORRAL_ADMIN_TOKEN``;
-all read ``CORRAL_API_URL``. Errors print one red line and exit 1;
+all read ``CORRAL_API_URL``. ``corral install`` (the ``infra`` extra) installs an agent
+into a cloud account with Pulumi. Errors print one red line and exit 1;
 ``sandbox exec`` exits with the command's own exit code (124 when it timed out).
 """
 
@@ -496,6 +497,89 @@ from corral.cli_trust import audit_app, cosign_app, keys_app  # noqa: E402 (uses
 admin_app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(cosign_app, name="cosign")
+
+
+@app.command("install")
+def install(
+    cloud: str = typer.Argument(..., help="aws, gcp, azure or baremetal."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Offline: print the resources and permissions, change nothing."
+    ),
+    control_plane_url: str = typer.Option(
+        "https://corral.example.com", "--control-plane-url", envvar="CORRAL_API_URL",
+        help="Where the agent enrolls (the control plane's public URL).",
+    ),
+    enrollment_token: str = typer.Option(
+        "", "--enrollment-token", envvar="CORRAL_ENROLLMENT_TOKEN", show_default=False,
+        help="From `corral admin enrollment-token`; prefer the environment variable.",
+    ),
+    name: str = typer.Option("corral-agent", "--name", help="Names every cloud resource."),
+    agent_package: str | None = typer.Option(
+        None, "--agent-package", help="pip requirement or wheel URL the host installs."
+    ),
+    dataplane_client: list[str] | None = typer.Option(
+        None, "--dataplane-client", help="Private CIDR allowed to the data plane (repeat)."
+    ),
+    label: list[str] | None = typer.Option(None, "--label", help="KEY=VALUE on every resource."),
+    region: str | None = typer.Option(None, "--region", help="AWS/GCP region, Azure location."),
+    zone: str | None = typer.Option(None, "--zone", help="GCP zone."),
+    project: str | None = typer.Option(None, "--project", help="GCP project id."),
+    size: str | None = typer.Option(
+        None, "--size", help="Instance type / machine type / VM size of the agent's host."
+    ),
+    stack: str | None = typer.Option(None, "--stack", help="Pulumi stack (default: NAME-CLOUD)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="baremetal: write the install bundle here instead of `pulumi up`."
+    ),
+) -> None:
+    """Install the agent into your cloud account with Pulumi (see docs/install/)."""
+    with _friendly():
+        try:
+            from infra import install as inst
+            from infra.config import DEFAULT_AGENT_PACKAGE, DRY_RUN_TOKEN, AgentInstall
+        except ImportError as e:
+            raise CorralError(
+                f"the installer needs the infra extra: pip install 'corral[infra]' ({e})"
+            ) from None
+        if out is not None and cloud != "baremetal":
+            raise CorralError("--out is for baremetal; clouds are installed with pulumi up")
+        if not enrollment_token and not dry_run:
+            raise CorralError(
+                "set CORRAL_ENROLLMENT_TOKEN (from `corral admin enrollment-token --tenant ID`)"
+            )
+        if not agent_package and not dry_run:
+            raise CorralError(
+                "pass --agent-package: the wheel URL (with #sha256=...) or pinned requirement "
+                "the host installs; Corral is not on PyPI, so a bare name is not safe"
+            )
+        agent = AgentInstall(
+            control_plane_url=control_plane_url,
+            enrollment_token=enrollment_token or DRY_RUN_TOKEN,
+            name=name,
+            dataplane_clients=tuple(dataplane_client or ()),
+            labels=_pairs(label, "--label"),
+            agent_package=agent_package or DEFAULT_AGENT_PACKAGE,
+        )
+        choice = inst.CloudChoice(
+            cloud=cloud, region=region, zone=zone, project=project, size=size
+        )
+        if out is not None:
+            for path in inst.write_bundle(agent, out):
+                _out().print(f"wrote {escape(str(path))}")
+            return
+        if dry_run:
+            plan, violations = inst.dry_run(agent, inst.make_target(choice))
+            inst.print_plan(_out(), plan, violations)
+            if violations:
+                raise typer.Exit(code=1)
+            return
+        outputs = inst.up(
+            # Pulumi's own progress lines, verbatim (not rich markup).
+            agent, choice, stack=stack or f"{name}-{cloud}", on_output=typer.echo
+        )
+        for key, value in sorted(outputs.items()):
+            if key != "install_script":
+                _out().print(f"{key}: {escape(str(value))}")
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(runsc debootstrap iproute2 python3-venv chromium qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs util-linux)
+APT_PACKAGES=(runsc debootstrap iproute2 python3-venv chromium qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs util-linux bubblewrap)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 echo "• ruff"
-.venv/bin/ruff check corral control_plane byoc_agent billing tests bench
+.venv/bin/ruff check corral control_plane byoc_agent billing infra tests bench
 echo "• mypy --strict"
 .venv/bin/mypy
 echo "• pytest"
