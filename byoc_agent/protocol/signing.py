@@ -84,7 +84,16 @@ class SigningKey:
 
     @classmethod
     def from_pem(cls, kid: str, pem: bytes, password: bytes | None = None) -> SigningKey:
-        key = serialization.load_pem_private_key(pem, password=password)
+        try:
+            key = serialization.load_pem_private_key(pem, password=password)
+        except ValueError as e:
+            if password is None:
+                raise
+            # A wrong password usually fails the padding check, but now and then it
+            # "decrypts" to garbage that then fails to parse: the same mistake either way.
+            raise ValueError(
+                "could not decrypt the private key: wrong password, or a corrupt PEM"
+            ) from e
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError("not an Ed25519 private key")
         return cls(kid=kid, private_key=key)
