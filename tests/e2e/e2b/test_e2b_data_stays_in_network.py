@@ -32,7 +32,10 @@ async def test_an_e2b_canary_never_reaches_the_control_plane_or_nats(
     canary = f"E2B-CANARY-{uuid.uuid4().hex}"
     captured: list[bytes] = []
     heartbeat = asyncio.Event()
-    nc = await nats.connect(e2b_stack.nats_url)
+    # NATS runs with per-agent users; an unrestricted observer user watches everything.
+    nc = await nats.connect(
+        e2b_stack.nats_url, user_credentials=str(stack.nats_observer_creds())
+    )
 
     async def capture(msg: Any) -> None:
         captured.append(msg.subject.encode() + b" " + msg.data)
