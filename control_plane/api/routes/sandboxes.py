@@ -44,7 +44,6 @@ async def create_sandbox(
     lim = svc.settings.limits
     limits.check_timeout(lim, body.timeout_s)
     limits.check_metadata(lim, body.metadata)
-    svc.create_limiter.take(who.tenant_id)
     if body.snapshot_id is not None:
         given = sorted({"template", "isolation", "cpu", "memory_mb"} & body.model_fields_set)
         if given:
@@ -53,6 +52,7 @@ async def create_sandbox(
                 "template, isolation, cpu and memory_mb; leave them out",
                 field=given[0],
             )
+        svc.create_limiter.take(who.tenant_id)  # only well-formed requests spend a token
         access = await svc.sandboxes.restore(
             RestoreSandbox(
                 tenant_id=who.tenant_id,
@@ -70,6 +70,7 @@ async def create_sandbox(
         )
     limits.check_cpu(lim, body.cpu)
     limits.check_memory(lim, body.memory_mb)
+    svc.create_limiter.take(who.tenant_id)  # only well-formed requests spend a token
     access = await svc.sandboxes.create(
         CreateSandbox(
             tenant_id=who.tenant_id,

@@ -130,7 +130,7 @@ class Harness:
         await self.publish(data)
         return await self.result_for(job_id)
 
-    async def result_for(self, job_id: str, wait_s: float = 10) -> messages.JobResult:
+    async def result_for(self, job_id: str, wait_s: float = 30) -> messages.JobResult:
         async with asyncio.timeout(wait_s):
             while True:
                 r = await self.results.get()

@@ -116,7 +116,9 @@ def _bwrap(root: Path, tmp: Path, site: Path, *cmd: str) -> subprocess.Completed
         "--clearenv", "--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin",
         "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
         "--setenv", "CORRAL_VENV_ARGS", "--system-site-packages",
-        "--setenv", "CORRAL_PIP_ARGS", "--no-index --find-links /wheels",
+        # --no-deps: the dependencies are lent above; the root's own (Debian) pip may not read
+        # the metadata of newer packages in that view, so it must not try to resolve them.
+        "--setenv", "CORRAL_PIP_ARGS", "--no-index --find-links /wheels --no-deps",
         *cmd,
     ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=240)
