@@ -102,6 +102,9 @@ def _bwrap(root: Path, tmp: Path, site: Path, *cmd: str) -> subprocess.Completed
     argv = [
         "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
         "--ro-bind", "/usr", "/usr",
+        # Mounted first: a later bind under /tmp (this checkout's venv may live there) must
+        # not be hidden by the root's own empty /tmp.
+        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
         "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
         "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
         "--bind", str(root / "etc"), "/etc",
@@ -112,7 +115,6 @@ def _bwrap(root: Path, tmp: Path, site: Path, *cmd: str) -> subprocess.Completed
         "--ro-bind", str(site), str(site),
         "--ro-bind", str(tmp / "wheels"), "/wheels",
         "--ro-bind", str(root / "bundle"), "/bundle",
-        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",
         "--clearenv", "--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin",
         "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
         "--setenv", "CORRAL_VENV_ARGS", "--system-site-packages",
