@@ -86,13 +86,16 @@ from byoc_agent.runtimes.base import (
     SandboxSpec,
     Stderr,
     Stdout,
+    read_snapshot_meta,
 )
+from byoc_agent.runtimes.inputs import SANDBOX_HOME as _HOME
+from byoc_agent.runtimes.inputs import check_sandbox_id
+from byoc_agent.runtimes.inputs import sandbox_path as _sandbox_path
+from byoc_agent.runtimes.inputs import validate_env as _validate_env
 from byoc_agent.runtimes.templates import template_rootfs
 
 log = structlog.get_logger(__name__)
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CHUNK = 64 * 1024
 _STDIN_CHUNK = 1024 * 1024
 _CPU_PERIOD_US = 100_000
@@ -108,7 +111,6 @@ _MIN_PIDS_MAX = 128
 _TIMEOUT_EXIT = 124  # what coreutils ``timeout`` reports; we report it for a timed-out command
 _KILLED_EXIT = 137  # ``timeout -s KILL`` exits 128 + 9 when the command ran out of time
 _RUNSC_FAILED = 128  # runsc exec's own failures (no such sandbox, no such cwd, ...)
-_HOME = "/root"
 _ADOPTED_ENV = "adopted-env.json"  # the env a warm-pool member was given when it was taken
 _BASE_ENV: Mapping[str, str] = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -295,11 +297,7 @@ class GVisorRuntime:
         ]
 
     def _paths(self, sandbox_id: str) -> _Paths:
-        if not _ID_RE.fullmatch(sandbox_id):
-            raise InvalidArgumentError(
-                "sandbox_id must be 1-63 characters of [A-Za-z0-9_.-], starting alphanumeric",
-                sandbox_id=sandbox_id,
-            )
+        check_sandbox_id(sandbox_id)
         return _Paths.under(self._sandboxes, sandbox_id)
 
     def _cgroup_path(self, sandbox_id: str) -> str:
@@ -727,14 +725,7 @@ class GVisorRuntime:
         paths = self._paths(spec.sandbox_id)
         _validate_env(spec.env)
         _refuse_egress(spec)
-        try:
-            meta = json.loads(await asyncio.to_thread((source / SNAPSHOT_META).read_text))
-        except (OSError, ValueError) as e:
-            raise InvalidArgumentError(f"not a snapshot: {source.name} ({e})") from None
-        if meta.get("runtime") != self.name:
-            raise InvalidArgumentError(
-                f"snapshot {source.name} was made by {meta.get('runtime')!r}, not {self.name}"
-            )
+        meta = await asyncio.to_thread(read_snapshot_meta, source, self.name)
         template = str(meta.get("template") or spec.template)
         lower = await asyncio.to_thread(template_rootfs, self._templates_root, template)
         started = time.monotonic()
@@ -1233,19 +1224,6 @@ def _refuse_egress(spec: SandboxSpec) -> None:
             "egress allow-list",
             sandbox_id=spec.sandbox_id,
         )
-
-
-def _validate_env(env: Mapping[str, str]) -> None:
-    for key, value in env.items():
-        if not _ENV_KEY_RE.fullmatch(key) or "\0" in value:
-            raise InvalidArgumentError(f"invalid environment variable name or value: {key!r}")
-
-
-def _sandbox_path(path: str) -> str:
-    """Validate a sandbox path; relative paths are relative to ``/root``."""
-    if not path or "\0" in path or len(path) > 4096:
-        raise InvalidArgumentError("path must be 1-4096 characters without NUL")
-    return path if path.startswith("/") else f"{_HOME}/{path}"
 
 
 def _ensure_tmp(tmp: Path) -> None:
