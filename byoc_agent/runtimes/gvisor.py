@@ -111,6 +111,7 @@ _MIN_PIDS_MAX = 128
 _TIMEOUT_EXIT = 124  # what coreutils ``timeout`` reports; we report it for a timed-out command
 _KILLED_EXIT = 137  # ``timeout -s KILL`` exits 128 + 9 when the command ran out of time
 _RUNSC_FAILED = 128  # runsc exec's own failures (no such sandbox, no such cwd, ...)
+_PID_FILE_WAIT_S = 5.0  # how long a kill waits for runsc exec to name the command's pid
 _ADOPTED_ENV = "adopted-env.json"  # the env a warm-pool member was given when it was taken
 _BASE_ENV: Mapping[str, str] = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -1008,10 +1009,7 @@ class GVisorRuntime:
         The recorded pid is the command's; ``runsc exec`` makes it a process-group leader,
         so killing the group also ends everything it started.
         """
-        try:
-            pid = int((await asyncio.to_thread(pid_file.read_text)).strip())
-        except (OSError, ValueError):
-            pid = 0
+        pid = await _command_pid(pid_file, proc)
         if pid > 0:
             with contextlib.suppress(CorralError):
                 done = await self._runsc_call(
@@ -1268,6 +1266,21 @@ def _rmdirs(dirs: list[Path]) -> list[Path]:
         except OSError:
             left.append(d)
     return left
+
+
+async def _command_pid(pid_file: Path, proc: asyncio.subprocess.Process) -> int:
+    """The command's pid inside the sandbox; 0 if it never started.
+
+    ``runsc exec`` writes its internal pid file only after the command has started, so the
+    command's first output can come before it: while ``runsc exec`` runs, wait for the file.
+    """
+    deadline = time.monotonic() + _PID_FILE_WAIT_S
+    while True:
+        with contextlib.suppress(OSError, ValueError):  # not there yet, or half written
+            return int((await asyncio.to_thread(pid_file.read_text)).strip())
+        if proc.returncode is not None or time.monotonic() > deadline:
+            return 0
+        await asyncio.sleep(0.01)
 
 
 async def _pump(
