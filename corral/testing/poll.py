@@ -36,7 +36,7 @@ async def eventually(
 async def eventually(
     probe: Callable[[], object],
     *,
-    within_s: float = 10.0,
+    within_s: float = 30.0,
     every_s: float = 0.05,
     what: str = "",
 ) -> object:
@@ -55,7 +55,7 @@ async def eventually(
 
 
 def eventually_sync(
-    probe: Callable[[], T], *, within_s: float = 10.0, every_s: float = 0.05, what: str = ""
+    probe: Callable[[], T], *, within_s: float = 30.0, every_s: float = 0.05, what: str = ""
 ) -> T:
     """:func:`eventually` for blocking code (a test that drives a server from a thread)."""
     deadline = time.monotonic() + within_s
