@@ -79,23 +79,25 @@ def _spooled_usage(stack: LocalStack) -> int:
 
 def _lifetime(info: StackInfo, sandbox_id: str, timeout: float = 20) -> tuple[float, float]:
     """``(started_at, ended_at)`` of an ended sandbox as the control plane recorded them."""
-    deadline = time.monotonic() + timeout
-    body: dict[str, object] = {}
-    while time.monotonic() < deadline:
+
+    def ended() -> dict[str, object] | None:
         r = httpx.get(
             f"{info.api_url}/v1/sandboxes/{sandbox_id}",
             headers={"authorization": f"Bearer {info.api_key}"},
             timeout=5,
         )
         r.raise_for_status()
-        body = r.json()
-        if body.get("started_at") and body.get("ended_at"):
-            return (
-                datetime.fromisoformat(str(body["started_at"])).timestamp(),
-                datetime.fromisoformat(str(body["ended_at"])).timestamp(),
-            )
-        time.sleep(0.2)
-    raise AssertionError(f"sandbox {sandbox_id} has no start/end after {timeout} s: {body}")
+        body: dict[str, object] = r.json()
+        return body if body.get("started_at") and body.get("ended_at") else None
+
+    body = eventually_sync(
+        ended, within_s=timeout, every_s=0.2, what=f"sandbox {sandbox_id}'s start and end"
+    )
+    assert body is not None
+    return (
+        datetime.fromisoformat(str(body["started_at"])).timestamp(),
+        datetime.fromisoformat(str(body["ended_at"])).timestamp(),
+    )
 
 
 def _usage(info: StackInfo, sandbox_id: str) -> list[dict[str, object]]:
@@ -245,7 +247,9 @@ def test_a_paused_sandbox_keeps_its_files_and_is_not_billed_while_paused(
     try:
         sb.files.write("/work/kept.txt", "written before the pause")
         bg = sb.commands.run("nohup sleep 900 >/dev/null 2>&1 & echo $!").stdout.strip()
-        time.sleep(USAGE_INTERVAL_S + 1)  # at least one interim record while running
+        eventually_sync(
+            lambda: _interim_records(minfo, sid) >= 1, what="an interim record before the pause"
+        )
         info = sb.pause()
         paused_at = time.time()
         assert info.state == "paused"
@@ -257,7 +261,10 @@ def test_a_paused_sandbox_keeps_its_files_and_is_not_billed_while_paused(
         assert sb.get_info().state == "running"
         assert sb.files.read("/work/kept.txt") == "written before the pause"
         assert sb.commands.run(f"kill -0 {bg} && echo alive").stdout.strip() == "alive"
-        time.sleep(USAGE_INTERVAL_S + 1)  # an interval of life after the resume, billed
+        eventually_sync(
+            lambda: any(_seconds(u, "start") >= math.floor(resumed_at) for u in _usage(minfo, sid)),
+            what="a usage record after the resume",
+        )
     finally:
         sb.kill()
     started_at, ended_at = _lifetime(minfo, sid)
