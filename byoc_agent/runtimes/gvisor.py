@@ -73,6 +73,7 @@ from byoc_agent.protocol.errors import (
     RetryableError,
     SandboxNotRunningError,
 )
+from byoc_agent.runtimes import processes
 from byoc_agent.runtimes.base import (
     SNAPSHOT_META,
     EndReason,
@@ -483,7 +484,7 @@ class GVisorRuntime:
                 sandbox_id=sandbox_id,
             ) from None
         if rc != 0:
-            tail = await asyncio.to_thread(_tail, paths.log)
+            tail = await asyncio.to_thread(processes.tail, paths.log, 2000)
             raise CorralError(f"runsc run failed ({rc}): {tail}", sandbox_id=sandbox_id)
 
     async def _wait_ready(self, sandbox_id: str) -> None:
@@ -1246,13 +1247,6 @@ def _counter(path: Path, name: str) -> int:
         if key == name and value.strip().isdigit():
             return int(value.strip())
     return 0
-
-
-def _tail(path: Path, limit: int = 2000) -> str:
-    try:
-        return path.read_bytes()[-limit:].decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 def _rmdirs(dirs: list[Path]) -> list[Path]:

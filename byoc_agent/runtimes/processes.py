@@ -1,4 +1,4 @@
-"""The host processes of the microVM runtimes (QEMU, Firecracker's jailer): whether one still
+"""Host processes the runtimes start (QEMU, Firecracker's jailer, runsc): whether one still
 runs, stopping it, and the tail of its log for an error message.
 
 Such a process may have been started by an agent before its restart, so it is not a child of
