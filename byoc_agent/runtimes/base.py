@@ -21,11 +21,12 @@ contract suite in ``tests/integration/runtimes`` checks behaviour instead.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from byoc_agent.protocol.errors import InvalidArgumentError
 from byoc_agent.protocol.messages import SandboxState
@@ -249,6 +250,20 @@ class Runtime(Protocol):
 
 
 SNAPSHOT_META = "snapshot.json"  # in every snapshot directory: which runtime made it, and how
+
+
+def read_snapshot_meta(source: Path, runtime: str) -> dict[str, Any]:
+    """A snapshot's ``snapshot.json`` (blocking); InvalidArgumentError unless ``source`` is a
+    snapshot made by the runtime named ``runtime``."""
+    try:
+        meta: dict[str, Any] = json.loads((source / SNAPSHOT_META).read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidArgumentError(f"not a snapshot: {source.name} ({e})") from None
+    if meta.get("runtime") != runtime:
+        raise InvalidArgumentError(
+            f"snapshot {source.name} was made by {meta.get('runtime')!r}, not {runtime}"
+        )
+    return meta
 
 
 @runtime_checkable

@@ -38,12 +38,11 @@ import lzma
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,34 +52,26 @@ import structlog
 
 from byoc_agent.protocol.errors import (
     CorralError,
-    FileNotFoundInSandboxError,
     InvalidArgumentError,
     SandboxNotRunningError,
 )
+from byoc_agent.runtimes import processes
 from byoc_agent.runtimes.base import (
     SNAPSHOT_META,
-    ExecEvent,
-    ExecRequest,
-    Exit,
-    FileInfo,
-    FileType,
     Liveness,
     SandboxHandle,
     SandboxSpec,
-    Stderr,
-    Stdout,
+    read_snapshot_meta,
 )
-from byoc_agent.runtimes.guest import wire
 from byoc_agent.runtimes.guest.channel import ChannelClosed, GuestChannel
 from byoc_agent.runtimes.guest.image import ensure_disk, ensure_initrd
+from byoc_agent.runtimes.guest.ops import GuestOps
+from byoc_agent.runtimes.inputs import check_sandbox_id, validate_env
 
 log = structlog.get_logger(__name__)
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MIN_MEMORY_MB = 128
 _MAX_VCPUS = 32  # Firecracker's limit
-_HOME = "/root"
 VSOCK_PORT = 1024  # the guest daemon's vsock port
 GUEST_CID = 3  # every VM has its own vsock device, so all can use the first free CID
 MEMORY_OVERHEAD_MB = 64  # the VMM's own memory on top of the guest's, in the cgroup limit
@@ -101,34 +92,6 @@ MEMORY = "memory.bin"
 
 class FirecrackerError(CorralError):
     """Firecracker refused a request; the message carries its ``fault_message``."""
-
-
-def _validate_env(env: Mapping[str, str]) -> None:
-    for key, value in env.items():
-        if not _ENV_KEY_RE.fullmatch(key) or "\0" in value:
-            raise InvalidArgumentError(f"invalid environment variable name or value: {key!r}")
-
-
-def _sandbox_path(path: str) -> str:
-    if not path or "\0" in path or len(path) > 4096:
-        raise InvalidArgumentError("path must be 1-4096 characters without NUL")
-    return path if path.startswith("/") else f"{_HOME}/{path}"
-
-
-def _pid_alive(pid: int, marker: str) -> bool:
-    """True if ``pid`` runs and its command line mentions ``marker`` (not a recycled pid)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return marker.encode() in fh.read()
-    except OSError:
-        return False
-
-
-def _tail(path: Path, limit: int = 1500) -> str:
-    try:
-        return path.read_bytes()[-limit:].decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 def jail_id(sandbox_id: str) -> str:
@@ -337,7 +300,7 @@ class Network:
 # ---- the runtime ---------------------------------------------------------------------
 
 
-class FirecrackerRuntime:
+class FirecrackerRuntime(GuestOps):
     """The :class:`~byoc_agent.runtimes.base.Runtime` backed by Firecracker + its jailer."""
 
     name = "firecracker"
@@ -396,11 +359,7 @@ class FirecrackerRuntime:
         return self._sandboxes / sandbox_id
 
     def jail(self, sandbox_id: str) -> Jail:
-        if not _ID_RE.fullmatch(sandbox_id):
-            raise InvalidArgumentError(
-                "sandbox_id must be 1-63 characters of [A-Za-z0-9_.-], starting alphanumeric",
-                sandbox_id=sandbox_id,
-            )
+        check_sandbox_id(sandbox_id)
         return Jail(self._chroot_base, Path(self._firecracker).name, jail_id(sandbox_id))
 
     def _pidfile(self, sandbox_id: str) -> Path:
@@ -426,7 +385,7 @@ class FirecrackerRuntime:
 
     def _running(self, sandbox_id: str) -> bool:
         pid = self._pid(sandbox_id)
-        return pid is not None and _pid_alive(pid, self.jail(sandbox_id).id)
+        return pid is not None and processes.pid_alive(pid, self.jail(sandbox_id).id)
 
     def _paused(self, sandbox_id: str) -> bool:
         return (self.jail(sandbox_id).root / PAUSED / STATE).exists()
@@ -444,7 +403,7 @@ class FirecrackerRuntime:
                 f"memory_mb must be at least {_MIN_MEMORY_MB} for a microVM",
                 sandbox_id=spec.sandbox_id,
             )
-        _validate_env(spec.env)
+        validate_env(spec.env)
 
     def _boot_files(self, template: str) -> tuple[Path, Path, Path]:
         """(vmlinux, initrd, template disk), built once and cached (blocking)."""
@@ -584,7 +543,7 @@ class FirecrackerRuntime:
             if reaper.done():
                 raise CorralError(
                     f"jailer exited with {reaper.result()}: "
-                    f"{_tail(self._console(sandbox_id)) or '(no output)'}",
+                    f"{processes.tail(self._console(sandbox_id)) or '(no output)'}",
                     sandbox_id=sandbox_id,
                 )
             if time.monotonic() > deadline:
@@ -633,7 +592,7 @@ class FirecrackerRuntime:
             await channel.connect(timeout_s or self._boot_timeout_s)
         except ChannelClosed as e:
             await channel.close()
-            tail = _tail(self._console(sandbox_id))
+            tail = processes.tail(self._console(sandbox_id))
             raise CorralError(
                 f"microVM did not become ready: {e}; console: {tail or '(empty)'}",
                 sandbox_id=sandbox_id,
@@ -642,16 +601,6 @@ class FirecrackerRuntime:
         return channel
 
     # ---- liveness ----------------------------------------------------------------
-
-    async def recover(self, handle: SandboxHandle) -> Liveness:
-        liveness = await self.inspect(handle)
-        if liveness is not Liveness.RUNNING:
-            return liveness
-        try:
-            await self._channel(handle)
-        except SandboxNotRunningError:
-            return Liveness.STOPPED
-        return Liveness.RUNNING
 
     async def inspect(self, handle: SandboxHandle) -> Liveness:
         self.jail(handle.sandbox_id)  # validates the id
@@ -695,130 +644,9 @@ class FirecrackerRuntime:
             ) from None
         return record
 
-    # ---- exec and files ----------------------------------------------------------
-
-    async def exec(self, handle: SandboxHandle, request: ExecRequest) -> AsyncIterator[ExecEvent]:
-        _validate_env(request.env)
-        channel = await self._channel(handle)
+    def _spec_env(self, handle: SandboxHandle) -> dict[str, str]:
         saved = self._record(handle.sandbox_id).get("env", {})
-        env = {**{str(k): str(v) for k, v in saved.items()}, **request.env}
-        rid, queue = channel.open()
-        finished = False
-        try:
-            await channel.send(
-                rid,
-                {
-                    "op": "exec",
-                    "cmd": request.cmd,
-                    "env": env,
-                    "cwd": _sandbox_path(request.cwd) if request.cwd else _HOME,
-                    "timeout_s": request.timeout_s,
-                    "stdin": request.stdin is not None,
-                },
-            )
-            if request.stdin is not None:
-                data = request.stdin
-                for at in range(0, max(len(data), 1), wire.CHUNK):
-                    last = at + wire.CHUNK >= len(data)
-                    await channel.send(
-                        rid, {"op": "stdin", "eof": last}, data[at : at + wire.CHUNK]
-                    )
-            deadline = time.monotonic() + request.timeout_s + 15.0
-            frames = channel.frames(rid, queue)
-            while True:
-                try:
-                    header, body = await asyncio.wait_for(
-                        anext(frames), max(deadline - time.monotonic(), 0.01)
-                    )
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    finished = True
-                    yield Exit(exit_code=-9, timed_out=True)
-                    return
-                ev = header.get("ev")
-                if ev == "stdout":
-                    yield Stdout(body)
-                elif ev == "stderr":
-                    yield Stderr(body)
-                elif ev == "exit":
-                    finished = True
-                    yield Exit(int(header["code"]), bool(header.get("timed_out")))
-                    return
-                elif ev == "error":
-                    finished = True
-                    _raise(header, handle.sandbox_id)
-        except ChannelClosed:
-            raise SandboxNotRunningError(
-                f"sandbox {handle.sandbox_id} stopped", sandbox_id=handle.sandbox_id
-            ) from None
-        finally:
-            channel.release(rid)
-            if not finished and not channel.closed:
-                with contextlib.suppress(ChannelClosed):
-                    await asyncio.shield(channel.send(0, {"op": "cancel", "target": rid}))
-
-    async def _call(
-        self, handle: SandboxHandle, header: dict[str, Any], body: bytes = b""
-    ) -> list[tuple[dict[str, Any], bytes]]:
-        channel = await self._channel(handle)
-        try:
-            frames = await channel.call(header, body)
-        except ChannelClosed:
-            raise SandboxNotRunningError(
-                f"sandbox {handle.sandbox_id} stopped", sandbox_id=handle.sandbox_id
-            ) from None
-        if frames[-1][0].get("ev") == "error":
-            _raise(frames[-1][0], handle.sandbox_id)
-        return frames
-
-    async def write_file(self, handle: SandboxHandle, path: str, data: bytes) -> None:
-        target = _sandbox_path(path)
-        channel = await self._channel(handle)
-        rid, queue = channel.open()
-        try:
-            for at in range(0, max(len(data), 1), wire.CHUNK):
-                final = at + wire.CHUNK >= len(data)
-                await channel.send(
-                    rid, {"op": "write", "path": target, "final": final}, data[at : at + wire.CHUNK]
-                )
-            async for header, _body in channel.frames(rid, queue):
-                if header.get("ev") == "error":
-                    _raise(header, handle.sandbox_id)
-        except ChannelClosed:
-            raise SandboxNotRunningError(
-                f"sandbox {handle.sandbox_id} stopped", sandbox_id=handle.sandbox_id
-            ) from None
-        finally:
-            channel.release(rid)
-
-    async def read_file(self, handle: SandboxHandle, path: str) -> bytes:
-        frames = await self._call(handle, {"op": "read", "path": _sandbox_path(path)})
-        return b"".join(body for header, body in frames if header.get("ev") == "data")
-
-    async def list_dir(self, handle: SandboxHandle, path: str) -> list[FileInfo]:
-        frames = await self._call(handle, {"op": "list", "path": _sandbox_path(path)})
-        return [
-            FileInfo(
-                name=str(e["name"]),
-                path=str(e["path"]),
-                type=FileType(e["type"]),
-                size=int(e["size"]),
-                mode=int(e["mode"]),
-                mtime=float(e["mtime"]),
-            )
-            for e in frames[-1][0].get("entries", [])
-        ]
-
-    async def remove(self, handle: SandboxHandle, path: str) -> None:
-        await self._call(handle, {"op": "remove", "path": _sandbox_path(path)})
-
-    async def make_dir(self, handle: SandboxHandle, path: str) -> None:
-        await self._call(handle, {"op": "mkdir", "path": _sandbox_path(path)})
-
-    async def sync(self, handle: SandboxHandle) -> None:
-        """Flush the guest's page cache to its disk (before a snapshot)."""
-        await self._call(handle, {"op": "sync"})
+        return {str(k): str(v) for k, v in saved.items()}
 
     # ---- pause, snapshot, restore ------------------------------------------------
 
@@ -931,15 +759,8 @@ class FirecrackerRuntime:
 
     async def restore(self, spec: SandboxSpec, source: Path) -> SandboxHandle:
         jail = self.jail(spec.sandbox_id)
-        _validate_env(spec.env)
-        try:
-            meta: dict[str, Any] = json.loads((source / SNAPSHOT_META).read_text())
-        except (OSError, ValueError) as e:
-            raise InvalidArgumentError(f"not a snapshot: {source.name} ({e})") from None
-        if meta.get("runtime") != self.name:
-            raise InvalidArgumentError(
-                f"snapshot {source.name} was made by {meta.get('runtime')!r}, not {self.name}"
-            )
+        validate_env(spec.env)
+        meta = read_snapshot_meta(source, self.name)
         started = time.monotonic()
         async with self._lock(spec.sandbox_id):
             if self.sandbox_dir(spec.sandbox_id).exists() or jail.dir.exists():
@@ -1005,15 +826,7 @@ class FirecrackerRuntime:
         await asyncio.to_thread(shutil.rmtree, self.sandbox_dir(sandbox_id), True)
 
     async def _kill(self, sandbox_id: str) -> None:
-        pid = self._pid(sandbox_id)
-        marker = self.jail(sandbox_id).id
-        if pid is not None and _pid_alive(pid, marker):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            # Maybe not our child (started by an agent before a restart): poll its exit.
-            while _pid_alive(pid, marker) and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
+        await processes.kill(self._pid(sandbox_id), self.jail(sandbox_id).id)
         self._pidfile(sandbox_id).unlink(missing_ok=True)
 
 
@@ -1037,16 +850,6 @@ def _cow_copy(src: Path, dst: Path) -> None:
     )
     if proc.returncode != 0:
         raise CorralError(f"cannot copy disk image {src.name}: {proc.stderr.strip()}")
-
-
-def _raise(header: Mapping[str, Any], sandbox_id: str) -> None:
-    code = header.get("code")
-    message = str(header.get("message") or "guest error")
-    if code == "not_found":
-        raise FileNotFoundInSandboxError(message, sandbox_id=sandbox_id)
-    if code == "invalid":
-        raise InvalidArgumentError(message, sandbox_id=sandbox_id)
-    raise CorralError(message, sandbox_id=sandbox_id)
 
 
 __all__: Sequence[str] = (

@@ -73,6 +73,7 @@ from byoc_agent.protocol.errors import (
     RetryableError,
     SandboxNotRunningError,
 )
+from byoc_agent.runtimes import processes
 from byoc_agent.runtimes.base import (
     SNAPSHOT_META,
     EndReason,
@@ -86,13 +87,16 @@ from byoc_agent.runtimes.base import (
     SandboxSpec,
     Stderr,
     Stdout,
+    read_snapshot_meta,
 )
+from byoc_agent.runtimes.inputs import SANDBOX_HOME as _HOME
+from byoc_agent.runtimes.inputs import check_sandbox_id
+from byoc_agent.runtimes.inputs import sandbox_path as _sandbox_path
+from byoc_agent.runtimes.inputs import validate_env as _validate_env
 from byoc_agent.runtimes.templates import template_rootfs
 
 log = structlog.get_logger(__name__)
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CHUNK = 64 * 1024
 _STDIN_CHUNK = 1024 * 1024
 _CPU_PERIOD_US = 100_000
@@ -108,7 +112,7 @@ _MIN_PIDS_MAX = 128
 _TIMEOUT_EXIT = 124  # what coreutils ``timeout`` reports; we report it for a timed-out command
 _KILLED_EXIT = 137  # ``timeout -s KILL`` exits 128 + 9 when the command ran out of time
 _RUNSC_FAILED = 128  # runsc exec's own failures (no such sandbox, no such cwd, ...)
-_HOME = "/root"
+_PID_FILE_WAIT_S = 5.0  # how long a kill waits for runsc exec to name the command's pid
 _ADOPTED_ENV = "adopted-env.json"  # the env a warm-pool member was given when it was taken
 _BASE_ENV: Mapping[str, str] = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -295,11 +299,7 @@ class GVisorRuntime:
         ]
 
     def _paths(self, sandbox_id: str) -> _Paths:
-        if not _ID_RE.fullmatch(sandbox_id):
-            raise InvalidArgumentError(
-                "sandbox_id must be 1-63 characters of [A-Za-z0-9_.-], starting alphanumeric",
-                sandbox_id=sandbox_id,
-            )
+        check_sandbox_id(sandbox_id)
         return _Paths.under(self._sandboxes, sandbox_id)
 
     def _cgroup_path(self, sandbox_id: str) -> str:
@@ -484,7 +484,7 @@ class GVisorRuntime:
                 sandbox_id=sandbox_id,
             ) from None
         if rc != 0:
-            tail = await asyncio.to_thread(_tail, paths.log)
+            tail = await asyncio.to_thread(processes.tail, paths.log, 2000)
             raise CorralError(f"runsc run failed ({rc}): {tail}", sandbox_id=sandbox_id)
 
     async def _wait_ready(self, sandbox_id: str) -> None:
@@ -727,14 +727,7 @@ class GVisorRuntime:
         paths = self._paths(spec.sandbox_id)
         _validate_env(spec.env)
         _refuse_egress(spec)
-        try:
-            meta = json.loads(await asyncio.to_thread((source / SNAPSHOT_META).read_text))
-        except (OSError, ValueError) as e:
-            raise InvalidArgumentError(f"not a snapshot: {source.name} ({e})") from None
-        if meta.get("runtime") != self.name:
-            raise InvalidArgumentError(
-                f"snapshot {source.name} was made by {meta.get('runtime')!r}, not {self.name}"
-            )
+        meta = await asyncio.to_thread(read_snapshot_meta, source, self.name)
         template = str(meta.get("template") or spec.template)
         lower = await asyncio.to_thread(template_rootfs, self._templates_root, template)
         started = time.monotonic()
@@ -1017,10 +1010,7 @@ class GVisorRuntime:
         The recorded pid is the command's; ``runsc exec`` makes it a process-group leader,
         so killing the group also ends everything it started.
         """
-        try:
-            pid = int((await asyncio.to_thread(pid_file.read_text)).strip())
-        except (OSError, ValueError):
-            pid = 0
+        pid = await _command_pid(pid_file, proc)
         if pid > 0:
             with contextlib.suppress(CorralError):
                 done = await self._runsc_call(
@@ -1235,19 +1225,6 @@ def _refuse_egress(spec: SandboxSpec) -> None:
         )
 
 
-def _validate_env(env: Mapping[str, str]) -> None:
-    for key, value in env.items():
-        if not _ENV_KEY_RE.fullmatch(key) or "\0" in value:
-            raise InvalidArgumentError(f"invalid environment variable name or value: {key!r}")
-
-
-def _sandbox_path(path: str) -> str:
-    """Validate a sandbox path; relative paths are relative to ``/root``."""
-    if not path or "\0" in path or len(path) > 4096:
-        raise InvalidArgumentError("path must be 1-4096 characters without NUL")
-    return path if path.startswith("/") else f"{_HOME}/{path}"
-
-
 def _ensure_tmp(tmp: Path) -> None:
     tmp.mkdir(exist_ok=True)
     tmp.chmod(0o1777)
@@ -1272,13 +1249,6 @@ def _counter(path: Path, name: str) -> int:
     return 0
 
 
-def _tail(path: Path, limit: int = 2000) -> str:
-    try:
-        return path.read_bytes()[-limit:].decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
 def _rmdirs(dirs: list[Path]) -> list[Path]:
     """Remove empty cgroup dirs; returns those still present (busy)."""
     left: list[Path] = []
@@ -1290,6 +1260,21 @@ def _rmdirs(dirs: list[Path]) -> list[Path]:
         except OSError:
             left.append(d)
     return left
+
+
+async def _command_pid(pid_file: Path, proc: asyncio.subprocess.Process) -> int:
+    """The command's pid inside the sandbox; 0 if it never started.
+
+    ``runsc exec`` writes its internal pid file only after the command has started, so the
+    command's first output can come before it: while ``runsc exec`` runs, wait for the file.
+    """
+    deadline = time.monotonic() + _PID_FILE_WAIT_S
+    while True:
+        with contextlib.suppress(OSError, ValueError):  # not there yet, or half written
+            return int((await asyncio.to_thread(pid_file.read_text)).strip())
+        if proc.returncode is not None or time.monotonic() > deadline:
+            return 0
+        await asyncio.sleep(0.01)
 
 
 async def _pump(

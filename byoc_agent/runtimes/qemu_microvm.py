@@ -32,14 +32,12 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,35 +46,28 @@ import structlog
 
 from byoc_agent.protocol.errors import (
     CorralError,
-    FileNotFoundInSandboxError,
     InvalidArgumentError,
     SandboxNotRunningError,
 )
+from byoc_agent.runtimes import processes
 from byoc_agent.runtimes.base import (
     SNAPSHOT_META,
     EgressRule,
-    ExecEvent,
-    ExecRequest,
-    Exit,
-    FileInfo,
-    FileType,
     Liveness,
     SandboxHandle,
     SandboxSpec,
-    Stderr,
-    Stdout,
     parse_egress,
+    read_snapshot_meta,
 )
-from byoc_agent.runtimes.guest import wire
 from byoc_agent.runtimes.guest.channel import ChannelClosed, GuestChannel
 from byoc_agent.runtimes.guest.image import BUSYBOX, GuestBoot, ensure_boot
+from byoc_agent.runtimes.guest.ops import GuestOps, raise_guest_error, stopped
+from byoc_agent.runtimes.inputs import check_sandbox_id
+from byoc_agent.runtimes.inputs import validate_env as _validate_env
 
 log = structlog.get_logger(__name__)
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MIN_MEMORY_MB = 128  # the guest kernel and python3 need room of their own
-_HOME = "/root"
 _QMP_TIMEOUT_S = 5.0
 _MEMORY = "memory.bin"  # a saved VM (QEMU's migration stream) in a snapshot or pause dir
 _DISK = "disk.qcow2"
@@ -99,21 +90,6 @@ def _host_tsc_khz() -> int:
     except (OSError, ValueError):
         pass
     return 2_000_000
-
-
-def _sandbox_path(path: str) -> str:
-    if not path or "\0" in path or len(path) > 4096:
-        raise InvalidArgumentError("path must be 1-4096 characters without NUL")
-    return path if path.startswith("/") else f"{_HOME}/{path}"
-
-
-def _pid_alive(pid: int, marker: str) -> bool:
-    """True if ``pid`` runs and its command line mentions ``marker`` (not a recycled pid)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return marker.encode() in fh.read()
-    except OSError:
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +131,7 @@ class _Paths:
         return self.sock_dir / "qmp.sock"
 
 
-class QemuMicrovmRuntime:
+class QemuMicrovmRuntime(GuestOps):
     """The :class:`~byoc_agent.runtimes.base.Runtime` backed by QEMU's ``microvm`` machine."""
 
     name = "qemu-microvm"
@@ -203,11 +179,7 @@ class QemuMicrovmRuntime:
         return self._socket_root / hashlib.sha256(sandbox_id.encode()).hexdigest()[:16]
 
     def _paths(self, sandbox_id: str) -> _Paths:
-        if not _ID_RE.fullmatch(sandbox_id):
-            raise InvalidArgumentError(
-                "sandbox_id must be 1-63 characters of [A-Za-z0-9_.-], starting alphanumeric",
-                sandbox_id=sandbox_id,
-            )
+        check_sandbox_id(sandbox_id)
         return _Paths(self.sandbox_dir(sandbox_id), self.socket_dir(sandbox_id))
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
@@ -355,7 +327,7 @@ class QemuMicrovmRuntime:
 
     def _running(self, paths: _Paths) -> bool:
         pid = self._pid(paths)
-        return pid is not None and _pid_alive(pid, str(paths.dir))
+        return pid is not None and processes.pid_alive(pid, str(paths.dir))
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -382,7 +354,7 @@ class QemuMicrovmRuntime:
                     await channel.connect(self._boot_timeout_s)
                 except ChannelClosed as e:
                     await channel.close()
-                    tail = _tail(paths.console)
+                    tail = processes.tail(paths.console)
                     raise CorralError(
                         f"microVM did not become ready: {e}; console: {tail or '(empty)'}",
                         sandbox_id=spec.sandbox_id,
@@ -447,18 +419,9 @@ class QemuMicrovmRuntime:
             code = await proc.wait()  # -daemonize: returns once the VM is set up
         if code != 0:
             raise CorralError(
-                f"qemu exited with {code}: {_tail(paths.qemu_log)}", sandbox_id=paths.dir.name
+                f"qemu exited with {code}: {processes.tail(paths.qemu_log)}",
+                sandbox_id=paths.dir.name,
             )
-
-    async def recover(self, handle: SandboxHandle) -> Liveness:
-        liveness = await self.inspect(handle)
-        if liveness is not Liveness.RUNNING:
-            return liveness
-        try:
-            await self._channel(handle)
-        except SandboxNotRunningError:
-            return Liveness.STOPPED
-        return Liveness.RUNNING
 
     async def inspect(self, handle: SandboxHandle) -> Liveness:
         paths = self._paths(handle.sandbox_id)
@@ -528,132 +491,6 @@ class QemuMicrovmRuntime:
         env = record.get("env") or {}
         return {str(k): str(v) for k, v in env.items()}
 
-    # ---- exec --------------------------------------------------------------------
-
-    async def exec(self, handle: SandboxHandle, request: ExecRequest) -> AsyncIterator[ExecEvent]:
-        _validate_env(request.env)
-        channel = await self._channel(handle)
-        env = {**self._spec_env(handle), **request.env}
-        rid, queue = channel.open()
-        finished = False
-        try:
-            await channel.send(
-                rid,
-                {
-                    "op": "exec",
-                    "cmd": request.cmd,
-                    "env": env,
-                    "cwd": _sandbox_path(request.cwd) if request.cwd else _HOME,
-                    "timeout_s": request.timeout_s,
-                    "stdin": request.stdin is not None,
-                },
-            )
-            if request.stdin is not None:
-                data = request.stdin
-                for at in range(0, max(len(data), 1), wire.CHUNK):
-                    chunk = data[at : at + wire.CHUNK]
-                    last = at + wire.CHUNK >= len(data)
-                    await channel.send(rid, {"op": "stdin", "eof": last}, chunk)
-            # The guest enforces the deadline; this guards against a guest that stops answering.
-            deadline = time.monotonic() + request.timeout_s + 15.0
-            frames = channel.frames(rid, queue)
-            while True:
-                left = deadline - time.monotonic()
-                try:
-                    header, body = await asyncio.wait_for(anext(frames), max(left, 0.01))
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    finished = True
-                    yield Exit(exit_code=-9, timed_out=True)
-                    return
-                ev = header.get("ev")
-                if ev == "stdout":
-                    yield Stdout(body)
-                elif ev == "stderr":
-                    yield Stderr(body)
-                elif ev == "exit":
-                    finished = True
-                    yield Exit(int(header["code"]), bool(header.get("timed_out")))
-                    return
-                elif ev == "error":
-                    finished = True
-                    _raise(header, handle.sandbox_id)
-        except ChannelClosed:
-            raise SandboxNotRunningError(
-                f"sandbox {handle.sandbox_id} stopped", sandbox_id=handle.sandbox_id
-            ) from None
-        finally:
-            channel.release(rid)
-            if not finished and not channel.closed:
-                with contextlib.suppress(ChannelClosed):
-                    await asyncio.shield(channel.send(0, {"op": "cancel", "target": rid}))
-
-    # ---- files -------------------------------------------------------------------
-
-    async def _call(
-        self, handle: SandboxHandle, header: dict[str, Any], body: bytes = b""
-    ) -> list[tuple[dict[str, Any], bytes]]:
-        channel = await self._channel(handle)
-        try:
-            frames = await channel.call(header, body)
-        except ChannelClosed:
-            raise SandboxNotRunningError(
-                f"sandbox {handle.sandbox_id} stopped", sandbox_id=handle.sandbox_id
-            ) from None
-        last = frames[-1][0]
-        if last.get("ev") == "error":
-            _raise(last, handle.sandbox_id)
-        return frames
-
-    async def write_file(self, handle: SandboxHandle, path: str, data: bytes) -> None:
-        target = _sandbox_path(path)
-        channel = await self._channel(handle)
-        rid, queue = channel.open()
-        try:
-            for at in range(0, max(len(data), 1), wire.CHUNK):
-                final = at + wire.CHUNK >= len(data)
-                await channel.send(
-                    rid, {"op": "write", "path": target, "final": final}, data[at : at + wire.CHUNK]
-                )
-            async for header, _body in channel.frames(rid, queue):
-                if header.get("ev") == "error":
-                    _raise(header, handle.sandbox_id)
-        except ChannelClosed:
-            raise SandboxNotRunningError(
-                f"sandbox {handle.sandbox_id} stopped", sandbox_id=handle.sandbox_id
-            ) from None
-        finally:
-            channel.release(rid)
-
-    async def read_file(self, handle: SandboxHandle, path: str) -> bytes:
-        frames = await self._call(handle, {"op": "read", "path": _sandbox_path(path)})
-        return b"".join(body for header, body in frames if header.get("ev") == "data")
-
-    async def list_dir(self, handle: SandboxHandle, path: str) -> list[FileInfo]:
-        frames = await self._call(handle, {"op": "list", "path": _sandbox_path(path)})
-        return [
-            FileInfo(
-                name=str(e["name"]),
-                path=str(e["path"]),
-                type=FileType(e["type"]),
-                size=int(e["size"]),
-                mode=int(e["mode"]),
-                mtime=float(e["mtime"]),
-            )
-            for e in frames[-1][0].get("entries", [])
-        ]
-
-    async def remove(self, handle: SandboxHandle, path: str) -> None:
-        await self._call(handle, {"op": "remove", "path": _sandbox_path(path)})
-
-    async def make_dir(self, handle: SandboxHandle, path: str) -> None:
-        await self._call(handle, {"op": "mkdir", "path": _sandbox_path(path)})
-
-    async def sync(self, handle: SandboxHandle) -> None:
-        """Flush the guest's page cache to its disk (before a snapshot)."""
-        await self._call(handle, {"op": "sync"})
-
     async def adopt(self, handle: SandboxHandle, spec: SandboxSpec) -> None:
         """Make a warm-pool member the sandbox ``spec`` asks for: the guest daemon sets its
         hostname, a fresh machine-id and mixes in a random seed; ``spec.env`` goes into the
@@ -673,12 +510,10 @@ class QemuMicrovmRuntime:
                     os.urandom(64),
                 )  # fmt: skip
             except ChannelClosed:
-                raise SandboxNotRunningError(
-                    f"sandbox {handle.sandbox_id} stopped", sandbox_id=handle.sandbox_id
-                ) from None
+                raise stopped(handle.sandbox_id) from None
         for header, _body in frames:
             if header.get("ev") == "error":
-                _raise(header, handle.sandbox_id)
+                raise_guest_error(header, handle.sandbox_id)
 
     # ---- pause, snapshot, restore --------------------------------------------------
 
@@ -736,8 +571,9 @@ class QemuMicrovmRuntime:
             await channel.connect(timeout_s)
         except ChannelClosed as e:
             await channel.close()
+            tail = processes.tail(paths.console)
             raise CorralError(
-                f"microVM did not answer: {e}; console: {_tail(paths.console) or '(empty)'}",
+                f"microVM did not answer: {e}; console: {tail or '(empty)'}",
                 sandbox_id=paths.dir.name,
             ) from None
         self._channels[paths.dir.name] = channel
@@ -796,14 +632,7 @@ class QemuMicrovmRuntime:
     async def restore(self, spec: SandboxSpec, source: Path) -> SandboxHandle:
         paths = self._paths(spec.sandbox_id)
         _validate_env(spec.env)
-        try:
-            meta: dict[str, Any] = json.loads((source / SNAPSHOT_META).read_text())
-        except (OSError, ValueError) as e:
-            raise InvalidArgumentError(f"not a snapshot: {source.name} ({e})") from None
-        if meta.get("runtime") != self.name:
-            raise InvalidArgumentError(
-                f"snapshot {source.name} was made by {meta.get('runtime')!r}, not {self.name}"
-            )
+        meta = read_snapshot_meta(source, self.name)
         started = time.monotonic()
         async with self._lock(spec.sandbox_id):
             if paths.dir.exists():
@@ -854,14 +683,7 @@ class QemuMicrovmRuntime:
         await asyncio.to_thread(_remove, paths)
 
     async def _kill(self, paths: _Paths) -> None:
-        pid = self._pid(paths)
-        if pid is not None and _pid_alive(pid, str(paths.dir)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            # Not our child (QEMU daemonized itself): its exit can only be polled.
-            while _pid_alive(pid, str(paths.dir)) and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
+        await processes.kill(self._pid(paths), str(paths.dir))  # QEMU daemonized itself
         paths.pidfile.unlink(missing_ok=True)
 
 
@@ -902,29 +724,6 @@ async def qmp(socket_path: Path, command: str, arguments: Mapping[str, Any] | No
             await writer.wait_closed()
 
 
-def _validate_env(env: Mapping[str, str]) -> None:
-    for key, value in env.items():
-        if not _ENV_KEY_RE.fullmatch(key) or "\0" in value:
-            raise InvalidArgumentError(f"invalid environment variable name or value: {key!r}")
-
-
 def _remove(paths: _Paths) -> None:
     shutil.rmtree(paths.dir, ignore_errors=True)
     shutil.rmtree(paths.sock_dir, ignore_errors=True)
-
-
-def _tail(path: Path, limit: int = 1500) -> str:
-    try:
-        return path.read_bytes()[-limit:].decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def _raise(header: Mapping[str, Any], sandbox_id: str) -> None:
-    code = header.get("code")
-    message = str(header.get("message") or "guest error")
-    if code == "not_found":
-        raise FileNotFoundInSandboxError(message, sandbox_id=sandbox_id)
-    if code == "invalid":
-        raise InvalidArgumentError(message, sandbox_id=sandbox_id)
-    raise CorralError(message, sandbox_id=sandbox_id)

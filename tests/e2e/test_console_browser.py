@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from corral import Sandbox
+from corral.testing import eventually_sync
 from corral.testing.stack import StackInfo
 
 if TYPE_CHECKING:
@@ -188,10 +189,12 @@ def test_a_focus_export_downloads_with_the_sandboxes_usage(page: Page, info: Sta
     with Sandbox.create(api_url=info.api_url, api_key=info.api_key, timeout=300) as sb:
         sb.commands.run("sleep 2")  # metered in whole seconds: live past one boundary
     period = time.strftime("%Y-%m", time.gmtime())
-    deadline = time.monotonic() + 60
-    while not _usage_recorded(info, period, sb.id):
-        assert time.monotonic() < deadline, "the sandbox's usage never reached the control plane"
-        time.sleep(0.2)
+    eventually_sync(
+        lambda: _usage_recorded(info, period, sb.id),
+        within_s=60,
+        every_s=0.2,
+        what="the sandbox's usage to reach the control plane",
+    )
     page.goto(f"{info.api_url}/console/billing")
     assert page.get_by_role("img", name=f"Daily vCPU-hours per tenant for {period}").is_visible()
     assert page.get_by_label("Format").input_value() == "focus"

@@ -16,7 +16,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from corral import Sandbox
-from corral.testing import free_port
+from corral.testing import eventually_sync, free_port
 from corral.testing.stack import LocalStack, StackInfo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.gvisor, pytest.mark.nats]
@@ -63,14 +63,6 @@ def _create(info: StackInfo) -> Sandbox:
     return Sandbox.create(api_url=info.api_url, api_key=info.api_key)
 
 
-def _wait_for(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
-    """Poll ``check`` until it holds, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
-
 
 def _interim_records(info: StackInfo, sandbox_id: str) -> int:
     """How many usage records of the sandbox the control plane has ingested so far."""
@@ -87,23 +79,25 @@ def _spooled_usage(stack: LocalStack) -> int:
 
 def _lifetime(info: StackInfo, sandbox_id: str, timeout: float = 20) -> tuple[float, float]:
     """``(started_at, ended_at)`` of an ended sandbox as the control plane recorded them."""
-    deadline = time.monotonic() + timeout
-    body: dict[str, object] = {}
-    while time.monotonic() < deadline:
+
+    def ended() -> dict[str, object] | None:
         r = httpx.get(
             f"{info.api_url}/v1/sandboxes/{sandbox_id}",
             headers={"authorization": f"Bearer {info.api_key}"},
             timeout=5,
         )
         r.raise_for_status()
-        body = r.json()
-        if body.get("started_at") and body.get("ended_at"):
-            return (
-                datetime.fromisoformat(str(body["started_at"])).timestamp(),
-                datetime.fromisoformat(str(body["ended_at"])).timestamp(),
-            )
-        time.sleep(0.2)
-    raise AssertionError(f"sandbox {sandbox_id} has no start/end after {timeout} s: {body}")
+        body: dict[str, object] = r.json()
+        return body if body.get("started_at") and body.get("ended_at") else None
+
+    body = eventually_sync(
+        ended, within_s=timeout, every_s=0.2, what=f"sandbox {sandbox_id}'s start and end"
+    )
+    assert body is not None
+    return (
+        datetime.fromisoformat(str(body["started_at"])).timestamp(),
+        datetime.fromisoformat(str(body["ended_at"])).timestamp(),
+    )
 
 
 def _usage(info: StackInfo, sandbox_id: str) -> list[dict[str, object]]:
@@ -177,7 +171,7 @@ def _assert_billed_exactly_once(
         )
     # Anything still in flight (a late duplicate, an overlapping re-cut) would show once
     # the agent's outbox has nothing left to send.
-    _wait_for("the agent's outbox to drain", lambda: _spooled_usage(stack) == 0)
+    eventually_sync(lambda: _spooled_usage(stack) == 0, what="the agent's outbox to drain")
     records = _usage(info, sandbox_id)
     ids = [str(u["record_id"]) for u in records]
     assert len(ids) == len(set(ids)), f"duplicate record ids: {ids}"
@@ -198,17 +192,21 @@ def test_kill_9_of_the_agent_mid_interval_loses_and_doubles_nothing(
     """SIGKILL between two usage cuts; the restarted agent reattaches and meters on from
     its spooled cursor, so the sandbox is billed once for all of its life."""
     sb = _create(minfo)
-    _wait_for("an interim usage record", lambda: _interim_records(minfo, sb.id) >= 1)
+    eventually_sync(lambda: _interim_records(minfo, sb.id) >= 1, what="an interim usage record")
     metering_stack.kill_agent()
     down_since = time.monotonic()
     # The sandbox runs on unmetered while the agent is dead; give it at least one interval.
-    _wait_for("an interval to pass with the agent down",
-              lambda: time.monotonic() - down_since >= USAGE_INTERVAL_S)
+    eventually_sync(
+        lambda: time.monotonic() - down_since >= USAGE_INTERVAL_S,
+        what="an interval to pass with the agent down",
+    )
     metering_stack.start()  # restarts the agent only; it reattaches to the sandbox
     assert sb.get_info().state == "running"
     seen = _interim_records(minfo, sb.id)
-    _wait_for("a record cut by the restarted agent",
-              lambda: _interim_records(minfo, sb.id) > seen)
+    eventually_sync(
+        lambda: _interim_records(minfo, sb.id) > seen,
+        what="a record cut by the restarted agent",
+    )
     assert sb.kill()
     _assert_billed_exactly_once(metering_stack, minfo, sb.id)
 
@@ -220,16 +218,21 @@ def test_a_nats_outage_spools_usage_and_loses_and_doubles_nothing(
     outbox; after the restart the agent and the control plane reconnect by themselves
     (JetStream's store is on disk) and every second is billed once."""
     sb = _create(minfo)
-    _wait_for("an interim usage record", lambda: _interim_records(minfo, sb.id) >= 1)
+    eventually_sync(lambda: _interim_records(minfo, sb.id) >= 1, what="an interim usage record")
     metering_stack.stop_service("nats")
     assert not metering_stack.running()["nats"]
-    _wait_for("usage spooled in the agent while NATS is down",
-              lambda: _spooled_usage(metering_stack) >= 2)
+    eventually_sync(
+        lambda: _spooled_usage(metering_stack) >= 2,
+        what="usage spooled in the agent while NATS is down",
+    )
     assert metering_stack.running()["agent"]
     assert metering_stack.running()["control-plane"]
     assert sb.commands.run("echo still-running").stdout == "still-running\n"  # data plane
     metering_stack.start()  # restarts nats-server only; waits for the agent's heartbeat
-    _wait_for("the spooled usage to be delivered", lambda: _spooled_usage(metering_stack) == 0)
+    eventually_sync(
+        lambda: _spooled_usage(metering_stack) == 0,
+        what="the spooled usage to be delivered",
+    )
     assert sb.kill()
     _assert_billed_exactly_once(metering_stack, minfo, sb.id)
 
@@ -244,7 +247,9 @@ def test_a_paused_sandbox_keeps_its_files_and_is_not_billed_while_paused(
     try:
         sb.files.write("/work/kept.txt", "written before the pause")
         bg = sb.commands.run("nohup sleep 900 >/dev/null 2>&1 & echo $!").stdout.strip()
-        time.sleep(USAGE_INTERVAL_S + 1)  # at least one interim record while running
+        eventually_sync(
+            lambda: _interim_records(minfo, sid) >= 1, what="an interim record before the pause"
+        )
         info = sb.pause()
         paused_at = time.time()
         assert info.state == "paused"
@@ -256,7 +261,10 @@ def test_a_paused_sandbox_keeps_its_files_and_is_not_billed_while_paused(
         assert sb.get_info().state == "running"
         assert sb.files.read("/work/kept.txt") == "written before the pause"
         assert sb.commands.run(f"kill -0 {bg} && echo alive").stdout.strip() == "alive"
-        time.sleep(USAGE_INTERVAL_S + 1)
+        eventually_sync(
+            lambda: any(_seconds(u, "start") >= math.floor(resumed_at) for u in _usage(minfo, sid)),
+            what="a usage record after the resume",
+        )
     finally:
         sb.kill()
     started_at, ended_at = _lifetime(minfo, sid)
@@ -265,9 +273,9 @@ def test_a_paused_sandbox_keeps_its_files_and_is_not_billed_while_paused(
     def billed() -> float:
         return sum(_seconds(u, "end") - _seconds(u, "start") for u in _usage(minfo, sid))
 
-    _wait_for(
-        "the last usage record",
+    eventually_sync(
         lambda: any(_seconds(u, "end") >= math.floor(ended_at) - 1 for u in _usage(minfo, sid)),
+        what="the last usage record",
     )
     records = _usage(minfo, sid)
     for u in records:  # no record covers the middle of the pause

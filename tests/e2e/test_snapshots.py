@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 
 import pytest
 from typer.testing import CliRunner
 
 from corral import AdminClient, NotFoundError, Sandbox, cli, delete_snapshot, list_snapshots
+from corral.testing import eventually_sync
 from corral.testing.stack import LocalStack, StackInfo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.gvisor, pytest.mark.nats, pytest.mark.microvm]
@@ -20,13 +19,6 @@ COUNTER = (
     ">/dev/null 2>&1 & echo $!"
 )
 
-
-def _wait_for(what: str, check: Callable[[], bool], within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {within}s")
-        time.sleep(0.1)
 
 
 def _counter(sb: Sandbox) -> int:
@@ -46,7 +38,7 @@ def _counting_on_from(sb: Sandbox, floor: int) -> None:
     came along: a fresh process would start again at 1)."""
     first = _counter(sb)
     assert first >= floor
-    _wait_for("the counter moves on", lambda: _counter(sb) > first)
+    eventually_sync(lambda: _counter(sb) > first, what="the counter moves on")
 
 
 def test_snapshot_restore_and_fork_keep_files_and_memory_on_new_machines(
@@ -59,7 +51,7 @@ def test_snapshot_restore_and_fork_keep_files_and_memory_on_new_machines(
     try:
         sb.files.write("/work/kept.txt", "written before the snapshot")
         pid = sb.commands.run(COUNTER).stdout.strip()
-        _wait_for("the counter starts", lambda: _counter(sb) >= 5)
+        eventually_sync(lambda: _counter(sb) >= 5, what="the counter starts")
         parent_identity = _identity(sb)
 
         before = _counter(sb)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 import httpx
@@ -16,6 +15,7 @@ from e2b.exceptions import (
     ServiceBusyException,
 )
 
+from corral.testing import eventually_sync
 from corral.testing.stack import StackInfo
 
 pytestmark = pytest.mark.usefixtures("e2b_stack")
@@ -100,13 +100,11 @@ def test_kill_ends_the_sandbox() -> None:
 def test_a_sandbox_times_out_like_on_e2b() -> None:
     """A sandbox past its timeout is ended by the agent and then unknown to the SDK."""
     sbx = Sandbox.create(timeout=2)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and sbx.is_running():
-        time.sleep(0.5)
-    assert not sbx.is_running()
+    eventually_sync(lambda: not sbx.is_running(), every_s=0.5, what="the sandbox to time out")
     # The control plane learns it from the agent's signed event, a moment later.
-    while time.monotonic() < deadline and _known(sbx.sandbox_id):
-        time.sleep(0.5)
+    eventually_sync(
+        lambda: not _known(sbx.sandbox_id), every_s=0.5, what="the sandbox to be unknown"
+    )
     with pytest.raises(NotFoundException):
         Sandbox.connect(sbx.sandbox_id)
 
@@ -199,9 +197,9 @@ def test_pause_waits_for_commands_started_through_the_api() -> None:
         assert sbx.is_running()
         assert Sandbox.get_info(sbx.sandbox_id).state == "running"
         assert handle.kill() is True
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and sbx.commands.list():
-            time.sleep(0.2)
+        eventually_sync(
+            lambda: not sbx.commands.list(), within_s=20, every_s=0.2, what="no command left"
+        )
         assert sbx.pause() is True
         assert Sandbox.get_info(sbx.sandbox_id).state == "paused"
     finally:
@@ -311,15 +309,18 @@ def test_an_e2b_sandbox_is_recorded_and_metered_like_any_other(e2b_stack: StackI
     sbx.commands.run("sleep 1.5")
     sbx.kill()
     tenant = {"authorization": f"Bearer {e2b_stack.api_key}"}
-    records: list[dict[str, object]] = []
-    deadline = time.monotonic() + 20
     with httpx.Client(base_url=e2b_stack.api_url, timeout=5) as http:
-        while time.monotonic() < deadline:
+
+        def killed_and_billed() -> tuple[dict[str, object], list[dict[str, object]]] | None:
             own = http.get(f"/v1/sandboxes/{sbx.sandbox_id}", headers=tenant).json()
             records = _usage(http, e2b_stack, sbx.sandbox_id)
-            if own["state"] == "killed" and records:
-                break
-            time.sleep(0.3)
+            return (own, records) if own["state"] == "killed" and records else None
+
+        got = eventually_sync(
+            killed_and_billed, within_s=20, every_s=0.3, what="the killed sandbox's usage"
+        )
+    assert got is not None
+    own, records = got
     assert own["state"] == "killed"
     assert own["template"] == "base"
     assert own["metadata"] == {"suite": "e2b-metered"}

@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from byoc_agent.runtimes.templates import ensure_template
 from byoc_agent.state import AgentIdentity, AgentStateStore, SandboxRecord
 from byoc_agent.transport.nats import NatsAgentTransport
 from byoc_agent.warm_pool import POOL_ID_PREFIX, PoolKey
-from corral.testing import NatsServer
+from corral.testing import NatsServer, eventually
 
 pytestmark = [pytest.mark.gvisor, pytest.mark.nats, pytest.mark.microvm, pytest.mark.asyncio]
 
@@ -45,15 +45,6 @@ def _skip_reason() -> str | None:
     if shutil.which("debootstrap") is None:
         return "debootstrap is not on PATH (needed to build the base template)"
     return None
-
-
-async def until(check: Callable[[], bool], *, wait_s: float = 60.0, what: str = "") -> None:
-    """Poll ``check`` until it holds, or fail after ``wait_s`` seconds."""
-    deadline = time.monotonic() + wait_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.05)
 
 
 async def run(runtime: Runtime, handle: SandboxHandle, cmd: str) -> str:
@@ -132,7 +123,9 @@ class Rig:
             "kind": "create_sandbox", "sandbox_id": sandbox_id, "template": "base", "cpu": cpu,
             "memory_mb": memory_mb, "timeout_s": 300, "env": env, "isolation": "gvisor",
         })
-        await until(lambda: self.sandbox(sandbox_id) is not None, what="sandbox created")
+        await eventually(
+            lambda: self.sandbox(sandbox_id) is not None, what="sandbox created", within_s=60
+        )
         rec = self.sandbox(sandbox_id)
         assert rec is not None
         return rec
@@ -144,7 +137,7 @@ class Rig:
             rec = self.sandbox(sandbox_id)
             return rec is not None and rec.state is SandboxState.KILLED
 
-        await until(killed, what="sandbox killed")
+        await eventually(killed, what="sandbox killed", within_s=60)
         rec = self.sandbox(sandbox_id)
         assert rec is not None
         return rec
@@ -199,7 +192,7 @@ async def test_a_create_is_served_from_the_pool_and_becomes_its_own_sandbox(rig:
     agent = await rig.start({KEY: 1})
     pool = agent.pool
     assert pool is not None
-    await until(lambda: len(pool.ready(KEY)) == 1, what="pool member ready")
+    await eventually(lambda: len(pool.ready(KEY)) == 1, what="pool member ready", within_s=60)
     member = pool.ready(KEY)[0]
     assert member.sandbox_id.startswith(POOL_ID_PREFIX)
     member_machine_id = (await rig.runtime.read_file(member, "/etc/machine-id")).strip()
@@ -221,7 +214,7 @@ async def test_a_create_is_served_from_the_pool_and_becomes_its_own_sandbox(rig:
     assert machine_id != member_machine_id.decode()
     assert len(machine_id) == 32
 
-    await until(lambda: len(pool.ready(KEY)) == 1, what="pool refilled")
+    await eventually(lambda: len(pool.ready(KEY)) == 1, what="pool refilled", within_s=60)
     refill = pool.ready(KEY)[0]
     assert refill.sandbox_id != member.sandbox_id
     assert await rig.runtime.read_file(refill, "/etc/hostname") != f"{rec.sandbox_id}\n".encode()
@@ -230,15 +223,10 @@ async def test_a_create_is_served_from_the_pool_and_becomes_its_own_sandbox(rig:
     assert ended.ended_at is not None
 
     async def final_delivered() -> list[UsageReport]:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            got = await rig.usage()
-            if any(r.final and r.sandbox_id == rec.sandbox_id for r in got):
-                return got
-            await asyncio.sleep(0.1)
-        raise AssertionError("final usage record not delivered")
+        got = await rig.usage()
+        return got if any(r.final and r.sandbox_id == rec.sandbox_id for r in got) else []
 
-    records = await final_delivered()
+    records = await eventually(final_delivered, every_s=0.1, what="the final usage record")
     assert {r.sandbox_id for r in records} == {rec.sandbox_id}, "a pool member was billed"
     assert min(r.start for r in records) == math.floor(rec.started_at)
     assert max(r.end for r in records) == math.floor(ended.ended_at)
@@ -250,7 +238,9 @@ async def test_a_create_that_needs_the_room_evicts_pool_members_and_misses(rig: 
     agent = await rig.start({KEY: 2})
     pool = agent.pool
     assert pool is not None
-    await until(lambda: len(pool.ready(KEY)) == 2, what="two pool members ready", wait_s=90)
+    await eventually(
+        lambda: len(pool.ready(KEY)) == 2, what="two pool members ready", within_s=90
+    )
     members = pool.ready(KEY)
 
     rec = await rig.create({}, cpu=2, memory_mb=512)  # the agent has 2 vCPU in all
@@ -262,8 +252,9 @@ async def test_a_create_that_needs_the_room_evicts_pool_members_and_misses(rig: 
     assert await run(rig.runtime, rec.handle, "echo ok") == "ok\n"
 
     await rig.kill(rec.sandbox_id)
-    await until(lambda: len(pool.ready(KEY)) == 2, what="pool refilled after the kill",
-                wait_s=90)
+    await eventually(
+        lambda: len(pool.ready(KEY)) == 2, what="pool refilled after the kill", within_s=90
+    )
     refilled = pool.ready(KEY)
     await rig.stop()
     for handle in [*members, *refilled]:

@@ -27,7 +27,7 @@ from byoc_agent.protocol import cosign, messages, signing, subjects, verify
 from byoc_agent.runtimes.memory import InMemoryRuntime
 from byoc_agent.state import AgentIdentity, AgentStateStore
 from byoc_agent.transport.nats import NatsAgentTransport
-from corral.testing import NatsServer
+from corral.testing import NatsServer, eventually
 
 pytestmark = [pytest.mark.nats, pytest.mark.asyncio, pytest.mark.security]
 
@@ -119,12 +119,26 @@ class Harness:
     async def drained(self, stream_seq: int) -> None:
         """Wait until the agent's consumer has taken and acked every job up to stream_seq."""
         js = self.nc.jetstream()
-        async with asyncio.timeout(10):
-            while True:
-                info = await js.consumer_info(subjects.JOBS_STREAM, f"agent-{AGENT}")
-                if info.delivered.stream_seq >= stream_seq and info.num_ack_pending == 0:
-                    return
-                await asyncio.sleep(0.05)
+
+        async def acked() -> bool:
+            info = await js.consumer_info(subjects.JOBS_STREAM, f"agent-{AGENT}")
+            return bool(info.delivered.stream_seq >= stream_seq and info.num_ack_pending == 0)
+
+        await eventually(acked, within_s=30, what=f"jobs up to stream seq {stream_seq} acked")
+
+    async def results_sent(self) -> None:
+        """Wait until the agent's outbox holds no result, i.e. JetStream has acked every answer.
+
+        An answer is an outbox entry keyed by its job's message id: a replay answered while
+        the first answer is still in flight is that same entry, sent once.
+        """
+        assert self.agent is not None
+        state, subject = self.agent.state, subjects.results(TENANT, AGENT)
+        await eventually(
+            lambda: all(s != subject for _, s, _ in state.pending_outbox()),
+            within_s=30,
+            what="the agent's results to leave its outbox",
+        )
 
     async def result_for_sent(self, job_id: str, data: bytes) -> messages.JobResult:
         await self.publish(data)
@@ -242,6 +256,7 @@ async def test_a_replayed_job_id_is_not_executed_twice(harness: Harness) -> None
     job_id, data = harness.job()
     await harness.publish(data, msg_id="first")
     first = await harness.result_for(job_id)
+    await harness.results_sent()  # else the replay's answer may merge with the first one
     with structlog.testing.capture_logs() as logs:
         await harness.publish(data, msg_id="second")  # a different msg id defeats dedupe
         await harness.drained(stream_seq=2)

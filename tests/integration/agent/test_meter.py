@@ -13,7 +13,7 @@ import itertools
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from byoc_agent.runtimes.memory import InMemoryRuntime
 from byoc_agent.state import AgentIdentity, AgentStateStore, SandboxRecord
 from byoc_agent.transport.nats import NatsAgentTransport
 from control_plane.transport.nats import NatsTransport
-from corral.testing import NatsServer
+from corral.testing import NatsServer, eventually
 
 pytestmark = [pytest.mark.nats, pytest.mark.asyncio]
 
@@ -41,15 +41,6 @@ AGENT = "agt-m"
 HOST = "meter-host-1"
 INTERVAL_S = 1.0
 USAGE_SUBJECT = subjects.usage(TENANT, AGENT)
-
-
-async def until(check: Callable[[], bool], *, wait_s: float = 15.0, what: str = "") -> None:
-    """Poll ``check`` until it holds, or fail after ``wait_s`` seconds."""
-    deadline = time.monotonic() + wait_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.05)
 
 
 @dataclasses.dataclass
@@ -119,15 +110,15 @@ class Rig:
             "kind": "create_sandbox", "sandbox_id": sandbox_id, "template": "base", "cpu": 2,
             "memory_mb": 512, "timeout_s": timeout_s, "env": {}, "isolation": "gvisor",
         })
-        await until(lambda: self.sandbox(sandbox_id) is not None, what="sandbox created")
+        await eventually(lambda: self.sandbox(sandbox_id) is not None, what="sandbox created")
         rec = self.sandbox(sandbox_id)
         assert rec is not None
         return rec
 
     async def kill(self, sandbox_id: str) -> SandboxRecord:
         await self.job({"kind": "kill_sandbox", "sandbox_id": sandbox_id})
-        await until(lambda: _state(self.sandbox(sandbox_id)) is SandboxState.KILLED,
-                    what="sandbox killed")
+        await eventually(lambda: _state(self.sandbox(sandbox_id)) is SandboxState.KILLED,
+                         what="sandbox killed")
         rec = self.sandbox(sandbox_id)
         assert rec is not None
         assert rec.ended_at is not None
@@ -161,18 +152,22 @@ class Rig:
         """Wait until the sandbox's final record is in the stream and nothing is left in
         the outbox; return its records deduplicated by record_id (duplicates must be
         byte-identical), ordered by start."""
-        deadline = time.monotonic() + wait_s
-        while True:
+
+        async def final_delivered() -> list[tuple[bytes, UsageReport]]:
             try:
                 got = await self.stream_usage()
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
-                got = []  # the server is still coming back
+                return []  # the server is still coming back
             mine = [(d, r) for d, r in got if r.sandbox_id == sandbox_id]
-            if any(r.final for _, r in mine) and self.pending_usage() == 0:
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"final usage record of {sandbox_id} not delivered")
-            await asyncio.sleep(0.1)
+            done = any(r.final for _, r in mine) and self.pending_usage() == 0
+            return mine if done else []
+
+        mine = await eventually(
+            final_delivered,
+            within_s=wait_s,
+            every_s=0.1,
+            what=f"the final usage record of {sandbox_id}",
+        )
         by_id: dict[str, bytes] = {}
         for data, report in mine:
             assert by_id.setdefault(report.record_id, data) == data, "same id, other record"
@@ -238,7 +233,7 @@ async def test_a_killed_sandbox_is_billed_its_observed_lifetime_in_records_that_
 ) -> None:
     """Interim records every interval and a final one at kill cover the life exactly once."""
     rec = await rig.create()
-    await until(lambda: cut_seconds(rig, rec) >= 3, what="three seconds of interim records")
+    await eventually(lambda: cut_seconds(rig, rec) >= 3, what="three seconds of interim records")
     ended = await rig.kill(rec.sandbox_id)
     records = await rig.delivered(rec.sandbox_id)
     billed = assert_tiles(records, ended)
@@ -253,8 +248,8 @@ async def test_a_killed_sandbox_is_billed_its_observed_lifetime_in_records_that_
 async def test_a_sandbox_that_times_out_gets_its_final_record_at_the_deadline(rig: Rig) -> None:
     """The reaper's timed_out end closes the sandbox's usage like a kill does."""
     rec = await rig.create(timeout_s=2)
-    await until(lambda: _state(rig.sandbox(rec.sandbox_id)) is SandboxState.TIMED_OUT,
-                what="timeout")
+    await eventually(lambda: _state(rig.sandbox(rec.sandbox_id)) is SandboxState.TIMED_OUT,
+                     what="timeout")
     ended = rig.sandbox(rec.sandbox_id)
     assert ended is not None
     assert_tiles(await rig.delivered(rec.sandbox_id), ended)
@@ -266,12 +261,12 @@ async def test_an_agent_killed_mid_interval_resumes_metering_without_gap_or_doub
     """A crash (no drain) and restart on the same state file: the records still tile the
     sandbox's life, a record re-sent after the crash is the same record, none is lost."""
     rec = await rig.create()
-    await until(lambda: rig.pending_usage() == 0 and rig.agent is not None
-                and rig.agent.state.usage_cursor(rec.sandbox_id) is not None,
-                what="a first record")
+    await eventually(lambda: rig.pending_usage() == 0 and rig.agent is not None
+                     and rig.agent.state.usage_cursor(rec.sandbox_id) is not None,
+                     what="a first record")
     cut = cut_seconds(rig, rec)
-    await until(lambda: time.time() >= math.floor(rec.started_at) + cut + 0.5,
-                what="the middle of the next interval")
+    await eventually(lambda: time.time() >= math.floor(rec.started_at) + cut + 0.5,
+                     what="the middle of the next interval")
     await rig.crash_agent()
     first = [(d, r) for d, r in await rig.stream_usage() if r.sandbox_id == rec.sandbox_id]
     assert first, "records before the crash were delivered"
@@ -282,10 +277,10 @@ async def test_an_agent_killed_mid_interval_resumes_metering_without_gap_or_doub
     state.close()
     crashed_at = time.time()
     # The agent is down; the sandbox keeps running and accruing unmetered seconds.
-    await until(lambda: time.time() >= crashed_at + 1.2, what="a second with the agent down")
+    await eventually(lambda: time.time() >= crashed_at + 1.2, what="a second with the agent down")
     await rig.start_agent()
     # Only the restarted agent can cut past the crash: wait for four seconds of records.
-    await until(lambda: cut_seconds(rig, rec) >= 4, what="records from the new agent")
+    await eventually(lambda: cut_seconds(rig, rec) >= 4, what="records from the new agent")
     ended = await rig.kill(rec.sandbox_id)
     records = await rig.delivered(rec.sandbox_id)
     billed = assert_tiles(records, ended)
@@ -300,13 +295,13 @@ async def test_records_spooled_while_nats_is_down_are_delivered_once_it_is_back(
     """Usage keeps being recorded on disk while NATS is unreachable, and every record
     reaches the stream exactly once after NATS returns."""
     rec = await rig.create(timeout_s=4)
-    await until(lambda: rig.agent is not None
-                and rig.agent.state.usage_cursor(rec.sandbox_id) is not None,
-                what="a first record")
+    await eventually(lambda: rig.agent is not None
+                     and rig.agent.state.usage_cursor(rec.sandbox_id) is not None,
+                     what="a first record")
     rig.server.stop()
     try:
-        await until(lambda: _state(rig.sandbox(rec.sandbox_id)) is SandboxState.TIMED_OUT,
-                    what="timeout while NATS is down")
+        await eventually(lambda: _state(rig.sandbox(rec.sandbox_id)) is SandboxState.TIMED_OUT,
+                         what="timeout while NATS is down")
         assert rig.agent is not None
         cursor = rig.agent.state.usage_cursor(rec.sandbox_id)
         assert cursor is not None
@@ -325,7 +320,7 @@ async def test_records_spooled_while_nats_is_down_are_delivered_once_it_is_back(
 async def test_usage_records_are_signed_by_the_agent_and_verify_only_as_usage(rig: Rig) -> None:
     """Each record verifies with the agent's key under USAGE_TYP, and with nothing else."""
     rec = await rig.create()
-    await until(lambda: cut_seconds(rig, rec) >= 1, what="an interim record")
+    await eventually(lambda: cut_seconds(rig, rec) >= 1, what="an interim record")
     await rig.kill(rec.sandbox_id)
     await rig.delivered(rec.sandbox_id)
     raw = [d for d, r in await rig.stream_usage() if r.sandbox_id == rec.sandbox_id]

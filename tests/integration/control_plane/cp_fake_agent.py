@@ -140,7 +140,7 @@ class FakeAgent:
 
     async def _beat_forever(self) -> None:
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the heartbeat interval
             await self.beat()
 
     async def _jobs(self) -> None:

@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from test_cp_sandbox_flows import OPERATOR, ControlPlane, control_plane, eventually
+from test_cp_sandbox_flows import OPERATOR, ControlPlane, control_plane
 from typer.testing import CliRunner
 
 from billing import PriceBook, UsageLedger, build_draft
@@ -20,7 +20,7 @@ from control_plane.store.usage import StoredUsage, Usage
 from control_plane.testing import ADMIN_TOKEN
 from control_plane.usage_export import usage_record
 from corral.cli import app as cli_app
-from corral.testing import NatsServer
+from corral.testing import NatsServer, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats]
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from test_cp_billing import sandbox_on, stored
-from test_cp_sandbox_flows import OPERATOR, ControlPlane, control_plane, eventually
+from test_cp_sandbox_flows import OPERATOR, ControlPlane, control_plane
 
 from billing.exports import read_csv
 from control_plane.store.base import make_engine
-from corral.testing import NatsServer
+from corral.testing import NatsServer, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats]
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,20 +18,11 @@ from byoc_agent.protocol.signing import SigningKey, public_key_from_text
 from byoc_agent.protocol.verify import Keyring, verify_model
 from control_plane.api import create_app
 from control_plane.testing import ADMIN_TOKEN, make_settings
-from corral.testing import NatsServer, free_port
+from corral.testing import NatsServer, eventually, free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats]
 
 OPERATOR = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    """Poll ``check`` until it holds or the deadline passes."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -99,7 +89,7 @@ async def control_plane(
             task.result()
         return server.started
 
-    await eventually(started, within=30)
+    await eventually(started, within_s=30)
     base_url = f"http://127.0.0.1:{port}"
     cp = ControlPlane(base_url, nats.url, httpx.AsyncClient(base_url=base_url, timeout=30), [])
     try:

@@ -7,14 +7,14 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from test_cp_sandbox_flows import OPERATOR, control_plane, eventually
+from test_cp_sandbox_flows import OPERATOR, control_plane
 
 from byoc_agent.protocol.messages import (
     DeleteSnapshotBody,
     RestoreSandboxBody,
     SnapshotSandboxBody,
 )
-from corral.testing import NatsServer
+from corral.testing import NatsServer, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.nats, pytest.mark.microvm]
 
@@ -158,12 +158,12 @@ async def test_a_restore_needs_the_agent_that_holds_the_snapshot(
             got = await cp.http.get(f"/v1/agents/{holder.agent_id}", headers=OPERATOR)
             return bool(got.json()["status"] == "offline")
 
-        await eventually(holder_offline, within=15)
+        await eventually(holder_offline, within_s=15)
         before = len(other.received)
         r = await cp.http.post("/v1/sandboxes", json={"snapshot_id": snap["id"]}, headers=auth)
         assert r.status_code == 503, r.text
         assert "offline" in r.json()["error"]["message"]
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # deliberate: time for a wrongly sent job to arrive (none may)
         assert len(other.received) == before  # nothing was sent to the agent without it
 
 

@@ -7,9 +7,7 @@ The error cases make the backend refuse the way the real service does (see ``Fau
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
 
 import pytest
 from provider_cases import Faults, ProviderCase
@@ -31,6 +29,7 @@ from byoc_agent.providers.errors import (
     QuotaExceededError,
     UnknownInstanceTypeError,
 )
+from corral.testing import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -46,13 +45,14 @@ async def wait_for_state(
     provider: HostProvider, host_id: str, state: HostState, *, deadline_s: float = 15.0
 ) -> Host:
     """Poll ``describe`` until the host reaches ``state``, failing after ``deadline_s``."""
-    end = time.monotonic() + deadline_s
-    while True:
+
+    async def reached() -> Host | None:
         host = await provider.describe(host_id)
-        if host.state is state:
-            return host
-        assert time.monotonic() < end, f"{host_id} still {host.state}, wanted {state}"
-        await asyncio.sleep(0.05)
+        return host if host.state is state else None
+
+    host = await eventually(reached, within_s=deadline_s, what=f"{host_id} to be {state}")
+    assert host is not None
+    return host
 
 
 async def test_offerings_include_the_type_the_suite_provisions(provider_case: ProviderCase) -> None:

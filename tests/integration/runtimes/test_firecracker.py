@@ -52,6 +52,7 @@ from byoc_agent.runtimes.firecracker import (
 )
 from byoc_agent.runtimes.guest import guestd
 from byoc_agent.runtimes.guest.channel import GuestChannel
+from corral.testing import eventually
 
 pytestmark = pytest.mark.microvm
 
@@ -412,10 +413,7 @@ async def test_the_stand_in_enforces_firecracker_order(
     )  # fmt: skip
     try:
         sock = jail.root / "api.sock"
-        for _ in range(500):
-            if sock.exists():
-                break
-            await asyncio.sleep(0.01)
+        await eventually(sock.exists, every_s=0.01, what="the stand-in's API socket")
         api = FirecrackerApi(sock, sandbox_id="order-1")
         (jail.root / "vmlinux").write_bytes(FAKE_ELF)
         (jail.root / "rootfs.ext4").write_bytes(b"\0" * 4096)
@@ -512,11 +510,7 @@ async def test_guestd_serves_one_agent_connection_at_a_time_on_a_stream_socket(
         assert frames[-1][0]["code"] == 0
 
         await second.connect(5)
-        for _ in range(200):
-            if first.closed:
-                break
-            await asyncio.sleep(0.01)
-        assert first.closed
+        await eventually(lambda: first.closed, every_s=0.01, what="guestd to drop the first agent")
         assert [h["ev"] for h, _ in await second.call({"op": "ping"})] == ["pong"]
     finally:
         await first.close()

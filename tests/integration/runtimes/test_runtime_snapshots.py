@@ -21,6 +21,7 @@ from byoc_agent.runtimes.base import (
     Snapshotting,
     Stdout,
 )
+from corral.testing import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -50,18 +51,26 @@ while True:
     n += 1
     with open("/tmp/count", "w") as fh:
         fh.write(str(n))
-    time.sleep(0.05)
+    time.sleep(0.05)  # the counter's tick
 """
 
 
 async def start_counter(runtime: Runtime, handle: SandboxHandle) -> str:
     await runtime.write_file(handle, "/work/counter.py", COUNTER.encode())
     pid = await out(runtime, handle, "nohup python3 /work/counter.py >/dev/null 2>&1 & echo $!")
-    for _ in range(200):  # python starts slowly in an emulated VM
-        if (await out(runtime, handle, "test -s /tmp/count && echo yes || true")).strip():
-            return pid.strip()
-        await asyncio.sleep(0.1)
-    raise AssertionError("the counter never started")
+
+    async def counting() -> str:
+        return (await out(runtime, handle, "test -s /tmp/count && echo yes || true")).strip()
+
+    # Generous: python starts slowly in an emulated VM.
+    await eventually(counting, within_s=60, every_s=0.1, what="the counter to start")
+    return pid.strip()
+
+
+async def count(runtime: Runtime, handle: SandboxHandle) -> int:
+    """The counter's value (0 while it rewrites its file)."""
+    text = (await runtime.read_file(handle, "/tmp/count")).strip()
+    return int(text) if text.isdigit() else 0
 
 
 async def test_files_and_processes_survive_five_pause_resume_cycles(
@@ -82,9 +91,12 @@ async def test_files_and_processes_survive_five_pause_resume_cycles(
             assert got == f"before pause {earlier}".encode()
         # The in-memory counter goes on from where it was: same pid, still counting.
         assert (await out(runtime, sandbox, f"kill -0 {pid} && echo alive")).strip() == "alive"
-    first = int(await runtime.read_file(sandbox, "/tmp/count"))
-    await asyncio.sleep(0.5)
-    assert int(await runtime.read_file(sandbox, "/tmp/count")) > first
+    first = await count(runtime, sandbox)
+
+    async def counted_on() -> bool:
+        return await count(runtime, sandbox) > first
+
+    await eventually(counted_on, what="the counter to go on after the last resume")
 
 
 async def test_a_restored_snapshot_is_a_new_machine_with_the_old_state(

@@ -4,7 +4,6 @@ requested sandbox — hostname, machine-id and env its own — and a replacement
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,6 +12,7 @@ import pytest_asyncio
 from byoc_agent.runtimes.base import ExecRequest, Exit, Runtime, SandboxHandle, SandboxSpec, Stdout
 from byoc_agent.runtimes.multi import isolation_of
 from byoc_agent.warm_pool import POOL_ID_PREFIX, PoolKey, WarmPool
+from corral.testing import eventually
 
 pytestmark = [pytest.mark.microvm, pytest.mark.asyncio]
 
@@ -31,14 +31,16 @@ async def output(runtime: Runtime, handle: SandboxHandle, cmd: str) -> str:
 
 async def ready(pool: WarmPool, key: PoolKey, *, not_id: str = "") -> SandboxHandle:
     """The pool's ready member (other than ``not_id``), waiting up to 120 s for it."""
-    deadline = time.monotonic() + 120
-    while True:
-        members = [h for h in pool.ready(key) if h.sandbox_id != not_id]
-        if members:
-            return members[0]
-        assert time.monotonic() < deadline, "no pool member became ready"
-        assert pool.stats.start_failures == 0, "a pool member failed to start"
-        await asyncio.sleep(0.05)
+
+    def member() -> SandboxHandle | None:
+        found = next((h for h in pool.ready(key) if h.sandbox_id != not_id), None)
+        if found is None:
+            assert pool.stats.start_failures == 0, "a pool member failed to start"
+        return found
+
+    handle = await eventually(member, within_s=120, what="a pool member to become ready")
+    assert handle is not None
+    return handle
 
 
 @pytest_asyncio.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from control_plane.settings import Settings
 from control_plane.store import Database, upgrade_to_head
 from control_plane.testing import ADMIN_TOKEN, heartbeat_message, make_settings
 from corral import AdminClient
-from corral.testing import NatsServer
+from corral.testing import NatsServer, eventually_sync
 from tests.unit.sdk.fake_corral import ServedApp
 
 pytestmark = [pytest.mark.nats, pytest.mark.security]
@@ -107,13 +106,10 @@ def test_an_agent_enrolls_keeps_its_secrets_and_connects_as_its_own_nats_user(
                 await transport.close()
 
         asyncio.run(heartbeat())
-        deadline = time.monotonic() + 10
-        while True:
-            status = {a.id: a.status for a in admin.list_agents()}.get(agent_id)
-            if status == "online" or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert status == "online"
+        eventually_sync(
+            lambda: {a.id: a.status for a in admin.list_agents()}.get(agent_id) == "online",
+            what="the agent to be listed online",
+        )
         state.close()
 
 

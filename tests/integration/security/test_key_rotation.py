@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from control_plane.api import create_app
 from control_plane.api.services import Services
 from control_plane.testing import ADMIN_TOKEN, make_settings
 from control_plane.transport import MemoryPublisher
+from corral.testing import eventually
 
 pytestmark = [pytest.mark.security, pytest.mark.asyncio]
 
@@ -82,21 +83,11 @@ async def setup(database_url: str, tmp_path: Path) -> AsyncIterator[Setup]:
             state.close()
 
 
-async def wait_for(what: str, check: Callable[[], bool], within_s: float) -> float:
-    """Seconds until ``check()`` holds; fails after ``within_s``."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > within_s:
-            raise AssertionError(f"{what} did not happen within {within_s} s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
-
-
 async def test_rotation_overlaps_old_and_new_keys(setup: Setup) -> None:
     """After a rotation, jobs signed with the old (retired) key and the new key both verify."""
     old = setup.svc.keys.active
     before = setup.job_signed_with(old)
-    await wait_for("first refresh", lambda: setup.accepts(before), 5)
+    await eventually(lambda: setup.accepts(before), within_s=5, what="first refresh")
     r = await setup.http.post("/v1/admin/signing-keys/rotate", headers=OPERATOR)
     assert r.status_code == 201
     new_kid = r.json()["kid"]
@@ -104,7 +95,7 @@ async def test_rotation_overlaps_old_and_new_keys(setup: Setup) -> None:
     new = await setup.svc.keys.current()
     assert new.kid == new_kid
     after = setup.job_signed_with(new)
-    await wait_for("the new key to be trusted", lambda: setup.accepts(after), 5)
+    await eventually(lambda: setup.accepts(after), within_s=5, what="the new key to be trusted")
     assert setup.accepts(before)  # overlap: the retired key still verifies
     listed = (await setup.http.get("/v1/admin/signing-keys", headers=OPERATOR)).json()["keys"]
     assert {k["kid"]: k["status"] for k in listed} == {old.kid: "retired", new_kid: "active"}
@@ -114,17 +105,19 @@ async def test_a_revoked_kid_is_refused_within_one_refresh_interval(setup: Setup
     """Revoking the active key replaces it; agents refuse the old kid at their next refresh."""
     old = setup.svc.keys.active
     signed = setup.job_signed_with(old)
-    await wait_for("first refresh", lambda: setup.accepts(signed), 5)
+    await eventually(lambda: setup.accepts(signed), within_s=5, what="first refresh")
     r = await setup.http.post(f"/v1/admin/signing-keys/{old.kid}/revoke", headers=OPERATOR)
     assert r.status_code == 200
     body = r.json()
     assert body["revoked"]["status"] == "revoked"
     assert body["replaced_by"]["status"] == "active"
     # One interval plus the time a refresh takes on a loaded machine.
-    await wait_for("revocation", lambda: not setup.accepts(signed), REFRESH_S + 2.0)
+    await eventually(
+        lambda: not setup.accepts(signed), within_s=REFRESH_S + 2.0, what="revocation"
+    )
     assert setup.reason(signed) is RejectReason.REVOKED_KID
     fresh = setup.job_signed_with(await setup.svc.keys.current())
-    await wait_for("the replacement key", lambda: setup.accepts(fresh), 5)
+    await eventually(lambda: setup.accepts(fresh), within_s=5, what="the replacement key")
     # The agent keeps the revocation on disk for its next start.
     assert (old.kid, old.public_text, "revoked") in setup.state.control_plane_keys()
 

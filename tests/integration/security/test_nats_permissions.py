@@ -27,7 +27,7 @@ from byoc_agent.transport.credentials import NatsUserFiles
 from byoc_agent.transport.nats import NatsAgentTransport
 from control_plane.nats_auth import NatsAuthority, decode_jwt_claims
 from control_plane.transport.nats import NatsTransport
-from corral.testing import NatsServer
+from corral.testing import NatsServer, eventually
 
 pytestmark = [pytest.mark.nats, pytest.mark.security]
 
@@ -55,13 +55,20 @@ class Conn:
 
     async def violation(self, needle: str, within_s: float = 5.0) -> str:
         """Wait for a permissions violation naming ``needle``; return its text."""
-        async with asyncio.timeout(within_s):
-            while True:
-                for e in self.errors:
-                    # nats-py lower-cases the server's -ERR text.
-                    if "permissions violation" in e.lower() and needle.lower() in e.lower():
-                        return e
-                await asyncio.sleep(0.02)
+
+        def found() -> str | None:
+            # nats-py lower-cases the server's -ERR text.
+            return next(
+                (e for e in self.errors
+                 if "permissions violation" in e.lower() and needle.lower() in e.lower()),
+                None,
+            )  # fmt: skip
+
+        text = await eventually(
+            found, within_s=within_s, every_s=0.02, what=f"a permissions violation on {needle}"
+        )
+        assert text is not None
+        return text
 
 
 def agent_files(tmp: Path, authority: NatsAuthority, tenant: str, agent: str) -> NatsUserFiles:

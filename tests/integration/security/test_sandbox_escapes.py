@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from byoc_agent.runtimes.base import (
     Stdout,
 )
 from byoc_agent.runtimes.gvisor import GVisorRuntime
+from corral.testing import eventually_sync
 
 pytestmark = [pytest.mark.gvisor, pytest.mark.asyncio]
 
@@ -192,9 +192,10 @@ class Listener:
             conn.close()
 
     def wait_for(self, count: int, timeout_s: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while self.accepted < count and time.monotonic() < deadline:
-            time.sleep(0.02)
+        eventually_sync(
+            lambda: self.accepted >= count, within_s=timeout_s, every_s=0.02,
+            what=f"{count} connection(s) to the host listener",
+        )  # fmt: skip
         return self.accepted == count
 
     def close(self) -> None:
@@ -448,7 +449,7 @@ async def test_a_fork_bomb_is_contained_by_the_sandbox_process_cap(sandboxes: Sa
         nonlocal peak
         while not stop.is_set():
             peak = max(peak, _host_tasks())
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the sampling period
 
     sampler = asyncio.create_task(sample())
     try:

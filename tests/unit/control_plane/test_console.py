@@ -18,6 +18,7 @@ from control_plane.console.web import CSP, SESSION_COOKIE
 from control_plane.store import Database, console_users
 from control_plane.testing import ADMIN_TOKEN, make_settings
 from control_plane.transport import MemoryPublisher
+from corral.testing import eventually_sync
 
 pytestmark = pytest.mark.console
 
@@ -595,7 +596,6 @@ def test_a_rejected_job_is_in_the_audit_log_with_its_reason(
 
 def _refused_job_is_audited(client: TestClient, svc: Services, publisher: MemoryPublisher) -> None:
     import threading
-    import time
 
     from byoc_agent.protocol import cosign, subjects, verify
     from byoc_agent.protocol.signing import SigningKey
@@ -624,10 +624,7 @@ def _refused_job_is_audited(client: TestClient, svc: Services, publisher: Memory
                                   memory_mb_free=32768))
 
     def agent_refuses() -> None:  # the agent's side: answer the published job, rejected
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not publisher.published:
-            time.sleep(0.01)
-        data = publisher.published[0].data
+        data = eventually_sync(lambda: publisher.published, every_s=0.01, what="the job")[0].data
         job = verify.verify_signed_job(cosign.split(data)[0], keyring=verify.Keyring(
             {svc.keys.active.kid: svc.keys.active.public_key}))
         msg = result_message(key, job, status="rejected", error_code="rejected",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +27,7 @@ from control_plane.store.audit import AuditEntryRow
 from control_plane.store.cosign_requests import CosignRequestRow
 from control_plane.testing import ADMIN_TOKEN, heartbeat_message, make_settings, result_message
 from control_plane.transport import MemoryPublisher
+from corral.testing import eventually_sync
 
 pytestmark = pytest.mark.security
 
@@ -198,18 +198,11 @@ def test_jobs_are_audited_when_issued_delivered_verified_and_rejected(world: Wor
     online_agent(world, tenant_id, key)
     # Create: the publisher is in memory, so answer from a thread while the API waits.
     def agent_side() -> None:
-        deadline = time.monotonic() + 10
-        answered = 0
-        while time.monotonic() < deadline and answered < 2:
-            pending = world.publisher.published[answered:]
-            for p in pending:
-                if answered == 0:
-                    answer(world, key, p.data, state=messages.SandboxState.RUNNING)
-                else:
-                    answer(world, key, p.data, status="rejected",
-                           error_code="rejected")
-                answered += 1
-            time.sleep(0.01)
+        published = world.publisher.published
+        create = eventually_sync(lambda: published[:1], every_s=0.01, what="the create job")
+        answer(world, key, create[0].data, state=messages.SandboxState.RUNNING)
+        kill = eventually_sync(lambda: published[1:2], every_s=0.01, what="the kill job")
+        answer(world, key, kill[0].data, status="rejected", error_code="rejected")
 
     t = threading.Thread(target=agent_side)
     t.start()

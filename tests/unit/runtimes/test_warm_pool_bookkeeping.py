@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from byoc_agent.protocol.errors import InvalidArgumentError
 from byoc_agent.runtimes.base import SandboxSpec
 from byoc_agent.runtimes.memory import InMemoryRuntime
 from byoc_agent.warm_pool import POOL_ID_PREFIX, PoolKey, WarmPool, parse_pool_sizes
+from corral.testing import eventually
 
 KEY = PoolKey("base", 1, 512, "gvisor")
 
@@ -22,14 +21,6 @@ KEY = PoolKey("base", 1, 512, "gvisor")
 def spec(sandbox_id: str, *, cpu: int = 1, memory_mb: int = 512) -> SandboxSpec:
     return SandboxSpec(sandbox_id=sandbox_id, tenant_id="t", template="base", cpu=cpu,
                        memory_mb=memory_mb, timeout_s=60, env={"A": "1"})  # fmt: skip
-
-
-async def until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 5
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def test_pool_sizes_parse_from_the_setting() -> None:
@@ -56,13 +47,13 @@ async def test_take_adopts_a_member_and_the_pool_refills(tmp_path: Path) -> None
                     ledger=tmp_path / "pool.json")  # fmt: skip
     filler = asyncio.create_task(pool.run())
     try:
-        await until(lambda: len(pool.ready(KEY)) == 1, "member ready")
+        await eventually(lambda: len(pool.ready(KEY)) == 1, what="member ready")
         handle = await pool.take(spec("sbx-1"))
         assert handle is not None
         assert handle.sandbox_id.startswith(POOL_ID_PREFIX)
         assert runtime.adopted[handle.sandbox_id].sandbox_id == "sbx-1"
         pool.confirm(handle)
-        await until(lambda: len(pool.ready(KEY)) == 1, "refill")
+        await eventually(lambda: len(pool.ready(KEY)) == 1, what="refill")
         assert pool.ready(KEY)[0].sandbox_id != handle.sandbox_id
         assert await pool.take(spec("sbx-2", memory_mb=1024)) is None
         assert (pool.stats.hits, pool.stats.misses) == (1, 1)
@@ -82,14 +73,14 @@ async def test_the_pool_fills_only_spare_room_and_gives_it_up_for_a_create() -> 
     pool = WarmPool(runtime, {KEY: 3}, tenant_id="t", free_capacity=lambda: (free[0], 4096))
     filler = asyncio.create_task(pool.run())
     try:
-        await until(lambda: len(pool.ready(KEY)) == 2, "two members (room for two)")
-        await asyncio.sleep(0.05)
+        await eventually(lambda: len(pool.ready(KEY)) == 2, what="two members (room for two)")
+        await asyncio.sleep(0.05)  # deliberate: give the filler a chance to overfill; it must not
         assert len(pool.ready(KEY)) == 2
         pool.make_room(2, 1024)
         assert pool.ready(KEY) == []
         assert pool.stats.evicted == 2
         free[0] = 0  # the sandbox now holds the room: nothing refills
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # deliberate: give the filler a chance to refill; it must not
         assert pool.ready(KEY) == []
     finally:
         filler.cancel()
@@ -105,7 +96,7 @@ async def test_members_a_crash_left_are_destroyed_at_the_next_start(tmp_path: Pa
     first = WarmPool(runtime, {KEY: 2}, tenant_id="t", free_capacity=lambda: (4, 4096),
                      ledger=tmp_path / "pool.json")  # fmt: skip
     filler = asyncio.create_task(first.run())
-    await until(lambda: len(first.ready(KEY)) == 2, "two members")
+    await eventually(lambda: len(first.ready(KEY)) == 2, what="two members")
     filler.cancel()  # a crash: no close()
     taken = await first.take(spec("sbx-kept"))
     assert taken is not None

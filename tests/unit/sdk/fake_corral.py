@@ -20,7 +20,6 @@ import shutil
 import signal
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,8 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+
+from corral.testing import eventually_sync
 
 ADMIN_TOKEN = "admin-secret-token"
 TEMPLATES = frozenset({"base", "python"})
@@ -672,11 +673,14 @@ class ServedApp:
 
     def start(self) -> ServedApp:
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("fake server did not start within 10 s")
-            time.sleep(0.01)
+        eventually_sync(
+            lambda: self._server.started or not self._thread.is_alive(),
+            within_s=10,
+            every_s=0.01,
+            what="the fake server to start",
+        )
+        if not self._server.started:
+            raise RuntimeError("the fake server's thread ended before it started")
         return self
 
     def stop(self) -> None:
