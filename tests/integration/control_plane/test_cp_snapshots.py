@@ -241,5 +241,6 @@ async def test_egress_travels_in_the_create_job_is_shown_and_restores_keep_it(
         assert r.status_code == 201, r.text
         assert r.json()["egress"] == []
         plain = agent.received[-1].job.body
-        assert isinstance(plain, CreateSandboxBody) and plain.egress == []
+        assert isinstance(plain, CreateSandboxBody)
+        assert plain.egress == []
         assert "egress" not in plain.model_dump(mode="json")

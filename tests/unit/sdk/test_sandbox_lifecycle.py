@@ -206,10 +206,11 @@ def test_config_rejects_a_url_without_a_scheme() -> None:
 
 def test_create_sends_the_egress_list_and_reports_it_back(fake: FakeCorral) -> None:
     """egress goes to the control plane as a list and comes back on the sandbox's info."""
-    with Sandbox.create(isolation="microvm", egress=["192.0.2.10:443", "192.0.2.11:5432"]) as sb:
+    egress = ["192.0.2.10:443", "192.0.2.11:5432"]
+    with Sandbox.create(isolation="microvm", egress=egress) as sb:
         stored = fake.sandboxes[sb.id]
-        assert (stored.isolation, stored.egress) == ("microvm", ["192.0.2.10:443", "192.0.2.11:5432"])
-        assert sb.info.egress == ("192.0.2.10:443", "192.0.2.11:5432")
+        assert (stored.isolation, stored.egress) == ("microvm", egress)
+        assert sb.info.egress == tuple(egress)
     with Sandbox.create() as plain:
         assert fake.sandboxes[plain.id].egress == []
         assert plain.info.egress == ()
