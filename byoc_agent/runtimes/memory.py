@@ -31,10 +31,7 @@ from byoc_agent.runtimes.base import (
 class InMemoryRuntime:
     name = "memory"
 
-    def __init__(self, templates: tuple[str, ...] = ("base",), *, name: str = "memory") -> None:
-        # name: another runtime's name makes this stand in for its isolation class
-        # ("qemu-microvm": microvm), for tests of the agent's microVM-only rules.
-        self.name = name
+    def __init__(self, templates: tuple[str, ...] = ("base",)) -> None:
         self.templates = templates
         self.live: dict[str, dict[str, bytes]] = {}
         self.specs: dict[str, SandboxSpec] = {}  # sandbox id -> the spec it was created with

@@ -20,6 +20,13 @@ pytestmark = [pytest.mark.nats, pytest.mark.asyncio, pytest.mark.security]
 CEILING = ("192.0.2.10:443", "192.0.2.11:5432")
 
 
+class StandInMicrovm(InMemoryRuntime):
+    """The in-memory runtime under a microVM runtime's name: the agent treats its sandboxes
+    as microvm isolation, and ``specs`` shows what the agent granted."""
+
+    name = "qemu-microvm"
+
+
 def _create(egress: list[str] | None = None, isolation: str = "microvm") -> dict[str, Any]:
     body: dict[str, Any] = {
         "kind": "create_sandbox", "sandbox_id": f"sbx-{uuid.uuid4().hex[:12]}",
@@ -42,7 +49,7 @@ async def _microvm_agent(
     h: Harness, ceiling: tuple[str, ...], data_plane_url: str = "http://127.0.0.1:1"
 ) -> InMemoryRuntime:
     await h.stop_agent()
-    h.runtime = InMemoryRuntime(name="qemu-microvm")
+    h.runtime = StandInMicrovm()
     h.egress_ceiling = ceiling
     h.data_plane_url = data_plane_url
     await h.start_agent()

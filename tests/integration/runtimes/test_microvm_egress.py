@@ -18,6 +18,7 @@ import pytest_asyncio
 from runtime_factories import MICROVM
 
 from byoc_agent.agent import Agent, AgentConfig
+from byoc_agent.egress import EgressCeiling
 from byoc_agent.protocol import messages, signing, verify
 from byoc_agent.runtimes.base import ExecRequest, Exit, SandboxHandle, SandboxSpec, Stdout
 from byoc_agent.runtimes.qemu_microvm import QemuMicrovmRuntime, guest_address
@@ -176,7 +177,8 @@ async def test_the_agent_grants_a_sandbox_its_own_list_within_the_ceiling(
     microvm: QemuMicrovmRuntime, tmp_path: Path
 ) -> None:
     """Both listeners are in the agent's ceiling; the create job asks for A only: the
-    microVM reaches A and not B (through neither a forward nor the gateway)."""
+    microVM reaches A and not B (through neither a forward nor the gateway). A restore of
+    its snapshot keeps A, and is refused once the ceiling no longer holds A."""
     host = _host_address()
     if host is None:
         pytest.skip("this host has no non-loopback IPv4 address to listen on")
@@ -196,21 +198,25 @@ async def test_the_agent_grants_a_sandbox_its_own_list_within_the_ceiling(
         transport=NatsAgentTransport("nats://127.0.0.1:1", "ten-egress", "agt-egress"),
         config=AgentConfig(
             data_plane_url="http://127.0.0.1:1", cpu_total=2, memory_mb_total=2048,
-            egress_ceiling=(a.address, b.address),
+            egress_ceiling=(a.address, b.address), snapshots_dir=tmp_path / "snapshots",
         ),
     )  # fmt: skip
     sandbox_id = f"egress-agent-{os.getpid()}"
-    now = int(time.time())
-    job = messages.Job(
-        job_id=f"job-egress-{os.getpid()}", tenant_id="ten-egress", agent_id="agt-egress",
-        iat=now, exp=now + 300, seq=1,
-        body=messages.CreateSandboxBody(
+    restored_id = f"egress-restored-{os.getpid()}"
+    jobs = iter(range(1, 100))
+
+    def job(body: messages.JobBody) -> messages.Job:
+        seq, now = next(jobs), int(time.time())
+        return messages.Job(
+            job_id=f"job-egress-{os.getpid()}-{seq}", tenant_id="ten-egress",
+            agent_id="agt-egress", iat=now, exp=now + 300, seq=seq, body=body,
+        )  # fmt: skip
+
+    try:
+        result = await agent.execute(job(messages.CreateSandboxBody(
             sandbox_id=sandbox_id, template="base", cpu=1, memory_mb=256, timeout_s=300,
             isolation="microvm", egress=[a.address],
-        ),
-    )  # fmt: skip
-    try:
-        result = await agent.execute(job)
+        )))  # fmt: skip
         assert result.status == "succeeded", result.error
         handle = agent.running_handle(sandbox_id)
         mapped = f"{guest_address(0)}:{a.port}"
@@ -226,7 +232,29 @@ async def test_the_agent_grants_a_sandbox_its_own_list_within_the_ceiling(
         for target in denied:
             assert seen[target].startswith("refused"), (target, seen)
         assert (a.accepted, b.accepted) == (1, 0)
+
+        snapshot_id = f"snap-egress-{os.getpid()}"
+        result = await agent.execute(job(messages.SnapshotSandboxBody(
+            sandbox_id=sandbox_id, snapshot_id=snapshot_id)))  # fmt: skip
+        assert result.status == "succeeded", result.error
+        restore = messages.RestoreSandboxBody(
+            sandbox_id=restored_id, snapshot_id=snapshot_id, timeout_s=300, isolation="microvm"
+        )
+        granted = agent.egress
+        agent.egress = EgressCeiling.of([b.address])  # the operator narrowed the ceiling
+        result = await agent.execute(job(restore))
+        assert result.status == "failed"
+        assert result.error is not None
+        assert f"'{a.address}'" in result.error.message
+        assert not microvm.sandbox_dir(restored_id).exists()
+        agent.egress = granted
+        result = await agent.execute(job(restore))
+        assert result.status == "succeeded", result.error
+        seen = await _probe(microvm, agent.running_handle(restored_id), mapped, *denied)
+        assert seen[mapped] == f"open {BANNER.decode()}", seen
+        assert (a.accepted, b.accepted) == (2, 0)
     finally:
+        await microvm.destroy(SandboxHandle(restored_id, microvm.name, 0.0))
         await microvm.destroy(SandboxHandle(sandbox_id, microvm.name, 0.0))
         state.close()
         await a.stop()
