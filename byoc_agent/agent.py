@@ -35,10 +35,12 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
 
 from byoc_agent import __version__
+from byoc_agent.egress import EgressCeiling
 from byoc_agent.hosts.autoscale import MAX_HOSTS
 from byoc_agent.hosts.fleet import HostFleet
 from byoc_agent.meter import UsageMeter
@@ -56,6 +58,7 @@ from byoc_agent.protocol.errors import (
 )
 from byoc_agent.protocol.messages import SandboxReport, SandboxState
 from byoc_agent.runtimes.base import (
+    SNAPSHOT_META,
     EndReason,
     KnowsStopReason,
     Liveness,
@@ -105,6 +108,11 @@ class AgentConfig:
     cosign_policy: cosign.CosignPolicy = dataclasses.field(default_factory=cosign.CosignPolicy)
     # Where snapshots are kept (``<agent home>/snapshots``); None: this agent takes none.
     snapshots_dir: Path | None = None
+    # Destinations ("a.b.c.d:port") a sandbox may ask to reach (CORRAL_AGENT_MICROVM_EGRESS);
+    # a create asking for none gets no network. ADR 0027.
+    egress_ceiling: tuple[str, ...] = ()
+    # Where the data plane listens besides data_plane_url's host (never an egress target).
+    own_hosts: tuple[str, ...] = ()
 
 
 class Agent:
@@ -148,6 +156,13 @@ class Agent:
             )  # fmt: skip
         self.audience = verify.Audience(agent_id=identity.agent_id, tenant_id=identity.tenant_id)
         self.log = log.bind(agent_id=identity.agent_id, tenant_id=identity.tenant_id)
+        self.egress = EgressCeiling.of(
+            config.egress_ceiling,
+            own_hosts=(*config.own_hosts, urlsplit(config.data_plane_url).hostname),
+        )
+        for rule in self.egress.never_granted():
+            self.log.warning("egress_ceiling_entry_never_granted", entry=str(rule),
+                             detail="loopback, link-local or the agent's own address")  # fmt: skip
 
     # ------------------------------------------------------------------ run
     async def run(self) -> None:
@@ -380,6 +395,15 @@ class Agent:
                 "isolation needs an agent with a runtime that provides it",
                 job_id=job_id,
             )
+        egress: tuple[str, ...] = ()
+        if body.egress:
+            if body.isolation != "microvm":
+                raise InvalidArgumentError(
+                    "egress: only microvm sandboxes have a network; gVisor sandboxes run "
+                    "without one (use isolation=microvm)",
+                    job_id=job_id, field="egress",
+                )  # fmt: skip
+            egress = self.egress.grant(body.egress, job_id=job_id)
         free_cpu, free_mem, _ = self.free_capacity()
         if body.cpu > free_cpu or body.memory_mb > free_mem:
             raise CapacityError(
@@ -396,6 +420,7 @@ class Agent:
             timeout_s=body.timeout_s,
             env=dict(body.env),
             isolation=body.isolation,
+            egress=egress,
         )
         handle = await self._start(spec)
         now = time.time()  # billing starts here, also for a sandbox taken from a warm pool
@@ -419,7 +444,8 @@ class Agent:
         """A warm-pool member adopted as ``spec`` if one is ready, else a cold create (after
         evicting pool members if the sandbox needs their room)."""
         if self.pool is not None:
-            handle = await self.pool.take(spec)
+            # Pool members were started without a network: a sandbox with egress starts cold.
+            handle = None if spec.egress else await self.pool.take(spec)
             if handle is not None:
                 return handle
             self.pool.make_room(spec.cpu, spec.memory_mb)
@@ -542,6 +568,8 @@ class Agent:
             runtime = self.runtime
             if not isinstance(runtime, Snapshotting):
                 raise InvalidArgumentError(f"runtime {runtime.name} cannot restore sandboxes")
+            # The restored sandbox keeps the snapshot's egress: still within today's ceiling?
+            self.egress.grant(await _snapshot_egress(source), job_id=job_id)
             spec = SandboxSpec(
                 sandbox_id=body.sandbox_id,
                 tenant_id=self.identity.tenant_id,
@@ -796,6 +824,16 @@ def _isolation_of(handle: SandboxHandle) -> str:
         return isolation_of(handle.runtime)
     except InvalidArgumentError:
         return "gvisor"
+
+
+async def _snapshot_egress(source: Path) -> list[str]:
+    """The egress list a runtime recorded in a snapshot's ``SNAPSHOT_META`` (none: [])."""
+    try:
+        meta = json.loads(await asyncio.to_thread((source / SNAPSHOT_META).read_text))
+    except (OSError, ValueError):
+        return []  # the runtime's restore reports a missing or broken snapshot itself
+    egress = meta.get("egress") if isinstance(meta, dict) else None
+    return [str(e) for e in egress] if isinstance(egress, list) else []
 
 
 def _write_json(path: Path, data: object) -> None:

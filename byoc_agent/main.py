@@ -76,7 +76,6 @@ async def run_agent(settings: AgentSettings) -> None:
         options=runtimes.RuntimeOptions(
             microvm_cache=settings.microvm_cache,
             microvm_accel=settings.microvm_accel,
-            microvm_egress=settings.microvm_egress,
             disk_mb=settings.sandbox_disk_mb,
             pids_max=settings.sandbox_pids_max,
             firecracker_kernel=settings.firecracker_kernel,
@@ -133,6 +132,8 @@ async def run_agent(settings: AgentSettings) -> None:
             fleet_interval_s=settings.hosts.interval_s if settings.hosts else 5.0,
             cosign_policy=cosign_policy,
             snapshots_dir=settings.snapshots_dir,
+            egress_ceiling=settings.microvm_egress,
+            own_hosts=(settings.dataplane_host,),
         ),
         templates=lambda: _templates(settings),
         fleet=fleet,

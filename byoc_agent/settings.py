@@ -170,7 +170,8 @@ class AgentSettings:
     # microVMs: where the guest kernel, initramfs and disk images are cached; kvm|tcg|auto.
     microvm_cache_dir: Path | None = None
     microvm_accel: str = "auto"
-    # Destinations ("a.b.c.d:port") every microVM sandbox of this agent may connect to.
+    # The ceiling: destinations ("a.b.c.d:port") a microVM sandbox of this agent may ask to
+    # connect to in its create request (ADR 0027). A sandbox that asks for none gets none.
     microvm_egress: tuple[str, ...] = ()
     # Firecracker's guest kernel (vmlinux, or a bzImage to extract it from).
     firecracker_kernel: Path | None = None

@@ -76,6 +76,9 @@ class CreateSandbox:
     metadata: Mapping[str, str] = field(default_factory=dict)
     # None: the tenant's required isolation, else gvisor.
     isolation: str | None = None
+    # "a.b.c.d:port" destinations (validated by the API); microvm only; the agent applies its
+    # operator's ceiling. Empty: no network.
+    egress: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,12 @@ class SandboxService:
                     tenant_id=req.tenant_id,
                 )
             isolation = req.isolation or required or "gvisor"
+            if req.egress and isolation != "microvm":
+                raise InvalidArgumentError(
+                    "egress: only microvm sandboxes have a network; gVisor sandboxes run "
+                    "without one. Ask for isolation=microvm, or leave egress out",
+                    field="egress",
+                )
             request = Request(
                 tenant_id=req.tenant_id,
                 template=req.template,
@@ -172,6 +181,7 @@ class SandboxService:
                     timeout_s=req.timeout_s,
                     metadata=req.metadata,
                     isolation=isolation,
+                    egress=req.egress,
                 ),
             )
 
@@ -189,6 +199,7 @@ class SandboxService:
             timeout_s=req.timeout_s,
             env=dict(req.env),
             isolation="microvm" if sandbox.isolation == "microvm" else "gvisor",
+            egress=list(req.egress),
         )
         held = await self._hold_if_high_risk(sandbox, body, has_env=bool(req.env))
         if held is not None:
@@ -366,6 +377,8 @@ class SandboxService:
                     timeout_s=req.timeout_s,
                     metadata=req.metadata,
                     isolation=snap.isolation,
+                    # The agent restores the snapshot's network (and re-checks its ceiling).
+                    egress=sandboxes.get_sandbox(s, snap.sandbox_id, tenant_id=None).egress,
                 ),
             )
 

@@ -97,6 +97,7 @@ def heartbeat_message(
     memory_mb_free: int = 16384,
     data_plane_url: str = "http://127.0.0.1:1",
     at: float | None = None,
+    runtimes: Sequence[str] = ("gvisor",),
 ) -> bytes:
     hb = Heartbeat(
         agent_id=agent_id,
@@ -104,7 +105,7 @@ def heartbeat_message(
         at=time.time() if at is None else at,
         version="test",
         data_plane_url=data_plane_url,
-        runtimes=["gvisor"],
+        runtimes=list(runtimes),
         templates=list(templates),
         capacity=Capacity(
             cpu_total=max(cpu_free, 8),

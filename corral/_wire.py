@@ -61,6 +61,7 @@ class SandboxWire(_Edge):
     memory_mb: int | None = None
     timeout_s: int | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    egress: list[str] = Field(default_factory=list)
     agent_id: str | None = None
     created_at: datetime | None = None
     expires_at: datetime | None = None

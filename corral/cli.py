@@ -113,6 +113,12 @@ def sandbox_create(
     isolation: str | None = typer.Option(
         None, help="gvisor or microvm (default: the tenant's policy, else gvisor)."
     ),
+    egress: list[str] | None = typer.Option(
+        None,
+        "--egress",
+        help="A TCP destination a.b.c.d:port the sandbox may reach (microvm only; the agent "
+        "must allow it), repeatable. Default: no network.",
+    ),
     snapshot: str | None = typer.Option(
         None,
         help="Start from this snapshot (its template, isolation, cpu and memory) instead.",
@@ -130,6 +136,7 @@ def sandbox_create(
             env=env_vars,
             metadata=meta,
             isolation=isolation,
+            egress=egress,
             snapshot=snapshot,
         )
         sandbox.close()

@@ -19,7 +19,7 @@ import builtins
 import contextlib
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -77,6 +77,8 @@ class SandboxInfo:
     expires_at: datetime | None = None
     end_reason: str | None = None
     isolation: str = "gvisor"
+    # TCP destinations ("a.b.c.d:port") it may connect to; empty: no network.
+    egress: tuple[str, ...] = ()
 
     @property
     def is_running(self) -> bool:
@@ -97,6 +99,7 @@ class SandboxInfo:
             expires_at=utc(wire.expires_at),
             end_reason=wire.end_reason,
             isolation=wire.isolation,
+            egress=tuple(wire.egress),
         )
 
 
@@ -186,6 +189,7 @@ class Sandbox:
         metadata: Mapping[str, str] | None = None,
         *,
         isolation: str | None = None,
+        egress: Sequence[str] | None = None,
         snapshot: Snapshot | str | None = None,
         api_key: str | None = None,
         api_url: str | None = None,
@@ -197,10 +201,17 @@ class Sandbox:
         ``isolation``: ``"gvisor"`` (a user-space kernel) or ``"microvm"`` (a kernel of its
         own in a virtual machine); by default the tenant's required isolation, else gvisor.
 
+        ``egress``: TCP destinations ``"a.b.c.d:port"`` the sandbox may connect to (at most
+        16, IPv4 literals; nothing else is reachable). Needs ``isolation="microvm"``, and the
+        agent grants only destinations its operator allows (``CORRAL_AGENT_MICROVM_EGRESS``).
+        By default: no network. Inside the sandbox, ``/run/corral/egress`` maps each
+        destination to the address to use.
+
         ``snapshot`` (a :class:`Snapshot` or its id): start from that saved state instead of
         the template — files, processes and memory as they were, on a new machine (its own
         id, hostname and machine-id). Template, isolation, cpu and memory are the
-        snapshot's; ``template``, ``cpu``, ``memory_mb`` and ``isolation`` are ignored.
+        snapshot's; ``template``, ``cpu``, ``memory_mb`` and ``isolation`` are ignored,
+        and so is its egress list (giving ``egress`` as well is an error).
         """
         config = ConnectionConfig.resolve(
             api_key=api_key, api_url=api_url, request_timeout=request_timeout
@@ -221,6 +232,12 @@ class Sandbox:
             body.update({"template": template, "cpu": cpu, "memory_mb": memory_mb})
             if isolation is not None:
                 body["isolation"] = isolation
+        if egress:
+            if isinstance(egress, str):  # one "a.b.c.d:port" would be split into characters
+                raise InvalidArgumentError(
+                    "egress is a list of 'a.b.c.d:port' strings, not one string.", field="egress"
+                )
+            body["egress"] = list(egress)
         http = HttpClient(config.request_timeout, transport)
         try:
             about = About("control")

@@ -59,7 +59,8 @@ class Cosignature(BaseModel):
 @dataclass(frozen=True, slots=True)
 class CosignRule:
     """``kind`` alone: every job of that kind; ``kind:field>N``: when the body's integer
-    ``field`` is above ``N`` (e.g. ``create_sandbox:cpu>8``)."""
+    ``field`` is above ``N`` (e.g. ``create_sandbox:cpu>8``), or for a list field, its
+    length (``create_sandbox:egress>0``: any egress allow-list)."""
 
     kind: str
     field: str | None = None
@@ -83,6 +84,8 @@ class CosignRule:
         if self.field is None or self.above is None:
             return True
         value = getattr(body, self.field, None)
+        if isinstance(value, list | tuple):
+            value = len(value)
         # A rule about a field the body does not have matches (fail closed).
         return not isinstance(value, int) or value > self.above
 

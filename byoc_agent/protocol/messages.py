@@ -36,6 +36,10 @@ EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 
 MAX_ENV_VARS = 128
 MAX_ENV_VALUE = 8192
+MAX_EGRESS = 16  # destinations in one egress allow-list
+
+# One egress destination, "a.b.c.d:port" (the shape only; runtimes.base.parse_egress decides).
+EgressEntry = Annotated[str, Field(pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}:[0-9]{1,5}$")]
 
 
 def is_id(text: str) -> bool:
@@ -68,6 +72,18 @@ class CreateSandboxBody(_Wire):
         max_length=MAX_ENV_VARS
     )] = Field(default_factory=dict)
     isolation: Literal["gvisor", "microvm"] = "gvisor"
+    # TCP destinations the sandbox may connect to (microvm only; ADR 0027). Omitted from the
+    # wire when empty, so a create without egress has exactly the bytes it had before.
+    egress: Annotated[list[EgressEntry], Field(max_length=MAX_EGRESS)] = Field(
+        default_factory=list
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_egress(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        data: dict[str, object] = handler(self)
+        if not self.egress:
+            data.pop("egress", None)
+        return data
 
 
 class KillSandboxBody(_Wire):

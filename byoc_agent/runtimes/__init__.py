@@ -16,14 +16,13 @@ class RuntimeOptions:
     """Per-runtime settings beyond the state and templates directories.
 
     ``disk_mb`` and ``pids_max`` are gVisor's per-sandbox host limits (0: none; see
-    GVisorRuntime); ``microvm_cache``, ``microvm_accel`` and ``microvm_egress`` are the QEMU
-    runtime's.
+    GVisorRuntime); ``microvm_cache`` and ``microvm_accel`` are the QEMU runtime's. A
+    sandbox's egress allow-list comes with its spec (the agent checks it against its
+    ceiling, ``byoc_agent/egress.py``), not from here.
     """
 
     microvm_cache: Path | None = None
     microvm_accel: str = "auto"
-    # Egress allow-list ("a.b.c.d:port") of every microVM sandbox; empty: no network.
-    microvm_egress: tuple[str, ...] = ()
     disk_mb: int | None = None
     pids_max: int | None = None
     # Firecracker's guest kernel: an uncompressed vmlinux (or a bzImage to extract it from).
@@ -49,7 +48,6 @@ def _qemu_microvm(state_dir: Path, templates_root: Path, options: RuntimeOptions
         templates_root=templates_root,
         cache_dir=options.microvm_cache,
         accel=options.microvm_accel,
-        egress=options.microvm_egress,
     )
 
 

@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from byoc_agent.protocol.errors import InvalidArgumentError
+from byoc_agent.protocol.messages import MAX_EGRESS as MAX_EGRESS
 from byoc_agent.protocol.messages import SandboxState
-
-MAX_EGRESS = 16  # destinations in one allow-list
 
 ALLOWED_TRANSITIONS: Mapping[SandboxState, frozenset[SandboxState]] = {
     SandboxState.PENDING: frozenset(
@@ -249,7 +248,9 @@ class Runtime(Protocol):
         ...
 
 
-SNAPSHOT_META = "snapshot.json"  # in every snapshot directory: which runtime made it, and how
+# In every snapshot directory: which runtime made it, and how. A runtime that gives sandboxes
+# a network records their allow-list under "egress" (the agent re-checks it on restore).
+SNAPSHOT_META = "snapshot.json"
 
 
 def read_snapshot_meta(source: Path, runtime: str) -> dict[str, Any]:

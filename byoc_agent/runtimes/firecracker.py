@@ -404,6 +404,12 @@ class FirecrackerRuntime(GuestOps):
                 sandbox_id=spec.sandbox_id,
             )
         validate_env(spec.env)
+        if spec.egress:  # refused, not ignored: a sandbox must not silently lose its network
+            raise InvalidArgumentError(
+                "egress: the firecracker runtime has no per-sandbox allow-list yet; an agent "
+                "with the qemu-microvm runtime provides one (docs/microvm.md)",
+                sandbox_id=spec.sandbox_id,
+            )
 
     def _boot_files(self, template: str) -> tuple[Path, Path, Path]:
         """(vmlinux, initrd, template disk), built once and cached (blocking)."""

@@ -34,6 +34,7 @@ class InMemoryRuntime:
     def __init__(self, templates: tuple[str, ...] = ("base",)) -> None:
         self.templates = templates
         self.live: dict[str, dict[str, bytes]] = {}
+        self.specs: dict[str, SandboxSpec] = {}  # sandbox id -> the spec it was created with
         self.created: list[str] = []
         self.destroyed: list[str] = []
         self.adopted: dict[str, SandboxSpec] = {}  # runtime id -> the spec it was given
@@ -43,6 +44,7 @@ class InMemoryRuntime:
             raise TemplateNotFoundError(f"template {spec.template!r} does not exist")
         self.live[spec.sandbox_id] = {}
         self.created.append(spec.sandbox_id)
+        self.specs[spec.sandbox_id] = spec
         return SandboxHandle(sandbox_id=spec.sandbox_id, runtime=self.name, created_at=time.time())
 
     async def adopt(self, handle: SandboxHandle, spec: SandboxSpec) -> None:

@@ -17,9 +17,10 @@ console log); the sockets live under a short directory (unix socket paths are li
 bytes).
 
 Network: none by default — no network device is attached and the guest has only ``lo``.
-A sandbox with an egress allow-list (``SandboxSpec.egress``, or the runtime's default list)
-gets one virtio-net device on QEMU's user-mode network with ``restrict=on``: the guest can
-reach nothing on the host or beyond except the listed destinations. Destination *i* appears
+A sandbox with an egress allow-list (``SandboxSpec.egress``; the agent grants it within its
+operator's ceiling, see ``byoc_agent/egress.py``) gets one virtio-net device on QEMU's
+user-mode network with ``restrict=on``: the guest can reach nothing on the host or beyond
+except the listed destinations. Destination *i* appears
 in the guest at ``10.0.2.(100+i)`` on its own port; each connection there makes QEMU run a
 relay (``busybox nc``) to the real destination. The guest finds the mapping in
 ``/run/corral/egress`` (one ``guest-address:port destination:port`` line each).
@@ -52,7 +53,6 @@ from byoc_agent.protocol.errors import (
 from byoc_agent.runtimes import processes
 from byoc_agent.runtimes.base import (
     SNAPSHOT_META,
-    EgressRule,
     Liveness,
     SandboxHandle,
     SandboxSpec,
@@ -146,7 +146,6 @@ class QemuMicrovmRuntime(GuestOps):
         accel: str = "auto",
         boot_timeout_s: float = 90.0,
         socket_root: Path | None = None,
-        egress: Iterable[str] = (),
     ) -> None:
         found = qemu if qemu is not None else shutil.which("qemu-system-x86_64")
         if found is None:
@@ -156,8 +155,6 @@ class QemuMicrovmRuntime(GuestOps):
         if accel not in ("auto", "kvm", "tcg"):
             raise InvalidArgumentError(f"accel must be auto, kvm or tcg, not {accel!r}")
         self._qemu = found
-        # The allow-list of sandboxes whose spec names none (the agent's setting).
-        self._default_egress = parse_egress(egress)
         self._state_dir = state_dir.resolve()
         self._sandboxes = self._state_dir / "sandboxes"
         self._templates_root = templates_root
@@ -260,9 +257,6 @@ class QemuMicrovmRuntime(GuestOps):
             "none",
             "-no-reboot",
         ]
-
-    def _egress(self, spec: SandboxSpec) -> tuple[EgressRule, ...]:
-        return parse_egress(spec.egress) if spec.egress else self._default_egress
 
     @staticmethod
     def _cmdline(accel: str, hostname: str, egress: Iterable[str] = ()) -> str:
@@ -376,7 +370,7 @@ class QemuMicrovmRuntime(GuestOps):
         self, spec: SandboxSpec, paths: _Paths, boot: GuestBoot, accel: str
     ) -> dict[str, Any]:
         paths.dir.mkdir(parents=True, mode=0o700)
-        egress = [str(rule) for rule in self._egress(spec)]
+        egress = [str(rule) for rule in parse_egress(spec.egress)]
         record: dict[str, Any] = {
             "template": spec.template,
             "cpu": spec.cpu,

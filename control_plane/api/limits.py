@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from byoc_agent.protocol.errors import InvalidArgumentError
+from byoc_agent.runtimes.base import parse_egress
 from control_plane.api.schemas import MAX_METADATA_VALUE, METADATA_KEY_PATTERN
 from control_plane.settings import Limits
 
@@ -34,6 +35,15 @@ def check_metadata(limits: Limits, metadata: Mapping[str, str]) -> None:
         raise InvalidArgumentError(
             f"metadata may have at most {limits.metadata_max_keys} keys", field="metadata"
         )
+
+
+def check_egress(entries: Iterable[str]) -> tuple[str, ...]:
+    """The egress list normalized, or a 400 naming the entry (the agent's own rules, so a
+    list the API accepts is one the agent can parse; its ceiling is the agent's to apply)."""
+    try:
+        return tuple(str(rule) for rule in parse_egress(entries))
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"egress: {e.message}", field="egress") from None
 
 
 def metadata_filters(query: Mapping[str, str]) -> dict[str, str]:

@@ -7,7 +7,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from byoc_agent.protocol.messages import MAX_ENV_VALUE, MAX_ENV_VARS, EnvName, JobKind, JobStatus
+from byoc_agent.protocol.messages import (
+    MAX_EGRESS,
+    MAX_ENV_VALUE,
+    MAX_ENV_VARS,
+    EnvName,
+    JobKind,
+    JobStatus,
+)
 from byoc_agent.protocol.messages import SandboxState as WireSandboxState
 from byoc_agent.protocol.signing import public_key_from_text
 from control_plane.roles import DEFAULT_KEY_ROLE, KeyRole
@@ -134,6 +141,11 @@ class CreateSandboxRequest(_Body):
     )
     metadata: dict[MetadataKey, Annotated[StrictStr, Field(max_length=MAX_METADATA_VALUE)]] = Field(
         default_factory=dict
+    )
+    # TCP destinations "a.b.c.d:port" the sandbox may connect to (isolation microvm only,
+    # and only those the agent's operator allows); empty: no network. ADR 0027.
+    egress: list[Annotated[StrictStr, Field(max_length=21)]] = Field(
+        default_factory=list, max_length=MAX_EGRESS
     )
 
 
@@ -328,6 +340,8 @@ class SandboxOut(_Out):
     started_at: datetime | None
     ended_at: datetime | None
     expires_at: datetime | None
+    # The egress allow-list it was created with (a restore or fork: its source's).
+    egress: list[str] = Field(default_factory=list)
 
 
 class SandboxCreatedOut(SandboxOut):

@@ -92,6 +92,7 @@ def sandbox_fields(r: SandboxRecord) -> dict[str, object]:
         "started_at": r.started_at,
         "ended_at": r.ended_at,
         "expires_at": r.expires_at,
+        "egress": list(r.egress),
     }
 
 

@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String, exists, func, select
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, exists, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from byoc_agent.protocol.errors import NotFoundError, SandboxNotFoundError
@@ -39,6 +39,9 @@ class Sandbox(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The egress allow-list the sandbox was created with (a policy, not customer data;
+    # ADR 0027). NULL (rows before 0010) and [] both mean no network.
+    egress: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class SandboxLabel(Base):
@@ -74,6 +77,7 @@ class NewSandbox:
     timeout_s: int
     metadata: Mapping[str, str] = field(default_factory=dict)
     isolation: str = "gvisor"
+    egress: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,7 @@ class SandboxRecord:
     ended_at: datetime | None
     expires_at: datetime | None
     isolation: str = "gvisor"
+    egress: tuple[str, ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -131,6 +136,7 @@ def _record(row: Sandbox, labels: Mapping[str, str]) -> SandboxRecord:
         ended_at=row.ended_at,
         expires_at=row.expires_at,
         isolation=row.isolation,
+        egress=tuple(row.egress or ()),
     )
 
 
@@ -142,6 +148,7 @@ def create_sandbox(s: Session, new: NewSandbox) -> SandboxRecord:
         agent_id=new.agent_id,
         template=new.template,
         isolation=new.isolation,
+        egress=list(new.egress),
         cpu=new.cpu,
         memory_mb=new.memory_mb,
         timeout_s=new.timeout_s,

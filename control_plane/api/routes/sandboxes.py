@@ -44,12 +44,14 @@ async def create_sandbox(
     lim = svc.settings.limits
     limits.check_timeout(lim, body.timeout_s)
     limits.check_metadata(lim, body.metadata)
+    egress = limits.check_egress(body.egress)
     if body.snapshot_id is not None:
-        given = sorted({"template", "isolation", "cpu", "memory_mb"} & body.model_fields_set)
+        taken = {"template", "isolation", "cpu", "memory_mb", "egress"}
+        given = sorted(taken & body.model_fields_set)
         if given:
             raise InvalidArgumentError(
                 f"{given[0]}: a sandbox restored from a snapshot takes the snapshot's "
-                "template, isolation, cpu and memory_mb; leave them out",
+                "template, isolation, cpu, memory_mb and egress; leave them out",
                 field=given[0],
             )
         svc.create_limiter.take(who.tenant_id)  # only well-formed requests spend a token
@@ -81,6 +83,7 @@ async def create_sandbox(
             timeout_s=body.timeout_s,
             env=body.env,
             metadata=body.metadata,
+            egress=egress,
         )
     )
     return created_out(access)

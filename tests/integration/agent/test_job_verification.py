@@ -50,6 +50,8 @@ class Harness:
     seq: int = 0
     nats_url: str = ""
     cosign_policy: cosign.CosignPolicy = dataclasses.field(default_factory=cosign.CosignPolicy)
+    egress_ceiling: tuple[str, ...] = ()
+    data_plane_url: str = "http://127.0.0.1:1"
 
     def job(self, *, seq: int | None = None, **changes: Any) -> tuple[str, bytes]:
         """A signed create job; ``changes`` override payload fields."""
@@ -94,9 +96,10 @@ class Harness:
             state=state,
             runtime=self.runtime,
             transport=transport,
-            config=AgentConfig(data_plane_url="http://127.0.0.1:1", cpu_total=8,
+            config=AgentConfig(data_plane_url=self.data_plane_url, cpu_total=8,
                                memory_mb_total=8192, heartbeat_interval_s=60,
-                               cosign_policy=self.cosign_policy),
+                               cosign_policy=self.cosign_policy,
+                               egress_ceiling=self.egress_ceiling),
         )
         self.agent = agent
         self.task = asyncio.create_task(agent.run())

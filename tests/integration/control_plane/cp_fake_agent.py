@@ -57,6 +57,7 @@ class FakeAgent:
     nats_url: str
     enrollment_token: str
     templates: tuple[str, ...] = ("base",)
+    runtimes: tuple[str, ...] = ("gvisor",)
     answer: Callable[[Job], Answer | None] = obedient
     result_key: SigningKey | None = None  # sign results with another key (a forgery)
     heartbeats: bool = True
@@ -85,7 +86,7 @@ class FakeAgent:
                     "name": "fake",
                     "public_key": self.key.public_text,
                     "data_plane_url": "http://10.1.2.3:7000",
-                    "runtimes": ["gvisor"],
+                    "runtimes": list(self.runtimes),
                     "templates": list(self.templates),
                     "capacity": {
                         "cpu_total": 8,
@@ -133,6 +134,7 @@ class FakeAgent:
             tenant_id=self.tenant_id,
             templates=self.templates,
             data_plane_url="http://10.1.2.3:7000",
+            runtimes=self.runtimes,
         )
         async with asyncio.timeout(5):
             await self._nc.publish(subjects.heartbeat(self.tenant_id, self.agent_id), data)

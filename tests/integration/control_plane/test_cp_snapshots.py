@@ -10,6 +10,7 @@ import pytest
 from test_cp_sandbox_flows import OPERATOR, control_plane
 
 from byoc_agent.protocol.messages import (
+    CreateSandboxBody,
     DeleteSnapshotBody,
     RestoreSandboxBody,
     SnapshotSandboxBody,
@@ -201,3 +202,45 @@ async def test_a_fork_is_all_or_nothing_and_only_running_sandboxes_snapshot(
         ).status_code == 204
         r = await cp.http.post(f"/v1/sandboxes/{source['id']}/snapshots", headers=auth)
         assert r.status_code == 409, r.text
+
+
+async def test_egress_travels_in_the_create_job_is_shown_and_restores_keep_it(
+    nats_server: NatsServer, database_url: str, tmp_path: Path
+) -> None:
+    """A microVM create sends its egress list in the signed job and the sandbox shows it; a
+    restore and a fork take the source's list (the job carries none: the agent's snapshot
+    has it); a create without one sends a job without the field."""
+    async with control_plane(nats_server, database_url, tmp_path) as cp:
+        tenant_id, auth = await cp.tenant()
+        agent = await cp.agent(tenant_id, runtimes=("gvisor", "qemu-microvm"))
+        egress = ["192.0.2.10:443", "198.51.100.7:5432"]
+        r = await cp.http.post(
+            "/v1/sandboxes", json={**CREATE, "isolation": "microvm", "egress": egress},
+            headers=auth,
+        )
+        assert r.status_code == 201, r.text
+        source = r.json()
+        assert (source["isolation"], source["egress"]) == ("microvm", egress)
+        sent = agent.received[-1].job.body
+        assert isinstance(sent, CreateSandboxBody)
+        assert (sent.isolation, sent.egress) == ("microvm", egress)
+        got = await cp.http.get(f"/v1/sandboxes/{source['id']}", headers=auth)
+        assert got.json()["egress"] == egress
+
+        r = await cp.http.post(f"/v1/sandboxes/{source['id']}/snapshots", headers=auth)
+        snap = r.json()
+        r = await cp.http.post("/v1/sandboxes", json={"snapshot_id": snap["id"]}, headers=auth)
+        assert r.status_code == 201, r.text
+        assert r.json()["egress"] == egress
+        r = await cp.http.post(f"/v1/sandboxes/{source['id']}/fork", json={"count": 2},
+                               headers=auth)  # fmt: skip
+        assert r.status_code == 201, r.text
+        assert [f["egress"] for f in r.json()["items"]] == [egress, egress]
+
+        r = await cp.http.post("/v1/sandboxes", json=CREATE, headers=auth)
+        assert r.status_code == 201, r.text
+        assert r.json()["egress"] == []
+        plain = agent.received[-1].job.body
+        assert isinstance(plain, CreateSandboxBody)
+        assert plain.egress == []
+        assert "egress" not in plain.model_dump(mode="json")

@@ -1,10 +1,15 @@
 """A microVM's network: none by default; with an egress allow-list, the listed destinations
-and nothing else. Every destination here is a listener on 127.0.0.1 that this test starts."""
+and nothing else. Every destination here is a listener this test starts: on 127.0.0.1 for the
+runtime alone, on the host's own non-loopback address for the agent (which never grants
+loopback). Nothing else is contacted."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
+import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,8 +17,13 @@ import pytest
 import pytest_asyncio
 from runtime_factories import MICROVM
 
+from byoc_agent.agent import Agent, AgentConfig
+from byoc_agent.egress import EgressCeiling
+from byoc_agent.protocol import messages, signing, verify
 from byoc_agent.runtimes.base import ExecRequest, Exit, SandboxHandle, SandboxSpec, Stdout
 from byoc_agent.runtimes.qemu_microvm import QemuMicrovmRuntime, guest_address
+from byoc_agent.state import AgentIdentity, AgentStateStore
+from byoc_agent.transport.nats import NatsAgentTransport
 
 pytestmark = [pytest.mark.microvm, pytest.mark.asyncio]
 
@@ -34,12 +44,18 @@ for target in sys.argv[1:]:
 
 
 class Listener:
-    """A TCP listener on 127.0.0.1 that greets, closes, and counts its connections."""
+    """A TCP listener (on 127.0.0.1 unless told) that greets, closes, and counts its
+    connections."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.accepted = 0
         self.server: asyncio.Server | None = None
         self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
     async def start(self) -> None:
         async def greet(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -48,7 +64,7 @@ class Listener:
             await w.drain()
             w.close()
 
-        self.server = await asyncio.start_server(greet, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(greet, self.host, 0)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -144,3 +160,102 @@ async def test_only_listed_destinations_are_reachable_across_pause_and_resume(
         assert other.accepted == 0
     finally:
         await microvm.destroy(handle)
+
+
+def _host_address() -> str | None:
+    """This host's own non-loopback IPv4 address (a UDP "connect" sends nothing), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if ipaddress.IPv4Address(address).is_loopback else address
+
+
+async def test_the_agent_grants_a_sandbox_its_own_list_within_the_ceiling(
+    microvm: QemuMicrovmRuntime, tmp_path: Path
+) -> None:
+    """Both listeners are in the agent's ceiling; the create job asks for A only: the
+    microVM reaches A and not B (through neither a forward nor the gateway). A restore of
+    its snapshot keeps A, and is refused once the ceiling no longer holds A."""
+    host = _host_address()
+    if host is None:
+        pytest.skip("this host has no non-loopback IPv4 address to listen on")
+    a, b = Listener(host), Listener(host)
+    await a.start()
+    await b.start()
+    key = signing.SigningKey.generate()
+    state = AgentStateStore(tmp_path / "agent-state.db")
+    agent = Agent(
+        identity=AgentIdentity("agt-egress", "ten-egress", key.kid, "nats://127.0.0.1:1"),
+        signing_key=key,
+        keyring=verify.Keyring({}),
+        state=state,
+        runtime=microvm,
+        # execute() runs the job and stores its result; publishing it is not needed here
+        # (the agent's NATS path is tested in tests/integration/agent/test_agent_egress.py).
+        transport=NatsAgentTransport("nats://127.0.0.1:1", "ten-egress", "agt-egress"),
+        config=AgentConfig(
+            data_plane_url="http://127.0.0.1:1", cpu_total=2, memory_mb_total=2048,
+            egress_ceiling=(a.address, b.address), snapshots_dir=tmp_path / "snapshots",
+        ),
+    )  # fmt: skip
+    sandbox_id = f"egress-agent-{os.getpid()}"
+    restored_id = f"egress-restored-{os.getpid()}"
+    jobs = iter(range(1, 100))
+
+    def job(body: messages.JobBody) -> messages.Job:
+        seq, now = next(jobs), int(time.time())
+        return messages.Job(
+            job_id=f"job-egress-{os.getpid()}-{seq}", tenant_id="ten-egress",
+            agent_id="agt-egress", iat=now, exp=now + 300, seq=seq, body=body,
+        )  # fmt: skip
+
+    try:
+        result = await agent.execute(job(messages.CreateSandboxBody(
+            sandbox_id=sandbox_id, template="base", cpu=1, memory_mb=256, timeout_s=300,
+            isolation="microvm", egress=[a.address],
+        )))  # fmt: skip
+        assert result.status == "succeeded", result.error
+        handle = agent.running_handle(sandbox_id)
+        mapped = f"{guest_address(0)}:{a.port}"
+        mapping = (await microvm.read_file(handle, "/run/corral/egress")).decode()
+        assert mapping == f"{mapped} {a.address}\n"
+        denied = [
+            f"{guest_address(0)}:{b.port}",
+            f"{guest_address(1)}:{b.port}",
+            f"10.0.2.2:{b.port}",
+        ]
+        seen = await _probe(microvm, handle, mapped, *denied)
+        assert seen[mapped] == f"open {BANNER.decode()}", seen
+        for target in denied:
+            assert seen[target].startswith("refused"), (target, seen)
+        assert (a.accepted, b.accepted) == (1, 0)
+
+        snapshot_id = f"snap-egress-{os.getpid()}"
+        result = await agent.execute(job(messages.SnapshotSandboxBody(
+            sandbox_id=sandbox_id, snapshot_id=snapshot_id)))  # fmt: skip
+        assert result.status == "succeeded", result.error
+        restore = messages.RestoreSandboxBody(
+            sandbox_id=restored_id, snapshot_id=snapshot_id, timeout_s=300, isolation="microvm"
+        )
+        granted = agent.egress
+        agent.egress = EgressCeiling.of([b.address])  # the operator narrowed the ceiling
+        result = await agent.execute(job(restore))
+        assert result.status == "failed"
+        assert result.error is not None
+        assert f"'{a.address}'" in result.error.message
+        assert not microvm.sandbox_dir(restored_id).exists()
+        agent.egress = granted
+        result = await agent.execute(job(restore))
+        assert result.status == "succeeded", result.error
+        seen = await _probe(microvm, agent.running_handle(restored_id), mapped, *denied)
+        assert seen[mapped] == f"open {BANNER.decode()}", seen
+        assert (a.accepted, b.accepted) == (2, 0)
+    finally:
+        await microvm.destroy(SandboxHandle(restored_id, microvm.name, 0.0))
+        await microvm.destroy(SandboxHandle(sandbox_id, microvm.name, 0.0))
+        state.close()
+        await a.stop()
+        await b.stop()

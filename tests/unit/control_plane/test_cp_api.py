@@ -91,6 +91,19 @@ def test_roles_are_enforced_both_ways(client: TestClient) -> None:
         ({"template": "base", "env": {"1BAD": "x"}}, "env.1BAD.[key]"),
         ({"template": "base", "metadata": {str(i): "v" for i in range(65)}}, "metadata"),
         ({}, "template"),
+        ({"template": "base", "isolation": "microvm", "egress": ["localhost:443"]}, "egress"),
+        ({"template": "base", "isolation": "microvm", "egress": ["10.0.0.0/8:443"]}, "egress"),
+        ({"template": "base", "isolation": "microvm", "egress": ["10.0.0.5:0"]}, "egress"),
+        ({"template": "base", "isolation": "microvm", "egress": ["[::1]:443"]}, "egress"),
+        ({"template": "base", "isolation": "microvm", "egress": ["10.0.0.5:1-9"]}, "egress"),
+        ({"template": "base", "isolation": "microvm", "egress": ["10.0.0.5:443"] * 2}, "egress"),
+        ({"template": "base", "isolation": "microvm", "egress": [f"10.0.0.5:{p}" for p in
+                                                                range(1, 18)]}, "egress"),
+        ({"template": "base", "isolation": "microvm", "egress": "10.0.0.5:443"}, "egress"),
+        ({"template": "base", "isolation": "microvm", "egress": [443]}, "egress.0"),
+        ({"template": "base", "egress": ["10.0.0.5:443"]}, "egress"),
+        ({"template": "base", "isolation": "gvisor", "egress": ["10.0.0.5:443"]}, "egress"),
+        ({"snapshot_id": "snap_0123456789abcdef", "egress": ["10.0.0.5:443"]}, "egress"),
     ],
 )
 def test_invalid_sandbox_requests_get_400_naming_the_field(
@@ -129,6 +142,22 @@ def test_creating_a_sandbox_with_no_agent_online_gets_503(client: TestClient) ->
     r = client.post("/v1/sandboxes", json={"template": "base"}, headers=auth)
     assert r.status_code == 503
     assert error_of(r)["code"] == "capacity"
+
+
+def test_a_gvisor_sandbox_asking_for_egress_is_told_to_use_microvm(client: TestClient) -> None:
+    """gVisor sandboxes run without a network: egress there is a 400 that says what to do."""
+    _, auth = new_tenant(client)
+    r = client.post("/v1/sandboxes", json={"template": "base", "egress": ["10.0.0.5:443"]},
+                    headers=auth)  # fmt: skip
+    assert r.status_code == 400
+    assert "isolation=microvm" in error_of(r)["message"]
+    r = client.post("/v1/sandboxes", json={"template": "base", "isolation": "microvm",
+                                           "egress": ["localhost:443"]}, headers=auth)  # fmt: skip
+    assert "'localhost:443'" in error_of(r)["message"]
+    # A well-formed microVM request gets as far as placement (no agent here: 503).
+    r = client.post("/v1/sandboxes", json={"template": "base", "isolation": "microvm",
+                                           "egress": ["10.0.0.5:443"]}, headers=auth)  # fmt: skip
+    assert r.status_code == 503
 
 
 def test_unknown_routes_and_resources_get_json_404(client: TestClient) -> None:

@@ -52,6 +52,15 @@ def test_a_rule_matches_its_kind_above_its_limit_and_fails_closed_on_a_missing_f
     assert cosign.CosignRule("kill_sandbox", "cpu", 100).matches(kill)
 
 
+def test_a_rule_on_a_list_field_counts_its_entries() -> None:
+    """``create_sandbox:egress>0`` holds every create that asks for any network."""
+    rule = cosign.CosignRule.parse("create_sandbox:egress>0")
+    assert not rule.matches(CREATE_JOB.body)  # no egress: the key is not even on the wire
+    with_egress = CREATE_JOB.body.model_copy(update={"egress": ["192.0.2.10:443"]})
+    assert rule.matches(with_egress)
+    assert not cosign.CosignRule("create_sandbox", "egress", 1).matches(with_egress)
+
+
 def test_rules_without_a_customer_key_are_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="no customer public key"):
         cosign.CosignPolicy.from_config([], ["create_sandbox"])

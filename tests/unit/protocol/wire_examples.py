@@ -114,6 +114,19 @@ COSIGNATURE = cosign.Cosignature(
 EXAMPLES: tuple[Example, ...] = (
     Example("job_create_sandbox", CREATE_JOB, messages.JOB_TYP, CONTROL_PLANE_KEY),
     Example(
+        "job_create_sandbox_with_egress",
+        Job(
+            job_id="job-0010", tenant_id=TENANT, agent_id=AGENT, iat=NOW + 60,
+            exp=NOW + 360, seq=10,
+            body=CreateSandboxBody(
+                sandbox_id="sbx-0003", template="base", cpu=1, memory_mb=512, timeout_s=300,
+                isolation="microvm", egress=["192.0.2.10:443", "198.51.100.7:5432"],
+            ),
+        ),
+        messages.JOB_TYP,
+        CONTROL_PLANE_KEY,
+    ),
+    Example(
         "job_kill_sandbox",
         Job(
             job_id="job-0002", tenant_id=TENANT, agent_id=AGENT, iat=NOW + 700,

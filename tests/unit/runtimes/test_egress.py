@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from byoc_agent.egress import EgressCeiling
 from byoc_agent.protocol.errors import InvalidArgumentError
+from byoc_agent.protocol.messages import CreateSandboxBody
 from byoc_agent.runtimes.base import MAX_EGRESS, EgressRule, SandboxSpec, parse_egress
+from byoc_agent.runtimes.firecracker import FirecrackerRuntime
 from byoc_agent.runtimes.gvisor import GVisorRuntime
 from byoc_agent.runtimes.qemu_microvm import QemuMicrovmRuntime, guest_address
 from byoc_agent.settings import AgentSettings
@@ -106,9 +109,6 @@ async def test_microvm_refuses_a_bad_entry_before_starting_anything(tmp_path: Pa
                                  accel="tcg", socket_root=tmp_path / "s")  # fmt: skip
     with pytest.raises(InvalidArgumentError, match="'localhost:80'"):
         await runtime.create(_spec(("localhost:80",)))
-    with pytest.raises(InvalidArgumentError, match="'nope'"):
-        QemuMicrovmRuntime(tmp_path / "state", tmp_path / "templates", qemu="/bin/true",
-                           egress=["nope"])  # fmt: skip
 
 
 def test_agent_setting_is_validated_when_the_agent_starts() -> None:
@@ -119,3 +119,47 @@ def test_agent_setting_is_validated_when_the_agent_starts() -> None:
     assert AgentSettings.from_env({}).microvm_egress == ()
     with pytest.raises(InvalidArgumentError, match=re.escape("'127.0.0.1'")):
         AgentSettings.from_env({"CORRAL_AGENT_MICROVM_EGRESS": "127.0.0.1"})
+
+
+def test_firecracker_refuses_an_allow_list_it_cannot_provide() -> None:
+    """No per-sandbox network in the Firecracker runtime yet: refused, not silently dropped."""
+    with pytest.raises(InvalidArgumentError, match="qemu-microvm"):
+        FirecrackerRuntime._validate(_spec(("192.0.2.10:443",)))
+    FirecrackerRuntime._validate(_spec(()))
+
+
+def test_the_ceiling_grants_listed_entries_normalized_and_nothing_else() -> None:
+    ceiling = EgressCeiling.of(["192.0.2.10:443", "192.0.2.11:5432"])
+    assert ceiling.grant([]) == ()
+    assert ceiling.grant(["192.0.2.11:5432", "192.0.2.10:443"]) == (
+        "192.0.2.11:5432", "192.0.2.10:443",
+    )  # fmt: skip
+    with pytest.raises(InvalidArgumentError, match=r"'192\.0\.2\.10:80'.*operator must allow") as e:
+        ceiling.grant(["192.0.2.10:443", "192.0.2.10:80"], job_id="job-1")
+    assert e.value.fields == {"field": "egress", "job_id": "job-1"}
+    with pytest.raises(InvalidArgumentError, match="'nope'"):
+        ceiling.grant(["nope"])
+    assert EgressCeiling().never_granted() == []
+
+
+def test_host_addresses_in_the_ceiling_are_never_granted_and_named_at_start() -> None:
+    ceiling = EgressCeiling.of(
+        ["127.0.0.1:4222", "169.254.169.254:80", "0.0.0.1:1", "10.0.0.7:8788", "10.0.0.8:443"],
+        own_hosts=["10.0.0.7", "agent.internal", None],
+    )
+    assert [str(r) for r in ceiling.never_granted()] == [
+        "0.0.0.1:1", "10.0.0.7:8788", "127.0.0.1:4222", "169.254.169.254:80",
+    ]  # fmt: skip
+    for entry in ("127.0.0.1:4222", "169.254.169.254:80", "0.0.0.1:1", "10.0.0.7:8788"):
+        with pytest.raises(InvalidArgumentError, match="no sandbox may reach"):
+            ceiling.grant([entry])
+    assert ceiling.grant(["10.0.0.8:443"]) == ("10.0.0.8:443",)
+
+
+def test_the_create_job_omits_an_empty_egress_list() -> None:
+    """Old agents and old golden bytes: a create without egress has no egress key at all."""
+    body = CreateSandboxBody(sandbox_id="sbx-1", template="base", cpu=1, memory_mb=256,
+                             timeout_s=60)  # fmt: skip
+    assert "egress" not in body.model_dump(mode="json")
+    with_list = body.model_copy(update={"egress": ["192.0.2.10:443"]})
+    assert with_list.model_dump(mode="json")["egress"] == ["192.0.2.10:443"]

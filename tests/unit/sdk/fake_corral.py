@@ -80,6 +80,8 @@ class FakeSandbox:
     state: str = "running"
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     polls_until_running: int = 0
+    isolation: str = "gvisor"
+    egress: list[str] = field(default_factory=list)
 
     def wire(self) -> dict[str, object]:
         return {
@@ -90,6 +92,8 @@ class FakeSandbox:
             "memory_mb": self.memory_mb,
             "timeout_s": self.timeout_s,
             "metadata": self.metadata,
+            "isolation": self.isolation,
+            "egress": self.egress,
             "agent_id": "agent-1",
             "created_at": self.created_at.isoformat(),
             "expires_at": (self.created_at + timedelta(seconds=self.timeout_s)).isoformat(),
@@ -179,6 +183,8 @@ class FakeCorral:
             metadata=dict(kwargs.get("metadata", {}) or {}),  # type: ignore[call-overload]
             root=root,
             state=str(kwargs.get("state", "running")),
+            isolation=str(kwargs.get("isolation", "gvisor")),
+            egress=[str(e) for e in kwargs.get("egress", []) or []],  # type: ignore[attr-defined]
         )
         self.sandboxes[sid] = sandbox
         return sandbox
@@ -388,6 +394,8 @@ class FakeCorral:
                 timeout_s=body.get("timeout_s", 300),
                 env=body.get("env") or {},
                 metadata=body.get("metadata") or {},
+                isolation=body.get("isolation") or "gvisor",
+                egress=body.get("egress") or [],
             )
             if self.create_pending_polls:
                 sandbox.state = "pending"

@@ -53,6 +53,18 @@ def test_sandbox_create_prints_only_the_new_id(fake: FakeCorral, runner: CliRunn
     assert stored.state == "running"
 
 
+def test_sandbox_create_passes_each_egress_option_on(fake: FakeCorral, runner: CliRunner) -> None:
+    """--egress is repeatable; the list reaches the API in order, with the isolation."""
+    result = runner.invoke(
+        app,
+        ["sandbox", "create", "--isolation", "microvm",
+         "--egress", "10.0.0.5:443", "--egress", "10.0.0.6:5432"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stored = fake.sandboxes[result.stdout.strip()]
+    assert (stored.isolation, stored.egress) == ("microvm", ["10.0.0.5:443", "10.0.0.6:5432"])
+
+
 def test_sandbox_create_rejects_a_malformed_pair(fake: FakeCorral, runner: CliRunner) -> None:
     """--env without '=' is a usage error naming the option."""
     result = runner.invoke(app, ["sandbox", "create", "--env", "NOEQUALS"])

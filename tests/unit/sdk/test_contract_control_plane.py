@@ -146,3 +146,23 @@ def test_snapshot_calls_agree_with_the_real_api_on_shapes_and_errors(
         delete_snapshot("snap_0123456789abcdef", **auth)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="snapshot id"):
         Sandbox.create(snapshot="../etc", **auth)  # type: ignore[arg-type]
+
+
+def test_egress_is_checked_by_the_real_api_before_any_agent_is_asked(
+    admin: AdminClient, control_plane_url: str
+) -> None:
+    """A malformed entry, egress on a gVisor sandbox and egress beside a snapshot are 400s
+    naming the egress field."""
+    key = admin.create_tenant("contract-egress").api_key.key
+    auth = {"api_key": key, "api_url": control_plane_url}
+    with pytest.raises(InvalidArgumentError, match="'localhost:80'") as bad:
+        Sandbox.create(isolation="microvm", egress=["localhost:80"], **auth)  # type: ignore[arg-type]
+    assert bad.value.field == "egress"
+    with pytest.raises(InvalidArgumentError, match="isolation=microvm") as gvisor:
+        Sandbox.create(egress=["192.0.2.10:443"], **auth)  # type: ignore[arg-type]
+    assert gvisor.value.field == "egress"
+    with pytest.raises(InvalidArgumentError, match="snapshot's") as restore:
+        Sandbox.create(
+            snapshot="snap_0123456789abcdef", egress=["192.0.2.10:443"], **auth  # type: ignore[arg-type]
+        )
+    assert restore.value.field == "egress"

@@ -202,3 +202,22 @@ def test_config_rejects_a_url_without_a_scheme() -> None:
     with pytest.raises(InvalidArgumentError) as info:
         ConnectionConfig.resolve(api_key="k", api_url="corral.example.com")
     assert info.value.field == "api_url"
+
+
+def test_create_sends_the_egress_list_and_reports_it_back(fake: FakeCorral) -> None:
+    """egress goes to the control plane as a list and comes back on the sandbox's info."""
+    egress = ["192.0.2.10:443", "192.0.2.11:5432"]
+    with Sandbox.create(isolation="microvm", egress=egress) as sb:
+        stored = fake.sandboxes[sb.id]
+        assert (stored.isolation, stored.egress) == ("microvm", egress)
+        assert sb.info.egress == tuple(egress)
+    with Sandbox.create() as plain:
+        assert fake.sandboxes[plain.id].egress == []
+        assert plain.info.egress == ()
+
+
+def test_create_refuses_one_string_as_the_egress_list(fake: FakeCorral) -> None:
+    """A bare "a.b.c.d:port" string is a mistake, not a list of one-character entries."""
+    with pytest.raises(InvalidArgumentError, match="list"):
+        Sandbox.create(isolation="microvm", egress="192.0.2.10:443")
+    assert fake.requests("control", "/v1/sandboxes") == []
