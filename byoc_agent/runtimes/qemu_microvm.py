@@ -28,6 +28,7 @@ relay (``busybox nc``) to the real destination. The guest finds the mapping in
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -50,6 +51,7 @@ from byoc_agent.protocol.errors import (
     CorralError,
     FileNotFoundInSandboxError,
     InvalidArgumentError,
+    RetryableError,
     SandboxNotRunningError,
 )
 from byoc_agent.runtimes.base import (
@@ -193,6 +195,8 @@ class QemuMicrovmRuntime:
         self._socket_root = socket_root or Path("/run/corral-microvm") / digest
         self._channels: dict[str, GuestChannel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Commands from exec() still running, per sandbox: a pause waits for none of them.
+        self._commands: collections.Counter[str] = collections.Counter()
 
     # ---- helpers -----------------------------------------------------------------
 
@@ -536,6 +540,8 @@ class QemuMicrovmRuntime:
         env = {**self._spec_env(handle), **request.env}
         rid, queue = channel.open()
         finished = False
+        sid = handle.sandbox_id
+        self._commands[sid] += 1
         try:
             await channel.send(
                 rid,
@@ -584,6 +590,9 @@ class QemuMicrovmRuntime:
                 f"sandbox {handle.sandbox_id} stopped", sandbox_id=handle.sandbox_id
             ) from None
         finally:
+            self._commands[sid] -= 1
+            if self._commands[sid] <= 0:
+                del self._commands[sid]
             channel.release(rid)
             if not finished and not channel.closed:
                 with contextlib.suppress(ChannelClosed):
@@ -744,10 +753,23 @@ class QemuMicrovmRuntime:
         return channel
 
     async def pause(self, handle: SandboxHandle) -> None:
+        """Save the VM's state into ``paused/`` and stop QEMU. Refused (retryable) while a
+        command started through ``exec`` still runs, as on gVisor."""
         paths = self._paths(handle.sandbox_id)
         await self._channel(handle)  # raises unless running
         started = time.monotonic()
         async with self._lock(handle.sandbox_id):
+            # The command's output streams over the guest channel, which the pause closes:
+            # its caller would lose the stream and the exit code while the process lived on.
+            running = self._commands[handle.sandbox_id]
+            if running:
+                raise RetryableError(
+                    f"{running} command(s) started through the API still run in sandbox "
+                    f"{handle.sandbox_id}; a pause cannot keep their connections: wait for "
+                    "them or kill them first (start processes that must outlive a pause "
+                    "detached: nohup ... &)",
+                    sandbox_id=handle.sandbox_id,
+                )
             await self._save_memory(handle, paths.paused)
             channel = self._channels.pop(handle.sandbox_id, None)
             if channel is not None:
