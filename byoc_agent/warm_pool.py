@@ -32,7 +32,13 @@ from pathlib import Path
 import structlog
 
 from byoc_agent.protocol.errors import CorralError, InvalidArgumentError
-from byoc_agent.runtimes.base import Adopting, Runtime, SandboxHandle, SandboxSpec
+from byoc_agent.runtimes.base import (
+    Adopting,
+    PreparingAdoption,
+    Runtime,
+    SandboxHandle,
+    SandboxSpec,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -266,6 +272,13 @@ class WarmPool:
             self.stats.start_failures += 1
             log.warning("warm_pool_start_failed", pool_id=pool_id, key=str(key), error=str(e))
             return False
+        else:
+            if isinstance(self._runtime, PreparingAdoption):
+                # Before the member counts as ready: work done now is not done at take time.
+                try:
+                    await self._runtime.prepare_adoption(handle)
+                except Exception:  # only a slower take: the member still serves
+                    log.exception("warm_pool_prepare_failed", pool_id=pool_id, key=str(key))
         finally:
             self._starting.pop(pool_id, None)
         if self._closed:
