@@ -446,8 +446,11 @@ class GVisorRuntime:
                 "-F",
                 "-m",
                 "0",
+                # No journal; no blocks reserved for growing it online (resize_inode:
+                # ~4 MiB written per 10 GiB disk, ~15 ms of every create and restore), as
+                # a sandbox's disk never grows.
                 "-O",
-                "^has_journal",
+                "^has_journal,^resize_inode",
                 "-E",
                 "lazy_itable_init=1,nodiscard",
                 str(paths.disk_image),
