@@ -4,7 +4,9 @@ A pool member is an ordinary sandbox of the agent's runtime, started under an id
 pool's own (``pool-<hex>``). A create that matches a ready member *takes* it: the runtime
 adopts it (hostname = the requested sandbox id, a fresh machine-id and random seed, the
 create's env for later execs) and the agent records the member's handle under the requested
-sandbox id. The pool then starts a replacement in the background.
+sandbox id. The pool then starts a replacement in the background. A runtime that can do part
+of the adoption ahead (:class:`~byoc_agent.runtimes.base.PreparingAdoption`; gVisor starts
+an identity helper in the member) does it before the member counts as ready.
 
 Accounting: members are not sandboxes of any customer. They have no ``SandboxRecord``, so
 they are not metered (billing starts at take time, when the record is written) and not
