@@ -9,12 +9,21 @@ Three comparisons (issue 7, point 6), runtime level (no control plane, no NATS o
   arguments, same accelerator.
 * **restore vs cold create**: ``runtime.restore(spec, snapshot)`` against
   ``runtime.create(spec)``, for gVisor and for the microVM (one snapshot taken first).
-  Target: restore <= 0.5x cold create.
+  Target: restore <= 0.5x cold create. For gVisor, also the floor under it: raw
+  ``runsc restore -detach`` to the first successful ``exec /bin/true`` against raw
+  ``runsc run -detach`` to the same (:mod:`bench.raw_runsc`; one raw checkpoint of an idle
+  sandbox taken first; bundle preparation untimed on both sides).
 * **warm pool**: a :class:`~byoc_agent.warm_pool.WarmPool` take (adopt: hostname,
   machine-id, env) plus the first ``exec /bin/true``, against raw ``runsc run -detach`` to
   the first successful ``runsc exec /bin/true`` (:mod:`bench.raw_runsc`). Target:
-  <= 0.3x raw cold start. The pool refills between samples (untimed). For information, the
-  same for a microVM pool against the raw QEMU boot of the first comparison.
+  <= 0.3x raw cold start. The pool refills between samples (untimed), and both sides'
+  samples start only once the pool is full and settled, so no refill runs beside either.
+  For information, the same for a microVM pool against the raw QEMU boot of the first
+  comparison.
+
+Corral-side sandbox ids look like the control plane's (``sb_<hex>``): an id's ``_`` decides
+how the new hostname can be set inside gVisor (Debian's ``hostname`` refuses it), so a
+made-up id without one would measure a cheaper path than production takes.
 
 Samples are interleaved (raw, Corral, raw, Corral...) so both sides see the same load;
 medians are reported. Run as root from the repository root::
@@ -32,6 +41,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +89,11 @@ class Comparison:
         a, b = self.labels
         return [self.name, row(a, self.corral), row(b, self.raw),
                 f"  ratio {a}/{b} = {self.ratio:.2f}{verdict}"]  # fmt: skip
+
+
+def sandbox_id() -> str:
+    """An id shaped like the control plane's (``sb_`` + hex)."""
+    return f"sb_{uuid.uuid4().hex[:20]}"
 
 
 def spec(sandbox_id: str, isolation: str, env: dict[str, str] | None = None) -> SandboxSpec:
@@ -144,13 +159,13 @@ async def bench_restore(runtime: Runtime, isolation: str, work: Path, runs: int)
         await runtime.destroy(source)
     cold: list[float] = []
     restored: list[float] = []
-    for i in range(runs):
+    for _ in range(runs):
         started = time.perf_counter()
-        h = await runtime.create(spec(f"bench-cold-{isolation}-{i}", isolation))
+        h = await runtime.create(spec(sandbox_id(), isolation))
         cold.append(time.perf_counter() - started)
         await runtime.destroy(h)
         started = time.perf_counter()
-        h = await runtime.restore(spec(f"bench-rest-{isolation}-{i}", isolation), snap)
+        h = await runtime.restore(spec(sandbox_id(), isolation), snap)
         restored.append(time.perf_counter() - started)
         await runtime.destroy(h)
     shutil.rmtree(snap, ignore_errors=True)
@@ -158,18 +173,55 @@ async def bench_restore(runtime: Runtime, isolation: str, work: Path, runs: int)
                       ("restore", "cold create"))  # fmt: skip
 
 
+def bench_restore_floor(templates: Path, work: Path, runs: int) -> Comparison:
+    """Raw runsc, no Corral: restore of an idle sandbox's checkpoint vs a cold run, each to
+    its first successful exec. What gVisor itself allows a restore to gain over a start."""
+    template = template_rootfs(templates, "base")
+    runsc = shutil.which("runsc")
+    assert runsc is not None
+    rs = raw_runsc.RawRunsc(runsc=runsc, root=work / "raw-floor")
+    image = work / "raw-floor-image"
+    src = raw_runsc.prepare_bundle(work, template, "floor-src")
+    try:
+        raw_runsc.start_to_first_exec(rs, src)
+        time.sleep(0.5)  # idle, as the Corral side's snapshot source
+        raw_runsc.checkpoint(rs, src, image)
+    finally:
+        raw_runsc.teardown(rs, src)
+    cold: list[float] = []
+    restored: list[float] = []
+    try:
+        for i in range(runs):
+            for out, img in ((cold, None), (restored, image)):
+                kind = "run" if img is None else "restore"
+                b = raw_runsc.prepare_bundle(work, template, f"floor-{i}-{kind}")
+                try:
+                    out.append(raw_runsc.start_to_first_exec(rs, b, image=img))
+                finally:
+                    raw_runsc.teardown(rs, b)
+    finally:
+        shutil.rmtree(image, ignore_errors=True)
+        raw_runsc_cleanup()
+    return Comparison("gVisor floor: raw runsc restore + first exec vs raw runsc run + first exec",
+                      restored, cold, RESTORE_TARGET, ("raw restore", "raw run"))  # fmt: skip
+
+
 # ---- (c) warm-pool create -> first exec vs a raw cold start -------------------------------
-async def take_and_exec(pool: WarmPool, runtime: Runtime, key: PoolKey, i: int) -> float:
-    """Wait (untimed) for a ready member, then time take (adopt) + the first exec."""
+async def pool_settled(pool: WarmPool, key: PoolKey) -> None:
+    """Wait (untimed) until the pool holds a ready member and its start has settled."""
     deadline = time.monotonic() + 180
     while not pool.ready(key):
         if time.monotonic() > deadline:
             raise RuntimeError("the pool did not refill within 180 s")
         await asyncio.sleep(0.02)
-    await asyncio.sleep(0.5)  # let the refill's own start settle before timing
+    await asyncio.sleep(0.5)
+
+
+async def take_and_exec(pool: WarmPool, runtime: Runtime, key: PoolKey) -> float:
+    """Wait (untimed) for a ready member, then time take (adopt) + the first exec."""
+    await pool_settled(pool, key)
     started = time.perf_counter()
-    handle = await pool.take(spec(f"bench-pool-{key.isolation}-{i}", key.isolation,
-                                  {"BENCH": "1"}))  # fmt: skip
+    handle = await pool.take(spec(sandbox_id(), key.isolation, {"BENCH": "1"}))
     assert handle is not None, "pool miss"
     await first_exec(runtime, handle)
     elapsed = time.perf_counter() - started
@@ -192,11 +244,12 @@ async def bench_pool(runtime: GVisorRuntime, templates: Path, work: Path,
     try:
         for i in range(runs):
             b = await asyncio.to_thread(raw_runsc.prepare_bundle, work, template, f"raw-{i}")
+            await pool_settled(pool, key)  # no refill beside the raw sample either
             try:
                 raw.append(await asyncio.to_thread(raw_runsc.start_to_first_exec, rs, b))
             finally:
                 await asyncio.to_thread(raw_runsc.teardown, rs, b)
-            corral.append(await take_and_exec(pool, runtime, key, i))
+            corral.append(await take_and_exec(pool, runtime, key))
     finally:
         filler.cancel()
         await pool.close()
@@ -216,10 +269,10 @@ async def bench_pool_microvm(vm: QemuMicrovmRuntime, cache: Path, templates: Pat
     corral: list[float] = []
     raw: list[float] = []
     try:
-        for i in range(runs):
+        for _ in range(runs):
             raw.append(await asyncio.to_thread(raw_qemu_boot, vm, boot.kernel, boot.initrd,
                                                accel))  # fmt: skip
-            corral.append(await take_and_exec(pool, vm, key, i))
+            corral.append(await take_and_exec(pool, vm, key))
     finally:
         filler.cancel()
         await pool.close()
@@ -249,6 +302,8 @@ async def main_async(args: argparse.Namespace) -> list[Comparison]:
             print("\n".join(out[-1].lines()), flush=True)
         if "restore" in only:
             out.append(await bench_restore(gv, "gvisor", work, args.runs))
+            print("\n".join(out[-1].lines()), flush=True)
+            out.append(await asyncio.to_thread(bench_restore_floor, templates, work, args.runs))
             print("\n".join(out[-1].lines()), flush=True)
             if vm is not None:
                 out.append(await bench_restore(vm, "microvm", work, args.microvm_runs))

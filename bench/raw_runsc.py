@@ -84,12 +84,16 @@ def prepare_bundle(work: Path, template: Path, sandbox_id: str, *, cpu: int = 1)
     return RawBundle(sandbox_id, d, bundle, rootfs)
 
 
-def start_to_first_exec(rs: RawRunsc, b: RawBundle, deadline_s: float = 30.0) -> float:
-    """Seconds from ``runsc run -detach`` to the first successful ``exec /bin/true``."""
+def start_to_first_exec(
+    rs: RawRunsc, b: RawBundle, deadline_s: float = 30.0, *, image: Path | None = None
+) -> float:
+    """Seconds from ``runsc run -detach`` (with ``image``: ``runsc restore -detach`` from
+    that checkpoint) to the first successful ``exec /bin/true``."""
+    verb = ["run"] if image is None else ["restore", "--image-path", str(image)]
     started = time.perf_counter()
     with (b.dir / "runsc.log").open("ab") as log:
         subprocess.run(
-            rs.argv("run", "-detach", "--bundle", str(b.bundle), b.sandbox_id),
+            rs.argv(*verb, "-detach", "--bundle", str(b.bundle), b.sandbox_id),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -107,6 +111,24 @@ def start_to_first_exec(rs: RawRunsc, b: RawBundle, deadline_s: float = 30.0) ->
             return time.perf_counter() - started
         if time.perf_counter() - started > deadline_s:
             raise RuntimeError(f"no successful exec within {deadline_s} s: {done.stderr!r}")
+
+
+def checkpoint(rs: RawRunsc, b: RawBundle, image: Path) -> None:
+    """``runsc checkpoint`` a running sandbox into ``image`` (it stops), then delete it."""
+    image.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        rs.argv("checkpoint", "--image-path", str(image), b.sandbox_id),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    subprocess.run(
+        rs.argv("delete", "-force", b.sandbox_id),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 def exec_true(rs: RawRunsc, sandbox_id: str) -> float:

@@ -4,7 +4,9 @@ A pool member is an ordinary sandbox of the agent's runtime, started under an id
 pool's own (``pool-<hex>``). A create that matches a ready member *takes* it: the runtime
 adopts it (hostname = the requested sandbox id, a fresh machine-id and random seed, the
 create's env for later execs) and the agent records the member's handle under the requested
-sandbox id. The pool then starts a replacement in the background.
+sandbox id. The pool then starts a replacement in the background. A runtime that can do part
+of the adoption ahead (:class:`~byoc_agent.runtimes.base.PreparingAdoption`; gVisor starts
+an identity helper in the member) does it before the member counts as ready.
 
 Accounting: members are not sandboxes of any customer. They have no ``SandboxRecord``, so
 they are not metered (billing starts at take time, when the record is written) and not
@@ -32,7 +34,13 @@ from pathlib import Path
 import structlog
 
 from byoc_agent.protocol.errors import CorralError, InvalidArgumentError
-from byoc_agent.runtimes.base import Adopting, Runtime, SandboxHandle, SandboxSpec
+from byoc_agent.runtimes.base import (
+    Adopting,
+    PreparingAdoption,
+    Runtime,
+    SandboxHandle,
+    SandboxSpec,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -266,6 +274,13 @@ class WarmPool:
             self.stats.start_failures += 1
             log.warning("warm_pool_start_failed", pool_id=pool_id, key=str(key), error=str(e))
             return False
+        else:
+            if isinstance(self._runtime, PreparingAdoption):
+                # Before the member counts as ready: work done now is not done at take time.
+                try:
+                    await self._runtime.prepare_adoption(handle)
+                except Exception:  # only a slower take: the member still serves
+                    log.exception("warm_pool_prepare_failed", pool_id=pool_id, key=str(key))
         finally:
             self._starting.pop(pool_id, None)
         if self._closed:

@@ -324,3 +324,17 @@ class Adopting(Protocol):
 
         Raises SandboxNotRunningError if it is gone (the pool then starts a fresh one)."""
         ...
+
+
+@runtime_checkable
+class PreparingAdoption(Protocol):
+    """A runtime that can make a later ``adopt`` cheaper once a pool member is up.
+
+    The warm pool calls ``prepare_adoption`` on each member before it counts as ready, off
+    the create path; the runtime may then do at take time only what depends on the request.
+    """
+
+    async def prepare_adoption(self, handle: SandboxHandle) -> None:
+        """Get ``handle`` (a pool member, no customer's yet) ready to be adopted fast.
+        Never raises for a member that still runs: ``adopt`` then takes the slow path."""
+        ...

@@ -56,6 +56,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import platform
 import re
 import shutil
 import time
@@ -114,6 +115,33 @@ _KILLED_EXIT = 137  # ``timeout -s KILL`` exits 128 + 9 when the command ran out
 _RUNSC_FAILED = 128  # runsc exec's own failures (no such sandbox, no such cwd, ...)
 _PID_FILE_WAIT_S = 5.0  # how long a kill waits for runsc exec to name the command's pid
 _ADOPTED_ENV = "adopted-env.json"  # the env a warm-pool member was given when it was taken
+# A restored copy's or an adopted pool member's own identity (hostname, /etc/hostname,
+# /etc/machine-id) in one process inside the sandbox: perl (perl-base is Essential in every
+# Debian template) starts in a few ms under ptrace and, unlike Debian's hostname(1), takes
+# the "_" of every Corral sandbox id ("sb_..."), for which the shell fallback below has to
+# start python3. With no arguments it first says "ready" and then reads "hostname
+# machine-id" from stdin: a warm-pool member's helper, started before the take.
+_SETHOSTNAME_NR = {"x86_64": 170, "aarch64": 161}.get(platform.machine())
+_PERL = "/usr/bin/perl"
+_IDENTITY_PERL = (
+    "$| = 1; my ($h, $m) = @ARGV;"
+    ' if (!defined $m) { print "ready\n"; local $/; ($h, $m) = split " ", (<STDIN> // ""); }'
+    ' defined $m or die "no identity given\n";'
+    ' syscall(%d, $h, length $h) == 0 or die "sethostname: $!\n";'
+    ' for (["/etc/hostname", $h], ["/etc/machine-id", $m]) {'
+    ' open(my $f, ">", $_->[0]) or die "$_->[0]: $!\n"; print $f "$_->[1]\n";'
+    ' close $f or die "$_->[0]: $!\n"; }'
+)
+# Without perl: hostname(1), or python's sethostname(2) for names hostname(1) refuses. The
+# machine-id comes from the host: this runsc has no /proc/sys/kernel/random/uuid, and a
+# pipeline from it wrote an empty id.
+_IDENTITY_SH = (
+    '{ hostname "$1" 2>/dev/null || '
+    "python3 -c 'import socket, sys; socket.sethostname(sys.argv[1])' \"$1\"; } && "
+    'echo "$1" > /etc/hostname && '
+    "printf '%s\\n' \"$2\" > /etc/machine-id"
+)
+_HELPER_ANSWER_S = 10.0  # an identity helper that takes longer to apply a take is broken
 _BASE_ENV: Mapping[str, str] = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": _HOME,
@@ -286,6 +314,8 @@ class GVisorRuntime:
         self._exec_grace_s = exec_grace_s
         self._locks: dict[str, asyncio.Lock] = {}
         self._adopted_env: dict[str, dict[str, str]] = {}
+        # Warm-pool members' identity helpers (``prepare_adoption``), until taken or destroyed.
+        self._identity_helpers: dict[str, asyncio.subprocess.Process] = {}
 
     # ---- helpers -----------------------------------------------------------------
 
@@ -416,8 +446,11 @@ class GVisorRuntime:
                 "-F",
                 "-m",
                 "0",
+                # No journal; no blocks reserved for growing it online (resize_inode:
+                # ~4 MiB written per 10 GiB disk, ~15 ms of every create and restore), as
+                # a sandbox's disk never grows.
                 "-O",
-                "^has_journal",
+                "^has_journal,^resize_inode",
                 "-E",
                 "lazy_itable_init=1,nodiscard",
                 str(paths.disk_image),
@@ -545,6 +578,9 @@ class GVisorRuntime:
     async def _teardown(self, sandbox_id: str, paths: _Paths) -> None:
         await self._runsc_call(["kill", sandbox_id, "KILL"], self._stop_timeout_s)
         await self._runsc_call(["delete", "-force", sandbox_id], self._stop_timeout_s)
+        helper = self._identity_helpers.pop(sandbox_id, None)
+        if helper is not None:
+            await _end_helper(helper)
         await self._unmount(paths.rootfs)
         await self._unmount(paths.disk)  # the loop device goes with it (autoclear)
         await self._remove_cgroups(sandbox_id)
@@ -655,6 +691,9 @@ class GVisorRuntime:
                 "(start processes that must outlive a pause detached: nohup ... &)",
                 sandbox_id=sid,
             )
+        helper = self._identity_helpers.pop(sid, None)
+        if helper is not None:  # a pool member's pipe would not survive either: let it go
+            await _end_helper(helper)
         synced = await self._helper(handle, "sync", "/")
         if synced.exit_code != 0:
             raise CorralError("sync before checkpoint failed", sandbox_id=sid)
@@ -692,6 +731,8 @@ class GVisorRuntime:
                     f"sandbox {handle.sandbox_id} is not paused", sandbox_id=handle.sandbox_id
                 )
             await self._start(handle.sandbox_id, paths, image=paused)
+            # runsc made the cgroups afresh: pids.max is ours to set again, as at create.
+            await asyncio.to_thread(self._limit_pids, handle.sandbox_id)
             await self._wait_ready(handle.sandbox_id)
             await asyncio.to_thread(shutil.rmtree, paused, True)
         log.info("sandbox_resumed", sandbox_id=handle.sandbox_id,
@@ -716,6 +757,7 @@ class GVisorRuntime:
                     await asyncio.to_thread((dest / SNAPSHOT_META).write_text, json.dumps(meta))
                 finally:
                     await self._start(sid, paths, image=dest / _CHECKPOINT_DIR)
+                    await asyncio.to_thread(self._limit_pids, sid)
                     await self._wait_ready(sid)
             except BaseException:
                 await asyncio.to_thread(shutil.rmtree, dest, True)
@@ -740,8 +782,9 @@ class GVisorRuntime:
                 await asyncio.to_thread(self._prepare_restore, spec, paths, meta["config"])
                 await self._mount(lower, paths, upper_from=source / "upper")
                 await self._start(spec.sandbox_id, paths, image=source / _CHECKPOINT_DIR)
-                await self._wait_ready(spec.sandbox_id)
-                await self._become(spec.sandbox_id)
+                await asyncio.to_thread(self._limit_pids, spec.sandbox_id)
+                # The identity exec is also the readiness probe (retried like _wait_ready).
+                await self._become(spec.sandbox_id, until_ready=True)
             except BaseException:
                 await asyncio.shield(self._teardown(spec.sandbox_id, paths))
                 raise
@@ -769,46 +812,108 @@ class GVisorRuntime:
         own = dataclasses.replace(spec, cpu=max(cpu, 1), memory_mb=memory_mb)
         self._prepare_bundle(own, paths)
 
-    async def _become(self, sandbox_id: str, hostname: str | None = None) -> None:
-        """A restored copy's (or an adopted pool member's) own identity. Randomness needs
-        nothing: gVisor reads it from the host kernel on every request and keeps no pool
-        that a checkpoint could copy."""
-        # Debian's hostname(1) refuses "_", which every Corral sandbox id has ("sb_..."); the
-        # kernel does not, so python's sethostname(2) is the fallback (as at create, where the
-        # OCI spec sets the same name).
-        script = (
-            '{ hostname "$1" 2>/dev/null || '
-            "python3 -c 'import socket, sys; socket.sethostname(sys.argv[1])' \"$1\"; } && "
-            'echo "$1" > /etc/hostname && '
-            # The machine-id comes from the host: this runsc has no
-            # /proc/sys/kernel/random/uuid, and a pipeline from it wrote an empty id.
-            "printf '%s\\n' \"$2\" > /etc/machine-id"
-        )
-        done = await self._runsc_call(
-            ["exec", "--cap", "CAP_SYS_ADMIN", sandbox_id, "/bin/sh", "-c", script, "sh",
-             hostname or sandbox_id, uuid.uuid4().hex],
-            self._start_timeout_s,
+    async def _become(
+        self, sandbox_id: str, hostname: str | None = None, *, until_ready: bool = False
+    ) -> None:
+        """A restored copy's (or an adopted pool member's) own identity: hostname,
+        /etc/hostname and a fresh machine-id, in one ``runsc exec --cap CAP_SYS_ADMIN``.
+        Randomness needs nothing: gVisor reads it from the host kernel on every request and
+        keeps no pool that a checkpoint could copy. ``until_ready``: retried until the
+        sandbox accepts commands (after a restore, in place of a separate readiness probe);
+        the script is idempotent."""
+        name, machine_id = hostname or sandbox_id, uuid.uuid4().hex
+        attempts = [["/bin/sh", "-c", _IDENTITY_SH, "sh", name, machine_id]]
+        if _SETHOSTNAME_NR is not None:
+            attempts.insert(0, [_PERL, "-e", _IDENTITY_PERL % _SETHOSTNAME_NR, name, machine_id])
+        deadline = time.monotonic() + self._start_timeout_s
+        while True:
+            for argv in attempts:
+                done = await self._runsc_call(
+                    ["exec", "--cap", "CAP_SYS_ADMIN", sandbox_id, *argv], self._start_timeout_s
+                )
+                if done.exit_code == 0:
+                    return
+            if not until_ready or time.monotonic() > deadline:
+                raise CorralError(
+                    f"could not give the sandbox its own identity: "
+                    f"{done.stderr.decode(errors='replace')[-300:]}",
+                    sandbox_id=sandbox_id,
+                )
+            await asyncio.sleep(0.02)
+
+    async def prepare_adoption(self, handle: SandboxHandle) -> None:
+        """Start a warm-pool member's identity helper (``_IDENTITY_PERL`` without arguments,
+        through ``runsc exec --cap CAP_SYS_ADMIN``) and wait until it says it is ready.
+
+        A take then costs a write to its stdin and its exit, not a ``runsc exec`` that starts
+        a process under ptrace. The helper only ever reads the agent's pipe: it ends at the
+        take, or when the pipe closes (the member is destroyed, the agent goes away), so no
+        privileged process of ours outlives the member's time in the pool. Any failure here
+        leaves the member without a helper: ``adopt`` then takes the ``runsc exec`` path."""
+        sid = handle.sandbox_id
+        if _SETHOSTNAME_NR is None or sid in self._identity_helpers:
+            return
+        await self._require_running(handle)
+        proc = await asyncio.create_subprocess_exec(
+            *self._flags(), "exec", "--cap", "CAP_SYS_ADMIN", sid,
+            _PERL, "-e", _IDENTITY_PERL % _SETHOSTNAME_NR,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        if done.exit_code != 0:
-            raise CorralError(
-                f"could not give the sandbox its own identity: "
-                f"{done.stderr.decode(errors='replace')[-300:]}",
-                sandbox_id=sandbox_id,
-            )
+        assert proc.stdout is not None
+        line = b""
+        with contextlib.suppress(TimeoutError, OSError):
+            async with asyncio.timeout(self._start_timeout_s):
+                line = await proc.stdout.readline()
+        if line != b"ready\n":
+            await _end_helper(proc)
+            log.warning("identity_helper_failed", sandbox_id=sid, said=line[-200:].decode(
+                errors="replace"))  # fmt: skip
+            return
+        self._identity_helpers[sid] = proc
+
+    async def _adopt_through_helper(
+        self, sid: str, helper: asyncio.subprocess.Process, hostname: str
+    ) -> bool:
+        """Hand the new identity to a member's helper. False: it failed before changing
+        anything lasting (the caller falls back to an exec); raises if it hangs (the
+        member is then destroyed: a privileged process might still run in it)."""
+        try:
+            async with asyncio.timeout(_HELPER_ANSWER_S):
+                _, err = await helper.communicate(f"{hostname} {uuid.uuid4().hex}\n".encode())
+        except TimeoutError:
+            await _end_helper(helper)
+            raise CorralError("the identity helper did not answer", sandbox_id=sid) from None
+        except (BrokenPipeError, ConnectionResetError):
+            await _end_helper(helper)
+            return False
+        if helper.returncode == 0:
+            return True
+        log.warning("identity_helper_failed", sandbox_id=sid, code=helper.returncode,
+                    stderr=err[-200:].decode(errors="replace"))  # fmt: skip
+        return False
 
     async def adopt(self, handle: SandboxHandle, spec: SandboxSpec) -> None:
         """Make a warm-pool member the sandbox ``spec`` asks for: its hostname and a fresh
-        machine-id (exec with CAP_SYS_ADMIN), and ``spec.env`` for later execs. The env of
-        the OCI config (what ``runsc exec`` starts from) was fixed when the member started,
-        so the adopted env is kept in the sandbox directory and passed on every exec."""
+        machine-id (through the helper ``prepare_adoption`` started, else an exec with
+        CAP_SYS_ADMIN), and ``spec.env`` for later execs. The env of the OCI config (what
+        ``runsc exec`` starts from) was fixed when the member started, so the adopted env
+        is kept in the sandbox directory and passed on every exec."""
         _validate_env(spec.env)
         paths = await self._require_running(handle)
-        async with self._lock(handle.sandbox_id):
+        sid = handle.sandbox_id
+        async with self._lock(sid):
             await asyncio.to_thread(
                 (paths.dir / _ADOPTED_ENV).write_text, json.dumps(dict(spec.env))
             )
-            self._adopted_env[handle.sandbox_id] = dict(spec.env)
-            await self._become(handle.sandbox_id, hostname=spec.sandbox_id)
+            self._adopted_env[sid] = dict(spec.env)
+            helper = self._identity_helpers.pop(sid, None)
+            if helper is not None and await self._adopt_through_helper(
+                sid, helper, spec.sandbox_id
+            ):
+                return
+            await self._become(sid, hostname=spec.sandbox_id)
 
     def _env_of(self, paths: _Paths) -> dict[str, str]:
         """The env an adopted sandbox was given (empty for a sandbox started as itself)."""
@@ -1311,3 +1416,18 @@ async def _read_all(stream: asyncio.StreamReader) -> bytes:
 
 async def _nothing() -> None:
     return None
+
+
+async def _end_helper(proc: asyncio.subprocess.Process) -> None:
+    """End an identity helper: close its stdin (it exits without changing anything), then
+    kill the host-side ``runsc exec`` if it lingers."""
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    try:
+        async with asyncio.timeout(5.0):
+            await proc.communicate()
+    except (TimeoutError, OSError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()

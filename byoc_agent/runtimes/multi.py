@@ -17,6 +17,7 @@ from byoc_agent.runtimes.base import (
     ExecRequest,
     FileInfo,
     Liveness,
+    PreparingAdoption,
     Runtime,
     SandboxHandle,
     SandboxSpec,
@@ -112,6 +113,11 @@ class RuntimeSet:
         if not isinstance(runtime, Adopting):
             raise InvalidArgumentError(f"runtime {runtime.name} cannot adopt pool members")
         await runtime.adopt(handle, spec)
+
+    async def prepare_adoption(self, handle: SandboxHandle) -> None:
+        runtime = self._of(handle)
+        if isinstance(runtime, PreparingAdoption):
+            await runtime.prepare_adoption(handle)
 
     def _snapshots(self, runtime: Runtime) -> Snapshotting:
         if not isinstance(runtime, Snapshotting):

@@ -29,6 +29,7 @@ relay (``busybox nc``) to the real destination. The guest finds the mapping in
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import json
@@ -38,7 +39,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,14 @@ import structlog
 from byoc_agent.protocol.errors import (
     CorralError,
     InvalidArgumentError,
+    RetryableError,
     SandboxNotRunningError,
 )
 from byoc_agent.runtimes import processes
 from byoc_agent.runtimes.base import (
     SNAPSHOT_META,
+    ExecEvent,
+    ExecRequest,
     Liveness,
     SandboxHandle,
     SandboxSpec,
@@ -166,6 +170,8 @@ class QemuMicrovmRuntime(GuestOps):
         self._socket_root = socket_root or Path("/run/corral-microvm") / digest
         self._channels: dict[str, GuestChannel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Commands from exec() still running, per sandbox: a pause waits for none of them.
+        self._commands: collections.Counter[str] = collections.Counter()
 
     # ---- helpers -----------------------------------------------------------------
 
@@ -485,6 +491,22 @@ class QemuMicrovmRuntime(GuestOps):
         env = record.get("env") or {}
         return {str(k): str(v) for k, v in env.items()}
 
+    # ---- exec --------------------------------------------------------------------
+
+    async def exec(self, handle: SandboxHandle, request: ExecRequest) -> AsyncIterator[ExecEvent]:
+        """The shared guest exec, counted per sandbox so a pause can refuse while one runs."""
+        sid = handle.sandbox_id
+        self._commands[sid] += 1
+        events = super().exec(handle, request)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            self._commands[sid] -= 1
+            if self._commands[sid] <= 0:
+                del self._commands[sid]
+            await events.aclose()  # type: ignore[attr-defined]
+
     async def adopt(self, handle: SandboxHandle, spec: SandboxSpec) -> None:
         """Make a warm-pool member the sandbox ``spec`` asks for: the guest daemon sets its
         hostname, a fresh machine-id and mixes in a random seed; ``spec.env`` goes into the
@@ -574,10 +596,23 @@ class QemuMicrovmRuntime(GuestOps):
         return channel
 
     async def pause(self, handle: SandboxHandle) -> None:
+        """Save the VM's state into ``paused/`` and stop QEMU. Refused (retryable) while a
+        command started through ``exec`` still runs, as on gVisor."""
         paths = self._paths(handle.sandbox_id)
         await self._channel(handle)  # raises unless running
         started = time.monotonic()
         async with self._lock(handle.sandbox_id):
+            # The command's output streams over the guest channel, which the pause closes:
+            # its caller would lose the stream and the exit code while the process lived on.
+            running = self._commands[handle.sandbox_id]
+            if running:
+                raise RetryableError(
+                    f"{running} command(s) started through the API still run in sandbox "
+                    f"{handle.sandbox_id}; a pause cannot keep their connections: wait for "
+                    "them or kill them first (start processes that must outlive a pause "
+                    "detached: nohup ... &)",
+                    sandbox_id=handle.sandbox_id,
+                )
             await self._save_memory(handle, paths.paused)
             channel = self._channels.pop(handle.sandbox_id, None)
             if channel is not None:

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from runtime_factories import GVISOR, Sandboxes
+from runtime_factories import GVISOR, MICROVM, Sandboxes
 
 from byoc_agent.protocol.errors import RetryableError, SandboxNotRunningError
 from byoc_agent.runtimes.base import (
@@ -21,6 +21,7 @@ from byoc_agent.runtimes.base import (
     Snapshotting,
     Stdout,
 )
+from byoc_agent.runtimes.gvisor import GVisorRuntime
 from corral.testing import eventually
 
 pytestmark = pytest.mark.asyncio
@@ -144,16 +145,21 @@ async def test_a_restored_snapshot_is_a_new_machine_with_the_old_state(
 
 
 @pytest.mark.parametrize(
-    "runtime_factory", [pytest.param(GVISOR, id="gvisor", marks=GVISOR.mark)], indirect=True
+    "runtime_factory",
+    [
+        pytest.param(GVISOR, id="gvisor", marks=GVISOR.mark),
+        pytest.param(MICROVM, id="microvm", marks=MICROVM.mark),
+    ],
+    indirect=True,
 )
-async def test_gvisor_refuses_a_pause_while_an_exec_command_runs(
+async def test_a_pause_is_refused_while_an_exec_command_runs(
     runtime: Runtime, snapshots: Snapshotting, sandbox: SandboxHandle
 ) -> None:
-    """``runsc exec`` gives a command pipes to the host, which a checkpoint cannot carry (the
-    restore would fail for good): the pause is refused, retryably, and the sandbox runs on;
-    once the command has ended the pause goes through and the sandbox resumes.
-    (gVisor only: its exec'd commands hold host pipes.)"""
-    assert runtime.name == "gvisor"
+    """A command started through exec streams to its caller over a connection a pause
+    cannot keep (gVisor: ``runsc exec``'s host pipes, which would also make the restore fail
+    for good; microVM: the guest channel, which the pause closes): the pause is refused,
+    retryably, and the sandbox runs on; once the command has ended the pause goes through
+    and the sandbox resumes."""
     started = asyncio.Event()
 
     async def listen() -> None:
@@ -174,3 +180,41 @@ async def test_gvisor_refuses_a_pause_while_an_exec_command_runs(
     await snapshots.pause(sandbox)
     await snapshots.resume(sandbox)
     assert (await out(runtime, sandbox, "echo ok")).strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    "runtime_factory", [pytest.param(GVISOR, id="gvisor", marks=GVISOR.mark)], indirect=True
+)
+async def test_gvisor_keeps_its_process_limit_across_resume_snapshot_and_restore(
+    runtime: Runtime,
+    snapshots: Snapshotting,
+    sandboxes: Sandboxes,
+    sandbox: SandboxHandle,
+    tmp_path: Path,
+) -> None:
+    """runsc makes a sandbox's cgroups afresh at every start, a restore from a checkpoint
+    included; pids.max is set from outside (not in the spec), so it must be set again after
+    a resume, after the source of a snapshot restarts, and in a restored copy (whose id
+    here has the "_" of Corral's own ids)."""
+    assert isinstance(runtime, GVisorRuntime)
+
+    def pids_max(sandbox_id: str) -> str:
+        files = [d / "pids.max" for d in runtime.cgroup_dirs(sandbox_id)]
+        found = [f.read_text().strip() for f in files if f.exists()]
+        assert found, f"no pids cgroup for {sandbox_id}"
+        return found[0]
+
+    want = str(runtime.pids_max)
+    assert pids_max(sandbox.sandbox_id) == want
+    await snapshots.pause(sandbox)
+    await snapshots.resume(sandbox)
+    assert pids_max(sandbox.sandbox_id) == want
+    snap = tmp_path / "snap-pids"
+    await snapshots.snapshot(sandbox, snap)
+    assert pids_max(sandbox.sandbox_id) == want
+    child_spec = SandboxSpec(sandbox_id=f"sb_{sandbox.sandbox_id}"[:63], tenant_id="t",
+                             template="base", cpu=1, memory_mb=256, timeout_s=300)  # fmt: skip
+    child = await snapshots.restore(child_spec, snap)
+    sandboxes.adopt(child)
+    assert pids_max(child.sandbox_id) == want
+    assert (await out(runtime, child, "hostname")).strip() == child.sandbox_id

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from runtime_factories import GVISOR
 
 from byoc_agent.runtimes.base import ExecRequest, Exit, Runtime, SandboxHandle, SandboxSpec, Stdout
+from byoc_agent.runtimes.gvisor import GVisorRuntime
 from byoc_agent.runtimes.multi import isolation_of
 from byoc_agent.warm_pool import POOL_ID_PREFIX, PoolKey, WarmPool
 from corral.testing import eventually
@@ -84,3 +87,62 @@ async def test_a_taken_pool_member_is_the_requested_sandbox(
         assert refill.sandbox_id != member.sandbox_id
     finally:
         await runtime.destroy(handle)
+
+
+PROCESS_NAMES = 'for f in /proc/[0-9]*/comm; do cat "$f"; done'
+
+
+def host_processes_naming(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                found.append(cmdline.decode(errors="replace"))
+    return found
+
+
+@pytest.mark.parametrize(
+    "runtime_factory", [pytest.param(GVISOR, id="gvisor", marks=GVISOR.mark)], indirect=True
+)
+async def test_a_gvisor_member_is_adopted_through_the_helper_waiting_in_it(
+    runtime: Runtime, pool_and_key: tuple[WarmPool, PoolKey]
+) -> None:
+    """A ready gVisor member holds an identity helper (perl, waiting on the agent's pipe);
+    the take hands it the new identity — here an id with "_", which Debian's hostname(1)
+    refuses — and it exits: nothing privileged of ours stays in the adopted sandbox."""
+    pool, key = pool_and_key
+    member = await ready(pool, key)
+    assert "perl" in (await output(runtime, member, PROCESS_NAMES)).split()
+    spec = SandboxSpec(sandbox_id="sb_adopted_2", tenant_id="t-pool", template="base", cpu=1,
+                       memory_mb=256, timeout_s=60, isolation=key.isolation)  # fmt: skip
+    handle = await pool.take(spec)
+    assert handle is not None
+    try:
+        got = await output(runtime, handle, "hostname; cat /etc/hostname")
+        assert got.split() == ["sb_adopted_2", "sb_adopted_2"]
+        assert "perl" not in (await output(runtime, handle, PROCESS_NAMES)).split()
+        assert not host_processes_naming(f"CAP_SYS_ADMIN {handle.sandbox_id}")
+        pool.confirm(handle)
+    finally:
+        await runtime.destroy(handle)
+
+
+@pytest.mark.parametrize(
+    "runtime_factory", [pytest.param(GVISOR, id="gvisor", marks=GVISOR.mark)], indirect=True
+)
+async def test_a_gvisor_member_destroyed_untaken_takes_its_helper_along(runtime: Runtime) -> None:
+    """Destroying a member that was never taken ends its helper, host side included."""
+    assert isinstance(runtime, GVisorRuntime)
+    member = await runtime.create(SandboxSpec(sandbox_id="pool-helper-gone", tenant_id="t-pool",
+                                              template="base", cpu=1, memory_mb=256,
+                                              timeout_s=60))  # fmt: skip
+    try:
+        await runtime.prepare_adoption(member)
+        assert host_processes_naming("CAP_SYS_ADMIN pool-helper-gone")
+    finally:
+        await runtime.destroy(member)
+    assert not host_processes_naming("CAP_SYS_ADMIN pool-helper-gone")
