@@ -94,6 +94,7 @@ class HostSpec:
     subnet_id: str | None = None
     security_group_ids: tuple[str, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
+    user_data: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tags", _frozen(self.tags))

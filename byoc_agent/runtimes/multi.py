@@ -132,8 +132,12 @@ class RuntimeSet:
 
 
 def runtime_names(runtime: Runtime) -> list[str]:
-    """The runtime names behind ``runtime`` (what an agent advertises)."""
-    return runtime.names if isinstance(runtime, RuntimeSet) else [runtime.name]
+    """The runtime names behind ``runtime`` (what an agent advertises): a RuntimeSet's, or
+    a fleet's hosts' (anything with a ``names`` list), else its own name."""
+    names = getattr(runtime, "names", None)
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        return list(names)
+    return [runtime.name]
 
 
 def runtime_isolations(runtime: Runtime) -> set[str]:
