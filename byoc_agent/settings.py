@@ -144,6 +144,13 @@ class HostSettings:
                 "'local' (on the agent's machine)",
                 field=p + "_WORKERS",
             )
+        if workers == "hostd" and provider == "baremetal":
+            raise InvalidArgumentError(
+                f"{p}_WORKERS=hostd: bare-metal hosts are installed already and cannot be "
+                "sent user data; run their sandboxes with 'local' (hostd on inventory "
+                "machines is not supported yet)",
+                field=p + "_WORKERS",
+            )
         port = int(num(p + "_WORKER_PORT", "8443", int))
         if not 1 <= port <= 65535:
             raise InvalidArgumentError(f"{p}_WORKER_PORT={port} is not a TCP port",
