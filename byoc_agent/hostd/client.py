@@ -171,7 +171,8 @@ class RemoteRuntime:
     async def exec(self, handle: SandboxHandle, request: ExecRequest) -> AsyncIterator[ExecEvent]:
         """Stream the command's events. Closing this iterator early closes the response,
         and hostd then kills the command."""
-        body = wire.ExecBody(
+        body = wire.build(
+            wire.ExecBody,
             handle=wire.HandleModel.of(handle),
             cmd=request.cmd,
             env=dict(request.env),
@@ -232,11 +233,7 @@ class RemoteRuntime:
 
     @staticmethod
     def _path(handle: SandboxHandle, path: str) -> wire.PathBody:
-        try:
-            return wire.PathBody(handle=wire.HandleModel.of(handle), path=path)
-        except ValidationError:
-            wire.check_path(path)  # raises InvalidArgumentError naming the rule
-            raise
+        return wire.build(wire.PathBody, handle=wire.HandleModel.of(handle), path=path)
 
     # ---- KnowsStopReason -------------------------------------------------------------
 

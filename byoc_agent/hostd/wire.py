@@ -14,9 +14,9 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from byoc_agent.dataplane.server import MAX_PATH
 from byoc_agent.dataplane.server import ExecBody as _DataPlaneExecBody
@@ -52,8 +52,26 @@ SNAPSHOT = "/v1/snapshots/create"
 RESTORE = "/v1/snapshots/restore"
 DELETE_SNAPSHOT = "/v1/snapshots/delete"
 
-Path_ = Annotated[str, Field(min_length=1, max_length=MAX_PATH, pattern=r"^[^\x00]+$")]
+def _no_nul(path: str) -> str:
+    if "\x00" in path:
+        raise ValueError("a path has no NUL bytes")
+    return path
+
+
+Path_ = Annotated[str, Field(min_length=1, max_length=MAX_PATH), AfterValidator(_no_nul)]
 Short = Annotated[str, Field(max_length=256)]
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def build(model: type[_M], **fields: object) -> _M:
+    """A body from fields; invalid input is InvalidArgumentError naming the field (on
+    either side: the client refuses what hostd would)."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "request"
+        raise InvalidArgumentError(f"{where}: {first['msg']}") from None
 
 
 class _Body(BaseModel):
@@ -70,8 +88,8 @@ class HandleModel(_Body):
 
     @classmethod
     def of(cls, handle: SandboxHandle) -> HandleModel:
-        return cls(sandbox_id=handle.sandbox_id, runtime=handle.runtime,
-                   created_at=handle.created_at, data=dict(handle.data))  # fmt: skip
+        return build(cls, sandbox_id=handle.sandbox_id, runtime=handle.runtime,
+                     created_at=handle.created_at, data=dict(handle.data))  # fmt: skip
 
     def handle(self) -> SandboxHandle:
         return SandboxHandle(sandbox_id=self.sandbox_id, runtime=self.runtime,
@@ -93,10 +111,10 @@ class SpecModel(_Body):
 
     @classmethod
     def of(cls, spec: SandboxSpec) -> SpecModel:
-        return cls(sandbox_id=spec.sandbox_id, tenant_id=spec.tenant_id, template=spec.template,
-                   cpu=spec.cpu, memory_mb=spec.memory_mb, timeout_s=spec.timeout_s,
-                   env=dict(spec.env), isolation=spec.isolation,
-                   egress=list(spec.egress))  # fmt: skip
+        return build(cls, sandbox_id=spec.sandbox_id, tenant_id=spec.tenant_id,
+                     template=spec.template, cpu=spec.cpu, memory_mb=spec.memory_mb,
+                     timeout_s=spec.timeout_s, env=dict(spec.env), isolation=spec.isolation,
+                     egress=list(spec.egress))  # fmt: skip
 
     def spec(self) -> SandboxSpec:
         return SandboxSpec(sandbox_id=self.sandbox_id, tenant_id=self.tenant_id,
