@@ -8,6 +8,7 @@ until its health check answers, and stops it (SIGTERM, then SIGKILL) by its own 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import signal
@@ -21,8 +22,10 @@ from types import TracebackType
 import httpx
 
 import byoc_agent
+from byoc_agent.runtimes.base import SandboxHandle
 
 from .client import RemoteRuntime, pinned_ssl_context
+from .config import build_host_runtime
 from .credentials import new_host_credentials
 from .userdata import HostdBootConfig
 from .wire import HEALTH
@@ -134,6 +137,25 @@ class LocalHostd:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+    def destroy_leftovers(self) -> list[str]:
+        """With hostd stopped: destroy, from this process, every sandbox its runtimes still
+        keep state for (a test that failed half-way); returns their ids."""
+        left = [
+            (name, d.name)
+            for name in self.config.runtimes
+            if (self.config.runtime_dir / name / "sandboxes").is_dir()
+            for d in sorted((self.config.runtime_dir / name / "sandboxes").iterdir())
+        ]
+        if left:
+            runtime = build_host_runtime(self.config)
+
+            async def destroy_all() -> None:
+                for name, sandbox_id in left:
+                    await runtime.destroy(SandboxHandle(sandbox_id, name, 0.0))
+
+            asyncio.run(destroy_all())
+        return [sandbox_id for _, sandbox_id in left]
 
     def restart(self) -> None:
         self.stop()

@@ -6,7 +6,6 @@ To run the suite against another runtime, append its :class:`RuntimeFactory` to
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 from collections.abc import Callable
@@ -261,12 +260,7 @@ class HostdGVisor:
         running, self._running = list(self._running.values()), {}
         for hostd in running:
             hostd.stop()
-            local = self._local(hostd)
-            sandboxes = hostd.config.runtime_dir / "gvisor" / "sandboxes"
-            left = sorted(p.name for p in sandboxes.iterdir()) if sandboxes.is_dir() else []
-            for sandbox_id in left:
-                handle = SandboxHandle(sandbox_id=sandbox_id, runtime="gvisor", created_at=0.0)
-                asyncio.run(local.destroy(handle))
+            hostd.destroy_leftovers()
 
 
 _HOSTD = HostdGVisor()
