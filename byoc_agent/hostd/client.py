@@ -86,6 +86,8 @@ class RemoteRuntime:
             timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S),
             transport=transport,
             trust_env=False,  # no proxy from the environment between manager and host
+            # Every running exec holds a connection: no pool limit to queue them behind.
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
         )
 
     def __repr__(self) -> str:
