@@ -55,7 +55,7 @@ class BearerAuth:
     def __init__(self, app: ASGIApp, secret: str) -> None:
         if not secret:
             raise InvalidArgumentError("hostd needs a non-empty secret")
-        self._app = app
+        self.app = app
         self._expected = b"Bearer " + secret.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -71,7 +71,7 @@ class BearerAuth:
         if not hmac.compare_digest(given, self._expected):
             await _send_json(send, 401, _UNAUTHORIZED, {"www-authenticate": "Bearer"})
             return
-        await self._app(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 async def _send_json(

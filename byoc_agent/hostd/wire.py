@@ -51,6 +51,13 @@ MAKE_DIR = "/v1/files/mkdir"
 SNAPSHOT = "/v1/snapshots/create"
 RESTORE = "/v1/snapshots/restore"
 DELETE_SNAPSHOT = "/v1/snapshots/delete"
+# Every route, as (method, path).
+ROUTES: tuple[tuple[str, str], ...] = (
+    ("GET", HEALTH),
+    *(("POST", p) for p in (CREATE, RECOVER, INSPECT, EXEC, DESTROY, PAUSE, RESUME,
+                            STOP_REASON, ADOPT, WRITE_FILE, READ_FILE, LIST_DIR, REMOVE,
+                            MAKE_DIR, SNAPSHOT, RESTORE, DELETE_SNAPSHOT)),
+)  # fmt: skip
 
 def _no_nul(path: str) -> str:
     if "\x00" in path:

@@ -39,13 +39,8 @@ pytestmark = pytest.mark.asyncio
 
 SECRET = new_host_credentials("unit").secret
 ALL_ROUTES = [
-    ("GET", wire.HEALTH), *(("POST", p) for p in (
-        wire.CREATE, wire.RECOVER, wire.INSPECT, wire.EXEC, wire.DESTROY, wire.PAUSE,
-        wire.RESUME, wire.STOP_REASON, wire.ADOPT, wire.WRITE_FILE, wire.READ_FILE,
-        wire.LIST_DIR, wire.REMOVE, wire.MAKE_DIR, wire.SNAPSHOT, wire.RESTORE,
-        wire.DELETE_SNAPSHOT,
-    )), ("GET", "/no/such/route"), ("GET", "/openapi.json"), ("GET", "/docs"),
-]  # fmt: skip
+    *wire.ROUTES, ("GET", "/no/such/route"), ("GET", "/openapi.json"), ("GET", "/docs"),
+]
 
 
 class TalkingRuntime(InMemoryRuntime):
@@ -208,3 +203,17 @@ async def test_an_unreachable_host_is_retryable() -> None:
         assert isinstance(caught.value, CorralError)
     finally:
         await runtime.aclose()
+
+
+async def test_the_route_list_is_every_route_the_app_serves(tmp_path: Path) -> None:
+    """wire.ROUTES (what the auth tests walk) is exactly what the app routes."""
+    from fastapi.routing import APIRoute
+
+    from byoc_agent.hostd.server import BearerAuth
+
+    outer = app(tmp_path)
+    assert isinstance(outer, BearerAuth)
+    inner = outer.app
+    assert hasattr(inner, "routes")
+    served = {(m, r.path) for r in inner.routes if isinstance(r, APIRoute) for m in r.methods}
+    assert served == set(wire.ROUTES)
