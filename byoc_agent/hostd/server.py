@@ -94,6 +94,8 @@ class ExecStream(Response):
     (sandbox not running, missing cwd) is an ordinary error response. Meanwhile and after,
     a second task waits for the client to disconnect; whichever ends first ends the other,
     and the events iterator is always closed (which stops a command still running).
+    Starlette's StreamingResponse watches for a disconnect only under ASGI HTTP spec < 2.4
+    and only once streaming: a silent command, or one not yet started, would run on.
     """
 
     media_type = "application/x-ndjson"
