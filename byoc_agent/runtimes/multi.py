@@ -13,9 +13,11 @@ from pathlib import Path
 from byoc_agent.protocol.errors import InvalidArgumentError, SandboxNotRunningError
 from byoc_agent.runtimes.base import (
     Adopting,
+    EndReason,
     ExecEvent,
     ExecRequest,
     FileInfo,
+    KnowsStopReason,
     Liveness,
     Runtime,
     SandboxHandle,
@@ -112,6 +114,13 @@ class RuntimeSet:
         if not isinstance(runtime, Adopting):
             raise InvalidArgumentError(f"runtime {runtime.name} cannot adopt pool members")
         await runtime.adopt(handle, spec)
+
+    async def stop_reason(self, handle: SandboxHandle) -> EndReason | None:
+        """The reason of the sandbox's own runtime, when that runtime can tell."""
+        runtime = self._by_name.get(handle.runtime)
+        if isinstance(runtime, KnowsStopReason):
+            return await runtime.stop_reason(handle)
+        return None
 
     def _snapshots(self, runtime: Runtime) -> Snapshotting:
         if not isinstance(runtime, Snapshotting):
