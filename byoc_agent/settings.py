@@ -61,7 +61,7 @@ class HostSettings:
     # (the default for the clouds); "local" — on the agent's own machine, the hosts being
     # capacity only (the default for bare metal, whose inventory is usually this machine).
     workers: str = "local"
-    worker_port: int = 8443
+    worker_port: int = 7443
     worker_runtimes: tuple[str, ...] = ("gvisor",)
     # What the hosts' cloud-init installs with pip (a version pin or a wheel URL in the VPC).
     worker_package: str = "corral"
@@ -151,7 +151,7 @@ class HostSettings:
                 "machines is not supported yet)",
                 field=p + "_WORKERS",
             )
-        port = int(num(p + "_WORKER_PORT", "8443", int))
+        port = int(num(p + "_WORKER_PORT", "7443", int))
         if not 1 <= port <= 65535:
             raise InvalidArgumentError(f"{p}_WORKER_PORT={port} is not a TCP port",
                                        field=p + "_WORKER_PORT")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import os
 import signal
 import socket
@@ -50,9 +51,13 @@ class LocalHostd:
         templates_dir: Path,
         boot: HostdBootConfig | None = None,
         runtimes: tuple[str, ...] = ("gvisor",),
+        listen_host: str = "127.0.0.1",
     ) -> None:
         """``boot``: the user data's settings (e.g. from ``parse_user_data``); by default
-        fresh credentials for ``runtimes`` on a free port."""
+        fresh credentials for ``runtimes`` on a free port. ``listen_host`` must be a
+        loopback address (a test's stand-in for a host's private address)."""
+        if not ipaddress.ip_address(listen_host).is_loopback:
+            raise ValueError(f"LocalHostd listens on loopback only, not {listen_host}")
         if boot is None:
             boot = HostdBootConfig(
                 credentials=new_host_credentials(f"local-{root.name}"),
@@ -64,7 +69,7 @@ class LocalHostd:
         etc = root / "etc"
         self.config = dataclasses.replace(
             boot.hostd_config(),
-            listen_host="127.0.0.1",
+            listen_host=listen_host,
             cert_file=etc / "cert.pem",
             key_file=etc / "key.pem",
             secret_file=etc / "secret",
@@ -77,7 +82,7 @@ class LocalHostd:
 
     @property
     def base_url(self) -> str:
-        return f"https://127.0.0.1:{self.config.listen_port}"
+        return f"https://{self.config.listen_host}:{self.config.listen_port}"
 
     @property
     def pid(self) -> int | None:

@@ -118,6 +118,7 @@ class HostBooter:
         self._thread.join(timeout=30)
         for hostd in self.hosts.values():
             hostd.stop()
+            hostd.destroy_leftovers()  # a sandbox a failed test left on the "host"
 
     def _instances(self) -> list[dict[str, Any]]:
         resp = self.ec2.describe_instances(

@@ -23,7 +23,7 @@ from byoc_agent.hosts.runtime import HOST_KEY, FleetRuntime
 from byoc_agent.hosts.workers import LocalWorkers
 from byoc_agent.protocol.errors import CapacityError, InvalidArgumentError
 from byoc_agent.providers.base import TAG_AGENT
-from byoc_agent.runtimes.base import Exit, ExecRequest, SandboxSpec
+from byoc_agent.runtimes.base import ExecRequest, Exit, SandboxSpec
 from byoc_agent.runtimes.memory import InMemoryRuntime
 from byoc_agent.state import AgentStateStore
 
@@ -107,7 +107,8 @@ async def test_a_create_with_no_host_scales_out_runs_there_and_the_idle_host_sca
 
     host_key = handle.data[HOST_KEY]
     rec = fleet.state.get_host(host_key)
-    assert rec is not None and rec.phase is HostPhase.READY
+    assert rec is not None
+    assert rec.phase is HostPhase.READY
     assert rec.instance_type == "c5.metal"  # the cheaper type that holds it
     assert states(moto_ec2) == ["running"]
     await runtime.write_file(handle, "/tmp/x", b"on the host")
@@ -157,7 +158,8 @@ async def test_a_sandbox_whose_host_is_gone_is_missing_and_snapshots_are_refused
                            place_timeout_s=30)
     handle = await runtime.create(spec("sbx-lost"))
     rec = fleet.state.get_host(handle.data[HOST_KEY])
-    assert rec is not None and rec.provider_host_id is not None
+    assert rec is not None
+    assert rec.provider_host_id is not None
     moto_ec2.ec2.terminate_instances(InstanceIds=[rec.provider_host_id])
     from byoc_agent.runtimes.base import Liveness
 

@@ -45,7 +45,7 @@ def test_the_aws_knobs_are_read_with_prices_over_the_defaults() -> None:
     assert hs.prices["x1.metal"] == Decimal(12)
     assert hs.prices["p5.48xlarge"] == DEFAULT_HOST_PRICES["p5.48xlarge"]
     # a cloud's hosts run the sandboxes themselves (hostd) unless told otherwise
-    assert (hs.workers, hs.worker_port, hs.worker_runtimes) == ("hostd", 8443, ("gvisor",))
+    assert (hs.workers, hs.worker_port, hs.worker_runtimes) == ("hostd", 7443, ("gvisor",))
 
 
 def test_worker_knobs_and_the_bare_metal_default() -> None:
