@@ -43,6 +43,7 @@ from byoc_agent import __version__
 from byoc_agent.egress import EgressCeiling
 from byoc_agent.hosts.autoscale import MAX_HOSTS
 from byoc_agent.hosts.fleet import HostFleet
+from byoc_agent.hosts.runtime import FleetRuntime
 from byoc_agent.meter import UsageMeter
 from byoc_agent.protocol import cosign, messages, signing, subjects, verify
 from byoc_agent.protocol.errors import (
@@ -643,10 +644,18 @@ class Agent:
             )
         return rec.handle
 
+    def total_capacity(self) -> tuple[int, int]:
+        """(vCPU, MiB) this agent offers: its own machine's, or, when sandboxes run on
+        the hosts it manages, what its fleet has and may still launch."""
+        if isinstance(self.runtime, FleetRuntime):
+            return self.runtime.fleet.elastic_capacity()
+        return self.config.cpu_total, self.config.memory_mb_total
+
     def free_capacity(self) -> tuple[int, int, int]:
         running = self.state.sandboxes(SandboxState.RUNNING)
-        cpu = self.config.cpu_total - sum(r.cpu for r in running)
-        mem = self.config.memory_mb_total - sum(r.memory_mb for r in running)
+        cpu_total, mem_total = self.total_capacity()
+        cpu = cpu_total - sum(r.cpu for r in running)
+        mem = mem_total - sum(r.memory_mb for r in running)
         return cpu, mem, len(running)
 
     # ------------------------------------------------------------ background loops
@@ -750,6 +759,7 @@ class Agent:
 
     def heartbeat(self) -> bytes:
         cpu, mem, n = self.free_capacity()
+        cpu_total, mem_total = self.total_capacity()
         hb = messages.Heartbeat.model_validate(
             {
                 "schema": messages.HEARTBEAT_SCHEMA,
@@ -761,9 +771,9 @@ class Agent:
                 "runtimes": runtime_names(self.runtime),
                 "templates": self._templates(),
                 "capacity": {
-                    "cpu_total": self.config.cpu_total,
+                    "cpu_total": cpu_total,
                     "cpu_free": max(cpu, 0),
-                    "memory_mb_total": self.config.memory_mb_total,
+                    "memory_mb_total": mem_total,
                     "memory_mb_free": max(mem, 0),
                     "sandboxes": n,
                 },

@@ -19,10 +19,13 @@ from byoc_agent.agent import Agent, AgentConfig
 from byoc_agent.dataplane import create_dataplane_app, serve
 from byoc_agent.dataplane.e2b import envd_asgi
 from byoc_agent.enroll import enroll, key_refresh_loop, keyring_from_state, load_or_create_key
+from byoc_agent.hosts.hostd_workers import HostdWorkers
+from byoc_agent.hosts.runtime import FleetRuntime
 from byoc_agent.hosts.setup import build_fleet
 from byoc_agent.log_config import configure_logging
 from byoc_agent.protocol.cosign import CosignPolicy
 from byoc_agent.protocol.errors import CorralError
+from byoc_agent.runtimes.base import Runtime
 from byoc_agent.runtimes.multi import runtime_names
 from byoc_agent.settings import AgentSettings
 from byoc_agent.state import AgentStateStore
@@ -69,7 +72,9 @@ async def run_agent(settings: AgentSettings) -> None:
         raise CorralError(f"CORRAL_AGENT_COSIGNER_KEYS / CORRAL_AGENT_COSIGN_RULES: {e}") from e
     state = AgentStateStore(settings.state_db)
     key = load_or_create_key(settings.key_file)
-    runtime = runtimes.build_runtime(
+    hosts = settings.hosts
+    on_hosts = hosts is not None and hosts.workers == "hostd"
+    local_runtime = None if on_hosts else runtimes.build_runtime(
         settings.runtime,
         state_dir=settings.runtime_dir,
         templates_root=settings.templates_root,
@@ -96,7 +101,10 @@ async def run_agent(settings: AgentSettings) -> None:
             key=key,
             name=settings.name,
             data_plane_url=settings.advertised_dataplane_url,
-            runtimes=runtime_names(runtime),
+            runtimes=(
+                list(hosts.worker_runtimes) if hosts is not None and local_runtime is None
+                else runtime_names(local_runtime) if local_runtime is not None else []
+            ),
             templates=_templates(settings),
             cpu_total=cpu_total,
             memory_mb_total=memory_mb_total,
@@ -106,10 +114,25 @@ async def run_agent(settings: AgentSettings) -> None:
             cosigner_keys=list(settings.cosigner_keys),
         )
     keyring = keyring_from_state(state)
-    hosts = settings.hosts
     if hosts is not None and hosts.ledger is None:  # GCP/Azure remember deleted VMs here
         hosts = dataclasses.replace(hosts, ledger=settings.home / "host-ledger.json")
-    fleet = build_fleet(hosts, state, ident) if hosts else None
+    workers: HostdWorkers | None = None
+    if hosts is not None and local_runtime is None:
+        workers = HostdWorkers(
+            port=hosts.worker_port, runtimes=hosts.worker_runtimes,
+            tenant_id=ident.tenant_id, agent_id=ident.agent_id,
+            package_spec=hosts.worker_package,
+        )  # fmt: skip
+    fleet = build_fleet(hosts, state, ident, workers=workers) if hosts else None
+    runtime: Runtime
+    if fleet is not None and workers is not None:
+        assert hosts is not None
+        # Sandboxes run on the hosts the fleet launches (ADR 0027).
+        runtime = FleetRuntime(fleet, workers, names=hosts.worker_runtimes,
+                               place_timeout_s=hosts.place_timeout_s)
+    else:
+        assert local_runtime is not None
+        runtime = local_runtime
     transport = NatsAgentTransport(
         settings.nats_url or ident.nats_url, ident.tenant_id, ident.agent_id,
         name=f"corral-agent-{ident.agent_id}", credentials=nats_user.credentials(),
@@ -137,7 +160,8 @@ async def run_agent(settings: AgentSettings) -> None:
         ),
         templates=lambda: _templates(settings),
         fleet=fleet,
-        warm_pool=parse_pool_sizes(settings.warm_pool),
+        # A pool pre-starts sandboxes on this machine: not with sandboxes on hosts.
+        warm_pool=parse_pool_sizes(settings.warm_pool) if workers is None else None,
         warm_pool_ledger=settings.warm_pool_ledger,
     )
     app = envd_asgi(create_dataplane_app(agent), agent)
@@ -158,6 +182,9 @@ async def run_agent(settings: AgentSettings) -> None:
             await asyncio.shield(agent.drain())
         with contextlib.suppress(Exception):
             await transport.close()
+        if workers is not None:
+            with contextlib.suppress(Exception):
+                await workers.aclose()
         state.close()
 
 

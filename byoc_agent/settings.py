@@ -57,6 +57,16 @@ class HostSettings:
     reserve_after_s: float = 30.0
     interval_s: float = 5.0
     prices: Mapping[str, Decimal] = field(default_factory=lambda: dict(DEFAULT_HOST_PRICES))
+    # Where sandboxes run (ADR 0027): "hostd" — on the hosts, each running corral-hostd
+    # (the default for the clouds); "local" — on the agent's own machine, the hosts being
+    # capacity only (the default for bare metal, whose inventory is usually this machine).
+    workers: str = "local"
+    worker_port: int = 7443
+    worker_runtimes: tuple[str, ...] = ("gvisor",)
+    # What the hosts' cloud-init installs with pip (a version pin or a wheel URL in the VPC).
+    worker_package: str = "corral"
+    # How long a create waits for a host with room (a scale-out included).
+    place_timeout_s: float = 600.0
 
     @classmethod
     def from_env(cls, e: Mapping[str, str]) -> HostSettings | None:
@@ -125,6 +135,26 @@ class HostSettings:
                 f"the aws host provider needs {p}_AWS_REGION and {p}_AWS_IMAGE_ID",
                 field=p + "_AWS_IMAGE_ID",
             )
+        workers = e.get(p + "_WORKERS", "").strip() or (
+            "local" if provider == "baremetal" else "hostd"
+        )
+        if workers not in ("local", "hostd"):
+            raise InvalidArgumentError(
+                f"{p}_WORKERS={workers!r}: use 'hostd' (sandboxes run on the hosts) or "
+                "'local' (on the agent's machine)",
+                field=p + "_WORKERS",
+            )
+        if workers == "hostd" and provider == "baremetal":
+            raise InvalidArgumentError(
+                f"{p}_WORKERS=hostd: bare-metal hosts are installed already and cannot be "
+                "sent user data; run their sandboxes with 'local' (hostd on inventory "
+                "machines is not supported yet)",
+                field=p + "_WORKERS",
+            )
+        port = int(num(p + "_WORKER_PORT", "7443", int))
+        if not 1 <= port <= 65535:
+            raise InvalidArgumentError(f"{p}_WORKER_PORT={port} is not a TCP port",
+                                       field=p + "_WORKER_PORT")
         return cls(
             provider=provider,
             aws_region=e.get(p + "_AWS_REGION") or None,
@@ -152,6 +182,11 @@ class HostSettings:
             reserve_after_s=num(p + "S_RESERVE_AFTER_S", "30", float),
             interval_s=num(p + "S_INTERVAL_S", "5", float),
             prices=prices,
+            workers=workers,
+            worker_port=port,
+            worker_runtimes=words(p + "_WORKER_RUNTIMES") or ("gvisor",),
+            worker_package=e.get(p + "_WORKER_PACKAGE") or "corral",
+            place_timeout_s=num(p + "S_PLACE_TIMEOUT_S", "600", float),
         )
 
 

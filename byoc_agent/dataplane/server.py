@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Protocol
@@ -32,6 +31,7 @@ from byoc_agent.protocol.errors import (
     http_status,
 )
 from byoc_agent.runtimes.base import ExecRequest, Exit, Runtime, SandboxHandle, Stderr, Stdout
+from byoc_agent.runtimes.exec_stream import encode_error, encode_event
 from byoc_agent.state import AgentIdentity
 
 log = structlog.get_logger(__name__)
@@ -61,6 +61,18 @@ class ExecBody(BaseModel):
     cwd: Annotated[str | None, Field(max_length=MAX_PATH)] = None
     stdin: str | None = None
     timeout_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+
+    def request(self) -> ExecRequest:
+        """The runtime's request (stdin decoded). Raises InvalidArgumentError."""
+        stdin: bytes | None = None
+        if self.stdin is not None:
+            try:
+                stdin = base64.b64decode(self.stdin, validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise InvalidArgumentError("stdin must be base64") from e
+        return ExecRequest(
+            cmd=self.cmd, env=self.env, cwd=self.cwd, stdin=stdin, timeout_s=self.timeout_s
+        )
 
 
 class HTTPError(Exception):
@@ -123,8 +135,9 @@ def verify_sandbox_token(
     return token
 
 
-def create_dataplane_app(access: SandboxAccess) -> FastAPI:
-    app = FastAPI(title="Corral data plane", version="1", docs_url=None, redoc_url=None)
+def add_error_handlers(app: FastAPI, where: str) -> None:
+    """Errors as ``{"error": {"code", "message"[, "field"]}}``: HTTPError and CorralError
+    with their status, invalid input as 400 naming the field, anything else a logged 500."""
 
     @app.exception_handler(HTTPError)
     async def _http_error(_: Request, e: HTTPError) -> JSONResponse:
@@ -143,8 +156,28 @@ def create_dataplane_app(access: SandboxAccess) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, e: Exception) -> JSONResponse:
-        log.exception("dataplane_error", error_type=type(e).__name__)
-        return _error(500, "internal", "internal error in the agent's data plane")
+        log.exception("http_handler_error", where=where, error_type=type(e).__name__)
+        return _error(500, "internal", f"internal error in {where}")
+
+
+async def read_upload(request: Request) -> bytes:
+    """The request body, refused with 413 past MAX_UPLOAD_BYTES (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+        raise HTTPError(413, ErrorCode.PAYLOAD_TOO_LARGE, "file is over 1 GiB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_UPLOAD_BYTES:
+            raise HTTPError(413, ErrorCode.PAYLOAD_TOO_LARGE, "file is over 1 GiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_dataplane_app(access: SandboxAccess) -> FastAPI:
+    app = FastAPI(title="Corral data plane", version="1", docs_url=None, redoc_url=None)
+    add_error_handlers(app, "the agent's data plane")
 
     def authorize(request: Request, sandbox_id: str, scope: messages.Scope) -> SandboxHandle:
         header = request.headers.get("authorization", "")
@@ -161,17 +194,9 @@ def create_dataplane_app(access: SandboxAccess) -> FastAPI:
     @app.post("/v1/sandboxes/{sandbox_id}/exec")
     async def exec_(sandbox_id: str, body: ExecBody, request: Request) -> StreamingResponse:
         handle = authorize(request, sandbox_id, messages.Scope.EXEC)
-        stdin: bytes | None = None
-        if body.stdin is not None:
-            try:
-                stdin = base64.b64decode(body.stdin, validate=True)
-            except (binascii.Error, ValueError) as e:
-                raise InvalidArgumentError("stdin must be base64") from e
+        req = body.request()
         if body.cwd is not None:
             _check_path(body.cwd)
-        req = ExecRequest(
-            cmd=body.cmd, env=body.env, cwd=body.cwd, stdin=stdin, timeout_s=body.timeout_s
-        )
         events = access.runtime.exec(handle, req)
         # Pull the first event before answering so "sandbox not running" is an HTTP error.
         first = await _first(events)
@@ -179,13 +204,11 @@ def create_dataplane_app(access: SandboxAccess) -> FastAPI:
         async def lines() -> AsyncIterator[bytes]:
             try:
                 if first is not None:
-                    yield _line(first)
+                    yield encode_event(first)
                     async for ev in events:
-                        yield _line(ev)
+                        yield encode_event(ev)
             except CorralError as e:
-                yield json.dumps(
-                    {"type": "error", "code": e.code.value, "message": e.message}
-                ).encode() + b"\n"
+                yield encode_error(e)
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
@@ -203,18 +226,9 @@ def create_dataplane_app(access: SandboxAccess) -> FastAPI:
     ) -> dict[str, object]:
         handle = authorize(request, sandbox_id, messages.Scope.FILES)
         _check_path(path)
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
-            raise HTTPError(413, ErrorCode.PAYLOAD_TOO_LARGE, "file is over 1 GiB")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_UPLOAD_BYTES:
-                raise HTTPError(413, ErrorCode.PAYLOAD_TOO_LARGE, "file is over 1 GiB")
-            chunks.append(chunk)
-        await access.runtime.write_file(handle, path, b"".join(chunks))
-        return {"path": path, "size": size}
+        data = await read_upload(request)
+        await access.runtime.write_file(handle, path, data)
+        return {"path": path, "size": len(data)}
 
     @app.get("/v1/sandboxes/{sandbox_id}/files/list")
     async def list_dir(
@@ -250,19 +264,6 @@ async def _first(events: AsyncIterator[Stdout | Stderr | Exit]) -> Stdout | Stde
         return None
 
 
-def _line(ev: Stdout | Stderr | Exit) -> bytes:
-    if isinstance(ev, Exit):
-        obj: dict[str, object] = {
-            "type": "exit", "exit_code": ev.exit_code, "timed_out": ev.timed_out
-        }
-    else:
-        obj = {
-            "type": "stdout" if isinstance(ev, Stdout) else "stderr",
-            "data": base64.b64encode(ev.data).decode("ascii"),
-        }
-    return json.dumps(obj).encode() + b"\n"
-
-
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the agent's main owns shutdown."""
 
@@ -271,11 +272,18 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve(app: ASGIApp, host: str, port: int) -> None:
-    """Serve until cancelled."""
+async def serve(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    *,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+) -> None:
+    """Serve until cancelled (over TLS when given a certificate and its key)."""
     server = _Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
-                       access_log=False)
+                       access_log=False, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     )
     try:
         await server.serve()

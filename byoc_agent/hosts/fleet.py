@@ -39,6 +39,7 @@ heartbeat carries about hosts is :meth:`HostFleet.report` (id, type, phase, capa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import uuid
@@ -50,6 +51,7 @@ import structlog
 
 from byoc_agent.hosts.autoscale import HostView, ScalePlan, ScalingPolicy, plan
 from byoc_agent.hosts.phases import LIVE, HostPhase, can_move
+from byoc_agent.hosts.workers import HostWorkers
 from byoc_agent.protocol.errors import CorralError, InvalidArgumentError, RetryableError
 from byoc_agent.providers.base import (
     TAG_AGENT,
@@ -144,6 +146,7 @@ class HostFleet:
         subnet_id: str | None = None,
         security_group_ids: Sequence[str] = (),
         ready_check: ReadyCheck = provider_says_ready,
+        workers: HostWorkers | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.state = state
@@ -157,7 +160,12 @@ class HostFleet:
         self.subnet_id = subnet_id
         self.security_group_ids = tuple(security_group_ids)
         self.ready_check = ready_check
+        self.workers = workers
         self.clock = clock
+        # Set by kick() (a sandbox is waiting): the run loop steps at once instead of at
+        # the next interval. Replaced after every step, which wakes wait_placed().
+        self._wake = asyncio.Event()
+        self._stepped = asyncio.Event()
         self.scheduler = BestFitScheduler(overcommit=self.overcommit, aging=aging)
         self._offerings: dict[str, Offering] = {}
         self._started = False
@@ -276,7 +284,37 @@ class HostFleet:
                 self.log.warning("fleet_step_failed", error=e.message, code=e.code.value)
             except Exception:  # loop handler: an SDK surprise must not stop the agent
                 self.log.exception("fleet_step_crashed")
-            await asyncio.sleep(interval_s)
+            # A waiting sandbox (or a host still coming up for one) is looked at again
+            # within a second; otherwise at the interval or when kick() is called.
+            busy = bool(self.scheduler.pending()) or bool(
+                self.state.hosts(frozenset({HostPhase.REQUESTED, HostPhase.PROVISIONING}))
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(interval_s, 1.0) if busy
+                                       else interval_s)
+            self._wake.clear()
+
+    def kick(self) -> None:
+        """Step soon: something is waiting for room."""
+        self._wake.set()
+
+    async def wait_placed(self, sandbox_id: str, timeout_s: float) -> str | None:
+        """The host a waiting sandbox was placed on, once a step places it; None if it is
+        not placed within ``timeout_s`` (it keeps waiting until :meth:`release`)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            host = self.scheduler.host_of(sandbox_id)
+            if host is not None:
+                return host
+            if self.state.get_placement(sandbox_id) is None:
+                return None  # released meanwhile
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.kick()
+            stepped = self._stepped
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stepped.wait(), min(left, 1.0))
 
     async def step(self) -> ScalePlan:
         """Reconcile every live host, place waiting sandboxes, then plan and apply."""
@@ -311,6 +349,8 @@ class HostFleet:
                     await self._reconcile(rec, {})
                 except RetryableError as e:
                     self.log.warning("host_step_retry", host_key=rec.host_key, error=e.message)
+        self._stepped.set()  # wake wait_placed(); later waiters wait for the next step
+        self._stepped = asyncio.Event()
         return decided
 
     def plan(self, now: float) -> ScalePlan:
@@ -373,6 +413,8 @@ class HostFleet:
             ready_by=now + self.policy.ready_timeout_s,
             replaces=replaces,
         )
+        if self.workers is not None:  # credentials first: a retried launch sends the same
+            rec = dataclasses.replace(rec, worker=self.workers.prepare(rec.host_key))
         self.state.put_host(rec)  # the intent is durable before any provider call
         self.log.info("host_requested", host_key=rec.host_key, instance_type=instance_type,
                       replaces=replaces)
@@ -427,6 +469,7 @@ class HostFleet:
                 client_token=rec.host_key,
                 subnet_id=self.subnet_id,
                 security_group_ids=self.security_group_ids,
+                user_data=self.workers.user_data(rec) if self.workers is not None else None,
             )
             try:
                 host = await self.provider.provision(spec)
@@ -463,7 +506,10 @@ class HostFleet:
             self._move(rec, HostPhase.FAILED, now, reason=REASON_GONE)
             self._replace(rec)
             return
-        if host.state is HostState.READY and await self.ready_check(host):
+        if host.state is HostState.READY and await self.ready_check(host) and (
+            await self._worker_ready(dataclasses.replace(rec, private_ip=host.private_ip))
+        ):
+            now = self.clock()
             rec = self._move(rec, HostPhase.READY, now, private_ip=host.private_ip,
                              idle_since=now)
             self.scheduler.add_host(_capacity(rec))
@@ -472,6 +518,18 @@ class HostFleet:
             await self._give_back(rec)
             self._move(rec, HostPhase.FAILED, now, reason=REASON_NOT_READY)
             self._replace(rec)
+
+    async def _worker_ready(self, rec: HostRecord) -> bool:
+        """The host's worker answers (always true without workers). A failing check is
+        "not yet": the host stays PROVISIONING until its ready_by deadline."""
+        if self.workers is None:
+            return True
+        try:
+            return await self.workers.ready(rec)
+        except Exception as e:  # any failure to reach it means not ready yet
+            self.log.info("host_worker_not_ready", host_key=rec.host_key,
+                          error=type(e).__name__)
+            return False
 
     async def _step_ready(self, rec: HostRecord, listed: Host | None = None) -> None:
         if rec.provider_host_id is None:
@@ -523,6 +581,32 @@ class HostFleet:
         self._request_host(rec.instance_type, self.clock(), replaces=rec.host_key)
 
     # ------------------------------------------------------------ reporting
+    def elastic_capacity(self) -> tuple[int, int]:
+        """(vCPU, MiB) the fleet can promise sandboxes: its live hosts (after overcommit)
+        plus the hosts the autoscaler may still launch within max_hosts and the budget,
+        counted at the largest priced, allowed offering. This is what the agent offers the
+        control plane, so a create that does not fit today's hosts is sent here and waits
+        for a scale-out instead of being refused."""
+        live = [r for r in self.state.hosts(LIVE) if r.phase is not HostPhase.DRAINING]
+        cpu = sum(int(r.vcpu * self.overcommit.cpu) for r in live)
+        mem = sum(int(r.memory_mb * self.overcommit.memory) for r in live)
+        allowed = set(self.policy.instance_types)
+        priced = [
+            (o, self.prices[t]) for t, o in self._offerings.items()
+            if t in self.prices and (not allowed or t in allowed)
+        ]
+        if not priced:
+            return cpu, mem
+        offering, price = max(priced, key=lambda op: (op[0].vcpu, op[0].memory_mib))
+        room = self.policy.max_hosts - len(self.state.hosts(LIVE))
+        spend = sum((r.price_per_hour for r in self.state.hosts(LIVE)), Decimal(0))
+        if price > 0:
+            room = min(room, int((self.policy.budget_per_hour - spend) // price))
+        room = max(room, 0)
+        cpu += room * int(offering.vcpu * self.overcommit.cpu)
+        mem += room * int(offering.memory_mib * self.overcommit.memory)
+        return cpu, mem
+
     def report(self) -> list[HostReport]:
         out = []
         scheduled = set(self.scheduler.hosts())

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from byoc_agent.hosts.autoscale import ScalingPolicy
 from byoc_agent.hosts.fleet import HostFleet
+from byoc_agent.hosts.workers import HostWorkers
 from byoc_agent.protocol.errors import InvalidArgumentError
 from byoc_agent.providers.base import HostProvider
 from byoc_agent.scheduling import Aging, Overcommit
@@ -75,7 +76,11 @@ def build_provider(hs: HostSettings) -> HostProvider:
 
 
 def build_fleet(
-    hs: HostSettings, state: AgentStateStore, identity: AgentIdentity
+    hs: HostSettings,
+    state: AgentStateStore,
+    identity: AgentIdentity,
+    *,
+    workers: HostWorkers | None = None,
 ) -> HostFleet:
     provider = build_provider(hs)
     prices = dict(hs.prices)
@@ -99,4 +104,5 @@ def build_fleet(
         aging=Aging(reserve_after_s=hs.reserve_after_s),
         subnet_id=hs.subnet_id,
         security_group_ids=hs.security_group_ids,
+        workers=workers,
     )

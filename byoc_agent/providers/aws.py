@@ -4,6 +4,8 @@ The only module that imports the AWS SDK. Every launch gets IMDSv2 only (``HttpT
 required``, hop limit 1, so a sandbox behind the host's NAT cannot reach the metadata
 service), an encrypted EBS root volume, and the ``corral:*`` tags; the subnet and security
 groups come from the :class:`HostSpec`, else from the provider's configuration.
+``HostSpec.user_data`` becomes ``RunInstances`` ``UserData`` (boto3 base64-encodes it; EC2
+takes at most 16 KiB before encoding, checked here before any call).
 ``provision`` passes the client token to EC2 as ``ClientToken`` and also looks the token
 up by tag first, so a retry after the EC2 idempotency window (or against an endpoint that
 ignores ``ClientToken``) does not launch a second host. Hosts without
@@ -38,6 +40,7 @@ from byoc_agent.providers.base import (
     HostSpec,
     HostState,
     Offering,
+    user_data_too_large,
 )
 from byoc_agent.providers.errors import (
     CapacityUnavailableError,
@@ -88,6 +91,8 @@ _UNKNOWN_TYPE = {"InvalidInstanceType", "InvalidInstanceType.NotFound"}
 _THROTTLED = {"RequestLimitExceeded", "Throttling", "ThrottlingException"}
 # EC2 caps ClientToken at 64 ASCII characters.
 _MAX_CLIENT_TOKEN = 64
+# EC2 takes at most 16 KiB of user data, counted before base64 encoding.
+USER_DATA_MAX_BYTES = 16 * 1024
 
 
 class AwsProvider:
@@ -144,6 +149,11 @@ class AwsProvider:
                 f"(got {len(token)}); derive a shorter one, e.g. a hash of the request",
                 tenant_id=spec.tenant_id,
             )
+        user_data = spec.user_data.encode() if spec.user_data else b""
+        if len(user_data) > USER_DATA_MAX_BYTES:
+            raise user_data_too_large(
+                spec, size=len(user_data), limit=USER_DATA_MAX_BYTES, what="EC2 (UserData)"
+            )
         existing = await self._find(
             [{"Name": f"tag:{TAG_CLIENT_TOKEN}", "Values": [token]}], include_terminated=True
         )
@@ -182,6 +192,8 @@ class AwsProvider:
         }
         if spec.subnet_id or self._subnet_id:
             request["SubnetId"] = spec.subnet_id or self._subnet_id or ""
+        if spec.user_data:
+            request["UserData"] = spec.user_data  # boto3 base64-encodes it
         resp = await self._call(
             lambda: self._ec2.run_instances(**request),
             tenant_id=spec.tenant_id,

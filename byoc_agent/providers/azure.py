@@ -15,6 +15,9 @@ location:
   deleted with the VM, with encryption at host on by default; an optional user-assigned
   managed identity is attached to the host. The agent authenticates with its own identity
   (``DefaultAzureCredential`` unless a credential is passed): no secret in the config.
+* **User data.** ``HostSpec.user_data`` becomes ``osProfile.customData`` (base64, which
+  cloud-init reads on Azure); ARM takes at most 65535 bytes before encoding (87380
+  base64 characters), checked here before any call. ARM never returns it on a GET.
 * **Idempotency.** The VM name is derived from the client token (``corral-<sha256>``);
   ARM's PUT is idempotent by name, and a
   :class:`~byoc_agent.providers.ledger.HostLedger` remembers tokens after a VM is deleted.
@@ -28,6 +31,7 @@ in :mod:`byoc_agent.providers.errors` (see ``docs/providers.md``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import re
@@ -63,6 +67,7 @@ from byoc_agent.providers.base import (
     HostSpec,
     HostState,
     Offering,
+    user_data_too_large,
 )
 from byoc_agent.providers.errors import (
     CapacityUnavailableError,
@@ -104,6 +109,9 @@ _AUTH = {
 _NOT_FOUND = {"ResourceNotFound", "NotFound", "ResourceGroupNotFound"}
 _RETRYABLE = {"TooManyRequests", "RetryableError", "InternalServerError", "Conflict"}
 _LRO_TIMEOUT_S = 1800.0
+# osProfile.customData decodes to at most 65535 bytes (ARM: "a maximum length of 87380
+# characters" of base64).
+USER_DATA_MAX_BYTES = 65535
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +189,11 @@ class AzureProvider:
         """
         name = vm_name(spec.client_token)
         fields = {"tenant_id": spec.tenant_id, "instance_type": spec.instance_type}
+        user_data = len(spec.user_data.encode()) if spec.user_data else 0
+        if user_data > USER_DATA_MAX_BYTES:
+            raise user_data_too_large(
+                spec, size=user_data, limit=USER_DATA_MAX_BYTES, what="Azure (osProfile.customData)"
+            )
         async with self._lock:
             entry = self._ledger.by_token(spec.client_token)
             if entry is not None and entry.terminated_at is not None:
@@ -337,6 +350,9 @@ class AzureProvider:
             os_profile=m.OSProfile(
                 computer_name=name,
                 admin_username=cfg.admin_username,
+                custom_data=base64.b64encode(spec.user_data.encode()).decode("ascii")
+                if spec.user_data
+                else None,
                 linux_configuration=m.LinuxConfiguration(
                     disable_password_authentication=True,
                     ssh=m.SshConfiguration(

@@ -19,6 +19,7 @@ Inventory, JSON (``{"hosts": [...]}``) or TOML (``[[hosts]]``)::
     kvm = true                 # optional, default true
     labels = { rack = "1" }    # optional
     cordoned = false           # optional: true takes the machine out of service (no new claims)
+    local = false              # optional: true = this is the agent's own machine (at most one)
 
     [limits]                   # optional
     max_claims = 4             # at most this many hosts claimed at once (the inventory's quota)
@@ -27,6 +28,12 @@ Readiness: a 2xx answer from ``health_url`` when one is given (e.g. the data pla
 ``/healthz`` of an agent already running there); else a TCP connect to ``address:port``;
 with neither, a loopback address is ready at once (this machine) and any other address is
 checked on port 22.
+
+Inventory machines are installed already: ``HostSpec.user_data`` cannot reach them, so a
+provision that carries it is refused (``InvalidArgumentError``). A machine's host software
+is set up out of band, and its ``health_url`` says when it is up. The one-host inventory
+``make up`` writes (:func:`this_machine`) has ``local = true``: its host reports
+``corral:local=true`` in ``Host.tags`` (:data:`~byoc_agent.providers.base.TAG_LOCAL`).
 
 The file is read again when it changes (size, mtime or inode), so an operator can add,
 cordon or remove machines, or change the limit, without restarting the agent; a file that
@@ -50,7 +57,7 @@ from pathlib import Path
 import httpx
 
 from byoc_agent.protocol.errors import InvalidArgumentError
-from byoc_agent.providers.base import Host, HostSpec, HostState, Offering
+from byoc_agent.providers.base import LOCAL, TAG_LOCAL, Host, HostSpec, HostState, Offering
 from byoc_agent.providers.errors import (
     CapacityUnavailableError,
     HostNotFoundError,
@@ -78,6 +85,8 @@ class InventoryHost:
     kvm: bool = True
     labels: Mapping[str, str] = field(default_factory=dict)
     cordoned: bool = False
+    # The agent's own machine (what `make up` writes); its host is tagged corral:local=true.
+    local: bool = False
 
     def offering(self) -> Offering:
         return Offering(
@@ -191,11 +200,14 @@ def _parse_host(file: str, index: int, entry: object) -> InventoryHost:
         raise InvalidArgumentError(f"{where}: 'instance_type' must be a string")
     kvm = entry.get("kvm", True)
     cordoned = entry.get("cordoned", False)
+    local = entry.get("local", False)
     labels = entry.get("labels", {})
     if not isinstance(kvm, bool):
         raise InvalidArgumentError(f"{where}: 'kvm' must be true or false")
     if not isinstance(cordoned, bool):
         raise InvalidArgumentError(f"{where}: 'cordoned' must be true or false")
+    if not isinstance(local, bool):
+        raise InvalidArgumentError(f"{where}: 'local' must be true or false")
     if not isinstance(labels, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
     ):
@@ -213,12 +225,19 @@ def _parse_host(file: str, index: int, entry: object) -> InventoryHost:
         kvm=kvm,
         labels=dict(labels),
         cordoned=cordoned,
+        local=local,
     )
 
 
 def _check_unique_and_uniform(file: str, hosts: list[InventoryHost]) -> None:
     seen: set[str] = set()
     shapes: dict[str, Offering] = {}
+    local = [h.id for h in hosts if h.local]
+    if len(local) > 1:
+        raise InvalidArgumentError(
+            f"inventory {file}: hosts {', '.join(map(repr, local))} all say 'local = true', "
+            "but only one machine is the agent's own; keep the flag on that one"
+        )
     for h in hosts:
         if h.id in seen:
             raise InvalidArgumentError(f"inventory {file}: host id {h.id!r} appears twice")
@@ -271,6 +290,16 @@ class BareMetalProvider:
         return [by_type[t] for t in sorted(by_type)]
 
     async def provision(self, spec: HostSpec) -> Host:
+        if spec.user_data:
+            raise InvalidArgumentError(
+                "bare-metal inventory hosts are installed already, so user data cannot be "
+                "delivered to them; set up the host software on the machine out of band "
+                "(point its inventory entry's health_url at it so readiness follows it) and "
+                "provision without user_data. The agent's own machine (inventory "
+                "'local = true') needs none",
+                tenant_id=spec.tenant_id,
+                instance_type=spec.instance_type,
+            )
         async with self._lock:
             await asyncio.to_thread(self._reload_inventory)
             claims = await asyncio.to_thread(self._read_claims)
@@ -334,7 +363,10 @@ class BareMetalProvider:
         await asyncio.to_thread(self._reload_inventory)
         claims = await asyncio.to_thread(self._read_claims)
         matching = [
-            c for c in claims.values() if c.terminated_at is None and c.tags.get(key) == value
+            c
+            for c in claims.values()
+            if c.terminated_at is None
+            and self._tags(c, self._inventory.get(c.inventory_id)).get(key) == value
         ]
         return list(await asyncio.gather(*(self._host(c) for c in matching)))
 
@@ -371,9 +403,17 @@ class BareMetalProvider:
             instance_type=claim.instance_type,
             state=state,
             private_ip=machine.address if machine else None,
-            tags=claim.tags,
+            tags=self._tags(claim, machine),
             launched_at=claim.launched_at,
         )
+
+    @staticmethod
+    def _tags(claim: _Claim, machine: InventoryHost | None) -> dict[str, str]:
+        """The claim's tags, plus ``corral:local=true`` while its machine is the local one."""
+        tags = {k: v for k, v in claim.tags.items() if k != TAG_LOCAL}
+        if machine is not None and machine.local:
+            tags[TAG_LOCAL] = LOCAL
+        return tags
 
     async def _ready(self, machine: InventoryHost) -> bool:
         return await check_ready(machine, timeout_s=self._connect_timeout_s)
@@ -492,7 +532,8 @@ async def inventory_capacity(path: Path, *, timeout_s: float = 2.0) -> Inventory
 
 
 def this_machine(host_id: str = "local", *, address: str = "127.0.0.1") -> dict[str, object]:
-    """An inventory entry describing the machine this runs on (cpu, memory, GPUs, KVM)."""
+    """An inventory entry describing the machine this runs on (cpu, memory, GPUs, KVM),
+    marked ``local``."""
     cpu = os.cpu_count() or 1
     memory_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
     gpus = len([p for p in Path("/dev").glob("nvidia[0-9]*") if p.name[6:].isdigit()])
@@ -505,6 +546,7 @@ def this_machine(host_id: str = "local", *, address: str = "127.0.0.1") -> dict[
         "gpus": gpus,
         "kvm": kvm,
         "labels": {"role": "local"},
+        "local": True,
     }
 
 

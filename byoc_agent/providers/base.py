@@ -34,11 +34,17 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Protocol
 
+from byoc_agent.protocol.errors import InvalidArgumentError
+
 # Tags every provider puts on the hosts it launches (and filters on).
 TAG_TENANT = "corral:tenant"
 TAG_AGENT = "corral:agent"
 TAG_MANAGED_BY = "corral:managed-by"
 TAG_CLIENT_TOKEN = "corral:client-token"  # noqa: S105 (a tag name, not a secret)
+# On a Host only, never asked for: "true" when the host is the agent's own machine (a
+# bare-metal inventory entry with ``local = true``); absent otherwise.
+TAG_LOCAL = "corral:local"
+LOCAL = "true"
 MANAGED_BY = "corral"
 
 
@@ -85,7 +91,16 @@ class Offering:
 
 @dataclass(frozen=True, slots=True)
 class HostSpec:
-    """A request for one host. ``client_token`` makes ``provision`` idempotent."""
+    """A request for one host. ``client_token`` makes ``provision`` idempotent.
+
+    ``user_data``: the document the host's first boot hands to cloud-init (text, usually
+    ``#cloud-config`` or a script), delivered through the cloud's own channel: EC2
+    ``UserData``, the GCE metadata item ``user-data``, Azure ``osProfile.customData``.
+    Each cloud limits its size (``InvalidArgumentError`` before any call when it is too
+    large); a bare-metal inventory cannot take it at all. ``None`` or ``""``: none. The
+    first provision of a token decides it: a retry returns that host whatever it carries.
+    Left out of ``repr`` because it may hold a bootstrap secret.
+    """
 
     tenant_id: str
     agent_id: str
@@ -94,15 +109,19 @@ class HostSpec:
     subnet_id: str | None = None
     security_group_ids: tuple[str, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
+    user_data: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tags", _frozen(self.tags))
         object.__setattr__(self, "security_group_ids", tuple(self.security_group_ids))
+        if self.user_data is not None and not isinstance(self.user_data, str):
+            raise TypeError(f"HostSpec.user_data must be str or None, not {type(self.user_data)}")
 
     def all_tags(self) -> dict[str, str]:
-        """The caller's tags plus Corral's own, which win on a clash."""
+        """The caller's tags plus Corral's own, which win on a clash (``corral:local`` is
+        the provider's to say, so a caller's is dropped)."""
         return {
-            **self.tags,
+            **{k: v for k, v in self.tags.items() if k != TAG_LOCAL},
             TAG_TENANT: self.tenant_id,
             TAG_AGENT: self.agent_id,
             TAG_MANAGED_BY: MANAGED_BY,
@@ -110,9 +129,25 @@ class HostSpec:
         }
 
 
+def user_data_too_large(
+    spec: HostSpec, *, size: int, limit: int, what: str
+) -> InvalidArgumentError:
+    """The error for user data over a cloud's limit (``size`` and ``limit`` in bytes)."""
+    return InvalidArgumentError(
+        f"user data is {size} bytes but {what} takes at most {limit}; make the cloud-init "
+        "document smaller (have the host fetch large files at boot instead of embedding "
+        "them)",
+        tenant_id=spec.tenant_id,
+        instance_type=spec.instance_type,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Host:
-    """A host as the provider last saw it. ``private_ip`` is None until one is assigned."""
+    """A host as the provider last saw it. ``private_ip`` is None until one is assigned.
+
+    ``tags`` are the launch's (``HostSpec.all_tags``) plus, for the agent's own machine,
+    ``corral:local=true`` (:data:`TAG_LOCAL`)."""
 
     host_id: str
     instance_type: str
@@ -139,7 +174,9 @@ class HostProvider(Protocol):
 
         Idempotent by ``spec.client_token``, across restarts too. Raises
         QuotaExceededError (permanent until the quota is raised), CapacityUnavailableError
-        (retryable), UnknownInstanceTypeError; none of them leaves a host behind.
+        (retryable), UnknownInstanceTypeError, InvalidArgumentError (e.g. ``user_data``
+        larger than the cloud takes, or any ``user_data`` for bare metal); none of them
+        leaves a host behind.
         """
         ...
 

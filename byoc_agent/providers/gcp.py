@@ -18,6 +18,9 @@ The only module that imports the Google Cloud SDK. Hosts are instances in one zo
   ``labels.K = "V"`` filter) and exactly, as JSON in the ``corral-tags`` metadata item
   (what ``Host.tags`` reports; ``list_by_tag`` re-checks it, so sanitizing never merges
   two tenants).
+* **User data.** ``HostSpec.user_data`` is the metadata item ``user-data``, which
+  cloud-init's GCE datasource reads; GCE takes at most 256 KiB per metadata value,
+  checked here before any call.
 * **Idempotency.** The instance name is derived from the client token
   (``corral-<sha256>``) and looked up before every insert, and a
   :class:`~byoc_agent.providers.ledger.HostLedger` remembers tokens after GCP has
@@ -66,6 +69,7 @@ from byoc_agent.providers.base import (
     HostSpec,
     HostState,
     Offering,
+    user_data_too_large,
 )
 from byoc_agent.providers.errors import (
     CapacityUnavailableError,
@@ -82,6 +86,9 @@ DEFAULT_MACHINE_TYPES: tuple[str, ...] = ("n2-standard-32", "a3-highgpu-8g")
 # Intel families whose VMs may enable nested virtualization (GCP documents which).
 DEFAULT_NESTED_VIRT_FAMILIES: tuple[str, ...] = ("n1", "n2", "c2", "c3")
 TAGS_METADATA_KEY = "corral-tags"
+USER_DATA_METADATA_KEY = "user-data"  # what cloud-init's GCE datasource reads
+# GCE takes at most 256 KiB per metadata value (and 512 KiB in all).
+USER_DATA_MAX_BYTES = 256 * 1024
 
 _STATES: dict[str, HostState] = {
     "PROVISIONING": HostState.PROVISIONING,
@@ -167,6 +174,14 @@ class GcpProvider:
         """
         name = instance_name(spec.client_token)
         fields = {"tenant_id": spec.tenant_id, "instance_type": spec.instance_type}
+        user_data = len(spec.user_data.encode()) if spec.user_data else 0
+        if user_data > USER_DATA_MAX_BYTES:
+            raise user_data_too_large(
+                spec,
+                size=user_data,
+                limit=USER_DATA_MAX_BYTES,
+                what=f"a GCE metadata value ({USER_DATA_METADATA_KEY})",
+            )
         async with self._lock:
             entry = self._ledger.by_token(spec.client_token)
             if entry is not None and entry.terminated_at is not None:
@@ -296,6 +311,12 @@ class GcpProvider:
         )
         if cfg.kms_key:
             disk.disk_encryption_key = compute_v1.CustomerEncryptionKey(kms_key_name=cfg.kms_key)
+        metadata = [
+            compute_v1.Items(key=TAGS_METADATA_KEY, value=json.dumps(dict(tags))),
+            compute_v1.Items(key="block-project-ssh-keys", value="true"),
+        ]
+        if spec.user_data:
+            metadata.append(compute_v1.Items(key=USER_DATA_METADATA_KEY, value=spec.user_data))
         nic = compute_v1.NetworkInterface()  # no access_configs: no external IP
         if spec.subnet_id or cfg.subnetwork:
             nic.subnetwork = spec.subnet_id or cfg.subnetwork or ""
@@ -305,12 +326,7 @@ class GcpProvider:
             disks=[disk],
             network_interfaces=[nic],
             labels={_label_key(k): _label_value(v) for k, v in tags.items()},
-            metadata=compute_v1.Metadata(
-                items=[
-                    compute_v1.Items(key=TAGS_METADATA_KEY, value=json.dumps(dict(tags))),
-                    compute_v1.Items(key="block-project-ssh-keys", value="true"),
-                ]
-            ),
+            metadata=compute_v1.Metadata(items=metadata),
             shielded_instance_config=compute_v1.ShieldedInstanceConfig(
                 enable_secure_boot=not offering.bare_metal,
                 enable_vtpm=True,

@@ -13,9 +13,11 @@ from pathlib import Path
 from byoc_agent.protocol.errors import InvalidArgumentError, SandboxNotRunningError
 from byoc_agent.runtimes.base import (
     Adopting,
+    EndReason,
     ExecEvent,
     ExecRequest,
     FileInfo,
+    KnowsStopReason,
     Liveness,
     PreparingAdoption,
     Runtime,
@@ -119,6 +121,13 @@ class RuntimeSet:
         if isinstance(runtime, PreparingAdoption):
             await runtime.prepare_adoption(handle)
 
+    async def stop_reason(self, handle: SandboxHandle) -> EndReason | None:
+        """The reason of the sandbox's own runtime, when that runtime can tell."""
+        runtime = self._by_name.get(handle.runtime)
+        if isinstance(runtime, KnowsStopReason):
+            return await runtime.stop_reason(handle)
+        return None
+
     def _snapshots(self, runtime: Runtime) -> Snapshotting:
         if not isinstance(runtime, Snapshotting):
             raise InvalidArgumentError(f"runtime {runtime.name} cannot pause or snapshot")
@@ -138,8 +147,12 @@ class RuntimeSet:
 
 
 def runtime_names(runtime: Runtime) -> list[str]:
-    """The runtime names behind ``runtime`` (what an agent advertises)."""
-    return runtime.names if isinstance(runtime, RuntimeSet) else [runtime.name]
+    """The runtime names behind ``runtime`` (what an agent advertises): a RuntimeSet's, or
+    a fleet's hosts' (anything with a ``names`` list), else its own name."""
+    names = getattr(runtime, "names", None)
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        return list(names)
+    return [runtime.name]
 
 
 def runtime_isolations(runtime: Runtime) -> set[str]:

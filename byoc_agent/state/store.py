@@ -73,7 +73,14 @@ CREATE TABLE host_placements (
 CREATE INDEX host_placements_host ON host_placements (host_key);
 """
 
-_MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _SCHEMA), (2, _HOSTS))
+# Step 3: what the agent needs to reach a host's worker (hostd): its pinned certificate
+# and bearer secret, made before the host is provisioned and sent in its user data. The
+# state file is readable by the agent's user only (see AgentStateStore.__init__).
+_HOST_WORKERS = """
+ALTER TABLE hosts ADD COLUMN worker TEXT
+"""
+
+_MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _SCHEMA), (2, _HOSTS), (3, _HOST_WORKERS))
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 
@@ -124,6 +131,9 @@ class HostRecord:
     idle_since: float | None = None
     reason: str | None = None
     replaces: str | None = None
+    # How to reach the host's worker (opaque to the store; see byoc_agent.hosts.workers).
+    # Holds a secret: never logged, never reported.
+    worker: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +170,16 @@ class AgentStateStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        # Owner-only: the file holds the replay guard and the hosts' worker secrets.
+        path.touch(mode=0o600, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._migrate()
+        for name in (path.name, path.name + "-wal", path.name + "-shm"):
+            side = path.with_name(name)
+            if side.exists():
+                side.chmod(0o600)
 
     def _migrate(self) -> None:
         """Apply the schema steps this file has not seen, each atomically with its number."""
@@ -393,11 +409,11 @@ class AgentStateStore:
     def put_host(self, rec: HostRecord) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO hosts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO hosts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (rec.host_key, rec.provider, rec.instance_type, rec.phase.value,
                  rec.provider_host_id, rec.private_ip, rec.vcpu, rec.memory_mb, rec.gpus,
                  int(rec.kvm), str(rec.price_per_hour), rec.requested_at, rec.phase_since,
-                 rec.ready_by, rec.idle_since, rec.reason, rec.replaces),
+                 rec.ready_by, rec.idle_since, rec.reason, rec.replaces, rec.worker),
             )
 
     def get_host(self, host_key: str) -> HostRecord | None:
@@ -489,6 +505,7 @@ def _host_record(row: tuple[object, ...]) -> HostRecord:
         idle_since=_opt_float(row[14]),
         reason=_opt_str(row[15]),
         replaces=_opt_str(row[16]),
+        worker=_opt_str(row[17]),
     )
 
 

@@ -31,10 +31,13 @@ from provider_cases import (
     ProviderCase,
     aws_unavailable,
     azure_unavailable,
+    azure_user_data,
     gcp_unavailable,
+    gcp_user_data,
     loopback_hosts,
     make_azure_provider,
     make_gcp_provider,
+    moto_user_data,
     unavailable,
     use_fake_aws_env,
     write_inventory,
@@ -169,7 +172,7 @@ def aws_case(
 ) -> ProviderCase:
     from fault_proxy import Ec2Faults
 
-    from byoc_agent.providers.aws import AwsProvider
+    from byoc_agent.providers.aws import USER_DATA_MAX_BYTES, AwsProvider
 
     return ProviderCase(
         name="aws",
@@ -185,6 +188,8 @@ def aws_case(
         faults=Ec2Faults(ec2_proxy[0]),
         subnet_id=moto_ec2.subnet_id,
         security_group_ids=(moto_ec2.security_group_id,),
+        user_data_limit=USER_DATA_MAX_BYTES,
+        held_user_data=lambda host_id: moto_user_data(moto_ec2.ec2, host_id),
     )
 
 
@@ -209,6 +214,8 @@ def gcp_fake() -> Iterator[tuple[FakeCompute, Recorder]]:
 def gcp_case(gcp_fake: tuple[FakeCompute, Recorder], tmp_path: Path) -> ProviderCase:
     from fake_gcp import GcpFaults
 
+    from byoc_agent.providers.gcp import USER_DATA_MAX_BYTES
+
     fake, _ = gcp_fake
     ledger = tmp_path / "gcp-ledger.json"
     return ProviderCase(
@@ -219,6 +226,8 @@ def gcp_case(gcp_fake: tuple[FakeCompute, Recorder], tmp_path: Path) -> Provider
         faults=GcpFaults(fake, GCP_TYPE),
         subnet_id="regions/us-central1/subnetworks/corral-hosts",
         security_group_ids=("corral-hosts",),
+        user_data_limit=USER_DATA_MAX_BYTES,
+        held_user_data=lambda host_id: gcp_user_data(fake, host_id),
     )
 
 
@@ -256,6 +265,8 @@ def azure_case(
 ) -> ProviderCase:
     from fake_azure import LOCATION, SUBSCRIPTION, TOKEN, ArmFaults
 
+    from byoc_agent.providers.azure import USER_DATA_MAX_BYTES
+
     fake, _ = azure_fake
     ledger = tmp_path / "azure-ledger.json"
     network = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/corral-net/providers/Microsoft.Network"
@@ -267,6 +278,8 @@ def azure_case(
         faults=ArmFaults(fake, AZURE_SIZE),
         subnet_id=f"{network}/virtualNetworks/corral-{LOCATION}/subnets/hosts",
         security_group_ids=(f"{network}/networkSecurityGroups/corral-hosts",),
+        user_data_limit=USER_DATA_MAX_BYTES,
+        held_user_data=lambda host_id: azure_user_data(fake, host_id),
     )
 
 

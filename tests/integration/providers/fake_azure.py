@@ -14,11 +14,16 @@ delete is ``202`` + ``Azure-AsyncOperation`` + ``Location``. Errors use ARM's bo
   create operation ends ``Failed`` with ``AllocationFailed``;
 * an action in ``forbidden_actions``: 403 ``AuthorizationFailed``;
 * no (or an empty) bearer token: 401 ``AuthenticationFailed``; a token other than ``token``: 401
-  ``InvalidAuthenticationToken``; unknown VM: 404 ``ResourceNotFound``.
+  ``InvalidAuthenticationToken``; unknown VM: 404 ``ResourceNotFound``;
+* ``osProfile.customData`` that is not base64 or longer than 87380 characters (65535
+  bytes decoded): 400 ``InvalidParameter``, as ARM answers. ARM never returns customData,
+  so the fake does not either: what a create carried is in ``FakeArm.custom_data``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import ipaddress
 import itertools
@@ -47,6 +52,7 @@ SIZES: dict[str, tuple[str, int, float, int]] = {
 }
 # Sizes this subscription may not use in LOCATION (SKU restrictions).
 RESTRICTED = {"Standard_F8s_v2"}
+CUSTOM_DATA_MAX_CHARS = 87380  # base64 of 65535 bytes
 
 _VM_PATH = re.compile(
     r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Compute"
@@ -109,6 +115,16 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def _valid_custom_data(value: object) -> bool:
+    if not isinstance(value, str) or len(value) > CUSTOM_DATA_MAX_CHARS:
+        return False
+    try:
+        base64.b64decode(value, validate=True)
+    except binascii.Error:
+        return False
+    return True
+
+
 def _error(status: int, code: str, message: str) -> Reply:
     return Reply(status, {"error": {"code": code, "message": message}})
 
@@ -136,6 +152,8 @@ class FakeArm:
     forbidden_actions: set[str] = field(default_factory=set)
     allocation_fails: set[str] = field(default_factory=set)
     vms: dict[str, dict[str, object]] = field(default_factory=dict)
+    # VM name -> the osProfile.customData (base64) its create carried
+    custom_data: dict[str, str] = field(default_factory=dict)
     nics: dict[str, dict[str, object]] = field(default_factory=dict)
     operations: dict[str, dict[str, object]] = field(default_factory=dict)
     _ops: dict[str, tuple[str, str, int]] = field(default_factory=dict)
@@ -268,6 +286,20 @@ class FakeArm:
             del self.vms[name]  # ARM retries the create of a Failed VM
         if body.get("location") != LOCATION:
             return _error(400, "InvalidParameter", "The value of parameter location is invalid.")
+        os_profile = dict(props.get("osProfile") or {})
+        custom_data = os_profile.pop("customData", None)
+        if custom_data is not None and not _valid_custom_data(custom_data):
+            return Reply(
+                400,
+                {
+                    "error": {
+                        "code": "InvalidParameter",
+                        "message": "Custom data in OSProfile must be in Base64 encoding and "
+                        f"with a maximum length of {CUSTOM_DATA_MAX_CHARS} characters.",
+                        "target": "customData",
+                    }
+                },
+            )
         if size not in SIZES or size in RESTRICTED:
             return _error(
                 409, "SkuNotAvailable",
@@ -303,6 +335,10 @@ class FakeArm:
             f"/providers/Microsoft.Network/networkInterfaces/{nic_name}"
         )
         stored_props = dict(props)
+        if "osProfile" in props:
+            stored_props["osProfile"] = os_profile  # without customData: ARM never returns it
+        if isinstance(custom_data, str):
+            self.custom_data[name] = custom_data
         stored_props.update(
             vmId=f"00000000-0000-4000-9000-{n:012d}",
             provisioningState="Creating",
@@ -320,7 +356,7 @@ class FakeArm:
             "properties": stored_props,
             "_size": size,
             "_power": "PowerState/starting",
-            "_body": body,
+            "_body": body,  # the PUT as received (customData included)
         }
         if "identity" in body:
             vm["identity"] = body["identity"]

@@ -8,7 +8,11 @@ HTTP errors; ``error.errors[].code`` plus ``httpErrorStatusCode`` in a failed op
 * the regional ``CPUS`` quota is checked at insert (403 ``quotaExceeded``), the
   ``NVIDIA_H100_GPUS`` quota fails the operation (``QUOTA_EXCEEDED``), as the real API does;
 * a zone pool with no room fails the operation with ``ZONE_RESOURCE_POOL_EXHAUSTED``;
-* ``revoked = True`` answers every request 401 ``authError``; unknown resources are 404.
+* ``revoked = True`` answers every request 401 ``authError``; unknown resources are 404;
+* instance metadata is checked as GCE does (keys ``[a-zA-Z0-9_-]{1,128}``, unique, a value
+  at most 256 KiB, all values at most 512 KiB: else 400 ``invalid``), kept as sent and
+  returned by GET with a ``fingerprint``, so the ``user-data`` a host boots with can be read
+  back through the real client.
 
 An instance boots PROVISIONING → STAGING → RUNNING, one step per read; delete goes through
 STOPPING while its operation runs, then the instance is gone.
@@ -16,6 +20,8 @@ STOPPING while its operation runs, then the instance is gone.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import re
 import threading
@@ -46,6 +52,10 @@ ZONES: dict[str, set[str]] = {
     OTHER_ZONE: {"n2-standard-32", "n2-standard-8", "c3-highcpu-192-metal"},
 }
 
+METADATA_VALUE_MAX_BYTES = 256 * 1024
+METADATA_TOTAL_MAX_BYTES = 512 * 1024
+_METADATA_KEY = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+
 _FILTER_CLAUSE = re.compile(r'([a-zA-Z_.\-0-9]+)\s*=\s*"?([^")]*)"?')
 
 
@@ -61,6 +71,43 @@ def _error(code: int, status: str, message: str, reason: str, domain: str = "glo
             }
         },
     )
+
+
+def _metadata_error(metadata: object) -> str | None:
+    """Why GCE would refuse this instance metadata, or None."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        return "Invalid value for field 'resource.metadata': not an object."
+    items = metadata.get("items", [])
+    if not isinstance(items, list):
+        return "Invalid value for field 'resource.metadata.items': not a list."
+    keys: set[str] = set()
+    total = 0
+    for i, item in enumerate(items):
+        key = item.get("key") if isinstance(item, dict) else None
+        value = item.get("value", "") if isinstance(item, dict) else None
+        if not isinstance(key, str) or not _METADATA_KEY.match(key):
+            return f"Invalid value for field 'resource.metadata.items[{i}].key': '{key}'."
+        if key in keys:
+            return f"Duplicate metadata key '{key}'."
+        if not isinstance(value, str):
+            return f"Invalid value for field 'resource.metadata.items[{i}].value'."
+        keys.add(key)
+        size = len(value.encode())
+        if size > METADATA_VALUE_MAX_BYTES:
+            return (
+                f"Invalid value for field 'resource.metadata.items[{i}].value': the value for "
+                f"metadata key '{key}' is {size} bytes; the limit is "
+                f"{METADATA_VALUE_MAX_BYTES} bytes."
+            )
+        total += size
+    if total > METADATA_TOTAL_MAX_BYTES:
+        return (
+            f"Invalid value for field 'resource.metadata': metadata values total {total} "
+            f"bytes; the limit is {METADATA_TOTAL_MAX_BYTES} bytes."
+        )
+    return None
 
 
 def _now() -> str:
@@ -194,6 +241,8 @@ class FakeCompute:
                 f"The resource 'projects/{PROJECT}/zones/{zone}/instances/{name}' already exists",
                 "alreadyExists",
             )
+        if (why := _metadata_error(body.get("metadata"))) is not None:
+            return _error(400, "INVALID_ARGUMENT", why, "invalid")
         if mtype not in ZONES[zone]:
             return _error(
                 400, "INVALID_ARGUMENT",
@@ -234,6 +283,12 @@ class FakeCompute:
             self.pools[(zone, mtype)] = room - 1
         n = next(self._ids)
         inst: dict[str, object] = dict(body)
+        metadata = dict(body.get("metadata") or {})
+        fingerprint = hashlib.sha256(repr(metadata.get("items")).encode()).digest()[:8]
+        metadata.update(
+            kind="compute#metadata", fingerprint=base64.b64encode(fingerprint).decode()
+        )
+        inst["metadata"] = metadata
         nics = [dict(nic) for nic in body.get("networkInterfaces", [{}])] or [{}]
         nics[0]["networkIP"] = f"10.128.{n // 250}.{n % 250 + 2}"
         nics[0].setdefault("network", f"projects/{PROJECT}/global/networks/default")

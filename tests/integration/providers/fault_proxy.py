@@ -4,10 +4,16 @@ moto does not model account quotas, regional capacity or refused credentials. Ev
 else goes through to moto unchanged; an armed fault answers the named EC2 ``Action`` (or
 every action) with the status and XML error body EC2 itself sends, which botocore parses
 into the same ``ClientError`` a real account would produce.
+
+moto does not check user data either: the proxy answers a ``RunInstances`` whose
+``UserData`` is not base64 or decodes to more than 16 KiB the way EC2 does (400
+``InvalidParameterValue``), and counts the ``RunInstances`` calls it forwards.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import http.client
 import threading
 import uuid
@@ -42,6 +48,23 @@ CAPACITY = Ec2Fault(
     "request or choosing us-east-1b, us-east-1c.",
 )
 AUTH = Ec2Fault(401, "AuthFailure", "AWS was not able to validate the provided access credentials")
+USER_DATA_MAX_BYTES = 16 * 1024  # EC2's limit, before base64
+
+
+def user_data_fault(form: dict[str, list[str]]) -> Ec2Fault | None:
+    """EC2's refusal of a RunInstances ``UserData`` that is not base64 or too large."""
+    values = form.get("UserData")
+    if not values:
+        return None
+    try:
+        raw = base64.b64decode(values[0], validate=True)
+    except binascii.Error:
+        return Ec2Fault(400, "InvalidParameterValue", "Invalid BASE64 encoding of user data.")
+    if len(raw) > USER_DATA_MAX_BYTES:
+        return Ec2Fault(
+            400, "InvalidParameterValue", f"User data is limited to {USER_DATA_MAX_BYTES} bytes"
+        )
+    return None
 
 
 @dataclass
@@ -51,6 +74,8 @@ class FaultProxy:
     upstream: str
     faults: dict[str, Ec2Fault] = field(default_factory=dict)
     hits: dict[str, int] = field(default_factory=dict)
+    # RunInstances calls that reached moto
+    launches: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail(self, action: str, fault: Ec2Fault) -> None:
@@ -60,12 +85,17 @@ class FaultProxy:
     def clear(self) -> None:
         with self._lock:
             self.faults.clear()
+            self.launches = 0
 
     def handle(self, req: Request) -> Reply:
         form = parse_qs(req.raw.decode(errors="replace")) if req.raw else {}
         action = (form.get("Action") or [req.query.get("Action", "")])[0]
         with self._lock:
             fault = self.faults.get(action) or self.faults.get(ANY_ACTION)
+            if fault is None and action == "RunInstances":
+                fault = user_data_fault(form)
+                if fault is None:
+                    self.launches += 1
             if fault is not None:
                 self.hits[action] = self.hits.get(action, 0) + 1
         if fault is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -94,8 +95,19 @@ class ProviderCase:
     security_group_ids: tuple[str, ...] = field(default_factory=tuple)
     # A new provider object on the same backend and state files: the agent after a restart.
     reopen: Callable[[], HostProvider] | None = None
+    # The most user-data bytes the provider delivers; None: it refuses any (bare metal).
+    user_data_limit: int | None = None
+    # The user data the backend holds for a host, read back the way the cloud reports it.
+    held_user_data: Callable[[str], str | None] | None = None
 
-    def spec(self, client_token: str, *, tenant: str = "t-1", agent: str = "a-1") -> HostSpec:
+    def spec(
+        self,
+        client_token: str,
+        *,
+        tenant: str = "t-1",
+        agent: str = "a-1",
+        user_data: str | None = None,
+    ) -> HostSpec:
         return HostSpec(
             tenant_id=tenant,
             agent_id=agent,
@@ -104,6 +116,7 @@ class ProviderCase:
             subnet_id=self.subnet_id,
             security_group_ids=self.security_group_ids,
             tags={"team": "infra"},
+            user_data=user_data,
         )
 
 
@@ -193,6 +206,36 @@ class StaticTokenCredential:
         from azure.core.credentials import AccessTokenInfo
 
         return AccessTokenInfo(self.token, int(time.time()) + 3600)
+
+
+def moto_user_data(ec2: EC2Client, host_id: str) -> str | None:
+    """What EC2 holds as the instance's user data (``DescribeInstanceAttribute userData``)."""
+    value = ec2.describe_instance_attribute(InstanceId=host_id, Attribute="userData")[
+        "UserData"
+    ].get("Value")
+    return base64.b64decode(value).decode() if value else None
+
+
+def gcp_user_data(fake: FakeCompute, host_id: str) -> str | None:
+    """The ``user-data`` metadata item of the instance, as the real client GETs it."""
+    from fake_gcp import PROJECT, ZONE
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import compute_v1
+
+    client = compute_v1.InstancesClient(
+        transport="rest",
+        client_options=ClientOptions(api_endpoint=fake.base_url),
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+    )
+    inst = client.get(project=PROJECT, zone=ZONE, instance=host_id)
+    return next((i.value for i in inst.metadata.items if i.key == "user-data"), None)
+
+
+def azure_user_data(fake: FakeArm, host_id: str) -> str | None:
+    """The customData the fake ARM received for the VM (ARM never returns it on a GET)."""
+    value = fake.custom_data.get(host_id)
+    return base64.b64decode(value, validate=True).decode() if value is not None else None
 
 
 def make_gcp_provider(fake: FakeCompute, ledger: Path | None) -> GcpProvider:

@@ -5,14 +5,20 @@ What a create asks ARM for is read back from the body the server stored.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ssl
 from pathlib import Path
 
 import pytest
-from fake_azure import LOCATION, SUBSCRIPTION, FakeArm
+from fake_azure import LOCATION, RESOURCE_GROUP, SUBSCRIPTION, TOKEN, FakeArm
 from fake_http import Recorder
-from provider_cases import ProviderCase, azure_unavailable, make_azure_provider
+from provider_cases import (
+    ProviderCase,
+    StaticTokenCredential,
+    azure_unavailable,
+    make_azure_provider,
+)
 
 from byoc_agent.providers.base import TAG_AGENT, TAG_MANAGED_BY, TAG_TENANT
 from byoc_agent.providers.errors import (
@@ -136,3 +142,32 @@ async def test_a_credential_that_yields_no_token_is_an_auth_error(
         await provider.list_offerings()
     assert "Authentication failed" in str(caught.value)
     assert recorder.requests[-1].headers["authorization"].strip() == "Bearer"
+
+
+async def test_custom_data_goes_out_base64_in_the_put_and_never_comes_back_on_a_get(
+    azure_case: ProviderCase,
+    azure_fake: tuple[FakeArm, Recorder],
+    arm_tls: tuple[ssl.SSLContext, Path],
+) -> None:
+    """osProfile.customData is the user data, base64; ARM (and the fake) do not return it."""
+    fake, recorder = azure_fake
+    host = await azure_case.provider.provision(
+        azure_case.spec("tok-custom", user_data="#cloud-config\nruncmd: [[true]]\n")
+    )
+    put = next(r for r in recorder.requests if r.method == "PUT")
+    assert isinstance(put.body, dict)
+    sent = put.body["properties"]["osProfile"]["customData"]
+    assert base64.b64decode(sent, validate=True) == b"#cloud-config\nruncmd: [[true]]\n"
+    assert fake.custom_data == {host.host_id: sent}
+    from azure.mgmt.compute import ComputeManagementClient
+
+    client = ComputeManagementClient(
+        StaticTokenCredential(TOKEN),  # type: ignore[arg-type]
+        SUBSCRIPTION,
+        base_url=fake.base_url,
+        connection_verify=str(arm_tls[1]),
+    )
+    vm = client.virtual_machines.get(RESOURCE_GROUP, host.host_id)
+    assert vm.os_profile is not None
+    assert vm.os_profile.admin_username == "corral"
+    assert vm.os_profile.custom_data is None

@@ -16,10 +16,11 @@ from byoc_agent.protocol.errors import CorralError, InvalidArgumentError, Retrya
 from byoc_agent.providers.baremetal import (
     BareMetalProvider,
     inventory_capacity,
+    read_inventory,
     this_machine,
 )
 from byoc_agent.providers.baremetal import write_inventory as write_local_inventory
-from byoc_agent.providers.base import TAG_TENANT, HostState
+from byoc_agent.providers.base import LOCAL, TAG_LOCAL, TAG_TENANT, HostState
 from byoc_agent.providers.errors import CapacityUnavailableError, UnknownInstanceTypeError
 from byoc_agent.settings import AgentSettings
 
@@ -192,3 +193,60 @@ async def test_a_machine_with_a_health_url_is_ready_only_while_it_answers_2xx(
         answer["status"] = 200
         assert (await provider.describe(host.host_id)).state is HostState.READY
     assert {r.path for r in recorder.requests} == {"/healthz"}
+
+
+async def test_the_agents_own_machine_is_tagged_local_and_no_other_is(tmp_path: Path) -> None:
+    """``local = true`` (what ``make up`` writes) puts corral:local=true on the claimed host;
+    list_by_tag finds it; another machine's host has no such tag even if the caller asked."""
+    hosts = loopback_hosts(None)
+    hosts[0]["local"] = True
+    path = write_inventory(tmp_path / "inventory.toml", hosts)
+    assert [h.local for h in read_inventory(path).hosts] == [True, False]
+    provider = BareMetalProvider(path)
+    local = await provider.provision(case_for(provider).spec("tok-local"))
+    assert local.host_id.startswith("rack1-01.")
+    assert local.tags[TAG_LOCAL] == LOCAL
+    spec = dataclasses.replace(case_for(provider).spec("tok-remote"), tags={TAG_LOCAL: LOCAL})
+    remote = await provider.provision(spec)
+    assert remote.host_id.startswith("rack1-02.")
+    assert TAG_LOCAL not in remote.tags
+    assert [h.host_id for h in await provider.list_by_tag(TAG_LOCAL, LOCAL)] == [local.host_id]
+    assert (await provider.describe(local.host_id)).tags[TAG_LOCAL] == LOCAL
+
+    assert this_machine()["local"] is True
+    write_local_inventory(tmp_path / "local.json", [this_machine("local")])
+    assert read_inventory(tmp_path / "local.json").hosts[0].local
+
+
+async def test_an_inventory_with_two_local_machines_or_a_non_boolean_flag_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Only one machine is the agent's own; the message names the hosts and the fix."""
+    hosts = [{**h, "local": True} for h in loopback_hosts(None)]
+    with pytest.raises(InvalidArgumentError, match=r"'rack1-01', 'rack1-02'.*only one"):
+        BareMetalProvider(write_inventory(tmp_path / "two.json", hosts))
+    hosts = loopback_hosts(None)
+    hosts[0]["local"] = "yes"
+    with pytest.raises(InvalidArgumentError, match="'local' must be true or false"):
+        BareMetalProvider(write_inventory(tmp_path / "bad.json", hosts))
+
+
+async def test_user_data_is_refused_even_for_the_local_machine_and_nothing_is_claimed(
+    tmp_path: Path,
+) -> None:
+    """The message says how such hosts are configured; the same token without it works."""
+    hosts = loopback_hosts(None)
+    hosts[0]["local"] = True
+    path = write_inventory(tmp_path / "inventory.json", hosts)
+    provider = BareMetalProvider(path)
+    spec = case_for(provider).spec("tok-ud", user_data="#cloud-config\n")
+    with pytest.raises(InvalidArgumentError) as caught:
+        await provider.provision(spec)
+    message = str(caught.value)
+    assert "out of band" in message
+    assert "health_url" in message
+    assert "local = true" in message
+    assert not path.with_name(path.name + ".claims.json").exists()
+    empty = dataclasses.replace(spec, user_data="")
+    host = await provider.provision(empty)
+    assert host.tags[TAG_LOCAL] == LOCAL

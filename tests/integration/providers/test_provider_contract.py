@@ -8,11 +8,17 @@ The error cases make the backend refuse the way the real service does (see ``Fau
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 from provider_cases import Faults, ProviderCase
 
-from byoc_agent.protocol.errors import ErrorCode, NotFoundError, PermanentError
+from byoc_agent.protocol.errors import (
+    ErrorCode,
+    InvalidArgumentError,
+    NotFoundError,
+    PermanentError,
+)
 from byoc_agent.providers.base import (
     MANAGED_BY,
     TAG_AGENT,
@@ -20,6 +26,7 @@ from byoc_agent.providers.base import (
     TAG_TENANT,
     Host,
     HostProvider,
+    HostSpec,
     HostState,
 )
 from byoc_agent.providers.errors import (
@@ -34,6 +41,30 @@ from corral.testing import eventually
 pytestmark = pytest.mark.asyncio
 
 UNKNOWN_HOST_ID = "i-0123456789abcdef0"
+
+# A cloud-init document with bytes beyond ASCII: they must survive every cloud's encoding.
+CLOUD_CONFIG = (
+    "#cloud-config\n"
+    "# hôte de l'agent — ✓\n"
+    "write_files:\n"
+    "  - path: /etc/corral/hostd.toml\n"
+    "    permissions: '0600'\n"
+    "    content: |\n"
+    '      control_plane = "https://corral.example.com"\n'
+    "runcmd:\n"
+    "  - [systemctl, enable, --now, corral-hostd]\n"
+)
+
+
+def cloud_config_of(size: int) -> str:
+    """A cloud-config document of exactly ``size`` bytes."""
+    head = "#cloud-config\n# "
+    return head + "x" * (size - len(head) - 1) + "\n"
+
+
+def held_user_data(case: ProviderCase, host_id: str) -> str | None:
+    assert case.held_user_data is not None, f"{case.name} cannot read user data back"
+    return case.held_user_data(host_id)
 
 
 def faults_of(case: ProviderCase) -> Faults:
@@ -243,3 +274,90 @@ async def test_refused_credentials_are_a_permanent_auth_error_on_every_call(
 
     faults_of(provider_case).restore()
     assert await provider.list_by_tag(TAG_TENANT, "t-1") == []
+
+
+async def test_provision_with_user_data_leaves_exactly_those_bytes_with_the_provider(
+    provider_case: ProviderCase,
+) -> None:
+    """The cloud holds the document byte for byte (read back the way the cloud reports it);
+    a retry with the same token and document is the same host; no document, none held.
+    Bare metal refuses: an inventory machine is installed already and configured out of band.
+    """
+    provider = provider_case.provider
+    spec = provider_case.spec("tok-user-data", agent="a-user-data", user_data=CLOUD_CONFIG)
+    if provider_case.user_data_limit is None:
+        with pytest.raises(InvalidArgumentError) as caught:
+            await provider.provision(spec)
+        assert not caught.value.retryable
+        assert caught.value.fields["instance_type"] == provider_case.instance_type
+        assert "out of band" in str(caught.value)
+        assert await provider.list_by_tag(TAG_AGENT, "a-user-data") == []
+        return
+
+    host = await provider.provision(spec)
+    held = held_user_data(provider_case, host.host_id)
+    assert held is not None
+    assert held.encode() == CLOUD_CONFIG.encode()
+
+    again = await provider.provision(spec)
+    assert again.host_id == host.host_id
+    assert [h.host_id for h in await provider.list_by_tag(TAG_AGENT, "a-user-data")] == [
+        host.host_id
+    ]
+    assert held_user_data(provider_case, host.host_id) == CLOUD_CONFIG
+
+    plain = await provider.provision(provider_case.spec("tok-no-user-data", agent="a-user-data"))
+    assert held_user_data(provider_case, plain.host_id) is None
+
+
+async def test_user_data_one_byte_over_the_limit_is_refused_before_any_launch(
+    provider_case: ProviderCase,
+) -> None:
+    """InvalidArgumentError naming the limit, nothing launched; exactly the limit is delivered
+    (and accepted by the backend, which checks the limit too) under the same token."""
+    limit = provider_case.user_data_limit
+    if limit is None:
+        pytest.skip(f"{provider_case.name} refuses any user data (see the test above)")
+    provider = provider_case.provider
+    too_big = cloud_config_of(limit + 1)
+    with pytest.raises(InvalidArgumentError) as caught:
+        await provider.provision(provider_case.spec("tok-big", agent="a-big", user_data=too_big))
+    error = caught.value
+    assert not error.retryable
+    assert error.code is ErrorCode.INVALID_ARGUMENT
+    assert error.fields["instance_type"] == provider_case.instance_type
+    assert f"{limit + 1} bytes" in str(error)
+    assert f"at most {limit}" in str(error)
+    assert await provider.list_by_tag(TAG_AGENT, "a-big") == []
+
+    exact = cloud_config_of(limit)
+    host = await provider.provision(provider_case.spec("tok-big", agent="a-big", user_data=exact))
+    assert held_user_data(provider_case, host.host_id) == exact
+
+
+async def test_the_clouds_own_refusal_of_too_large_user_data_is_invalid_argument_too(
+    provider_case: ProviderCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the provider's own check lifted, the backend refuses the oversized document as
+    the cloud does (EC2 400 InvalidParameterValue, GCE 400 invalid, ARM 400
+    InvalidParameter), and the caller still sees a permanent InvalidArgumentError."""
+    limit = provider_case.user_data_limit
+    if limit is None:
+        pytest.skip(f"{provider_case.name} refuses any user data before any backend call")
+    module = sys.modules[type(provider_case.provider).__module__]
+    monkeypatch.setattr(module, "USER_DATA_MAX_BYTES", 4 * limit)
+    spec = provider_case.spec("tok-cloud-big", agent="a-cloud-big")
+    spec = dataclasses.replace(spec, user_data=cloud_config_of(limit + 1))
+    with pytest.raises(InvalidArgumentError) as caught:
+        await provider_case.provider.provision(spec)
+    assert not caught.value.retryable
+    assert await provider_case.provider.list_by_tag(TAG_AGENT, "a-cloud-big") == []
+
+
+async def test_user_data_is_kept_out_of_a_host_specs_repr() -> None:
+    """A spec is logged; the document may carry a bootstrap secret."""
+    spec = HostSpec(
+        tenant_id="t", agent_id="a", instance_type="x", client_token="c", user_data="s3cr3t"
+    )
+    assert "s3cr3t" not in repr(spec)
+    assert spec.user_data == "s3cr3t"

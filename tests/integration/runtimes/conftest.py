@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +21,17 @@ def templates_root() -> Path:
 
 
 @pytest.fixture(params=[pytest.param(f, id=f.name, marks=f.mark) for f in RUNTIMES])
-def runtime_factory(request: pytest.FixtureRequest) -> RuntimeFactory:
-    """Each runtime in RUNTIMES in turn; skipped loudly where it cannot run."""
+def runtime_factory(request: pytest.FixtureRequest) -> Iterator[RuntimeFactory]:
+    """Each runtime in RUNTIMES in turn; skipped loudly where it cannot run. Whatever the
+    factory started for the test is stopped after it (after the sandboxes are destroyed)."""
     factory: RuntimeFactory = request.param
     reason = factory.unavailable()
     if reason is not None:
         pytest.skip(f"{factory.name}: {reason}")
-    return factory
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from byoc_agent.hostd.client import RemoteRuntime
+from byoc_agent.hostd.testing import LocalHostd
 from byoc_agent.runtimes.base import Runtime, SandboxHandle, SandboxSpec
 from byoc_agent.runtimes.firecracker import FirecrackerRuntime
 from byoc_agent.runtimes.gvisor import GVisorRuntime
@@ -36,6 +38,8 @@ class RuntimeFactory:
     make: Callable[[Path, Path], Runtime]
     # Host resources a destroyed sandbox still holds (dirs, mounts, cgroups): should be [].
     leftovers: Callable[[Runtime, str], list[str]]
+    # Called after each test: stop whatever ``make`` started (processes), leave nothing.
+    cleanup: Callable[[], None] = lambda: None
 
 
 def _gvisor_unavailable() -> str | None:
@@ -219,7 +223,57 @@ FIRECRACKER = RuntimeFactory(
     leftovers=_firecracker_leftovers,
 )
 
-RUNTIMES: list[RuntimeFactory] = [GVISOR, MICROVM, FIRECRACKER]
+class HostdGVisor:
+    """gVisor behind a real hostd process, reached over TLS with the pinned certificate and
+    the bearer secret: the Runtime the manager agent uses for a host's sandboxes.
+
+    ``make`` starts one hostd per state dir on a free loopback port; called again for the
+    same state dir (the suite's "agent restart"), it restarts that hostd on the same port,
+    so the restart of hostd itself is what ``recover`` is checked against.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[Path, LocalHostd] = {}
+
+    def make(self, state_dir: Path, templates_root: Path) -> Runtime:
+        hostd = self._running.get(state_dir)
+        if hostd is None:
+            hostd = LocalHostd(state_dir, templates_dir=templates_root)
+            self._running[state_dir] = hostd
+            hostd.start()
+        else:
+            hostd.restart()
+        # Named after the host's one runtime, as its handles are (isolation_of works).
+        return hostd.client(name="gvisor")
+
+    def _local(self, hostd: LocalHostd) -> GVisorRuntime:
+        """The host's gVisor runtime, seen from this process (same machine, same dirs)."""
+        return GVisorRuntime(hostd.config.runtime_dir / "gvisor", hostd.config.templates_dir)
+
+    def leftovers(self, runtime: Runtime, sandbox_id: str) -> list[str]:
+        assert isinstance(runtime, RemoteRuntime)
+        hostd = next(h for h in self._running.values() if h.base_url == runtime.base_url)
+        return _gvisor_leftovers(self._local(hostd), sandbox_id)
+
+    def cleanup(self) -> None:
+        """Stop every hostd started, then destroy any sandbox a failed test left behind."""
+        running, self._running = list(self._running.values()), {}
+        for hostd in running:
+            hostd.stop()
+            hostd.destroy_leftovers()
+
+
+_HOSTD = HostdGVisor()
+HOSTD_GVISOR = RuntimeFactory(
+    name="hostd-gvisor",
+    mark=pytest.mark.gvisor,
+    unavailable=_gvisor_unavailable,
+    make=_HOSTD.make,
+    leftovers=_HOSTD.leftovers,
+    cleanup=_HOSTD.cleanup,
+)
+
+RUNTIMES: list[RuntimeFactory] = [GVISOR, MICROVM, FIRECRACKER, HOSTD_GVISOR]
 
 
 class Sandboxes:

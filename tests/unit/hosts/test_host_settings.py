@@ -44,6 +44,28 @@ def test_the_aws_knobs_are_read_with_prices_over_the_defaults() -> None:
     assert hs.prices["c5.metal"] == Decimal("3.10")
     assert hs.prices["x1.metal"] == Decimal(12)
     assert hs.prices["p5.48xlarge"] == DEFAULT_HOST_PRICES["p5.48xlarge"]
+    # a cloud's hosts run the sandboxes themselves (hostd) unless told otherwise
+    assert (hs.workers, hs.worker_port, hs.worker_runtimes) == ("hostd", 7443, ("gvisor",))
+
+
+def test_worker_knobs_and_the_bare_metal_default() -> None:
+    hs = HostSettings.from_env({
+        "CORRAL_AGENT_HOST_PROVIDER": "aws",
+        "CORRAL_AGENT_HOST_AWS_REGION": "eu-west-1",
+        "CORRAL_AGENT_HOST_AWS_IMAGE_ID": "ami-0123",
+        "CORRAL_AGENT_HOST_WORKER_PORT": "9443",
+        "CORRAL_AGENT_HOST_WORKER_RUNTIMES": "gvisor,qemu-microvm",
+        "CORRAL_AGENT_HOST_WORKER_PACKAGE": "corral==0.1.0",
+        "CORRAL_AGENT_HOSTS_PLACE_TIMEOUT_S": "120",
+    })
+    assert hs is not None
+    assert hs.worker_port == 9443
+    assert hs.worker_runtimes == ("gvisor", "qemu-microvm")
+    assert (hs.worker_package, hs.place_timeout_s) == ("corral==0.1.0", 120.0)
+    bm = HostSettings.from_env({"CORRAL_AGENT_HOST_PROVIDER": "baremetal",
+                                "CORRAL_AGENT_HOST_INVENTORY": "i.toml"})
+    assert bm is not None
+    assert bm.workers == "local"
 
 
 @pytest.mark.parametrize(
@@ -62,6 +84,12 @@ def test_the_aws_knobs_are_read_with_prices_over_the_defaults() -> None:
           "CORRAL_AGENT_HOST_PRICES": "c5.metal"}, "CORRAL_AGENT_HOST_PRICES"),
         ({"CORRAL_AGENT_HOST_PROVIDER": "baremetal", "CORRAL_AGENT_HOST_INVENTORY": "i.toml",
           "CORRAL_AGENT_HOSTS_BUDGET_PER_HOUR": "-1"}, "CORRAL_AGENT_HOSTS_BUDGET_PER_HOUR"),
+        ({"CORRAL_AGENT_HOST_PROVIDER": "baremetal", "CORRAL_AGENT_HOST_INVENTORY": "i.toml",
+          "CORRAL_AGENT_HOST_WORKERS": "hostd"}, "CORRAL_AGENT_HOST_WORKERS"),
+        ({"CORRAL_AGENT_HOST_PROVIDER": "baremetal", "CORRAL_AGENT_HOST_INVENTORY": "i.toml",
+          "CORRAL_AGENT_HOST_WORKERS": "remote"}, "CORRAL_AGENT_HOST_WORKERS"),
+        ({"CORRAL_AGENT_HOST_PROVIDER": "baremetal", "CORRAL_AGENT_HOST_INVENTORY": "i.toml",
+          "CORRAL_AGENT_HOST_WORKER_PORT": "70000"}, "CORRAL_AGENT_HOST_WORKER_PORT"),
     ],
 )
 def test_bad_host_settings_fail_naming_the_variable(env: dict[str, str], names: str) -> None:

@@ -31,7 +31,7 @@ def test_a_state_file_from_before_versioning_is_upgraded_in_place(tmp_path: Path
         db.executescript(_UNVERSIONED)
     store = AgentStateStore(path)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         ident = store.identity()
         assert ident is not None
         assert ident.agent_id == "agt-old"

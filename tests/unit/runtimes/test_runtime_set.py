@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from byoc_agent.protocol.errors import InvalidArgumentError, SandboxNotRunningError
-from byoc_agent.runtimes.base import ExecRequest, Exit, Liveness, SandboxSpec
+from byoc_agent.runtimes.base import (
+    EndReason,
+    ExecRequest,
+    Exit,
+    KnowsStopReason,
+    Liveness,
+    SandboxSpec,
+)
 from byoc_agent.runtimes.memory import InMemoryRuntime
 from byoc_agent.runtimes.multi import RuntimeSet, runtime_isolations, runtime_names
 
@@ -60,3 +67,20 @@ async def test_a_handle_of_a_runtime_no_longer_present_is_missing_not_a_crash() 
     assert await restarted.recover(handle) is Liveness.MISSING
     with pytest.raises(SandboxNotRunningError, match="qemu-microvm"):
         await restarted.read_file(handle, "/etc/hostname")
+
+
+class OomRuntime(InMemoryRuntime):
+    """An in-memory runtime that says every sandbox of its ran out of memory."""
+
+    async def stop_reason(self, handle: object) -> EndReason | None:
+        return EndReason.OOM_KILLED
+
+
+async def test_stop_reason_asks_the_sandboxs_own_runtime_when_it_can_tell() -> None:
+    """A RuntimeSet knows stop reasons: its runtime's answer, or None when it cannot say."""
+    both = RuntimeSet([OomRuntime(), StandInMicrovm()])
+    assert isinstance(both, KnowsStopReason)
+    a = await both.create(spec("a", "gvisor"))
+    b = await both.create(spec("b", "microvm"))
+    assert await both.stop_reason(a) is EndReason.OOM_KILLED
+    assert await both.stop_reason(b) is None

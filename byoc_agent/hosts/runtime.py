@@ -1,0 +1,211 @@
+"""``FleetRuntime``: sandboxes run on the hosts the agent manages, not on the agent itself.
+
+It is a :class:`~byoc_agent.runtimes.base.Runtime`, so the agent's job handlers, data plane
+and E2B surface use it unchanged:
+
+- ``create`` asks the :class:`~byoc_agent.hosts.fleet.HostFleet` for room. If no ready host
+  has it, the request waits in the fleet's scheduler, which is the demand its autoscaler
+  scales out for; ``create`` waits (up to ``place_timeout_s``) until a step places it on a
+  host whose worker answers, then creates the sandbox there. A sandbox that is never placed
+  is withdrawn and the create fails with a capacity error naming why.
+- every other call goes to the host named in the handle (``data["corral.host"]``), through
+  that host's worker runtime.
+- ``destroy`` gives the sandbox's room back to the fleet, so an idle host can be scaled in.
+
+The handle keeps the host's own runtime name (``gvisor``, ``qemu-microvm``, ...), so the
+meter and isolation checks read it as they read a local one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import structlog
+
+from byoc_agent.hosts.fleet import HostFleet
+from byoc_agent.hosts.phases import HostPhase
+from byoc_agent.hosts.workers import HostWorkers
+from byoc_agent.protocol.errors import (
+    CapacityError,
+    InvalidArgumentError,
+    SandboxNotRunningError,
+)
+from byoc_agent.runtimes.base import (
+    ExecEvent,
+    ExecRequest,
+    FileInfo,
+    Liveness,
+    Runtime,
+    SandboxHandle,
+    SandboxSpec,
+    Snapshotting,
+)
+from byoc_agent.scheduling import Isolation, SandboxRequest
+from byoc_agent.state import HostRecord
+
+log = structlog.get_logger(__name__)
+
+HOST_KEY = "corral.host"
+
+
+class FleetRuntime:
+    """Routes each sandbox to the runtime of the host the fleet placed it on."""
+
+    def __init__(
+        self,
+        fleet: HostFleet,
+        workers: HostWorkers,
+        *,
+        names: Sequence[str] = ("gvisor",),
+        place_timeout_s: float = 300.0,
+    ) -> None:
+        if not names:
+            raise InvalidArgumentError("a FleetRuntime needs the runtime names its hosts run")
+        self.fleet = fleet
+        self.workers = workers
+        self.names = list(names)
+        self.name = "fleet:" + "+".join(names)
+        self.place_timeout_s = place_timeout_s
+
+    # ------------------------------------------------------------ routing
+    def _host(self, host_key: str, sandbox_id: str) -> HostRecord:
+        rec = self.fleet.state.get_host(host_key)
+        if rec is None or rec.phase is not HostPhase.READY:
+            raise SandboxNotRunningError(
+                f"sandbox {sandbox_id} ran on host {host_key}, which is no longer ready",
+                sandbox_id=sandbox_id,
+            )
+        return rec
+
+    def _route(self, handle: SandboxHandle) -> tuple[Runtime, SandboxHandle]:
+        host_key = handle.data.get(HOST_KEY)
+        if host_key is None:
+            raise SandboxNotRunningError(
+                f"sandbox {handle.sandbox_id} does not run on a managed host",
+                sandbox_id=handle.sandbox_id,
+            )
+        runtime = self.workers.runtime(self._host(host_key, handle.sandbox_id))
+        inner = SandboxHandle(
+            sandbox_id=handle.sandbox_id,
+            runtime=handle.runtime,
+            created_at=handle.created_at,
+            data={k: v for k, v in handle.data.items() if k != HOST_KEY},
+        )
+        return runtime, inner
+
+    # ------------------------------------------------------------ lifecycle
+    async def create(self, spec: SandboxSpec) -> SandboxHandle:
+        request = SandboxRequest(
+            spec.sandbox_id, spec.cpu, spec.memory_mb, 0, Isolation(spec.isolation)
+        )
+        started = time.monotonic()
+        host_key = self.fleet.submit(request)
+        if host_key is None:
+            log.info("sandbox_waiting_for_host", sandbox_id=spec.sandbox_id, cpu=spec.cpu,
+                     memory_mb=spec.memory_mb, isolation=spec.isolation)
+            host_key = await self.fleet.wait_placed(spec.sandbox_id, self.place_timeout_s)
+        if host_key is None:
+            blocked = dict(self.fleet.last_plan.blocked).get(spec.sandbox_id)
+            self.fleet.release(spec.sandbox_id)
+            why = f" (scale-out blocked: {blocked.value})" if blocked is not None else ""
+            raise CapacityError(
+                f"no managed host had room for {spec.cpu} vCPU and {spec.memory_mb} MiB "
+                f"within {self.place_timeout_s:.0f} s{why}",
+                sandbox_id=spec.sandbox_id,
+            )
+        try:
+            runtime = self.workers.runtime(self._host(host_key, spec.sandbox_id))
+            inner = await runtime.create(spec)
+        except BaseException:
+            self.fleet.release(spec.sandbox_id)
+            raise
+        log.info("sandbox_on_host", sandbox_id=spec.sandbox_id, host_key=host_key,
+                 waited_s=round(time.monotonic() - started, 3))
+        return SandboxHandle(
+            sandbox_id=inner.sandbox_id,
+            runtime=inner.runtime,
+            created_at=inner.created_at,
+            data={**inner.data, HOST_KEY: host_key},
+        )
+
+    async def recover(self, handle: SandboxHandle) -> Liveness:
+        try:
+            runtime, inner = self._route(handle)
+        except SandboxNotRunningError:
+            return Liveness.MISSING
+        return await runtime.recover(inner)
+
+    async def inspect(self, handle: SandboxHandle) -> Liveness:
+        try:
+            runtime, inner = self._route(handle)
+        except SandboxNotRunningError:
+            return Liveness.MISSING
+        return await runtime.inspect(inner)
+
+    async def destroy(self, handle: SandboxHandle) -> None:
+        try:
+            runtime, inner = self._route(handle)
+        except SandboxNotRunningError:
+            pass  # its host is gone, and the sandbox with it
+        else:
+            await runtime.destroy(inner)
+        self.fleet.release(handle.sandbox_id)
+
+    # ------------------------------------------------------------ commands and files
+    async def exec(self, handle: SandboxHandle, request: ExecRequest) -> AsyncIterator[ExecEvent]:
+        runtime, inner = self._route(handle)
+        stream = runtime.exec(inner, request)
+        try:
+            async for event in stream:
+                yield event
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def write_file(self, handle: SandboxHandle, path: str, data: bytes) -> None:
+        runtime, inner = self._route(handle)
+        await runtime.write_file(inner, path, data)
+
+    async def read_file(self, handle: SandboxHandle, path: str) -> bytes:
+        runtime, inner = self._route(handle)
+        return await runtime.read_file(inner, path)
+
+    async def list_dir(self, handle: SandboxHandle, path: str) -> list[FileInfo]:
+        runtime, inner = self._route(handle)
+        return await runtime.list_dir(inner, path)
+
+    async def remove(self, handle: SandboxHandle, path: str) -> None:
+        runtime, inner = self._route(handle)
+        await runtime.remove(inner, path)
+
+    async def make_dir(self, handle: SandboxHandle, path: str) -> None:
+        runtime, inner = self._route(handle)
+        await runtime.make_dir(inner, path)
+
+    # ------------------------------------------------------------ pause / resume
+    def _snapshots(self, runtime: Runtime) -> Snapshotting:
+        if not isinstance(runtime, Snapshotting):
+            raise InvalidArgumentError(f"runtime {runtime.name} cannot pause or snapshot")
+        return runtime
+
+    async def pause(self, handle: SandboxHandle) -> None:
+        runtime, inner = self._route(handle)
+        await self._snapshots(runtime).pause(inner)
+
+    async def resume(self, handle: SandboxHandle) -> None:
+        runtime, inner = self._route(handle)
+        await self._snapshots(runtime).resume(inner)
+
+    async def snapshot(self, handle: SandboxHandle, dest: Path) -> None:
+        raise InvalidArgumentError(
+            "snapshots of sandboxes on managed hosts are not supported yet: a snapshot "
+            "would live on one host; pause and resume work"
+        )
+
+    async def restore(self, spec: SandboxSpec, source: Path) -> SandboxHandle:
+        raise InvalidArgumentError(
+            "restoring onto managed hosts is not supported yet; create a new sandbox"
+        )
