@@ -169,6 +169,13 @@ class Agent:
     async def run(self) -> None:
         """Recover sandboxes, then serve jobs until cancelled."""
         await self.recover()
+        if self.fleet is not None:
+            # Offerings and hosts known before the first heartbeat, so the capacity it
+            # offers is right from the start (a failure is retried by the fleet's loop).
+            try:
+                await self.fleet.start()
+            except Exception as e:  # the provider may be unreachable for now
+                self.log.warning("fleet_start_failed", error=str(e))
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._job_loop())
             tg.create_task(self._outbox_loop())

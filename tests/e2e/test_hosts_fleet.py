@@ -210,10 +210,11 @@ def test_a_sandbox_runs_on_a_host_the_agent_launches_for_it(
     info, booter = fleet_stack
     assert booter.hosts == {}  # the agent starts with no host
     # it offers the control plane what it may launch: one c5.metal
-    assert agent_capacity(info)["cpu_total"] == 96
+    eventually("the agent to offer one c5.metal",
+               lambda: agent_capacity(info)["cpu_total"] == 96, timeout_s=30)
 
     with Sandbox.create(api_url=info.api_url, api_key=info.api_key, timeout=300) as sb:
-        result = sb.commands.run("echo from-the-host; cat /etc/hostname")
+        result = sb.commands.run("echo from-the-host; hostname")
         assert result.stdout.splitlines() == ["from-the-host", sb.id]
         sb.files.write("/tmp/note.txt", "kept on the host")
         assert sb.files.read("/tmp/note.txt") == "kept on the host"
