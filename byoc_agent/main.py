@@ -127,7 +127,7 @@ async def run_agent(settings: AgentSettings) -> None:
     runtime: Runtime
     if fleet is not None and workers is not None:
         assert hosts is not None
-        # Sandboxes run on the hosts the fleet launches (ADR 0027).
+        # Sandboxes run on the hosts the fleet launches (ADR 0028).
         runtime = FleetRuntime(fleet, workers, names=hosts.worker_runtimes,
                                place_timeout_s=hosts.place_timeout_s)
     else:

@@ -57,7 +57,7 @@ class HostSettings:
     reserve_after_s: float = 30.0
     interval_s: float = 5.0
     prices: Mapping[str, Decimal] = field(default_factory=lambda: dict(DEFAULT_HOST_PRICES))
-    # Where sandboxes run (ADR 0027): "hostd" — on the hosts, each running corral-hostd
+    # Where sandboxes run (ADR 0028): "hostd" — on the hosts, each running corral-hostd
     # (the default for the clouds); "local" — on the agent's own machine, the hosts being
     # capacity only (the default for bare metal, whose inventory is usually this machine).
     workers: str = "local"

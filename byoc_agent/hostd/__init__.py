@@ -3,7 +3,7 @@
 A manager agent launches hosts (:mod:`byoc_agent.hosts`); each runs ``corral-hostd``, which
 serves the host's local Runtime (gVisor, QEMU microVMs) to the manager and nothing else.
 The manager keeps every record, signs, meters and talks to NATS; a host holds no NATS
-credential, only its TLS key and a bearer secret the manager made for it (ADR 0027).
+credential, only its TLS key and a bearer secret the manager made for it (ADR 0028).
 
 - :mod:`.credentials` the host's certificate, key and secret
 - :mod:`.userdata`    the ``#cloud-config`` that installs and starts hostd on a new host

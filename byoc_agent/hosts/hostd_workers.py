@@ -1,5 +1,5 @@
 """Hosts that run ``corral-hostd``: credentials made per host, sent in its user data, and the
-pinned-TLS :class:`~byoc_agent.hostd.client.RemoteRuntime` that reaches it (ADR 0027).
+pinned-TLS :class:`~byoc_agent.hostd.client.RemoteRuntime` that reaches it (ADR 0028).
 
 ``prepare`` makes the host's bearer secret and self-signed certificate before the host is
 provisioned; the host record keeps them (the agent's state file is owner-only), so a launch
