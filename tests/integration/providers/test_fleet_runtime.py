@@ -25,6 +25,7 @@ from byoc_agent.protocol.errors import CapacityError, InvalidArgumentError
 from byoc_agent.providers.base import TAG_AGENT
 from byoc_agent.runtimes.base import ExecRequest, Exit, SandboxSpec
 from byoc_agent.runtimes.memory import InMemoryRuntime
+from byoc_agent.scheduling import SandboxRequest
 from byoc_agent.state import AgentStateStore
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.providers]
@@ -169,3 +170,43 @@ async def test_a_sandbox_whose_host_is_gone_is_missing_and_snapshots_are_refused
     with pytest.raises(InvalidArgumentError, match="not supported"):
         await runtime.snapshot(handle, Path("/nonexistent"))
     await runtime.destroy(handle)  # its host is gone: nothing to do, and no error
+
+
+async def test_after_an_agent_restart_its_sandboxes_are_found_on_their_hosts(
+    moto_ec2: MotoEc2, tmp_path: Path
+) -> None:
+    """A new fleet and FleetRuntime over the same state file (the agent restarted) route the
+    sandbox to the same host, and its room is still taken there."""
+    path = tmp_path / "restart-state.db"
+    host_runtime = InMemoryRuntime()  # the host's worker outlives the agent
+    first = AgentStateStore(path)
+    try:
+        fleet = make_fleet(moto_ec2, first)
+        await fleet.start()
+        task = asyncio.create_task(fleet.run(interval_s=0.2))
+        try:
+            runtime = FleetRuntime(fleet, LocalWorkers(host_runtime), place_timeout_s=30)
+            handle = await runtime.create(spec("sbx-restart", cpu=90))
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        first.close()
+
+    again = AgentStateStore(path)
+    try:
+        fleet = make_fleet(moto_ec2, again)
+        await fleet.start()
+        runtime = FleetRuntime(fleet, LocalWorkers(host_runtime), place_timeout_s=30)
+        from byoc_agent.runtimes.base import Liveness
+
+        assert await runtime.recover(handle) is Liveness.RUNNING
+        assert fleet.host_of("sbx-restart") == handle.data[HOST_KEY]
+        # 90 of the host's 96 vCPUs are still taken: 10 more do not fit without a new host
+        assert fleet.submit(SandboxRequest("sbx-more", 10, 1024)) is None
+        fleet.release("sbx-more")
+        await runtime.destroy(handle)
+        assert fleet.host_of("sbx-restart") is None
+    finally:
+        again.close()
