@@ -47,11 +47,11 @@ def _unavailable() -> str | None:
         return "gVisor sandboxes need root (runsc and cgroups)"
     if shutil.which("runsc") is None:
         return "runsc is not installed (make test installs it)"
-    try:
-        import boto3  # noqa: F401
-        import moto  # noqa: F401
-    except ImportError as e:
-        return f"the aws extra is not installed ({e.name})"
+    import importlib.util
+
+    for name in ("boto3", "moto"):  # found, not imported: moto reads its settings on import
+        if importlib.util.find_spec(name) is None:
+            return f"the aws extra is not installed ({name})"
     return None
 
 
@@ -60,10 +60,15 @@ def moto_url() -> Iterator[str]:
     reason = _unavailable()
     if reason:
         pytest.skip(reason)
-    # Same validation as the provider suites (read when moto is first imported).
+    # Same validation as the provider suites, which need it: moto reads these when it is
+    # first imported in this process, whichever suite imports it first.
     os.environ.setdefault("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
     os.environ.setdefault("MOTO_ENABLE_AMI_VALIDATION", "true")
+    from moto import settings
     from moto.server import ThreadedMotoServer
+
+    if not (settings.EC2_ENABLE_INSTANCE_TYPE_VALIDATION and settings.ENABLE_AMI_VALIDATION):
+        pytest.fail("moto was imported before its validation settings were set")
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
