@@ -232,7 +232,8 @@ class AwsHost:
                                  tags=tags, opts=opts)
         aws.iam.RolePolicyAttachment(f"{n}-host-ssm", role=host_role.name,
                                      policy_arn=SSM_CORE_POLICY, opts=opts)
-        aws.iam.InstanceProfile(f"{n}-host", role=host_role.name, tags=tags, opts=opts)
+        host_profile = aws.iam.InstanceProfile(f"{n}-host", role=host_role.name, tags=tags,
+                                               opts=opts)
         agent_role = aws.iam.Role(f"{n}-agent", assume_role_policy=_assume_ec2(),
                                   description="The Corral agent", tags=tags, opts=opts)
         aws.iam.RolePolicyAttachment(f"{n}-agent-ssm", role=agent_role.name,
@@ -255,10 +256,12 @@ class AwsHost:
             opts=invoke)
         if hosts_sg is not None:
             # Hosts boot the same Debian image as the agent, in the agent's private subnet.
-            boot = boot.with_hosts(pulumi.Output.all(ami.id, private[0].id, hosts_sg.id).apply(
+            # They run as the host role (the only role the agent may pass).
+            boot = boot.with_hosts(pulumi.Output.all(
+                ami.id, private[0].id, hosts_sg.id, host_profile.arn).apply(
                 lambda a: host_settings(agent, "aws", {
                     "AWS_REGION": o.region, "AWS_IMAGE_ID": a[0], "SUBNET_ID": a[1],
-                    "SECURITY_GROUP_IDS": a[2]})))
+                    "SECURITY_GROUP_IDS": a[2], "AWS_INSTANCE_PROFILE": a[3]})))
         template = aws.ec2.LaunchTemplate(
             f"{n}-agent-lt",
             image_id=ami.id,

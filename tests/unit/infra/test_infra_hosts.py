@@ -169,7 +169,9 @@ def test_azure_hosts_nsg_admits_only_the_worker_port_from_the_agents_asg(
 @pytest.mark.parametrize(("cloud", "where"), [
     ("aws", {"AWS_REGION": "us-east-1", "AWS_IMAGE_ID": DEPLOY_TIME_AMI,
              "SUBNET_ID": "acme-agent-private-1-id",
-             "SECURITY_GROUP_IDS": "acme-agent-hosts-sg-id"}),
+             "SECURITY_GROUP_IDS": "acme-agent-hosts-sg-id",
+             "AWS_INSTANCE_PROFILE":
+                 "arn:aws:iam::000000000000:instanceProfile/acme-agent-host"}),
     ("gcp", {"GCP_PROJECT": "my-project", "GCP_ZONE": "us-central1-a",
              "IMAGE": "projects/debian-cloud/global/images/family/debian-12",
              "SUBNET_ID": "https://compute.googleapis.com/acme-agent-private",
@@ -194,6 +196,9 @@ def test_booted_agent_env_configures_the_host_provider(
     assert (hs.max_hosts, hs.budget_per_hour) == (3, Decimal("12.5"))
     assert hs.worker_package == "corral==0.1.0"  # the agent's own package, never bare "corral"
     assert hs.prices["n2-standard-8"] == Decimal("0.39")
+    if cloud == "aws":
+        # The profile is the host role's, the one role the agent may pass.
+        assert hs.aws_instance_profile == env["CORRAL_AGENT_HOST_AWS_INSTANCE_PROFILE"]
     settings = AgentSettings.from_env(env)
     assert settings.hosts == hs
     # Nothing secret was added: beside the agent's own lines, only host settings, and the
