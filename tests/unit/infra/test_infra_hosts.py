@@ -29,6 +29,7 @@ from tests.unit.infra.infra_cases import SSH_KEY, TOKEN
 
 pytestmark = pytest.mark.infra
 
+REPO = Path(__file__).resolve().parents[3]
 PRICES = {"n2-standard-8": "0.39", "Standard_D8s_v5": "0.384"}
 HOSTS = HostsInstall(max=3, budget_per_hour="12.5", prices=PRICES)
 
@@ -196,6 +197,12 @@ def test_booted_agent_env_configures_the_host_provider(
     assert (hs.max_hosts, hs.budget_per_hour) == (3, Decimal("12.5"))
     assert hs.worker_package == "corral==0.1.0"  # the agent's own package, never bare "corral"
     assert hs.prices["n2-standard-8"] == Decimal("0.39")
+    assert hs.subnet_id == where["SUBNET_ID"]
+    assert hs.security_group_ids == (where["SECURITY_GROUP_IDS"],)
+    # Every host line is a name HostSettings.from_env reads (no typo goes unnoticed).
+    source = (REPO / "byoc_agent/settings.py").read_text()
+    for key in (k for k in env if k.startswith("CORRAL_AGENT_HOST")):
+        assert f'p + "{key.removeprefix("CORRAL_AGENT_HOST")}"' in source, key
     if cloud == "aws":
         # The profile is the host role's, the one role the agent may pass.
         assert hs.aws_instance_profile == env["CORRAL_AGENT_HOST_AWS_INSTANCE_PROFILE"]
