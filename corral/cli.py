@@ -534,6 +534,20 @@ def install(
     size: str | None = typer.Option(
         None, "--size", help="Instance type / machine type / VM size of the agent's host."
     ),
+    hosts_max: int = typer.Option(
+        0, "--hosts-max", help="Sandbox hosts the agent may launch (0: none, sandboxes run "
+        "on the agent's machine)."
+    ),
+    hosts_budget: str = typer.Option(
+        "10", "--hosts-budget", help="Cap on the hosts' summed $/hour."
+    ),
+    host_price: list[str] | None = typer.Option(
+        None, "--host-price", help="TYPE=DOLLARS_PER_HOUR a host type may cost (repeat; "
+        "required for GCP and Azure hosts)."
+    ),
+    worker_port: int = typer.Option(
+        7443, "--worker-port", help="Port of corral-hostd on the hosts (agent only)."
+    ),
     stack: str | None = typer.Option(None, "--stack", help="Pulumi stack (default: NAME-CLOUD)."),
     out: Path | None = typer.Option(
         None, "--out", help="baremetal: write the install bundle here instead of `pulumi up`."
@@ -543,7 +557,12 @@ def install(
     with _friendly():
         try:
             from infra import install as inst
-            from infra.config import DEFAULT_AGENT_PACKAGE, DRY_RUN_TOKEN, AgentInstall
+            from infra.config import (
+                DEFAULT_AGENT_PACKAGE,
+                DRY_RUN_TOKEN,
+                AgentInstall,
+                HostsInstall,
+            )
         except ImportError as e:
             raise CorralError(
                 f"the installer needs the infra extra: pip install 'corral[infra]' ({e})"
@@ -566,6 +585,9 @@ def install(
             dataplane_clients=tuple(dataplane_client or ()),
             labels=_pairs(label, "--label"),
             agent_package=agent_package or DEFAULT_AGENT_PACKAGE,
+            hosts=HostsInstall(max=hosts_max, budget_per_hour=hosts_budget,
+                               worker_port=worker_port,
+                               prices=_pairs(host_price, "--host-price")),
         )
         choice = inst.CloudChoice(
             cloud=cloud, region=region, zone=zone, project=project, size=size

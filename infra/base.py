@@ -8,12 +8,14 @@ one module per cloud, registered by name in ``infra.stacks.TARGETS``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import pulumi
 
 from infra.config import AgentInstall
+from infra.render import render
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +36,38 @@ class BootFiles:
     install_script: pulumi.Output[str]
     agent_env: pulumi.Output[str]
     systemd_unit: str
+    agent: AgentInstall
+
+    @classmethod
+    def of(cls, agent: AgentInstall,
+           hosts: pulumi.Output[Mapping[str, str]] | None = None) -> BootFiles:
+        """Render the install; ``hosts`` adds the ``CORRAL_AGENT_HOST*`` lines to agent.env
+        once the resources they name (subnet, security group, image) are known."""
+        source: pulumi.Output[Mapping[str, str]] = (
+            hosts if hosts is not None else pulumi.Output.from_input({}))
+        bundle = source.apply(lambda h: render(agent, h))
+        return cls(
+            cloud_init=pulumi.Output.secret(bundle.apply(lambda b: b.cloud_init)),
+            install_script=pulumi.Output.secret(bundle.apply(lambda b: b.install_script)),
+            agent_env=pulumi.Output.secret(bundle.apply(lambda b: b.agent_env)),
+            systemd_unit=render(agent).systemd_unit,
+            agent=agent,
+        )
+
+    def with_hosts(self, hosts: pulumi.Output[Mapping[str, str]]) -> BootFiles:
+        """The same install, its agent.env also configuring the host provider."""
+        return BootFiles.of(self.agent, hosts)
 
 
 @dataclass(frozen=True, slots=True)
 class Deployed:
-    """What a target reports back; ``host`` is None when nothing runs in a cloud."""
+    """What a target reports back; ``host`` is None when nothing runs in a cloud.
+    ``boot``: the files the target booted the agent with, when not the ones it was given
+    (:meth:`BootFiles.with_hosts`)."""
 
     host: pulumi.Output[str] | None
     private_address: pulumi.Output[str] | None
+    boot: BootFiles | None = None
 
 
 class HostTarget(Protocol):

@@ -12,7 +12,6 @@ import pulumi
 
 from infra.base import BootFiles, HostTarget
 from infra.config import AgentInstall
-from infra.render import render
 
 COMPONENT_TYPE = "corral:index:CorralAgent"
 
@@ -31,14 +30,10 @@ class CorralAgent(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(COMPONENT_TYPE, name, None, opts)
-        bundle = render(agent)
-        boot = BootFiles(
-            cloud_init=pulumi.Output.secret(bundle.cloud_init),
-            install_script=pulumi.Output.secret(bundle.install_script),
-            agent_env=pulumi.Output.secret(bundle.agent_env),
-            systemd_unit=bundle.systemd_unit,
-        )
-        deployed = target.deploy(self, agent, boot)
+        given = BootFiles.of(agent)
+        deployed = target.deploy(self, agent, given)
+        # A target that configures hosts boots the agent with host settings added.
+        boot = deployed.boot or given
         self.host = deployed.host
         self.private_address = deployed.private_address
         self.install_script = boot.install_script

@@ -11,6 +11,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 
 from infra.errors import InstallConfigError
@@ -33,6 +34,60 @@ def _check_value(what: str, value: str) -> None:
         )
 
 
+# Ceilings a typo should not get past (the agent's own settings accept more).
+MAX_HOSTS_CEILING = 100
+DEFAULT_WORKER_PORT = 7443
+
+
+def _dollars(what: str, raw: str) -> Decimal:
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise InstallConfigError(f"{what}: {raw!r} is not an amount in $/hour") from None
+    if not value.is_finite() or value < 0:
+        raise InstallConfigError(f"{what}: {raw!r} must be a finite amount >= 0")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class HostsInstall:
+    """Sandbox hosts the installed agent may launch in the same cloud (ADR 0028).
+
+    Off by default (``max=0``): the agent runs its sandboxes on its own machine, as
+    before, and the stack creates nothing for hosts. With ``max > 0`` the stack creates
+    the hosts' network identity (a security group / firewall rule / NSG that admits only
+    ``worker_port`` from the agent) and writes ``CORRAL_AGENT_HOST_*`` into agent.env.
+    """
+
+    max: int = 0
+    budget_per_hour: str = "10"
+    worker_port: int = DEFAULT_WORKER_PORT
+    # Instance type -> $/hour. The agent launches only types with a price; AWS has list
+    # prices built in for its default metal types, GCP and Azure need these.
+    prices: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max, bool) or not 0 <= self.max <= MAX_HOSTS_CEILING:
+            raise InstallConfigError(
+                f"hosts.max={self.max!r}: use 0 (no hosts) to {MAX_HOSTS_CEILING}")
+        budget = _dollars("hosts.budget_per_hour", self.budget_per_hour)
+        if self.max and budget == 0:
+            raise InstallConfigError(
+                "hosts.budget_per_hour must be above 0 when hosts.max > 0 (no host fits a "
+                "budget of $0/hour)")
+        if not 1 <= self.worker_port <= 65535:
+            raise InstallConfigError(f"hosts.worker_port {self.worker_port} is out of range")
+        for itype, price in self.prices.items():
+            _check_value("hosts.prices instance type", itype)
+            if not itype or "," in itype or "=" in itype:
+                raise InstallConfigError(f"hosts.prices: {itype!r} is not an instance type")
+            _dollars(f"hosts.prices[{itype}]", price)
+
+    @property
+    def enabled(self) -> bool:
+        return self.max > 0
+
+
 @dataclass(frozen=True, slots=True)
 class AgentInstall:
     """The agent's side of an install; becomes ``CORRAL_AGENT_*`` in /etc/corral/agent.env."""
@@ -46,6 +101,7 @@ class AgentInstall:
     # Private networks allowed to reach the data plane port; empty = no ingress at all.
     dataplane_clients: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    hosts: HostsInstall = field(default_factory=HostsInstall)
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -81,6 +137,10 @@ class AgentInstall:
                     f"data plane client {cidr!r} is not a private network; the data plane "
                     "is never opened to the internet"
                 )
+        if self.hosts.enabled and self.hosts.worker_port == self.dataplane_port:
+            raise InstallConfigError(
+                f"hosts.worker_port {self.hosts.worker_port} is the data plane port; "
+                "pick another")
         for k, v in self.labels.items():
             if not _TAG_KEY.fullmatch(k) or not re.fullmatch(r"[a-z0-9_-]{0,63}", v):
                 raise InstallConfigError(

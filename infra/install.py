@@ -143,6 +143,9 @@ def print_plan(console: Console, plan: Plan, violations: list[policy.Violation])
 
 def write_bundle(agent: AgentInstall, out: Path) -> list[Path]:
     """Write the bare-metal install bundle; the files holding the token are 0600/0700."""
+    from infra.stacks.baremetal import refuse_hosts
+
+    refuse_hosts(agent)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, (text, mode) in render(agent).files().items():

@@ -29,6 +29,7 @@ from infra.stacks import build
 _LOCK = threading.Lock()  # the mock monitor is process-global
 
 DEPLOY_TIME_AMI = "ami-resolved-at-deploy"
+DEPLOY_TIME_SUBSCRIPTION = "subscription-resolved-at-deploy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
                     "zoneIds": ["z1", "z2"]}
         if lookup == "aws:ec2/getAmi:getAmi":
             return {"id": DEPLOY_TIME_AMI, "imageId": DEPLOY_TIME_AMI}
+        if lookup == "azure-native:authorization:getClientConfig":
+            return {"subscriptionId": DEPLOY_TIME_SUBSCRIPTION, "tenantId": "resolved-at-deploy",
+                    "clientId": "resolved-at-deploy", "objectId": "resolved-at-deploy"}
         raise InstallError(f"the dry run has no answer for the lookup {args.token}")
 
 

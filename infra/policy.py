@@ -76,6 +76,7 @@ TAG_RULES: dict[str, str] = {
     "azure-native:network:PublicIPAddress": TAGGED,
     "azure-native:network:NatGateway": TAGGED,
     "azure-native:network:NetworkSecurityGroup": TAGGED,
+    "azure-native:network:ApplicationSecurityGroup": TAGGED,
     "azure-native:network:VirtualNetwork": TAGGED,
     "azure-native:network:Subnet": EXEMPT,  # ARM subnets take no tags; the VNet has them
     "azure-native:network:NetworkInterface": TAGGED,

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from infra.config import AgentInstall
+from infra.errors import InstallConfigError
 
 ENV_FILE = "/etc/corral/agent.env"
 UNIT_FILE = "/etc/systemd/system/corral-agent.service"
@@ -50,12 +52,38 @@ class InstallBundle:
         }
 
 
-def agent_env(agent: AgentInstall) -> str:
+def host_settings(agent: AgentInstall, provider: str, where: Mapping[str, str]
+                  ) -> dict[str, str]:
+    """The ``CORRAL_AGENT_HOST*`` lines for an install with hosts (``agent.hosts``):
+    ``where`` is the cloud's part (region, image, subnet, security group...), by the
+    suffix after ``CORRAL_AGENT_HOST_``. Sandboxes run on the hosts (``WORKERS=hostd``),
+    which install the same agent package as the agent."""
+    h = agent.hosts
+    env = {"CORRAL_AGENT_HOST_PROVIDER": provider}
+    env.update({f"CORRAL_AGENT_HOST_{k}": v for k, v in where.items()})
+    env.update({
+        "CORRAL_AGENT_HOST_WORKERS": "hostd",
+        "CORRAL_AGENT_HOST_WORKER_PORT": str(h.worker_port),
+        "CORRAL_AGENT_HOST_WORKER_PACKAGE": agent.agent_package,
+        "CORRAL_AGENT_HOSTS_MAX": str(h.max),
+        "CORRAL_AGENT_HOSTS_BUDGET_PER_HOUR": h.budget_per_hour,
+    })
+    if h.prices:
+        env["CORRAL_AGENT_HOST_INSTANCE_TYPES"] = ",".join(h.prices)
+        env["CORRAL_AGENT_HOST_PRICES"] = ",".join(f"{t}={p}" for t, p in h.prices.items())
+    return env
+
+
+def agent_env(agent: AgentInstall, hosts: Mapping[str, str] | None = None) -> str:
     """The agent's settings as a systemd EnvironmentFile (read by AgentSettings.from_env).
 
     The data plane listens on every address of the host; the firewall, not the bind
     address, decides who may reach it (by default: nobody). The advertised URL is the
     host's private address, filled in by the install script.
+
+    ``hosts``: the ``CORRAL_AGENT_HOST*`` settings a cloud stack computed from what it
+    created (HostSettings.from_env), appended after the agent's own; None or empty for an
+    install without hosts. None of them is a secret.
     """
     lines = [
         "# Corral agent settings (byoc_agent/settings.py). Contains a secret: mode 0600.",
@@ -69,6 +97,14 @@ def agent_env(agent: AgentInstall) -> str:
         "CORRAL_AGENT_RUNTIME=gvisor",
         f"CORRAL_AGENT_MEMORY_MB_TOTAL={agent.memory_mb_total}",
     ]
+    for key, value in (hosts or {}).items():
+        if not key.startswith("CORRAL_AGENT_HOST") or not key.replace("_", "").isalnum():
+            raise InstallConfigError(f"{key!r} is not a CORRAL_AGENT_HOST* setting")
+        # One line each in a systemd EnvironmentFile and a quoted heredoc: no line breaks,
+        # quotes or backslashes (an SSH public key's spaces are fine there).
+        if any(c in value for c in "\n\r'\"\\") or value != value.strip():
+            raise InstallConfigError(f"{key}: {value!r} cannot be written to agent.env")
+        lines.append(f"{key}={value}")
     return "\n".join(lines) + "\n"
 
 
@@ -100,13 +136,13 @@ WantedBy=multi-user.target
 """
 
 
-def install_script(agent: AgentInstall) -> str:
+def install_script(agent: AgentInstall, hosts: Mapping[str, str] | None = None) -> str:
     """A bash script, run as root, that installs and starts the agent.
 
     ``CORRAL_PIP_ARGS`` (environment) adds pip options, e.g. ``--no-index --find-links
     DIR`` for a host without a package index; ``CORRAL_VENV_ARGS`` adds ``venv`` options.
     """
-    env = agent_env(agent)
+    env = agent_env(agent, hosts)
     unit = systemd_unit()
     packages = " ".join(APT_PACKAGES)
     return f"""\
@@ -181,10 +217,10 @@ runcmd:
 """
 
 
-def render(agent: AgentInstall) -> InstallBundle:
-    script = install_script(agent)
+def render(agent: AgentInstall, hosts: Mapping[str, str] | None = None) -> InstallBundle:
+    script = install_script(agent, hosts)
     return InstallBundle(
-        agent_env=agent_env(agent),
+        agent_env=agent_env(agent, hosts),
         systemd_unit=systemd_unit(),
         install_script=script,
         cloud_init=cloud_init(script),

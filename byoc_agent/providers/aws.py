@@ -112,10 +112,14 @@ class AwsProvider:
         session: boto3.session.Session | None = None,
         subnet_id: str | None = None,
         security_group_ids: Sequence[str] = (),
+        instance_profile: str | None = None,
     ) -> None:
         """``subnet_id`` / ``security_group_ids``: the agent's configured network, used when
         a ``HostSpec`` names none. ``session``: a boto3 session to create the EC2 client
-        from (its loaded service models are reused); a new one for ``region`` by default."""
+        from (its loaded service models are reused); a new one for ``region`` by default.
+        ``instance_profile``: the IAM instance profile (ARN or name) every host gets; the
+        agent's role must be allowed to pass its role (``iam:PassRole``)."""
+        self._instance_profile = instance_profile
         self._subnet_id = subnet_id
         self._security_group_ids = tuple(security_group_ids)
         self._region = region
@@ -194,6 +198,12 @@ class AwsProvider:
             request["SubnetId"] = spec.subnet_id or self._subnet_id or ""
         if spec.user_data:
             request["UserData"] = spec.user_data  # boto3 base64-encodes it
+        if self._instance_profile:
+            request["IamInstanceProfile"] = (
+                {"Arn": self._instance_profile}
+                if self._instance_profile.startswith("arn:")
+                else {"Name": self._instance_profile}
+            )
         resp = await self._call(
             lambda: self._ec2.run_instances(**request),
             tenant_id=spec.tenant_id,

@@ -21,7 +21,7 @@ import pulumi_aws as aws
 from byoc_agent.providers.base import MANAGED_BY, TAG_MANAGED_BY
 from infra.base import BootFiles, Deployed, Permission
 from infra.config import AgentInstall, AwsOptions
-from infra.render import cloud_init
+from infra.render import cloud_init, host_settings
 
 # Debian's own AWS account, which publishes the official Debian 12 AMIs.
 DEBIAN_AMI_OWNER = "136693071363"
@@ -52,7 +52,8 @@ class Statement:
 def agent_statements(agent: AgentInstall, region: str) -> list[Statement]:
     """What the agent's AwsProvider (byoc_agent/providers/aws.py) calls, and no more. It
     tags every instance and volume it launches ``corral:managed-by=corral`` and never
-    touches an instance without that tag; the conditions hold it to that."""
+    touches an instance without that tag; the conditions hold it to that. With hosts
+    configured (``agent.hosts``), ``{hosts_sg_arn}`` is the only security group allowed."""
     tag = {f"aws:RequestTag/{TAG_MANAGED_BY}": MANAGED_BY}
     owned = {f"aws:ResourceTag/{TAG_MANAGED_BY}": MANAGED_BY}
     ec2 = f"arn:aws:ec2:{region}:*"
@@ -64,9 +65,13 @@ def agent_statements(agent: AgentInstall, region: str) -> list[Statement]:
         ),
         Statement(
             "RunInOurVpc", ("ec2:RunInstances",),
-            (f"{ec2}:subnet/*", f"{ec2}:security-group/*", f"{ec2}:network-interface/*"),
+            (f"{ec2}:subnet/*", f"{ec2}:network-interface/*")
+            + (() if agent.hosts.enabled else (f"{ec2}:security-group/*",)),
             {"StringEquals": {"ec2:Vpc": "{vpc_arn}"}},
         ),
+        # With hosts configured, they launch in the hosts security group and no other.
+        *([Statement("RunInHostsGroupOnly", ("ec2:RunInstances",), ("{hosts_sg_arn}",))]
+          if agent.hosts.enabled else []),
         Statement(
             "RunFromImagesAndTemplates", ("ec2:RunInstances",),
             (f"arn:aws:ec2:{region}::image/*", f"{ec2}:launch-template/*"),
@@ -208,13 +213,27 @@ class AwsHost:
             egress=[aws.ec2.SecurityGroupEgressArgs(protocol="-1", from_port=0, to_port=0,
                                                     cidr_blocks=["0.0.0.0/0"])],
             tags=named("agent-sg"), opts=opts)
+        hosts_sg = None
+        if agent.hosts.enabled:
+            port = agent.hosts.worker_port
+            # The hosts' own group: the agent reaches corral-hostd, nothing else gets in.
+            hosts_sg = aws.ec2.SecurityGroup(
+                f"{n}-hosts-sg", vpc_id=vpc.id,
+                description="Corral sandbox hosts: inbound only the worker port, from the agent",
+                ingress=[aws.ec2.SecurityGroupIngressArgs(
+                    protocol="tcp", from_port=port, to_port=port, security_groups=[sg.id],
+                    description="corral-hostd, from the Corral agent's security group")],
+                egress=[aws.ec2.SecurityGroupEgressArgs(protocol="-1", from_port=0, to_port=0,
+                                                        cidr_blocks=["0.0.0.0/0"])],
+                tags=named("hosts-sg"), opts=opts)
 
         host_role = aws.iam.Role(f"{n}-host", assume_role_policy=_assume_ec2(),
                                  description="Sandbox hosts started by the Corral agent",
                                  tags=tags, opts=opts)
         aws.iam.RolePolicyAttachment(f"{n}-host-ssm", role=host_role.name,
                                      policy_arn=SSM_CORE_POLICY, opts=opts)
-        aws.iam.InstanceProfile(f"{n}-host", role=host_role.name, tags=tags, opts=opts)
+        host_profile = aws.iam.InstanceProfile(f"{n}-host", role=host_role.name, tags=tags,
+                                               opts=opts)
         agent_role = aws.iam.Role(f"{n}-agent", assume_role_policy=_assume_ec2(),
                                   description="The Corral agent", tags=tags, opts=opts)
         aws.iam.RolePolicyAttachment(f"{n}-agent-ssm", role=agent_role.name,
@@ -222,8 +241,10 @@ class AwsHost:
         statements = agent_statements(agent, o.region)
         aws.iam.RolePolicy(
             f"{n}-agent-hosts", role=agent_role.id,
-            policy=pulumi.Output.all(host_role.arn, vpc.arn).apply(
-                lambda a: policy_document(statements, {"host_role_arn": a[0], "vpc_arn": a[1]})),
+            policy=pulumi.Output.all(host_role.arn, vpc.arn,
+                                     hosts_sg.arn if hosts_sg else "").apply(
+                lambda a: policy_document(statements, {"host_role_arn": a[0], "vpc_arn": a[1],
+                                                       "hosts_sg_arn": a[2]})),
             opts=opts)
         profile = aws.iam.InstanceProfile(f"{n}-agent", role=agent_role.name, tags=tags,
                                           opts=opts)
@@ -233,6 +254,14 @@ class AwsHost:
             filters=[aws.ec2.GetAmiFilterArgs(name="name", values=["debian-12-amd64-*"]),
                      aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"])],
             opts=invoke)
+        if hosts_sg is not None:
+            # Hosts boot the same Debian image as the agent, in the agent's private subnet.
+            # They run as the host role (the only role the agent may pass).
+            boot = boot.with_hosts(pulumi.Output.all(
+                ami.id, private[0].id, hosts_sg.id, host_profile.arn).apply(
+                lambda a: host_settings(agent, "aws", {
+                    "AWS_REGION": o.region, "AWS_IMAGE_ID": a[0], "SUBNET_ID": a[1],
+                    "SECURITY_GROUP_IDS": a[2], "AWS_INSTANCE_PROFILE": a[3]})))
         template = aws.ec2.LaunchTemplate(
             f"{n}-agent-lt",
             image_id=ami.id,
@@ -267,7 +296,7 @@ class AwsHost:
             opts=pulumi.ResourceOptions(parent=parent, provider=provider,
                                         additional_secret_outputs=["userData",
                                                                    "userDataBase64"]))
-        return Deployed(host=instance.id, private_address=instance.private_ip)
+        return Deployed(host=instance.id, private_address=instance.private_ip, boot=boot)
 
 
 def _subnet(vpc_cidr: str, index: int) -> str:

@@ -17,8 +17,11 @@ from pulumi_azure_native import authorization, compute, managedidentity, network
 from infra.base import BootFiles, Deployed, Permission
 from infra.config import AgentInstall, AzureOptions
 from infra.errors import InstallConfigError
+from infra.render import host_settings
 
 ADMIN_USER = "corral"
+# The agent's own image, as "publisher:offer:sku:version" for its AzureProvider.
+HOST_IMAGE = "Debian:debian-12:12-gen2:latest"
 AGENT_ACTIONS = (
     "Microsoft.Resources/subscriptions/resourceGroups/read",
     "Microsoft.Compute/virtualMachines/read",
@@ -57,6 +60,10 @@ class AzureHost:
         if not o.ssh_public_key:
             raise InstallConfigError(
                 "AzureOptions.ssh_public_key is required (corral install makes one)")
+        if agent.hosts.enabled and not agent.hosts.prices:
+            raise InstallConfigError(
+                "hosts.prices is required for Azure hosts (VM size=$/hour, e.g. "
+                "Standard_D8s_v5=0.384): the agent launches only sizes with a price")
         n = agent.name
         tags = agent.tags()
         about = f"Corral agent install {n}"
@@ -103,6 +110,41 @@ class AzureHost:
             nat_gateway=network.SubResourceArgs(id=nat.id),
             default_outbound_access=False, opts=opts)
 
+        agent_asg = None
+        hosts_subnet = hosts_nsg = None
+        if agent.hosts.enabled:
+            # The agent's NIC joins this group; the hosts' NSG admits the worker port from it.
+            agent_asg = network.ApplicationSecurityGroup(
+                f"{n}-agent-asg", application_security_group_name=f"{n}-agent-asg",
+                resource_group_name=rgn, location=loc, tags=tags, opts=opts)
+            hosts_prefix = _nth_24(o.vnet_cidr, 1)
+            hosts_nsg = network.NetworkSecurityGroup(
+                f"{n}-hosts-nsg", network_security_group_name=f"{n}-hosts-nsg",
+                security_rules=[
+                    network.SecurityRuleArgs(
+                        name="corral-hostd-from-agent", priority=100, direction="Inbound",
+                        access="Allow", protocol="Tcp",
+                        source_application_security_groups=[
+                            network.ApplicationSecurityGroupArgs(id=agent_asg.id)],
+                        source_port_range="*", destination_address_prefix=hosts_prefix,
+                        destination_port_range=str(agent.hosts.worker_port),
+                        description="Corral: corral-hostd, from the agent only"),
+                    network.SecurityRuleArgs(
+                        name="deny-all-inbound", priority=4096, direction="Inbound",
+                        access="Deny", protocol="*", source_address_prefix="*",
+                        source_port_range="*", destination_address_prefix="*",
+                        destination_port_range="*",
+                        description="Corral: nothing else may connect in")],
+                resource_group_name=rgn, location=loc, tags=tags, opts=opts)
+            hosts_subnet = network.Subnet(
+                f"{n}-hosts", subnet_name="hosts", resource_group_name=rg.name,
+                virtual_network_name=vnet.name, address_prefix=hosts_prefix,
+                network_security_group=network.NetworkSecurityGroupArgs(id=hosts_nsg.id),
+                nat_gateway=network.SubResourceArgs(id=nat.id),
+                default_outbound_access=False,
+                # ARM updates one subnet of a VNet at a time.
+                opts=pulumi.ResourceOptions(parent=parent, depends_on=[subnet]))
+
         identity = managedidentity.UserAssignedIdentity(
             f"{n}-agent", resource_name_=f"{n}-agent",
             resource_group_name=rgn, location=loc, tags=tags, opts=opts)
@@ -119,9 +161,21 @@ class AzureHost:
             f"{n}-agent-nic", network_interface_name=f"{n}-agent-nic",
             ip_configurations=[network.NetworkInterfaceIPConfigurationArgs(
                 name="primary", primary=True, private_ip_allocation_method="Dynamic",
-                subnet=network.SubnetArgs(id=subnet.id))],
+                subnet=network.SubnetArgs(id=subnet.id),
+                application_security_groups=[network.ApplicationSecurityGroupArgs(
+                    id=agent_asg.id)] if agent_asg is not None else None)],
             network_security_group=network.NetworkSecurityGroupArgs(id=nsg.id),
             resource_group_name=rgn, location=loc, tags=tags, opts=opts)
+        if hosts_subnet is not None and hosts_nsg is not None:
+            client = authorization.get_client_config_output()
+            boot = boot.with_hosts(pulumi.Output.all(
+                client.subscription_id, rg.name, hosts_subnet.id, hosts_nsg.id).apply(
+                lambda a: host_settings(agent, "azure", {
+                    "AZURE_SUBSCRIPTION_ID": a[0], "AZURE_RESOURCE_GROUP": a[1],
+                    "AZURE_LOCATION": o.location, "IMAGE": HOST_IMAGE,
+                    "AZURE_ADMIN_USERNAME": ADMIN_USER,
+                    "AZURE_SSH_PUBLIC_KEY": o.ssh_public_key,
+                    "SUBNET_ID": a[2], "SECURITY_GROUP_IDS": a[3]})))
         vm = compute.VirtualMachine(
             f"{n}-agent", vm_name=f"{n}-agent",
             hardware_profile=compute.HardwareProfileArgs(vm_size=o.vm_size),
@@ -156,7 +210,8 @@ class AzureHost:
             publisher="Microsoft.Azure.ActiveDirectory", type="AADSSHLoginForLinux",
             type_handler_version="1.0", auto_upgrade_minor_version=True,
             resource_group_name=rgn, location=loc, tags=tags, opts=opts)
-        return Deployed(host=vm.vm_id, private_address=nic.ip_configurations.apply(_first_ip))
+        return Deployed(host=vm.vm_id, private_address=nic.ip_configurations.apply(_first_ip),
+                        boot=boot)
 
 
 def _first_ip(configs: Sequence[network.outputs.NetworkInterfaceIPConfigurationResponse] | None
@@ -166,3 +221,14 @@ def _first_ip(configs: Sequence[network.outputs.NetworkInterfaceIPConfigurationR
 
 def _first_24(cidr: str) -> str:
     return str(next(ipaddress.ip_network(cidr).subnets(new_prefix=24)))
+
+
+def _nth_24(cidr: str, index: int) -> str:
+    """The index-th /24 inside the VNet's range (1: the hosts' subnet)."""
+    net = ipaddress.ip_network(cidr)
+    if net.prefixlen <= 24:
+        for i, sub in enumerate(net.subnets(new_prefix=24)):
+            if i == index:
+                return str(sub)
+    raise InstallConfigError(
+        f"vnet_cidr {cidr} has no room for the hosts' subnet: use a /23 or larger")

@@ -1,6 +1,10 @@
 """Bare metal: nothing to create in a cloud. The stack's outputs are the install bundle
 (cloud-init, systemd unit, install script), kept as secrets in Pulumi state;
-``corral install baremetal --out DIR`` writes the same files for copying to the host."""
+``corral install baremetal --out DIR`` writes the same files for copying to the host.
+
+Hosts are not configured here: bare-metal hosts come from an inventory file that the
+installer cannot know (``CORRAL_AGENT_HOST_INVENTORY``, docs/hosts.md), so an install
+asking for hosts (``hosts.max > 0``) is refused rather than silently ignored."""
 
 from __future__ import annotations
 
@@ -10,6 +14,14 @@ import pulumi
 
 from infra.base import BootFiles, Deployed, Permission
 from infra.config import AgentInstall, BaremetalOptions
+from infra.errors import InstallConfigError
+
+
+def refuse_hosts(agent: AgentInstall) -> None:
+    if agent.hosts.enabled:
+        raise InstallConfigError(
+            "bare metal: hosts are not set up by the installer; leave hosts.max at 0 and "
+            "list the machines in an inventory (CORRAL_AGENT_HOST_INVENTORY, docs/hosts.md)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,4 +36,5 @@ class BaremetalHost:
     def deploy(
         self, parent: pulumi.Resource, agent: AgentInstall, boot: BootFiles
     ) -> Deployed:
+        refuse_hosts(agent)
         return Deployed(host=None, private_address=None)

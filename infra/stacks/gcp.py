@@ -16,12 +16,20 @@ import pulumi_gcp as gcp
 
 from infra.base import BootFiles, Deployed, Permission
 from infra.config import AgentInstall, GcpOptions
+from infra.errors import InstallConfigError
+from infra.render import host_settings
 
 IMAGE = "debian-cloud/debian-12"
+# The same image family as the agent's, in the form the agent's GcpProvider takes.
+HOST_IMAGE = "projects/debian-cloud/global/images/family/debian-12"
+# Network tags: the firewall names the agent and its hosts by these.
+AGENT_TAG = "corral-agent"
+HOSTS_TAG = "corral-host"
 # Launching a host: create it (with its disk, in our subnet, from a public image) and read.
 AGENT_LAUNCH_PERMISSIONS = (
     "compute.instances.create", "compute.instances.get", "compute.instances.list",
     "compute.instances.setLabels", "compute.instances.setMetadata",
+    "compute.instances.setTags",
     "compute.instances.setServiceAccount", "compute.disks.create",
     "compute.subnetworks.use", "compute.images.useReadOnly", "compute.machineTypes.get",
     "compute.zoneOperations.get",
@@ -76,6 +84,10 @@ class GcpHost:
     ) -> Deployed:
         o = self.options
         n = agent.name
+        if agent.hosts.enabled and not agent.hosts.prices:
+            raise InstallConfigError(
+                "hosts.prices is required for GCP hosts (machine type=$/hour, e.g. "
+                "n2-standard-8=0.39): the agent launches only types with a price")
         labels = agent.tags()
         about = f"Corral agent install {n}"
         provider = gcp.Provider(f"{n}-gcp", project=o.project, region=o.region, zone=o.zone,
@@ -108,8 +120,17 @@ class GcpHost:
                 network=network.id, direction="INGRESS", priority=900,
                 allows=[gcp.compute.FirewallAllowArgs(
                     protocol="tcp", ports=[str(agent.dataplane_port)])],
-                source_ranges=list(agent.dataplane_clients), target_tags=["corral-agent"],
+                source_ranges=list(agent.dataplane_clients), target_tags=[AGENT_TAG],
                 opts=opts)
+        if agent.hosts.enabled:
+            # Above the deny-all (lower number wins): only the agent reaches corral-hostd.
+            gcp.compute.Firewall(
+                f"{n}-hosts-worker", name=f"{n}-hosts-worker",
+                description=about + ": corral-hostd on the hosts, from the agent only",
+                network=network.id, direction="INGRESS", priority=900,
+                allows=[gcp.compute.FirewallAllowArgs(
+                    protocol="tcp", ports=[str(agent.hosts.worker_port)])],
+                source_tags=[AGENT_TAG], target_tags=[HOSTS_TAG], opts=opts)
 
         host_sa = gcp.serviceaccount.Account(
             f"{n}-host", account_id=f"{n}-host", display_name="Corral sandbox hosts",
@@ -140,6 +161,11 @@ class GcpHost:
             f"{n}-agent-uses-host", service_account_id=host_sa.name,
             role="roles/iam.serviceAccountUser", member=agent_sa.member, opts=opts)
 
+        if agent.hosts.enabled:
+            boot = boot.with_hosts(subnet.self_link.apply(
+                lambda link: host_settings(agent, "gcp", {
+                    "GCP_PROJECT": o.project, "GCP_ZONE": o.zone, "IMAGE": HOST_IMAGE,
+                    "SUBNET_ID": link, "SECURITY_GROUP_IDS": HOSTS_TAG})))
         instance = gcp.compute.Instance(
             f"{n}-agent", name=f"{n}-agent", description=about, zone=o.zone,
             machine_type=o.machine_type,
@@ -159,8 +185,9 @@ class GcpHost:
                 "block-project-ssh-keys": "TRUE",
                 "startup-script": boot.install_script,
             },
-            tags=["corral-agent"], labels=labels, opts=opts)
+            tags=[AGENT_TAG], labels=labels, opts=opts)
         return Deployed(
             host=instance.instance_id,
             private_address=instance.network_interfaces[0].network_ip,
+            boot=boot,
         )

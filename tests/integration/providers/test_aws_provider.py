@@ -162,3 +162,46 @@ async def test_a_gpu_host_gets_the_configured_network_and_the_client_token(
     assert [g["GroupId"] for g in inst["SecurityGroups"]] == [moto_ec2.security_group_id]
     assert inst["ClientToken"] == "tok-p5"
     assert inst["MetadataOptions"]["HttpTokens"] == "required"
+
+
+@pytest.mark.parametrize("by", ["arn", "name"])
+async def test_hosts_get_the_configured_instance_profile(
+    moto_ec2: MotoEc2, boto_session: boto3.session.Session, by: str
+) -> None:
+    """CORRAL_AGENT_HOST_AWS_INSTANCE_PROFILE (the installer's host role): EC2 attaches it
+    to every host, given as an ARN or a name."""
+    from byoc_agent.providers.aws import AwsProvider
+
+    iam = boto_session.client("iam", endpoint_url=moto_ec2.ec2.meta.endpoint_url)
+    iam.create_role(RoleName="corral-host", AssumeRolePolicyDocument="{}")
+    profile = iam.create_instance_profile(InstanceProfileName="corral-host")["InstanceProfile"]
+    iam.add_role_to_instance_profile(InstanceProfileName="corral-host", RoleName="corral-host")
+    provider = AwsProvider(
+        region=REGION,
+        image_id=moto_ec2.image_id,
+        session=boto_session,
+        instance_profile=profile["Arn"] if by == "arn" else "corral-host",
+    )
+    spec = HostSpec(
+        tenant_id="t-ip", agent_id="a-ip", instance_type="c5.metal", client_token=f"tok-{by}"
+    )
+    host = await provider.provision(spec)
+    inst = moto_ec2.ec2.describe_instances(InstanceIds=[host.host_id])["Reservations"][0][
+        "Instances"
+    ][0]
+    assert inst["IamInstanceProfile"]["Arn"] == profile["Arn"]
+
+
+async def test_without_an_instance_profile_hosts_get_none(
+    moto_ec2: MotoEc2, boto_session: boto3.session.Session
+) -> None:
+    from byoc_agent.providers.aws import AwsProvider
+
+    provider = AwsProvider(region=REGION, image_id=moto_ec2.image_id, session=boto_session)
+    spec = HostSpec(tenant_id="t-ip", agent_id="a-ip", instance_type="c5.metal",
+                    client_token="tok-none")
+    host = await provider.provision(spec)
+    inst = moto_ec2.ec2.describe_instances(InstanceIds=[host.host_id])["Reservations"][0][
+        "Instances"
+    ][0]
+    assert "IamInstanceProfile" not in inst

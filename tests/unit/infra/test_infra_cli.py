@@ -43,6 +43,16 @@ def test_dry_run_prints_resources_and_permissions(cloud: str, resource: str,
         assert "httpTokens=required" in out
 
 
+def test_dry_run_with_hosts_shows_the_hosts_network_and_grant() -> None:
+    result = CliRunner().invoke(
+        app, ["install", "gcp", "--dry-run", "--hosts-max", "2", "--hosts-budget", "5",
+              "--host-price", "n2-standard-8=0.39"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert "corral-agent-hosts-worker" in result.output
+    assert "compute.instances.setTags" in result.output
+    assert "pass every rule" in result.output
+
+
 def test_baremetal_out_writes_the_bundle_with_tight_modes(tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     result = CliRunner().invoke(
@@ -67,6 +77,9 @@ def test_baremetal_out_writes_the_bundle_with_tight_modes(tmp_path: Path) -> Non
     (["install", "aws", "--out", "x"], "--out is for baremetal"),
     (["install", "aws", "--dry-run", "--dataplane-client", "0.0.0.0/0"], "not a private"),
     (["install", "gcp", "--dry-run", "--label", "nokey"], "KEY=VALUE"),
+    (["install", "aws", "--dry-run", "--hosts-max", "-1"], "hosts.max=-1"),
+    (["install", "gcp", "--dry-run", "--hosts-max", "2"], "hosts.prices is required"),
+    (["install", "aws", "--dry-run", "--hosts-max", "2", "--host-price", "m7i"], "KEY=VALUE"),
 ])
 def test_bad_input_is_one_clear_error(args: list[str], message: str) -> None:
     env = {**WIDE, "CORRAL_ENROLLMENT_TOKEN": "cet_x"} if "--out" in args else WIDE
