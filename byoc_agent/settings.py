@@ -34,6 +34,8 @@ class HostSettings:
     aws_image_id: str | None = None
     # The IAM instance profile (ARN or name) each AWS host gets; none by default.
     aws_instance_profile: str | None = None
+    # The service account GCP hosts run as (their identity; the agent may only "use" it).
+    gcp_service_account: str | None = None
     # GCP: project, zone, image; Azure: subscription, resource group, location, image, the
     # hosts' admin user and SSH public key (password login stays off).
     gcp_project: str | None = None
@@ -162,6 +164,7 @@ class HostSettings:
             aws_region=e.get(p + "_AWS_REGION") or None,
             aws_image_id=e.get(p + "_AWS_IMAGE_ID") or None,
             aws_instance_profile=e.get(p + "_AWS_INSTANCE_PROFILE") or None,
+            gcp_service_account=e.get(p + "_GCP_SERVICE_ACCOUNT") or None,
             gcp_project=e.get(p + "_GCP_PROJECT") or None,
             gcp_zone=e.get(p + "_GCP_ZONE") or None,
             azure_subscription_id=e.get(p + "_AZURE_SUBSCRIPTION_ID") or None,

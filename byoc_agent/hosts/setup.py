@@ -28,6 +28,7 @@ def build_provider(hs: HostSettings) -> HostProvider:
             region=hs.aws_region,
             image_id=hs.aws_image_id,
             instance_types=hs.instance_types or DEFAULT_INSTANCE_TYPES,
+            instance_profile=hs.aws_instance_profile,
         )
     if hs.provider == "gcp":
         from byoc_agent.providers.gcp import GcpConfig, GcpProvider
@@ -40,6 +41,7 @@ def build_provider(hs: HostSettings) -> HostProvider:
             image=hs.image,
             subnetwork=hs.subnet_id,
             network_tags=hs.security_group_ids,
+            service_account=hs.gcp_service_account,
             **({"machine_types": hs.instance_types} if hs.instance_types else {}),  # type: ignore[arg-type]
         )
         return GcpProvider(gcp, ledger_path=hs.ledger)

@@ -162,10 +162,11 @@ class GcpHost:
             role="roles/iam.serviceAccountUser", member=agent_sa.member, opts=opts)
 
         if agent.hosts.enabled:
-            boot = boot.with_hosts(subnet.self_link.apply(
-                lambda link: host_settings(agent, "gcp", {
+            boot = boot.with_hosts(pulumi.Output.all(subnet.self_link, host_sa.email).apply(
+                lambda a: host_settings(agent, "gcp", {
                     "GCP_PROJECT": o.project, "GCP_ZONE": o.zone, "IMAGE": HOST_IMAGE,
-                    "SUBNET_ID": link, "SECURITY_GROUP_IDS": HOSTS_TAG})))
+                    "SUBNET_ID": a[0], "SECURITY_GROUP_IDS": HOSTS_TAG,
+                    "GCP_SERVICE_ACCOUNT": a[1]})))
         instance = gcp.compute.Instance(
             f"{n}-agent", name=f"{n}-agent", description=about, zone=o.zone,
             machine_type=o.machine_type,

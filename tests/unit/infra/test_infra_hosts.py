@@ -206,6 +206,10 @@ def test_booted_agent_env_configures_the_host_provider(
     if cloud == "aws":
         # The profile is the host role's, the one role the agent may pass.
         assert hs.aws_instance_profile == env["CORRAL_AGENT_HOST_AWS_INSTANCE_PROFILE"]
+    if cloud == "gcp":
+        # Hosts run as the stack's host service account (the agent may only use it).
+        assert hs.gcp_service_account
+        assert hs.gcp_service_account == env["CORRAL_AGENT_HOST_GCP_SERVICE_ACCOUNT"]
     settings = AgentSettings.from_env(env)
     assert settings.hosts == hs
     # Nothing secret was added: beside the agent's own lines, only host settings, and the
