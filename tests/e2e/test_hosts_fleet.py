@@ -18,15 +18,14 @@ import contextlib
 import os
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from corral import Sandbox
-from corral.testing import free_port
+from corral.testing import eventually_sync, free_port
 from corral.testing.stack import LocalStack, StackInfo
 
 if TYPE_CHECKING:
@@ -106,9 +105,10 @@ class HostBooter:
     """Boots what moto launches: each running instance managed by Corral gets hostd started
     from its own user data; a terminated one has it stopped."""
 
-    def __init__(self, ec2: Any, root: Path) -> None:
+    def __init__(self, ec2: Any, root: Path, subnet_id: str) -> None:
         self.ec2 = ec2
         self.root = root
+        self.subnet_id = subnet_id  # only this test's instances (moto's state is per process)
         self.hosts: dict[str, LocalHostd] = {}
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -127,7 +127,8 @@ class HostBooter:
 
     def _instances(self) -> list[dict[str, Any]]:
         resp = self.ec2.describe_instances(
-            Filters=[{"Name": "tag-key", "Values": [TAG_MANAGED_BY]}]
+            Filters=[{"Name": "tag-key", "Values": [TAG_MANAGED_BY]},
+                     {"Name": "subnet-id", "Values": [self.subnet_id]}]
         )
         return [i for r in resp["Reservations"] for i in r["Instances"]]
 
@@ -159,14 +160,6 @@ class HostBooter:
             except Exception as e:  # reported by the test, never swallowed silently
                 self.errors.append(repr(e))
             self._stop.wait(0.2)
-
-
-def eventually(what: str, check: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +194,7 @@ def fleet_stack(
             templates_dir=TEMPLATES,
             extra_env=extra,
         )
-        with HostBooter(ec2, Path(home) / "hosts") as booter:
+        with HostBooter(ec2, Path(home) / "hosts", network["subnet"]) as booter:
             try:
                 info = stack.start()
                 yield info, booter
@@ -215,8 +208,8 @@ def test_a_sandbox_runs_on_a_host_the_agent_launches_for_it(
     info, booter = fleet_stack
     assert booter.hosts == {}  # the agent starts with no host
     # it offers the control plane what it may launch: one c5.metal
-    eventually("the agent to offer one c5.metal",
-               lambda: agent_capacity(info)["cpu_total"] == 96, timeout_s=30)
+    eventually_sync(lambda: agent_capacity(info)["cpu_total"] == 96,
+                    what="the agent to offer one c5.metal")
 
     with Sandbox.create(api_url=info.api_url, api_key=info.api_key, timeout=300) as sb:
         result = sb.commands.run("echo from-the-host; hostname")
@@ -235,8 +228,10 @@ def test_a_sandbox_runs_on_a_host_the_agent_launches_for_it(
         resp = ec2.describe_instances(InstanceIds=[instance_id])
         return str(resp["Reservations"][0]["Instances"][0]["State"]["Name"])
 
-    eventually("the idle host to be terminated", lambda: state() == "terminated")
-    eventually("its hostd to stop", lambda: hostd.pid is None or not _alive(hostd.pid))
+    eventually_sync(lambda: state() == "terminated", within_s=60,
+                    what="the idle host to be terminated")
+    eventually_sync(lambda: hostd.pid is None or not _alive(hostd.pid), within_s=60,
+                    what="its hostd to stop")
     assert booter.errors == []
 
 

@@ -27,6 +27,7 @@ from byoc_agent.runtimes.base import ExecRequest, Exit, SandboxSpec
 from byoc_agent.runtimes.memory import InMemoryRuntime
 from byoc_agent.scheduling import SandboxRequest
 from byoc_agent.state import AgentStateStore
+from corral.testing import eventually
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.providers]
 
@@ -86,14 +87,6 @@ def spec(sandbox_id: str, cpu: int = 4, memory_mb: int = 1024, **kw: Any) -> San
                        memory_mb=memory_mb, timeout_s=300, **kw)
 
 
-async def wait_for(what: str, check: Any, timeout_s: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def test_a_create_with_no_host_scales_out_runs_there_and_the_idle_host_scales_in(
     moto_ec2: MotoEc2, running_fleet: HostFleet
 ) -> None:
@@ -125,9 +118,9 @@ async def test_a_create_with_no_host_scales_out_runs_there_and_the_idle_host_sca
     await runtime.destroy(handle)
     await runtime.destroy(second)
     assert fleet.state.placements(host_key) == []
-    await wait_for(
-        "the idle host to be terminated",
+    await eventually(
         lambda: fleet.state.get_host(host_key).phase is HostPhase.TERMINATED,  # type: ignore[union-attr]
+        within_s=20, what="the idle host to be terminated",
     )
     assert states(moto_ec2) == ["terminated"]
 
@@ -164,8 +157,10 @@ async def test_a_sandbox_whose_host_is_gone_is_missing_and_snapshots_are_refused
     moto_ec2.ec2.terminate_instances(InstanceIds=[rec.provider_host_id])
     from byoc_agent.runtimes.base import Liveness
 
-    await wait_for("the lost host to be noticed",
-                   lambda: fleet.state.get_host(rec.host_key).phase is HostPhase.FAILED)  # type: ignore[union-attr]
+    await eventually(
+        lambda: fleet.state.get_host(rec.host_key).phase is HostPhase.FAILED,  # type: ignore[union-attr]
+        within_s=20, what="the lost host to be noticed",
+    )
     assert await runtime.inspect(handle) is Liveness.MISSING
     with pytest.raises(InvalidArgumentError, match="not supported"):
         await runtime.snapshot(handle, Path("/nonexistent"))
