@@ -46,6 +46,7 @@ from byoc_agent.hosts.fleet import HostFleet
 from byoc_agent.hosts.runtime import FleetRuntime
 from byoc_agent.meter import UsageMeter
 from byoc_agent.protocol import cosign, messages, signing, subjects, verify
+from byoc_agent.protocol.cancel import raise_if_cancelling
 from byoc_agent.protocol.errors import (
     CapacityError,
     CorralError,
@@ -70,12 +71,7 @@ from byoc_agent.runtimes.base import (
 )
 from byoc_agent.runtimes.multi import isolation_of, runtime_isolations, runtime_names
 from byoc_agent.state import AgentIdentity, AgentStateStore, SandboxRecord
-from byoc_agent.transport.nats import (
-    IncomingJob,
-    NatsAgentTransport,
-    TransportUnavailable,
-    raise_if_cancelling,
-)
+from byoc_agent.transport.nats import IncomingJob, NatsAgentTransport, TransportUnavailable
 from byoc_agent.warm_pool import PoolKey, WarmPool
 
 log = structlog.get_logger(__name__)

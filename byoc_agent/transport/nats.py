@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from byoc_agent.protocol import subjects
+from byoc_agent.protocol.cancel import raise_if_cancelling
 
 log = structlog.get_logger(__name__)
 
@@ -40,13 +41,6 @@ class IncomingJob:
     async def in_progress(self) -> None:
         async with asyncio.timeout(NETWORK_TIMEOUT_S):
             await self._msg.in_progress()
-
-
-def raise_if_cancelling() -> None:
-    """nats-py swallows CancelledError in places; loops re-check so shutdown always ends."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class TransportUnavailable(Exception):

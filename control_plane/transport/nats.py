@@ -25,6 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from nats.js.client import JetStreamContext
 
 from byoc_agent.protocol import subjects
+from byoc_agent.protocol.cancel import raise_if_cancelling
 from control_plane.nats_auth import UserCredentials, sign_nonce
 from control_plane.transport.base import Disposition, Inbox
 
@@ -199,11 +200,14 @@ class NatsTransport:
                 async with asyncio.timeout(FETCH_WAIT_S + OP_TIMEOUT_S):
                     msgs = await psub.fetch(batch=FETCH_BATCH, timeout=FETCH_WAIT_S)
             except (nats.errors.TimeoutError, TimeoutError):
+                raise_if_cancelling()  # nats-py can turn a cancellation into a timeout
                 continue
             except nats.errors.Error as e:
+                raise_if_cancelling()
                 log.warning("fetch_failed", error=type(e).__name__)
                 await asyncio.sleep(1.0)
                 continue
+            raise_if_cancelling()
             for msg in msgs:
                 await self._dispatch(inbox, msg)
 

@@ -16,6 +16,7 @@ import nats
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from byoc_agent.protocol import subjects
+from byoc_agent.protocol.cancel import raise_if_cancelling
 from byoc_agent.protocol.messages import Job, SandboxState
 from byoc_agent.protocol.signing import SigningKey, public_key_from_text
 from byoc_agent.protocol.verify import Audience, Keyring, verify_job
@@ -144,6 +145,7 @@ class FakeAgent:
         while True:
             await asyncio.sleep(0.5)  # the heartbeat interval
             await self.beat()
+            raise_if_cancelling()  # nats-py's flush swallows a cancellation
 
     async def _jobs(self) -> None:
         while True:
@@ -151,7 +153,9 @@ class FakeAgent:
                 async with asyncio.timeout(5):
                     msgs = await self._psub.fetch(batch=10, timeout=0.5)
             except (nats.errors.TimeoutError, TimeoutError):
+                raise_if_cancelling()  # nats-py can turn a cancellation into a timeout
                 continue
+            raise_if_cancelling()
             for msg in msgs:
                 job = verify_job(
                     msg.data,
@@ -218,10 +222,14 @@ class FakeAgent:
             await self._js.publish(subjects.usage(self.tenant_id, self.agent_id), data)
 
     async def stop(self) -> None:
+        """Stop the loops and close the connection; a loop that will not end fails the test
+        within seconds instead of hanging it (idempotent)."""
         for task in self._tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=10)
+            assert not pending, f"fake agent loops ignored their cancellation: {pending}"
+        self._tasks.clear()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
