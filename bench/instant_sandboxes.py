@@ -12,7 +12,10 @@ Three comparisons (issue 7, point 6), runtime level (no control plane, no NATS o
   Target: restore <= 0.5x cold create. For gVisor, also the floor under it: raw
   ``runsc restore -detach`` to the first successful ``exec /bin/true`` against raw
   ``runsc run -detach`` to the same (:mod:`bench.raw_runsc`; one raw checkpoint of an idle
-  sandbox taken first; bundle preparation untimed on both sides).
+  sandbox taken first; bundle preparation untimed on both sides). And, for gVisor, a restore
+  served by the restore pool (ADR 0029: a copy of the snapshot restored ahead, taken and
+  adopted as the new sandbox) against the same cold create; the pool refills between
+  samples (untimed), and both sides' samples start once it is full and settled.
 * **warm pool**: a :class:`~byoc_agent.warm_pool.WarmPool` take (adopt: hostname,
   machine-id, env) plus the first ``exec /bin/true``, against raw ``runsc run -detach`` to
   the first successful ``runsc exec /bin/true`` (:mod:`bench.raw_runsc`). Target:
@@ -173,6 +176,44 @@ async def bench_restore(runtime: Runtime, isolation: str, work: Path, runs: int)
                       ("restore", "cold create"))  # fmt: skip
 
 
+async def bench_restore_pool(runtime: GVisorRuntime, work: Path, runs: int) -> Comparison:
+    """``WarmPool.take(spec, snapshot=...)`` (what the agent's restore does first) against
+    ``runtime.create``, with one copy kept restored ahead."""
+    source = await runtime.create(spec("bench-pool-src", "gvisor"))
+    snap = work / "snap-pool"
+    try:
+        await runtime.snapshot(source, snap)
+    finally:
+        await runtime.destroy(source)
+    key = PoolKey("base", 1, 256, "gvisor", snap.name)
+    pool = WarmPool(runtime, {}, tenant_id="bench", free_capacity=lambda: (64, 65536),
+                    restore_size=1)  # fmt: skip
+    pool.keep_snapshot(key, snap)
+    filler = asyncio.create_task(pool.run())
+    cold: list[float] = []
+    restored: list[float] = []
+    try:
+        for _ in range(runs):
+            await pool_settled(pool, key)  # no refill beside the cold sample either
+            started = time.perf_counter()
+            h = await runtime.create(spec(sandbox_id(), "gvisor"))
+            cold.append(time.perf_counter() - started)
+            await runtime.destroy(h)
+            await pool_settled(pool, key)
+            started = time.perf_counter()
+            got = await pool.take(spec(sandbox_id(), "gvisor"), snapshot=snap.name)
+            restored.append(time.perf_counter() - started)
+            assert got is not None, "restore pool miss"
+            pool.confirm(got)
+            await runtime.destroy(got)
+    finally:
+        filler.cancel()
+        await pool.close()
+        shutil.rmtree(snap, ignore_errors=True)
+    return Comparison("gvisor: restore served by the restore pool vs cold create", restored,
+                      cold, RESTORE_TARGET, ("pool restore", "cold create"))  # fmt: skip
+
+
 def bench_restore_floor(templates: Path, work: Path, runs: int) -> Comparison:
     """Raw runsc, no Corral: restore of an idle sandbox's checkpoint vs a cold run, each to
     its first successful exec. What gVisor itself allows a restore to gain over a start."""
@@ -302,6 +343,8 @@ async def main_async(args: argparse.Namespace) -> list[Comparison]:
             print("\n".join(out[-1].lines()), flush=True)
         if "restore" in only:
             out.append(await bench_restore(gv, "gvisor", work, args.runs))
+            print("\n".join(out[-1].lines()), flush=True)
+            out.append(await bench_restore_pool(gv, work, args.runs))
             print("\n".join(out[-1].lines()), flush=True)
             out.append(await asyncio.to_thread(bench_restore_floor, templates, work, args.runs))
             print("\n".join(out[-1].lines()), flush=True)

@@ -127,6 +127,7 @@ class Agent:
         fleet: HostFleet | None = None,
         warm_pool: Mapping[PoolKey, int] | None = None,
         warm_pool_ledger: Path | None = None,
+        restore_pool: int = 0,
     ) -> None:
         self.identity = identity
         self.signing_key = signing_key
@@ -144,12 +145,14 @@ class Agent:
         self.meter = UsageMeter(
             identity=identity, signing_key=signing_key, state=state, host=config.host
         )
-        # Pre-started sandboxes per size (ADR 0025); None when no pool is configured.
+        # Pre-started sandboxes per size (ADR 0025) and pre-restored copies of recent
+        # snapshots (ADR 0029); None when neither is configured.
         self.pool: WarmPool | None = None
-        if warm_pool and any(n > 0 for n in warm_pool.values()):
+        if (warm_pool and any(n > 0 for n in warm_pool.values())) or restore_pool > 0:
             self.pool = WarmPool(
-                runtime, warm_pool, tenant_id=identity.tenant_id,
+                runtime, warm_pool or {}, tenant_id=identity.tenant_id,
                 free_capacity=lambda: self.free_capacity()[:2], ledger=warm_pool_ledger,
+                restore_size=restore_pool,
             )  # fmt: skip
         self.audience = verify.Audience(agent_id=identity.agent_id, tenant_id=identity.tenant_id)
         self.log = log.bind(agent_id=identity.agent_id, tenant_id=identity.tenant_id)
@@ -539,6 +542,10 @@ class Agent:
             }
             # Written last: its presence says the snapshot is complete.
             await asyncio.to_thread(_write_json, dest / _SNAPSHOT_INFO, info)
+            if self.pool is not None:  # restores of it are served pre-restored (ADR 0029)
+                key = PoolKey(rec.template, rec.cpu, rec.memory_mb, _isolation_of(rec.handle),
+                              body.snapshot_id)  # fmt: skip
+                self.pool.keep_snapshot(key, dest)
         self.log.info("snapshot_taken", sandbox_id=rec.sandbox_id, snapshot_id=body.snapshot_id)
         return _report(rec)
 
@@ -584,7 +591,7 @@ class Agent:
                 env=dict(body.env),
                 isolation=body.isolation,
             )
-            handle = await runtime.restore(spec, source)
+            handle = await self._restore_from(spec, body.snapshot_id, source, runtime)
         now = time.time()
         rec = SandboxRecord(
             sandbox_id=body.sandbox_id,
@@ -598,13 +605,32 @@ class Agent:
             deadline=now + body.timeout_s,
         )
         self.state.put_sandbox(rec)
+        if self.pool is not None:
+            self.pool.confirm(handle)
         self.log.info("sandbox_restored", sandbox_id=rec.sandbox_id, snapshot_id=body.snapshot_id)
         return _report(rec)
+
+    async def _restore_from(
+        self, spec: SandboxSpec, snapshot_id: str, source: Path, runtime: Snapshotting
+    ) -> SandboxHandle:
+        """A copy the restore pool made ahead if one is ready (ADR 0029), else a restore
+        now (after evicting pool members if it needs their room)."""
+        if self.pool is None:
+            return await runtime.restore(spec, source)
+        key = PoolKey.of(spec, snapshot_id)
+        handle = await self.pool.take(spec, snapshot=snapshot_id)
+        if handle is None:
+            self.pool.make_room(spec.cpu, spec.memory_mb)
+            handle = await runtime.restore(spec, source)
+        self.pool.keep_snapshot(key, source)  # used now: the most recent
+        return handle
 
     async def _delete_snapshot(self, body: messages.DeleteSnapshotBody) -> None:
         """Remove a snapshot's files (idempotent: a missing snapshot is already deleted)."""
         dest = self._snapshot_dir(body.snapshot_id)
         async with self._locks[_snapshot_lock(body.snapshot_id)]:
+            if self.pool is not None:
+                await self.pool.drop_snapshot(body.snapshot_id)
             await asyncio.to_thread(shutil.rmtree, dest, True)
         self.log.info("snapshot_deleted", snapshot_id=body.snapshot_id)
 

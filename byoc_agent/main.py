@@ -163,6 +163,7 @@ async def run_agent(settings: AgentSettings) -> None:
         # A pool pre-starts sandboxes on this machine: not with sandboxes on hosts.
         warm_pool=parse_pool_sizes(settings.warm_pool) if workers is None else None,
         warm_pool_ledger=settings.warm_pool_ledger,
+        restore_pool=settings.restore_pool if workers is None else 0,
     )
     app = envd_asgi(create_dataplane_app(agent), agent)
     log.info("agent_started", agent_id=ident.agent_id, tenant_id=ident.tenant_id,

@@ -234,6 +234,8 @@ class AgentSettings:
     cosign_rules: tuple[str, ...] = ()
     # Warm pools (ADR 0025): "template:cpu:memory_mb:isolation=N,..."; empty = off.
     warm_pool: str = ""
+    # Restore pools (ADR 0029): restored copies kept per recent snapshot; 0 = off.
+    restore_pool: int = 0
 
     @property
     def state_db(self) -> Path:
@@ -310,7 +312,20 @@ class AgentSettings:
             cosigner_keys=_words(e.get(p + "COSIGNER_KEYS", "")),
             cosign_rules=_words(e.get(p + "COSIGN_RULES", "")),
             warm_pool=e.get(p + "WARM_POOL", ""),
+            restore_pool=_count(e, p + "RESTORE_POOL"),
         )
+
+
+def _count(env: Mapping[str, str], name: str) -> int:
+    """A non-negative integer setting (unset or empty: 0)."""
+    raw = env.get(name, "").strip() or "0"
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InvalidArgumentError(f"{name}={raw!r}: must be a whole number >= 0")
+    return value
 
 
 def _words(text: str) -> tuple[str, ...]:

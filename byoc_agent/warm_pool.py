@@ -14,6 +14,14 @@ reported as running. Their cpu and memory count against the agent's capacity whe
 decides whether to start another member; a real create that needs the room evicts ready
 members (``make_room``), so a pool never blocks a create.
 
+Restore pools (ADR 0029): with ``restore_size`` > 0 the pool also keeps that many copies of
+each recently used snapshot already restored (``runtime.restore`` under a pool id, identity
+helper prepared). A restore of that snapshot then takes one exactly as a create takes a
+member: the copy becomes the requested sandbox (hostname, machine-id, env) and the slow
+part, ``runsc restore`` or a QEMU migration load, happened before anyone asked. Pools are
+kept for the ``restore_snapshots`` most recently snapshotted or restored snapshots; a
+deleted snapshot's copies are destroyed before its files go.
+
 Lifetime: members are destroyed when the agent stops (``close``). Every member is listed in
 a ledger file from before its creation starts until it is taken and recorded (``confirm``);
 at start the pool destroys listed members that no sandbox record holds (what a crash left).
@@ -26,7 +34,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +48,7 @@ from byoc_agent.runtimes.base import (
     Runtime,
     SandboxHandle,
     SandboxSpec,
+    Snapshotting,
 )
 
 log = structlog.get_logger(__name__)
@@ -51,23 +60,28 @@ _POOL_TIMEOUT_S = 365 * 24 * 3600  # members have no deadline of their own
 # A replacement starts this long after a take: the sandbox just handed over runs its first
 # commands now, and on a small host a start beside them (a microVM boot above all) slows them.
 REFILL_DELAY_S = 1.0
+# Restore pools are kept for this many snapshots (the most recently used ones).
+RESTORE_POOL_SNAPSHOTS = 4
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class PoolKey:
-    """The sizes a pool member can serve: a create matches only on all four."""
+    """The sizes a pool member can serve: a create matches only on all four. A restore
+    pool's key also names its snapshot (empty for a create pool)."""
 
     template: str
     cpu: int
     memory_mb: int
     isolation: str
+    snapshot: str = ""
 
     def __str__(self) -> str:
-        return f"{self.template}:{self.cpu}:{self.memory_mb}:{self.isolation}"
+        sizes = f"{self.template}:{self.cpu}:{self.memory_mb}:{self.isolation}"
+        return f"{sizes}@{self.snapshot}" if self.snapshot else sizes
 
     @classmethod
-    def of(cls, spec: SandboxSpec) -> PoolKey:
-        return cls(spec.template, spec.cpu, spec.memory_mb, spec.isolation)
+    def of(cls, spec: SandboxSpec, snapshot: str = "") -> PoolKey:
+        return cls(spec.template, spec.cpu, spec.memory_mb, spec.isolation, snapshot)
 
 
 def parse_pool_sizes(text: str) -> dict[PoolKey, int]:
@@ -126,11 +140,23 @@ class WarmPool:
         free_capacity: Callable[[], tuple[int, int]],
         ledger: Path | None = None,
         refill_delay_s: float = REFILL_DELAY_S,
+        restore_size: int = 0,
+        restore_snapshots: int = RESTORE_POOL_SNAPSHOTS,
     ) -> None:
         if not isinstance(runtime, Adopting):
             raise InvalidArgumentError(f"runtime {runtime.name} cannot serve a warm pool")
+        if restore_size < 0 or restore_snapshots < 1:
+            raise InvalidArgumentError(
+                "a restore pool needs N >= 0 copies for each of >= 1 snapshots"
+            )
+        if restore_size and not isinstance(runtime, Snapshotting):
+            raise InvalidArgumentError(f"runtime {runtime.name} cannot restore snapshots")
         self._runtime = runtime
         self._adopting: Adopting = runtime
+        self.restore_size = restore_size
+        self._restore_snapshots = restore_snapshots
+        self._sources: OrderedDict[PoolKey, Path] = OrderedDict()  # least recently used first
+        self._settled = asyncio.Condition()  # notified when a member's start ends
         self.sizes = {k: n for k, n in sizes.items() if n > 0}
         self._tenant_id = tenant_id
         self._free = free_capacity
@@ -156,9 +182,11 @@ class WarmPool:
         keys += list(self._starting.values()) + list(self._handing_over.values())
         return sum(k.cpu for k in keys), sum(k.memory_mb for k in keys)
 
-    async def take(self, spec: SandboxSpec) -> SandboxHandle | None:
-        """A ready member adopted as ``spec``, or None (a miss: the caller creates cold)."""
-        key = PoolKey.of(spec)
+    async def take(self, spec: SandboxSpec, snapshot: str = "") -> SandboxHandle | None:
+        """A ready member adopted as ``spec``, or None (a miss: the caller creates cold).
+        With ``snapshot``: a copy of that snapshot, already restored (the caller restores
+        on a miss)."""
+        key = PoolKey.of(spec, snapshot)
         queue = self._ready.get(key)
         started = time.monotonic()
         while queue:
@@ -185,6 +213,45 @@ class WarmPool:
         self.stats.misses += 1
         log.info("warm_pool_miss", sandbox_id=spec.sandbox_id, key=str(key))
         return None
+
+    def keep_snapshot(self, key: PoolKey, source: Path) -> None:
+        """Keep ``restore_size`` restored copies of the snapshot in ``source`` (taken or
+        restored just now: the most recently used). The least recently used snapshot
+        beyond ``restore_snapshots`` loses its pool."""
+        if not self.restore_size or self._closed or not key.snapshot:
+            return
+        if key in self._sources:
+            self._sources.move_to_end(key)
+            return
+        self._sources[key] = source
+        self.sizes[key] = self.restore_size
+        self._ready.setdefault(key, deque())
+        while len(self._sources) > self._restore_snapshots:
+            oldest = next(iter(self._sources))
+            self._forget(oldest, detail="snapshot no longer among the most recently used")
+        self._wake.set()
+
+    async def drop_snapshot(self, snapshot_id: str) -> None:
+        """The snapshot is being deleted: destroy its copies and wait for any copy being
+        restored from it now (it is destroyed when its restore ends), so the caller can
+        remove the files."""
+        for key in [k for k in self._sources if k.snapshot == snapshot_id]:
+            self._forget(key, detail="snapshot deleted")
+        async with self._settled:
+            await self._settled.wait_for(
+                lambda: all(k.snapshot != snapshot_id for k in self._starting.values())
+            )
+
+    def _forget(self, key: PoolKey, *, detail: str) -> None:
+        self._sources.pop(key, None)
+        self.sizes.pop(key, None)
+        queue = self._ready.pop(key, deque())
+        while queue:
+            handle = queue.popleft()
+            self.stats.evicted += 1
+            log.info("warm_pool_evicted", pool_id=handle.sandbox_id, key=str(key), detail=detail)
+            self._destroy_later(handle)
+        self._save_ledger()
 
     def confirm(self, handle: SandboxHandle) -> None:
         """The agent recorded the taken member under its sandbox id: the pool lets go."""
@@ -222,7 +289,7 @@ class WarmPool:
     async def run(self, in_use: Iterable[str] = ()) -> None:
         """Clean up what a crash left, then keep the pools full until cancelled."""
         await self._destroy_leftovers(set(in_use))
-        if not self.sizes:
+        if not self.sizes and not self.restore_size:
             return
         failures = 0
         while not self._closed:
@@ -252,7 +319,8 @@ class WarmPool:
         free_cpu, free_mem = self._free()
         used_cpu, used_mem = self.used()
         for key, size in sorted(self.sizes.items()):
-            have = len(self._ready[key]) + sum(1 for k in self._starting.values() if k == key)
+            starting = sum(1 for k in self._starting.values() if k == key)
+            have = len(self._ready.get(key, ())) + starting
             if have >= size:
                 continue
             if key.cpu <= free_cpu - used_cpu and key.memory_mb <= free_mem - used_mem:
@@ -265,12 +333,19 @@ class WarmPool:
             sandbox_id=pool_id, tenant_id=self._tenant_id, template=key.template, cpu=key.cpu,
             memory_mb=key.memory_mb, timeout_s=_POOL_TIMEOUT_S, isolation=key.isolation,
         )  # fmt: skip
+        source = self._sources.get(key)
+        if key.snapshot and source is None:
+            return True  # its snapshot lost its pool meanwhile
         self._starting[pool_id] = key
         self._save_ledger(extra=[(pool_id, self._runtime_name(key))])
         started = time.monotonic()
         try:
-            handle = await self._runtime.create(spec)
-        except CorralError as e:
+            if source is not None:
+                assert isinstance(self._runtime, Snapshotting)  # checked in __init__
+                handle = await self._runtime.restore(spec, source)
+            else:
+                handle = await self._runtime.create(spec)
+        except (CorralError, OSError) as e:
             self.stats.start_failures += 1
             log.warning("warm_pool_start_failed", pool_id=pool_id, key=str(key), error=str(e))
             return False
@@ -283,7 +358,9 @@ class WarmPool:
                     log.exception("warm_pool_prepare_failed", pool_id=pool_id, key=str(key))
         finally:
             self._starting.pop(pool_id, None)
-        if self._closed:
+            async with self._settled:
+                self._settled.notify_all()
+        if self._closed or key not in self.sizes:  # stopping, or its snapshot's pool went
             self._destroy_later(handle)
             return True
         self._ready[key].append(handle)

@@ -22,12 +22,18 @@ console = Console(stderr=True)
 # One pre-started gVisor sandbox of the SDK's default size: creates in ``make up`` are
 # served warm (ADR 0025). CORRAL_AGENT_WARM_POOL in the environment wins; "" turns it off.
 DEV_WARM_POOL = "base:1:512:gvisor=1"
+# One restored copy of each recent snapshot: restores and forks are served warm (ADR 0029).
+DEV_RESTORE_POOL = "1"
 
 
 def _stack(home: Path) -> LocalStack:
-    warm_pool = os.environ.get("CORRAL_AGENT_WARM_POOL", DEV_WARM_POOL)
+    extra_env = {
+        "CORRAL_AGENT_WARM_POOL": os.environ.get("CORRAL_AGENT_WARM_POOL", DEV_WARM_POOL),
+        "CORRAL_AGENT_RESTORE_POOL": os.environ.get("CORRAL_AGENT_RESTORE_POOL",
+                                                    DEV_RESTORE_POOL),
+    }  # fmt: skip
     return LocalStack(home, progress=lambda m: console.print(f"[dim]•[/] {m}"),
-                      extra_env={"CORRAL_AGENT_WARM_POOL": warm_pool})  # fmt: skip
+                      extra_env=extra_env)  # fmt: skip
 
 
 def up(home: Path) -> int:

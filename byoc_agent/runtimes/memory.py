@@ -7,9 +7,12 @@ by the contract suite against real runtimes.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import posixpath
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from byoc_agent.protocol.errors import (
     FileNotFoundInSandboxError,
@@ -94,3 +97,43 @@ class InMemoryRuntime:
     async def destroy(self, handle: SandboxHandle) -> None:
         if self.live.pop(handle.sandbox_id, None) is not None:
             self.destroyed.append(handle.sandbox_id)
+
+
+class SnapshottingMemoryRuntime(InMemoryRuntime):
+    """``InMemoryRuntime`` that also pauses, snapshots and restores (a snapshot is a
+    directory holding the files as JSON)."""
+
+    def __init__(self, templates: tuple[str, ...] = ("base",)) -> None:
+        super().__init__(templates)
+        self.paused: dict[str, dict[str, bytes]] = {}
+        self.restored: list[str] = []
+        # Cleared by a test to hold restores where they are (an in-flight restore).
+        self.restores_may_finish = asyncio.Event()
+        self.restores_may_finish.set()
+
+    async def destroy(self, handle: SandboxHandle) -> None:
+        self.paused.pop(handle.sandbox_id, None)
+        await super().destroy(handle)
+
+    async def pause(self, handle: SandboxHandle) -> None:
+        self.paused[handle.sandbox_id] = self._files(handle)
+        del self.live[handle.sandbox_id]
+
+    async def resume(self, handle: SandboxHandle) -> None:
+        try:
+            self.live[handle.sandbox_id] = self.paused.pop(handle.sandbox_id)
+        except KeyError:
+            raise SandboxNotRunningError(f"sandbox {handle.sandbox_id} is not paused") from None
+
+    async def snapshot(self, handle: SandboxHandle, dest: Path) -> None:
+        files = {p: d.hex() for p, d in self._files(handle).items()}
+        await asyncio.to_thread(dest.mkdir, parents=True)
+        await asyncio.to_thread((dest / "files.json").write_text, json.dumps(files))
+
+    async def restore(self, spec: SandboxSpec, source: Path) -> SandboxHandle:
+        files = json.loads(await asyncio.to_thread((source / "files.json").read_text))
+        await self.restores_may_finish.wait()
+        self.live[spec.sandbox_id] = {p: bytes.fromhex(d) for p, d in files.items()}
+        self.restored.append(spec.sandbox_id)
+        self.specs[spec.sandbox_id] = spec
+        return SandboxHandle(sandbox_id=spec.sandbox_id, runtime=self.name, created_at=time.time())

@@ -68,7 +68,9 @@ class Rig:
         self.agent: Agent | None = None
         self.task: asyncio.Task[None] | None = None
 
-    async def start(self, sizes: dict[PoolKey, int]) -> Agent:
+    async def start(
+        self, sizes: dict[PoolKey, int], *, restore_pool: int = 0, cpu_total: int = 2
+    ) -> Agent:
         transport = NatsAgentTransport(self.server.url, TENANT, AGENT)
         await transport.connect()
         self.agent = Agent(
@@ -79,11 +81,14 @@ class Rig:
             runtime=self.runtime,
             transport=transport,
             config=AgentConfig(
-                data_plane_url="http://127.0.0.1:1", cpu_total=2, memory_mb_total=2048,
-                heartbeat_interval_s=60, reaper_interval_s=0.2, usage_interval_s=1.0,
+                data_plane_url="http://127.0.0.1:1", cpu_total=cpu_total,
+                memory_mb_total=1024 * cpu_total, heartbeat_interval_s=60,
+                reaper_interval_s=0.2, usage_interval_s=1.0,
+                snapshots_dir=self.home / "snapshots",
             ),
             warm_pool=sizes,
             warm_pool_ledger=self.home / "warm-pool.json",
+            restore_pool=restore_pool,
         )
         self.task = asyncio.create_task(self.agent.run())
         return self.agent
@@ -125,6 +130,19 @@ class Rig:
         })
         await eventually(
             lambda: self.sandbox(sandbox_id) is not None, what="sandbox created", within_s=60
+        )
+        rec = self.sandbox(sandbox_id)
+        assert rec is not None
+        return rec
+
+    async def restore(self, snapshot_id: str, env: dict[str, str]) -> SandboxRecord:
+        sandbox_id = f"sbx-{uuid.uuid4().hex[:12]}"
+        await self.job({
+            "kind": "restore_sandbox", "sandbox_id": sandbox_id, "snapshot_id": snapshot_id,
+            "timeout_s": 300, "env": env, "isolation": "gvisor",
+        })
+        await eventually(
+            lambda: self.sandbox(sandbox_id) is not None, what="sandbox restored", within_s=60
         )
         rec = self.sandbox(sandbox_id)
         assert rec is not None
@@ -259,3 +277,65 @@ async def test_a_create_that_needs_the_room_evicts_pool_members_and_misses(rig: 
     await rig.stop()
     for handle in [*members, *refilled]:
         assert not (rig.home / "runtime" / "sandboxes" / handle.sandbox_id).exists()
+
+
+async def test_restores_of_a_snapshot_are_served_from_copies_restored_ahead(rig: Rig) -> None:
+    """Restore pool (ADR 0029): after a snapshot the agent restores a copy in the
+    background; a restore takes it and it becomes the new sandbox (files, a running
+    process, its own hostname, machine-id and env); the pool refills with another copy;
+    deleting the snapshot destroys the copies."""
+    agent = await rig.start({}, restore_pool=1, cpu_total=4)
+    pool = agent.pool
+    assert pool is not None
+    parent = await rig.create({})
+    await rig.runtime.write_file(parent.handle, "/work/state", b"from the parent")
+    pid = (await run(rig.runtime, parent.handle, "nohup sleep 3600 >/dev/null 2>&1 & echo $!"))
+    parent_machine_id = (await rig.runtime.read_file(parent.handle, "/etc/machine-id")).strip()
+    snapshot_id = f"snap-{uuid.uuid4().hex[:12]}"
+    await rig.job({"kind": "snapshot_sandbox", "sandbox_id": parent.sandbox_id,
+                   "snapshot_id": snapshot_id})  # fmt: skip
+    key = PoolKey("base", 1, 256, "gvisor", snapshot_id)
+    await eventually(lambda: len(pool.ready(key)) == 1, what="a copy restored ahead", within_s=90)
+    member = pool.ready(key)[0]
+    assert member.sandbox_id.startswith(POOL_ID_PREFIX)
+    member_machine_id = (await rig.runtime.read_file(member, "/etc/machine-id")).strip()
+
+    asked, misses = time.time(), pool.stats.misses  # the parent's create was a miss
+    first = await rig.restore(snapshot_id, {"ROLE": "first copy"})
+    assert first.handle.sandbox_id == member.sandbox_id, "not served from the restore pool"
+    assert (pool.stats.hits, pool.stats.misses) == (1, misses)
+    assert first.started_at >= asked  # billed from the take, not from the copy's restore
+    out = await run(rig.runtime, first.handle,
+                    f'cat /work/state; echo; echo "$ROLE"; hostname; cat /etc/hostname; '
+                    f'cat /etc/machine-id; kill -0 {pid.strip()} && echo alive')  # fmt: skip
+    state, role, hostname, etc_hostname, machine_id, alive = out.splitlines()
+    assert (state, role, alive) == ("from the parent", "first copy", "alive")
+    assert hostname == etc_hostname == first.sandbox_id
+    assert machine_id.encode() not in (parent_machine_id, member_machine_id)
+
+    def refilled() -> bool:
+        ready = pool.ready(key)
+        return len(ready) == 1 and ready[0].sandbox_id != member.sandbox_id
+
+    await eventually(refilled, what="the restore pool refilled", within_s=90)
+    second = await rig.restore(snapshot_id, {})
+    assert pool.stats.hits == 2
+    second_machine_id = (await rig.runtime.read_file(second.handle, "/etc/machine-id")).strip()
+    assert second_machine_id != machine_id.encode()
+    await run(rig.runtime, second.handle, "echo from the second > /work/state")
+    assert await rig.runtime.read_file(first.handle, "/work/state") == b"from the parent"
+
+    await eventually(refilled_again := lambda: len(pool.ready(key)) == 1,
+                     what="a third copy ready", within_s=90)  # fmt: skip
+    assert refilled_again()
+    third = pool.ready(key)[0]
+    await rig.job({"kind": "delete_snapshot", "sandbox_id": parent.sandbox_id,
+                   "snapshot_id": snapshot_id})  # fmt: skip
+    await eventually(lambda: not (rig.home / "snapshots" / snapshot_id).exists(),
+                     what="the snapshot deleted", within_s=60)  # fmt: skip
+    assert pool.ready(key) == []
+    sandboxes = rig.home / "runtime" / "sandboxes"
+    await eventually(lambda: not (sandboxes / third.sandbox_id).exists(),
+                     what="the unused copy destroyed", within_s=60)  # fmt: skip
+    for rec in (first, second):  # the sandboxes restored from it live on
+        assert (await run(rig.runtime, rec.handle, "echo ok")) == "ok\n"

@@ -11,7 +11,8 @@ import pytest
 
 from byoc_agent.protocol.errors import InvalidArgumentError
 from byoc_agent.runtimes.base import SandboxSpec
-from byoc_agent.runtimes.memory import InMemoryRuntime
+from byoc_agent.runtimes.memory import InMemoryRuntime, SnapshottingMemoryRuntime
+from byoc_agent.settings import AgentSettings
 from byoc_agent.warm_pool import POOL_ID_PREFIX, PoolKey, WarmPool, parse_pool_sizes
 from corral.testing import eventually
 
@@ -28,6 +29,15 @@ def test_pool_sizes_parse_from_the_setting() -> None:
     sizes = parse_pool_sizes("base:1:512:gvisor=2, base:1:512:microvm=1")
     assert sizes == {KEY: 2, PoolKey("base", 1, 512, "microvm"): 1}
     assert parse_pool_sizes("") == {}
+
+
+def test_the_restore_pool_size_comes_from_the_environment() -> None:
+    """CORRAL_AGENT_RESTORE_POOL: off (0) by default; a bad value names the variable."""
+    assert AgentSettings.from_env({}).restore_pool == 0
+    assert AgentSettings.from_env({"CORRAL_AGENT_RESTORE_POOL": "2"}).restore_pool == 2
+    for bad in ("-1", "two"):
+        with pytest.raises(InvalidArgumentError, match="CORRAL_AGENT_RESTORE_POOL"):
+            AgentSettings.from_env({"CORRAL_AGENT_RESTORE_POOL": bad})
 
 
 @pytest.mark.parametrize("bad", ["base:1:512=2", "base:1:512:gvisor", "base:x:512:gvisor=1",
@@ -108,3 +118,97 @@ async def test_members_a_crash_left_are_destroyed_at_the_next_start(tmp_path: Pa
     assert leftover.sandbox_id in runtime.destroyed
     assert taken.sandbox_id in runtime.live
     assert json.loads((tmp_path / "pool.json").read_text()) == {"members": []}
+
+
+def snap_key(snapshot_id: str) -> PoolKey:
+    return PoolKey("base", 1, 512, "gvisor", snapshot_id)
+
+
+async def snapshot_of(runtime: SnapshottingMemoryRuntime, root: Path, snapshot_id: str) -> Path:
+    """A snapshot of a fresh sandbox holding one file naming the snapshot."""
+    parent = await runtime.create(spec(f"parent-{snapshot_id}"))
+    await runtime.write_file(parent, "/work/from", snapshot_id.encode())
+    await runtime.snapshot(parent, root / snapshot_id)
+    return root / snapshot_id
+
+
+def test_a_restore_pool_needs_a_runtime_that_restores_and_sane_sizes() -> None:
+    """Bad restore-pool settings are refused with what is wrong."""
+    runtime = SnapshottingMemoryRuntime()
+    with pytest.raises(InvalidArgumentError, match="cannot restore"):
+        WarmPool(InMemoryRuntime(), {}, tenant_id="t", free_capacity=lambda: (4, 4096),
+                 restore_size=1)  # fmt: skip
+    with pytest.raises(InvalidArgumentError, match="restore pool"):
+        WarmPool(runtime, {}, tenant_id="t", free_capacity=lambda: (4, 4096), restore_size=-1)
+    with pytest.raises(InvalidArgumentError, match="restore pool"):
+        WarmPool(runtime, {}, tenant_id="t", free_capacity=lambda: (4, 4096), restore_size=1,
+                 restore_snapshots=0)  # fmt: skip
+    assert str(snap_key("snap-1")) == "base:1:512:gvisor@snap-1"
+
+
+@pytest.mark.asyncio
+async def test_restore_pools_follow_the_most_recently_used_snapshots(tmp_path: Path) -> None:
+    """Copies are restored ahead per snapshot; a take serves the right snapshot's copy;
+    only the two most recent snapshots keep a pool; a miss on another snapshot is a miss."""
+    runtime = SnapshottingMemoryRuntime()
+    pool = WarmPool(runtime, {}, tenant_id="t", free_capacity=lambda: (8, 8192),
+                    restore_size=1, restore_snapshots=2)  # fmt: skip
+    filler = asyncio.create_task(pool.run())
+    try:
+        for name in ("snap-a", "snap-b"):
+            pool.keep_snapshot(snap_key(name), await snapshot_of(runtime, tmp_path, name))
+        both = [snap_key("snap-a"), snap_key("snap-b")]
+        await eventually(lambda: all(len(pool.ready(k)) == 1 for k in both), what="a copy each")
+        copy_a = pool.ready(snap_key("snap-a"))[0]
+        got = await pool.take(spec("sbx-a"), snapshot="snap-a")
+        assert got == copy_a
+        assert await runtime.read_file(got, "/work/from") == b"snap-a"
+        assert runtime.adopted[got.sandbox_id].sandbox_id == "sbx-a"
+        pool.confirm(got)
+        assert await pool.take(spec("sbx-x"), snapshot="snap-x") is None  # no pool for it
+        assert await pool.take(spec("sbx-plain")) is None  # a create never gets a copy
+
+        # A third snapshot: snap-b was used least recently (snap-a was just taken from by
+        # the keep_snapshot the agent calls after every restore).
+        pool.keep_snapshot(snap_key("snap-a"), tmp_path / "snap-a")
+        copy_b = pool.ready(snap_key("snap-b"))[0]
+        pool.keep_snapshot(snap_key("snap-c"), await snapshot_of(runtime, tmp_path, "snap-c"))
+        assert pool.ready(snap_key("snap-b")) == []
+        await eventually(lambda: copy_b.sandbox_id in runtime.destroyed, what="b's copy gone")
+        await eventually(lambda: len(pool.ready(snap_key("snap-c"))) == 1, what="a copy of c")
+        await eventually(lambda: len(pool.ready(snap_key("snap-a"))) == 1, what="a refilled")
+        assert (pool.stats.hits, pool.stats.misses) == (1, 2)
+    finally:
+        filler.cancel()
+        await pool.close()
+    assert set(runtime.live) == {got.sandbox_id, "parent-snap-a", "parent-snap-b",
+                                 "parent-snap-c"}  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_dropping_a_snapshot_waits_for_a_copy_being_restored_from_it(
+    tmp_path: Path,
+) -> None:
+    """drop_snapshot returns only once no copy is being restored from the files (the agent
+    deletes them next), and that copy is destroyed instead of joining the pool."""
+    runtime = SnapshottingMemoryRuntime()
+    pool = WarmPool(runtime, {}, tenant_id="t", free_capacity=lambda: (8, 8192),
+                    restore_size=1)  # fmt: skip
+    runtime.restores_may_finish.clear()
+    filler = asyncio.create_task(pool.run())
+    try:
+        pool.keep_snapshot(snap_key("snap-a"), await snapshot_of(runtime, tmp_path, "snap-a"))
+        await eventually(lambda: pool.used() == (1, 512), what="a copy being restored")
+        dropping = asyncio.create_task(pool.drop_snapshot("snap-a"))
+        await asyncio.sleep(0.05)  # deliberate: drop_snapshot must still be waiting
+        assert not dropping.done()
+        runtime.restores_may_finish.set()
+        async with asyncio.timeout(5):
+            await dropping
+        assert len(runtime.restored) == 1
+        await eventually(lambda: runtime.restored[0] in runtime.destroyed, what="copy destroyed")
+        assert pool.ready(snap_key("snap-a")) == []
+        assert pool.used() == (0, 0)
+    finally:
+        filler.cancel()
+        await pool.close()
