@@ -8,6 +8,8 @@ Create, step by step::
       → agent error code → HTTP status                    (404, 409, 503, ...)
       → no answer in time → AgentTimeoutError             (504; the row stays pending
                                                             until a late result lands)
+        or, with ``pending_ok`` (the public API)         → the pending sandbox (202): an
+           agent adding a host to its fleet answers after minutes, and the caller polls
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from control_plane.cosign_service import CosignService, agent_policy
 from control_plane.errors import (
     AgentFailedError,
     AgentOfflineError,
+    AgentTimeoutError,
     JobRejectedError,
     PublishError,
 )
@@ -147,7 +150,11 @@ class SandboxService:
             )
         return out
 
-    async def create(self, req: CreateSandbox, *, token_ttl_s: int | None = None) -> SandboxAccess:
+    async def create(
+        self, req: CreateSandbox, *, token_ttl_s: int | None = None, pending_ok: bool = False
+    ) -> SandboxAccess:
+        """Place and start a sandbox. ``pending_ok``: when the agent has not answered within
+        the job timeout, return the sandbox still pending instead of raising 504."""
         def place(s: Session) -> SandboxRecord:
             required = tenants.get_tenant(s, req.tenant_id).required_isolation
             if required is not None and req.isolation not in (None, required):
@@ -205,13 +212,15 @@ class SandboxService:
         if held is not None:
             access = await self._access(sandbox)
             return dataclasses.replace(access, cosign_request_id=held)
-        return await self._start(sandbox, body, token_ttl_s)
+        return await self._start(sandbox, body, token_ttl_s, pending_ok=pending_ok)
 
     async def _start(
         self,
         sandbox: SandboxRecord,
         body: CreateSandboxBody | RestoreSandboxBody,
         token_ttl_s: int | None = None,
+        *,
+        pending_ok: bool = False,
     ) -> SandboxAccess:
         """Send the job that starts a placed (pending) sandbox and wait for it to run."""
         bound = log.bind(
@@ -234,6 +243,17 @@ class SandboxService:
                 )
             )
             raise
+        except AgentTimeoutError:
+            if not pending_ok:
+                raise
+            # The job is in the agent's stream; its result updates the row when it comes
+            # (the inbox sets the expiry then). The caller gets the sandbox to poll.
+            bound.info("sandbox_start_pending", kind=body.kind,
+                       detail="the agent has not answered yet")  # fmt: skip
+            current = await self._db.run(
+                lambda s: sandboxes.get_sandbox(s, sandbox.id, tenant_id=None)
+            )
+            return await self._access(current, token_ttl_s)
         if outcome.status != JobStatus.SUCCEEDED:
             bound.info("sandbox_create_failed", code=outcome.error_code)
             raise outcome_error(outcome)
@@ -338,8 +358,9 @@ class SandboxService:
         await self._db.run(lambda s: snapshots.mark_deleted(s, snap.id))
         log.info("snapshot_deleted", tenant_id=tenant_id, snapshot_id=snapshot_id)
 
-    async def restore(self, req: RestoreSandbox) -> SandboxAccess:
-        """A new sandbox from a snapshot, on the agent that holds it (503 if it is offline)."""
+    async def restore(self, req: RestoreSandbox, *, pending_ok: bool = False) -> SandboxAccess:
+        """A new sandbox from a snapshot, on the agent that holds it (503 if it is offline);
+        ``pending_ok`` as for :meth:`create`."""
 
         def place(s: Session) -> SandboxRecord:
             snap = snapshots.get_snapshot(s, req.snapshot_id, tenant_id=req.tenant_id)
@@ -394,7 +415,7 @@ class SandboxService:
             env=dict(req.env),
             isolation="microvm" if sandbox.isolation == "microvm" else "gvisor",
         )
-        return await self._start(sandbox, body)
+        return await self._start(sandbox, body, pending_ok=pending_ok)
 
     async def fork(self, tenant_id: str, sandbox_id: str, count: int) -> list[SandboxAccess]:
         """``count`` new sandboxes from one snapshot of a running sandbox, each a new machine

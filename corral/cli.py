@@ -30,7 +30,7 @@ from rich.table import Table
 
 from corral._admin import EXPORT_FORMATS, AdminClient
 from corral.errors import CommandTimeoutError, CorralError
-from corral.sandbox import Sandbox
+from corral.sandbox import DEFAULT_START_TIMEOUT_S, Sandbox
 
 TIMEOUT_EXIT_CODE = 124
 INTERRUPTED_EXIT_CODE = 130
@@ -123,10 +123,21 @@ def sandbox_create(
         None,
         help="Start from this snapshot (its template, isolation, cpu and memory) instead.",
     ),
+    start_timeout: float = typer.Option(
+        DEFAULT_START_TIMEOUT_S,
+        "--start-timeout",
+        help="Seconds to wait for a sandbox that is still starting (its agent may be adding "
+        "a host); it is killed if it has not started by then.",
+    ),
 ) -> None:
     """Start a sandbox and print its id."""
     env_vars = _pairs(env, "--env")
     meta = _pairs(metadata, "--metadata")
+
+    def waiting(sandbox_id: str, waited_s: float) -> None:
+        typer.echo(f"{sandbox_id} is starting ({waited_s:.0f} s; its agent may be adding "
+                   "a host for it)...", err=True)  # fmt: skip
+
     with _friendly():
         sandbox = Sandbox.create(
             template=template,
@@ -138,6 +149,8 @@ def sandbox_create(
             isolation=isolation,
             egress=egress,
             snapshot=snapshot,
+            start_timeout=start_timeout,
+            on_pending=waiting,
         )
         sandbox.close()
     typer.echo(sandbox.id)

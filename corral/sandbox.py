@@ -19,7 +19,7 @@ import builtins
 import contextlib
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -34,6 +34,7 @@ from corral._files import Files
 from corral._http import About, HttpClient, parse
 from corral._wire import ForkWire, Page, SandboxWire, SnapshotWire, utc
 from corral.errors import (
+    CorralError,
     CosignatureRequiredError,
     InvalidArgumentError,
     SandboxNotFoundError,
@@ -43,6 +44,10 @@ from corral.errors import (
 
 #: Seconds between polls while a new sandbox is still ``pending``.
 POLL_INTERVAL_S = 0.2
+# How long create waits for a sandbox the API answered as still pending (202): an agent
+# that adds a host to its fleet for it answers after the host boots, minutes on metal.
+DEFAULT_START_TIMEOUT_S = 900.0
+PENDING_REPORT_S = 5.0  # how often create tells ``on_pending`` that it is still waiting
 DEFAULT_PAGE_SIZE = 100
 _SANDBOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
@@ -194,9 +199,17 @@ class Sandbox:
         api_key: str | None = None,
         api_url: str | None = None,
         request_timeout: float | None = None,
+        start_timeout: float = DEFAULT_START_TIMEOUT_S,
+        on_pending: Callable[[str, float], None] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> Sandbox:
         """Start a sandbox and wait until it runs; it is killed after ``timeout`` seconds.
+
+        When no host has room, the agent may add one first (minutes on bare metal): the
+        API then answers with the sandbox still pending and create polls it for up to
+        ``start_timeout`` seconds, calling ``on_pending(sandbox_id, seconds_waited)`` at
+        once and then about every 5 s. If it has not started by then it is killed (so it is never
+        billed unseen) and :class:`SandboxTimeoutError` is raised.
 
         ``isolation``: ``"gvisor"`` (a user-space kernel) or ``"microvm"`` (a kernel of its
         own in a virtual machine); by default the tenant's required isolation, else gvisor.
@@ -244,14 +257,23 @@ class Sandbox:
             response = http.request(
                 "POST", f"{config.api_url}/v1/sandboxes", about, token=config.api_key, json=body
             )
-            sandbox = cls._started(parse(SandboxWire, response, about), config, http)
+            sandbox = cls._started(
+                parse(SandboxWire, response, about), config, http, start_timeout, on_pending
+            )
         except BaseException:
             http.close()
             raise
         return sandbox
 
     @classmethod
-    def _started(cls, wire: SandboxWire, config: ConnectionConfig, http: HttpClient) -> Sandbox:
+    def _started(
+        cls,
+        wire: SandboxWire,
+        config: ConnectionConfig,
+        http: HttpClient,
+        start_timeout: float | None = None,
+        on_pending: Callable[[str, float], None] | None = None,
+    ) -> Sandbox:
         if wire.cosign_request_id:
             raise CosignatureRequiredError(
                 f"Sandbox {wire.id} waits for your cosignature (agent rule): run `corral "
@@ -266,7 +288,9 @@ class Sandbox:
             http=http,
             access=None if access is None else Access.from_wire(access),
         )
-        sandbox._wait_until_running()
+        sandbox._wait_until_running(
+            config.request_timeout if start_timeout is None else start_timeout, on_pending
+        )
         return sandbox
 
     @classmethod
@@ -512,16 +536,22 @@ class Sandbox:
                 raise
             # The block's own exception is the one to see; the kill failure is secondary.
 
-    def _wait_until_running(self) -> None:
-        deadline = time.monotonic() + self._config.request_timeout
+    def _wait_until_running(
+        self, within_s: float, on_pending: Callable[[str, float], None] | None = None
+    ) -> None:
+        started = time.monotonic()
+        told = -float("inf")  # the first report comes at once
         while self._info.state == SandboxState.PENDING:
-            if time.monotonic() >= deadline:
+            waited = time.monotonic() - started
+            if waited >= within_s:
                 raise SandboxTimeoutError(
-                    f"Sandbox {self.id} was still pending after {self._config.request_timeout}s. "
-                    "It may start later (see `corral sandbox ls`); kill it with "
-                    f"`corral sandbox kill {self.id}` if you no longer need it.",
+                    f"Sandbox {self.id} was still pending after {within_s:g}s; "
+                    f"{self._give_up_on_start()} Raise start_timeout to wait longer.",
                     sandbox_id=self.id,
                 )
+            if on_pending is not None and time.monotonic() - told >= PENDING_REPORT_S:
+                told = time.monotonic()
+                on_pending(self.id, waited)
             time.sleep(POLL_INTERVAL_S)
             self.get_info()
         if self._info.state in TERMINAL_STATES:
@@ -531,6 +561,16 @@ class Sandbox:
                 "Check the template name and the agent's logs.",
                 sandbox_id=self.id,
             )
+
+
+    def _give_up_on_start(self) -> str:
+        """Kill a sandbox that did not start in time; says what happened, for the error."""
+        try:
+            self.kill()
+        except CorralError as e:
+            return (f"killing it failed ({e}): kill it with `corral sandbox kill {self.id}` "
+                    "if it starts later.")  # fmt: skip
+        return "it was killed, so it will not start later or be billed."
 
 
 def _get_info(http: HttpClient, config: ConnectionConfig, sandbox_id: str) -> SandboxInfo:

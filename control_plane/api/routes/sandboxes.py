@@ -36,11 +36,19 @@ router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
     "",
     status_code=201,
     response_model=SandboxCreatedOut,
-    responses={**AGENT_ERRORS, **RATE_LIMITED},
+    responses={
+        202: {"model": SandboxCreatedOut, "description": "Accepted: the sandbox is still "
+              "pending (its agent has not answered yet); poll it until it runs"},
+        **AGENT_ERRORS,
+        **RATE_LIMITED,
+    },
 )
 async def create_sandbox(
-    body: CreateSandboxRequest, who: SandboxWriter, svc: Svc
+    body: CreateSandboxRequest, who: SandboxWriter, svc: Svc, response: Response
 ) -> SandboxCreatedOut:
+    """201 with the running sandbox; 202 with it still ``pending`` when its agent has not
+    answered within the job timeout (it may be adding a host): poll
+    ``GET /v1/sandboxes/{id}`` until it runs."""
     lim = svc.settings.limits
     limits.check_timeout(lim, body.timeout_s)
     limits.check_metadata(lim, body.metadata)
@@ -62,9 +70,10 @@ async def create_sandbox(
                 timeout_s=body.timeout_s,
                 env=body.env,
                 metadata=body.metadata,
-            )
+            ),
+            pending_ok=True,
         )
-        return created_out(access)
+        return created_out(access, response)
     if body.template is None:
         raise InvalidArgumentError(
             "template: required (or give snapshot_id to start from a snapshot)",
@@ -84,12 +93,23 @@ async def create_sandbox(
             env=body.env,
             metadata=body.metadata,
             egress=egress,
-        )
+        ),
+        pending_ok=True,
     )
-    return created_out(access)
+    return created_out(access, response)
 
 
-def created_out(access: sandbox_service.SandboxAccess) -> SandboxCreatedOut:
+def created_out(
+    access: sandbox_service.SandboxAccess, response: Response | None = None
+) -> SandboxCreatedOut:
+    """The created sandbox; with ``response``, 202 when its agent has not started it yet
+    (not for one held for a cosignature: that one waits on the customer, not the agent)."""
+    if (
+        response is not None
+        and access.sandbox.state == SandboxState.PENDING
+        and access.cosign_request_id is None
+    ):
+        response.status_code = 202
     return SandboxCreatedOut.model_validate(
         {
             **sandbox_fields(access.sandbox),

@@ -34,6 +34,7 @@ class Answer:
     state: SandboxState | None = None
     error_code: str | None = None
     end_reason: str | None = None
+    delay_s: float = 0.0  # how long the agent works before it answers
 
 
 def obedient(job: Job) -> Answer | None:
@@ -167,6 +168,8 @@ class FakeAgent:
                 self._last_seq = job.seq
                 self.received.append(Received(job, (msg.headers or {}).get("Nats-Msg-Id")))
                 answer = self.answer(job)
+                if answer is not None and answer.delay_s:
+                    await asyncio.sleep(answer.delay_s)  # deliberate: a slow agent
                 if answer is not None:
                     data = result_message(
                         self.result_key or self.key,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,17 +206,54 @@ async def test_no_online_agent_gives_503(
         assert r.status_code == 503
 
 
-async def test_a_silent_agent_gives_504(
+async def test_a_silent_agent_leaves_the_sandbox_pending_with_202(
     nats_server: NatsServer, database_url: str, tmp_path: Path
 ) -> None:
-    """An agent that receives the job but never answers makes create fail with 504."""
+    """An agent that receives the job but does not answer within the job timeout: create
+    answers 202 with the sandbox still pending (the caller keeps its id and can poll or
+    kill it), where a kill on the same silent agent is a 504."""
     async with control_plane(nats_server, database_url, tmp_path, job_timeout_s=1.0) as cp:
         tenant_id, auth = await cp.tenant()
         agent = await cp.agent(tenant_id, answer=lambda job: None)
         r = await cp.http.post("/v1/sandboxes", json={"template": "base"}, headers=auth)
+        assert r.status_code == 202, r.text
+        sb = r.json()
+        assert (sb["state"], sb["expires_at"]) == ("pending", None)
+        assert len(agent.received) == 1
+        assert agent.received[0].job.body.sandbox_id == sb["id"]
+        got = await cp.http.get(f"/v1/sandboxes/{sb['id']}", headers=auth)
+        assert got.json()["state"] == "pending"
+        r = await cp.http.delete(f"/v1/sandboxes/{sb['id']}", headers=auth)
         assert r.status_code == 504
         assert r.json()["error"]["code"] == "timeout"
-        assert len(agent.received) == 1
+
+
+async def test_a_slow_start_answers_202_and_the_sandbox_runs_when_the_agent_answers(
+    nats_server: NatsServer, database_url: str, tmp_path: Path
+) -> None:
+    """An agent that takes longer than the job timeout (it is adding a host): 202 pending
+    at once, then running with its expiry set once the late result lands."""
+
+    def slow(job: Job) -> Answer | None:
+        answer = obedient(job)
+        if answer is not None and job.body.kind == "create_sandbox":
+            return dataclasses.replace(answer, delay_s=2.0)
+        return answer
+
+    async with control_plane(nats_server, database_url, tmp_path, job_timeout_s=0.5) as cp:
+        tenant_id, auth = await cp.tenant()
+        await cp.agent(tenant_id, answer=slow)
+        r = await cp.http.post("/v1/sandboxes", json={"template": "base"}, headers=auth)
+        assert r.status_code == 202, r.text
+        sb = r.json()
+        assert sb["state"] == "pending"
+
+        async def running() -> dict[str, object] | None:
+            got = (await cp.http.get(f"/v1/sandboxes/{sb['id']}", headers=auth)).json()
+            return got if got["state"] == "running" else None
+
+        got = await eventually(running, within_s=15, what="the late result applied")
+        assert got["expires_at"] is not None
 
 
 async def test_unknown_templates_give_404_from_the_scheduler_or_the_agent(
@@ -267,7 +305,7 @@ async def test_a_forged_result_is_ignored(
         tenant_id, auth = await cp.tenant()
         agent = await cp.agent(tenant_id, result_key=SigningKey.generate())
         r = await cp.http.post("/v1/sandboxes", json={"template": "base"}, headers=auth)
-        assert r.status_code == 504
+        assert r.status_code == 202  # no valid answer in time: still pending
         job_id = agent.received[0].job.job_id
         job = (await cp.http.get(f"/v1/jobs/{job_id}", headers=auth)).json()
         assert job["status"] == "delivered"

@@ -375,7 +375,7 @@ class FakeCorral:
             return {"items": [agent], "next_cursor": None}
 
         @app.post("/v1/sandboxes", status_code=201)
-        async def create_sandbox(request: Request) -> dict[str, object]:
+        async def create_sandbox(request: Request, response: Response) -> dict[str, object]:
             tenant = self._tenant(request)
             body = await _json(request)
             cpu = body.get("cpu", 1)
@@ -400,6 +400,7 @@ class FakeCorral:
             if self.create_pending_polls:
                 sandbox.state = "pending"
                 sandbox.polls_until_running = self.create_pending_polls
+                response.status_code = 202  # as the control plane: the agent has not answered
             wire = sandbox.wire()
             if self.create_includes_access:
                 access = self._issue_token(sandbox.id)

@@ -53,6 +53,17 @@ def test_sandbox_create_prints_only_the_new_id(fake: FakeCorral, runner: CliRunn
     assert stored.state == "running"
 
 
+def test_sandbox_create_shows_a_slow_start_on_stderr(fake: FakeCorral, runner: CliRunner) -> None:
+    """A sandbox answered as pending: stderr says it is starting, stdout still holds only
+    the id once it runs."""
+    fake.create_pending_polls = 3
+    result = runner.invoke(app, ["sandbox", "create", "--start-timeout", "30"])
+    assert result.exit_code == 0, result.output
+    sid = result.stdout.strip()
+    assert fake.sandboxes[sid].state == "running"
+    assert f"{sid} is starting" in result.stderr
+
+
 def test_sandbox_create_passes_each_egress_option_on(fake: FakeCorral, runner: CliRunner) -> None:
     """--egress is repeatable; the list reaches the API in order, with the isolation."""
     result = runner.invoke(

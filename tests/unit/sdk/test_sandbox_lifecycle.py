@@ -15,6 +15,7 @@ from corral import (
     SandboxNotFoundError,
     SandboxNotRunningError,
     SandboxState,
+    SandboxTimeoutError,
 )
 
 from .fake_corral import FakeCorral
@@ -55,6 +56,23 @@ def test_create_waits_while_the_sandbox_is_pending(fake: FakeCorral) -> None:
     with Sandbox.create() as sb:
         assert sb.info.state == SandboxState.RUNNING
         assert len(fake.requests("control", f"/v1/sandboxes/{sb.id}")) >= 2
+
+
+def test_create_reports_a_slow_start_and_kills_a_sandbox_that_never_starts(
+    fake: FakeCorral,
+) -> None:
+    """A sandbox still pending after start_timeout is killed (never billed unseen) and
+    create raises SandboxTimeoutError naming it; on_pending heard about the wait at once."""
+    fake.create_pending_polls = 10**6
+    waits: list[tuple[str, float]] = []
+    with pytest.raises(SandboxTimeoutError, match="was killed") as raised:
+        Sandbox.create(start_timeout=0.5, on_pending=lambda sid, s: waits.append((sid, s)))
+    sid = raised.value.sandbox_id
+    assert sid is not None
+    assert fake.sandboxes[sid].state == "killed"
+    assert waits, "on_pending was never called"
+    assert waits[0][0] == sid
+    assert waits[0][1] < 0.5
 
 
 def test_context_manager_kills_the_sandbox_on_exit(fake: FakeCorral) -> None:
