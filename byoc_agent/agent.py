@@ -64,6 +64,7 @@ from byoc_agent.runtimes.base import (
     EndReason,
     KnowsStopReason,
     Liveness,
+    RemovesSnapshots,
     Runtime,
     SandboxHandle,
     SandboxSpec,
@@ -631,6 +632,8 @@ class Agent:
         async with self._locks[_snapshot_lock(body.snapshot_id)]:
             if self.pool is not None:
                 await self.pool.drop_snapshot(body.snapshot_id)
+            if isinstance(self.runtime, RemovesSnapshots):  # kept on a managed host too
+                await self.runtime.remove_snapshot(dest)
             await asyncio.to_thread(shutil.rmtree, dest, True)
         self.log.info("snapshot_deleted", snapshot_id=body.snapshot_id)
 

@@ -129,7 +129,8 @@ async def run_agent(settings: AgentSettings) -> None:
         assert hosts is not None
         # Sandboxes run on the hosts the fleet launches (ADR 0028).
         runtime = FleetRuntime(fleet, workers, names=hosts.worker_runtimes,
-                               place_timeout_s=hosts.place_timeout_s)
+                               place_timeout_s=hosts.place_timeout_s,
+                               snapshots_dir=settings.snapshots_dir)
     else:
         assert local_runtime is not None
         runtime = local_runtime

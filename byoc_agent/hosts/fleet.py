@@ -52,7 +52,13 @@ import structlog
 from byoc_agent.hosts.autoscale import HostView, ScalePlan, ScalingPolicy, plan
 from byoc_agent.hosts.phases import LIVE, HostPhase, can_move
 from byoc_agent.hosts.workers import HostWorkers
-from byoc_agent.protocol.errors import CorralError, InvalidArgumentError, RetryableError
+from byoc_agent.protocol.errors import (
+    CapacityError,
+    CorralError,
+    InvalidArgumentError,
+    NotFoundError,
+    RetryableError,
+)
 from byoc_agent.providers.base import (
     TAG_AGENT,
     TAG_CLIENT_TOKEN,
@@ -76,6 +82,7 @@ from byoc_agent.scheduling import (
     Overcommit,
     SandboxRequest,
 )
+from byoc_agent.scheduling.placement import fits
 from byoc_agent.state import AgentStateStore, HostRecord, Placement
 
 log = structlog.get_logger(__name__)
@@ -170,6 +177,10 @@ class HostFleet:
         self._offerings: dict[str, Offering] = {}
         self._started = False
         self.last_plan = ScalePlan()
+        # host key -> snapshots kept on that host: a host holding one is never scaled in
+        # (the snapshot would go with it). Derived state: FleetRuntime rebuilds it at start
+        # from the agent's snapshot directories.
+        self._holds: dict[str, set[str]] = {}
         self.log = log.bind(agent_id=agent_id, tenant_id=tenant_id, provider=provider.name)
 
     # ------------------------------------------------------------ start / restore
@@ -261,6 +272,53 @@ class HostFleet:
 
     def host_of(self, sandbox_id: str) -> str | None:
         return self.scheduler.host_of(sandbox_id)
+
+    def place_on(self, req: SandboxRequest, host_key: str) -> None:
+        """Place a sandbox on one given host now (a restore goes where its snapshot is):
+        NotFoundError if that host is not ready, CapacityError if it has no room."""
+        rec = self.state.get_host(host_key)
+        scheduled = host_key in self.scheduler.hosts()
+        if rec is None or rec.phase is not HostPhase.READY or not scheduled:
+            raise NotFoundError(f"host {host_key} is not ready", sandbox_id=req.sandbox_id)
+        if self.scheduler.host_of(req.sandbox_id) == host_key:
+            return  # placed already (a retried restore)
+        free = self.scheduler.free(host_key)
+        if not fits(free, req):
+            raise CapacityError(
+                f"host {host_key}, which holds the snapshot, has no room for {req.cpu} vCPU "
+                f"and {req.memory_mb} MiB now (it has {free.cpu_milli // 1000} vCPU and "
+                f"{free.memory_mb} MiB free)",
+                sandbox_id=req.sandbox_id,
+            )
+        self.scheduler.place_at(req, host_key)
+        self.state.put_placement(_placement(req, host_key, self.clock()))
+        if rec.idle_since is not None:
+            self.state.put_host(dataclasses.replace(rec, idle_since=None))
+
+    def hold(self, host_key: str, snapshot_id: str) -> None:
+        """A snapshot is kept on this host: it is not scaled in until :meth:`unhold`."""
+        self._holds.setdefault(host_key, set()).add(snapshot_id)
+        rec = self.state.get_host(host_key)
+        if rec is not None and rec.idle_since is not None:
+            self.state.put_host(dataclasses.replace(rec, idle_since=None))
+
+    def unhold(self, host_key: str, snapshot_id: str) -> None:
+        """The snapshot was deleted: the host may go idle again."""
+        held = self._holds.get(host_key)
+        if held is None:
+            return
+        held.discard(snapshot_id)
+        if held:
+            return
+        del self._holds[host_key]
+        rec = self.state.get_host(host_key)
+        if (rec is not None and rec.phase is HostPhase.READY
+                and not self.state.placements(host_key)):  # fmt: skip
+            self.state.put_host(dataclasses.replace(rec, idle_since=self.clock()))
+
+    def held(self, host_key: str) -> frozenset[str]:
+        """The snapshots kept on a host."""
+        return frozenset(self._holds.get(host_key, ()))
 
     def _record_new_placements(self, now: float) -> None:
         waiting = {p.sandbox_id: p for p in self.state.placements() if p.host_key is None}
@@ -370,8 +428,9 @@ class HostFleet:
                     used_cpu=sum(p.cpu for p in on),
                     used_memory_mb=sum(p.memory_mb for p in on),
                     used_gpus=sum(p.gpus for p in on),
-                    sandboxes=len(on),
-                    idle_since=rec.idle_since,
+                    # snapshots kept there count as tenants: never idle, never scaled in
+                    sandboxes=len(on) + len(self._holds.get(rec.host_key, ())),
+                    idle_since=None if self._holds.get(rec.host_key) else rec.idle_since,
                 )
             )
         cooling = {

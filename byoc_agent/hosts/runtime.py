@@ -11,6 +11,10 @@ and E2B surface use it unchanged:
 - every other call goes to the host named in the handle (``data["corral.host"]``), through
   that host's worker runtime.
 - ``destroy`` gives the sandbox's room back to the fleet, so an idle host can be scaled in.
+- snapshots stay on the host that took them (its hostd keeps them, ADR 0028): the agent's
+  snapshot directory holds only ``host.json`` naming the host. A restore is placed on that
+  host (or fails with a capacity error if it has no room), and the host is held, never
+  scaled in, until its last snapshot is deleted.
 
 The handle keeps the host's own runtime name (``gvisor``, ``qemu-microvm``, ...), so the
 meter and isolation checks read it as they read a local one.
@@ -18,6 +22,8 @@ meter and isolation checks read it as they read a local one.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -30,6 +36,7 @@ from byoc_agent.hosts.workers import HostWorkers
 from byoc_agent.protocol.errors import (
     CapacityError,
     InvalidArgumentError,
+    NotFoundError,
     SandboxNotRunningError,
 )
 from byoc_agent.runtimes.base import (
@@ -48,6 +55,8 @@ from byoc_agent.state import HostRecord
 log = structlog.get_logger(__name__)
 
 HOST_KEY = "corral.host"
+# In the agent's directory of a snapshot taken on a host: which host keeps it.
+ON_HOST = "host.json"
 
 
 class FleetRuntime:
@@ -60,7 +69,9 @@ class FleetRuntime:
         *,
         names: Sequence[str] = ("gvisor",),
         place_timeout_s: float = 300.0,
+        snapshots_dir: Path | None = None,
     ) -> None:
+        """``snapshots_dir``: the agent's snapshots; those kept on hosts hold their host."""
         if not names:
             raise InvalidArgumentError("a FleetRuntime needs the runtime names its hosts run")
         self.fleet = fleet
@@ -68,6 +79,10 @@ class FleetRuntime:
         self.names = list(names)
         self.name = "fleet:" + "+".join(names)
         self.place_timeout_s = place_timeout_s
+        for marker in sorted(snapshots_dir.glob(f"*/{ON_HOST}")) if snapshots_dir else ():
+            host_key = _host_of_snapshot(marker.parent)
+            if host_key is not None:
+                fleet.hold(host_key, marker.parent.name)
 
     # ------------------------------------------------------------ routing
     def _host(self, host_key: str, sandbox_id: str) -> HostRecord:
@@ -200,12 +215,70 @@ class FleetRuntime:
         await self._snapshots(runtime).resume(inner)
 
     async def snapshot(self, handle: SandboxHandle, dest: Path) -> None:
-        raise InvalidArgumentError(
-            "snapshots of sandboxes on managed hosts are not supported yet: a snapshot "
-            "would live on one host; pause and resume work"
+        """Snapshot on the sandbox's host, named ``dest.name`` there; ``dest`` gets
+        ``host.json``, and the host is held until the snapshot is deleted."""
+        runtime, inner = self._route(handle)
+        host_key = str(handle.data[HOST_KEY])
+        await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
+        await self._snapshots(runtime).snapshot(inner, _on_host(dest))
+        await asyncio.to_thread(
+            (dest / ON_HOST).write_text, json.dumps({"host_key": host_key})
         )
+        self.fleet.hold(host_key, dest.name)
 
     async def restore(self, spec: SandboxSpec, source: Path) -> SandboxHandle:
-        raise InvalidArgumentError(
-            "restoring onto managed hosts is not supported yet; create a new sandbox"
+        """A new sandbox from a snapshot, on the host that keeps it."""
+        host_key = await asyncio.to_thread(_host_of_snapshot, source)
+        if host_key is None:
+            raise NotFoundError(f"snapshot {source.name} was not taken on a managed host")
+        request = SandboxRequest(
+            spec.sandbox_id, spec.cpu, spec.memory_mb, 0, Isolation(spec.isolation)
         )
+        try:
+            self.fleet.place_on(request, host_key)
+        except NotFoundError:
+            raise NotFoundError(
+                f"snapshot {source.name} was kept on host {host_key}, which is gone",
+                sandbox_id=spec.sandbox_id,
+            ) from None
+        try:
+            runtime = self.workers.runtime(self._host(host_key, spec.sandbox_id))
+            inner = await self._snapshots(runtime).restore(spec, _on_host(source))
+        except BaseException:
+            self.fleet.release(spec.sandbox_id)
+            raise
+        log.info("sandbox_restored_on_host", sandbox_id=spec.sandbox_id, host_key=host_key,
+                 snapshot_id=source.name)  # fmt: skip
+        return SandboxHandle(
+            sandbox_id=inner.sandbox_id,
+            runtime=inner.runtime,
+            created_at=inner.created_at,
+            data={**inner.data, HOST_KEY: host_key},
+        )
+
+    async def remove_snapshot(self, source: Path) -> None:
+        """Delete the snapshot from its host (if the host is still there) and let the host
+        go idle; the agent removes ``source``."""
+        host_key = await asyncio.to_thread(_host_of_snapshot, source)
+        if host_key is None:
+            return
+        rec = self.fleet.state.get_host(host_key)
+        if rec is not None and rec.phase is HostPhase.READY:
+            remove = getattr(self.workers.runtime(rec), "delete_snapshot", None)
+            if remove is not None:  # a remote worker keeps it in its own data directory
+                await remove(source.name)
+        self.fleet.unhold(host_key, source.name)
+
+
+def _on_host(snapshot_dir: Path) -> Path:
+    """Where the host's worker keeps a snapshot: a hostd names it by the last part (the
+    snapshot id) in its own data directory; a local worker writes it here."""
+    return snapshot_dir / "on-host" / snapshot_dir.name
+
+
+def _host_of_snapshot(snapshot_dir: Path) -> str | None:
+    try:
+        raw = json.loads((snapshot_dir / ON_HOST).read_text())
+        return str(raw["host_key"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

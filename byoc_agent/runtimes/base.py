@@ -296,6 +296,17 @@ class Snapshotting(Protocol):
 
 
 @runtime_checkable
+class RemovesSnapshots(Protocol):
+    """Optional: a runtime that keeps part of a snapshot outside its directory (on the
+    managed host that took it) and must be told when the snapshot is deleted."""
+
+    async def remove_snapshot(self, source: Path) -> None:
+        """Remove what belongs to the snapshot in ``source`` elsewhere (idempotent); the
+        agent removes ``source`` itself afterwards."""
+        ...
+
+
+@runtime_checkable
 class KnowsStopReason(Protocol):
     """Optional: a runtime that can tell why a sandbox stopped on its own.
 

@@ -18,13 +18,14 @@ import contextlib
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from corral import Sandbox
+from corral import Sandbox, delete_snapshot
 from corral.testing import eventually_sync, free_port
 from corral.testing.stack import LocalStack, StackInfo
 
@@ -222,11 +223,26 @@ def test_a_sandbox_runs_on_a_host_the_agent_launches_for_it(
         assert sb.id in hostd.tail(100_000)
         assert ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0][
             "Instances"][0]["InstanceType"] == "c5.metal"
+        # a snapshot is kept by that host's hostd; a restore runs there, as a new machine
+        snap = sb.snapshot()
+        assert (hostd.root / "data" / "snapshots" / snap.id).is_dir()
+        with Sandbox.create(snapshot=snap, api_url=info.api_url, api_key=info.api_key,
+                            timeout=300) as copy:  # fmt: skip
+            assert copy.files.read("/tmp/note.txt") == "kept on the host"
+            assert copy.commands.run("hostname").stdout.strip() == copy.id
+            assert copy.id in hostd.tail(100_000)
 
-    # ended: the host idles, is terminated in EC2, and its hostd stops
     def state() -> str:
         resp = ec2.describe_instances(InstanceIds=[instance_id])
         return str(resp["Reservations"][0]["Instances"][0]["State"]["Name"])
+
+    # no sandbox left, but the host keeps a snapshot: it is not scaled in (idle is 2 s)
+    time.sleep(5)  # deliberate: 2.5 idle timeouts, with a fleet step every 0.5 s
+    assert state() == "running"
+    delete_snapshot(snap.id, api_url=info.api_url, api_key=info.api_key)
+    assert not (hostd.root / "data" / "snapshots" / snap.id).exists()
+
+    # ended: the host idles, is terminated in EC2, and its hostd stops
 
     eventually_sync(lambda: state() == "terminated", within_s=60,
                     what="the idle host to be terminated")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -19,12 +21,16 @@ from provider_cases import REGION, MotoEc2, aws_unavailable
 from byoc_agent.hosts.autoscale import ScalingPolicy
 from byoc_agent.hosts.fleet import HostFleet
 from byoc_agent.hosts.phases import HostPhase
-from byoc_agent.hosts.runtime import HOST_KEY, FleetRuntime
+from byoc_agent.hosts.runtime import HOST_KEY, ON_HOST, FleetRuntime
 from byoc_agent.hosts.workers import LocalWorkers
-from byoc_agent.protocol.errors import CapacityError, InvalidArgumentError
+from byoc_agent.protocol.errors import (
+    CapacityError,
+    NotFoundError,
+    SandboxNotRunningError,
+)
 from byoc_agent.providers.base import TAG_AGENT
 from byoc_agent.runtimes.base import ExecRequest, Exit, SandboxSpec
-from byoc_agent.runtimes.memory import InMemoryRuntime
+from byoc_agent.runtimes.memory import InMemoryRuntime, SnapshottingMemoryRuntime
 from byoc_agent.scheduling import SandboxRequest
 from byoc_agent.state import AgentStateStore
 from corral.testing import eventually
@@ -46,7 +52,8 @@ def store(tmp_path: Path) -> Iterator[AgentStateStore]:
     s.close()
 
 
-def make_fleet(moto_ec2: MotoEc2, store: AgentStateStore, **policy: Any) -> HostFleet:
+def make_fleet(moto_ec2: MotoEc2, store: AgentStateStore, *,
+               worker: InMemoryRuntime | None = None, **policy: Any) -> HostFleet:  # fmt: skip
     from byoc_agent.providers.aws import AwsProvider
 
     knobs: dict[str, Any] = {"max_hosts": 2, "budget_per_hour": Decimal("20"),
@@ -58,7 +65,7 @@ def make_fleet(moto_ec2: MotoEc2, store: AgentStateStore, **policy: Any) -> Host
                              instance_types=("c5.metal", "m7i.metal-24xl")),
         tenant_id=TENANT, agent_id=AGENT, policy=ScalingPolicy(**knobs), prices=PRICES,
         subnet_id=moto_ec2.subnet_id, security_group_ids=(moto_ec2.security_group_id,),
-        workers=LocalWorkers(InMemoryRuntime()),
+        workers=LocalWorkers(worker or InMemoryRuntime()),
     )
 
 
@@ -144,8 +151,8 @@ async def test_a_create_the_autoscaler_may_not_serve_fails_with_the_reason(
             await task
 
 
-async def test_a_sandbox_whose_host_is_gone_is_missing_and_snapshots_are_refused(
-    moto_ec2: MotoEc2, running_fleet: HostFleet
+async def test_a_sandbox_whose_host_is_gone_is_missing_and_cannot_be_snapshotted(
+    moto_ec2: MotoEc2, running_fleet: HostFleet, tmp_path: Path
 ) -> None:
     fleet = running_fleet
     runtime = FleetRuntime(fleet, fleet.workers or LocalWorkers(InMemoryRuntime()),
@@ -162,8 +169,9 @@ async def test_a_sandbox_whose_host_is_gone_is_missing_and_snapshots_are_refused
         within_s=20, what="the lost host to be noticed",
     )
     assert await runtime.inspect(handle) is Liveness.MISSING
-    with pytest.raises(InvalidArgumentError, match="not supported"):
-        await runtime.snapshot(handle, Path("/nonexistent"))
+    with pytest.raises(SandboxNotRunningError, match="no longer ready"):
+        await runtime.snapshot(handle, tmp_path / "snapshots" / "snap-lost")
+    assert not (tmp_path / "snapshots").exists()
     await runtime.destroy(handle)  # its host is gone: nothing to do, and no error
 
 
@@ -205,3 +213,54 @@ async def test_after_an_agent_restart_its_sandboxes_are_found_on_their_hosts(
         assert fleet.host_of("sbx-restart") is None
     finally:
         again.close()
+
+
+async def test_a_snapshot_stays_on_its_host_holds_it_and_restores_there(
+    moto_ec2: MotoEc2, store: AgentStateStore, tmp_path: Path
+) -> None:
+    """A snapshot is kept by the host that took it: the agent's directory names the host,
+    the host is not scaled in while it holds one (also after an agent restart), a restore
+    runs there or fails with the host's room named, and deleting it lets the host go."""
+    fleet = make_fleet(moto_ec2, store, worker=SnapshottingMemoryRuntime())
+    await fleet.start()
+    task = asyncio.create_task(fleet.run(interval_s=0.2))
+    snapshots = tmp_path / "snapshots"
+    try:
+        assert fleet.workers is not None
+        runtime = FleetRuntime(fleet, fleet.workers, place_timeout_s=30, snapshots_dir=snapshots)
+        source = await runtime.create(spec("sbx-snap-src"))
+        host_key = source.data[HOST_KEY]
+        await runtime.write_file(source, "/work/state", b"from the source")
+        dest = snapshots / "snap-one"
+        await runtime.snapshot(source, dest)
+        assert json.loads((dest / ON_HOST).read_text()) == {"host_key": host_key}
+        assert fleet.held(host_key) == {"snap-one"}
+
+        await runtime.destroy(source)  # no sandbox left on the host, but a snapshot
+        assert fleet.state.placements(host_key) == []
+        assert host_key not in fleet.plan(time.time() + 3600).drain
+        # an agent restart rebuilds the hold from the snapshot directories
+        again = make_fleet(moto_ec2, store)
+        FleetRuntime(again, LocalWorkers(InMemoryRuntime()), snapshots_dir=snapshots)
+        assert again.held(host_key) == {"snap-one"}
+
+        copy = await runtime.restore(spec("sbx-snap-copy"), dest)
+        assert copy.data[HOST_KEY] == host_key
+        assert await runtime.read_file(copy, "/work/state") == b"from the source"
+        with pytest.raises(CapacityError, match=f"host {host_key}.*no room"):
+            await runtime.restore(spec("sbx-snap-big", cpu=96), dest)
+        assert store.get_placement("sbx-snap-big") is None  # nothing left reserved
+
+        await runtime.remove_snapshot(dest)
+        assert fleet.held(host_key) == frozenset()
+        await runtime.destroy(copy)
+        await eventually(
+            lambda: fleet.state.get_host(host_key).phase is HostPhase.TERMINATED,  # type: ignore[union-attr]
+            within_s=20, what="the host, free of sandboxes and snapshots, to be scaled in",
+        )
+        with pytest.raises(NotFoundError, match="which is gone"):
+            await runtime.restore(spec("sbx-snap-late"), dest)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
