@@ -11,7 +11,15 @@ import pytest
 import pytest_asyncio
 from runtime_factories import GVISOR
 
-from byoc_agent.runtimes.base import ExecRequest, Exit, Runtime, SandboxHandle, SandboxSpec, Stdout
+from byoc_agent.runtimes.base import (
+    ExecRequest,
+    Exit,
+    Runtime,
+    SandboxHandle,
+    SandboxSpec,
+    Snapshotting,
+    Stdout,
+)
 from byoc_agent.runtimes.gvisor import GVisorRuntime
 from byoc_agent.runtimes.multi import isolation_of
 from byoc_agent.warm_pool import POOL_ID_PREFIX, PoolKey, WarmPool
@@ -87,6 +95,54 @@ async def test_a_taken_pool_member_is_the_requested_sandbox(
         assert refill.sandbox_id != member.sandbox_id
     finally:
         await runtime.destroy(handle)
+
+
+async def test_a_copy_from_the_restore_pool_is_the_requested_sandbox_with_its_state(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """Restore pool (ADR 0029): a copy of a snapshot restored ahead is taken as the
+    requested sandbox: the snapshot's files, and hostname, machine-id and env its own."""
+    if not isinstance(runtime, Snapshotting):
+        pytest.skip(f"{runtime.name} cannot snapshot sandboxes")
+    isolation = isolation_of(runtime.name)
+    source = await runtime.create(SandboxSpec(
+        sandbox_id="sbx-rp-source", tenant_id="t-pool", template="base", cpu=1,
+        memory_mb=256, timeout_s=300, isolation=isolation))  # fmt: skip
+    snap = tmp_path / "snap-rp"
+    try:
+        await runtime.write_file(source, "/work/state", b"from the source")
+        source_machine_id = (await output(runtime, source, "cat /etc/machine-id")).strip()
+        await runtime.snapshot(source, snap)
+    finally:
+        await runtime.destroy(source)
+    key = PoolKey("base", 1, 256, isolation, snap.name)
+    pool = WarmPool(runtime, {}, tenant_id="t-pool", free_capacity=lambda: (8, 8192),
+                    restore_size=1)  # fmt: skip
+    pool.keep_snapshot(key, snap)
+    filler = asyncio.create_task(pool.run())
+    try:
+        member = await ready(pool, key)
+        spec = SandboxSpec(sandbox_id="sbx-rp-copy", tenant_id="t-pool", template="base",
+                           cpu=1, memory_mb=256, timeout_s=60, env={"WHO": "a copy"},
+                           isolation=isolation)  # fmt: skip
+        handle = await pool.take(spec, snapshot=snap.name)
+        assert handle is not None
+        try:
+            assert handle.sandbox_id == member.sandbox_id
+            got = await output(runtime, handle, 'cat /work/state; echo; echo "$WHO"; '
+                                                "hostname; cat /etc/machine-id")  # fmt: skip
+            state, who, hostname, machine_id = got.splitlines()
+            assert (state, who, hostname) == ("from the source", "a copy", "sbx-rp-copy")
+            assert machine_id != source_machine_id
+            pool.confirm(handle)
+        finally:
+            await runtime.destroy(handle)
+        await pool.drop_snapshot(snap.name)
+        assert pool.ready(key) == []
+    finally:
+        filler.cancel()
+        await asyncio.wait({filler}, timeout=30)
+        await pool.close()
 
 
 PROCESS_NAMES = 'for f in /proc/[0-9]*/comm; do cat "$f"; done'
