@@ -186,7 +186,31 @@ class Agent:
                 tg.create_task(self.fleet.run(self.config.fleet_interval_s))
             if self.pool is not None:
                 held = {r.handle.sandbox_id for r in self.state.sandboxes()}
+                await self._keep_recent_snapshots(self.pool)
                 tg.create_task(self.pool.run(in_use=held))
+
+    async def _keep_recent_snapshots(self, pool: WarmPool) -> None:
+        """After a restart, the restore pool serves the most recently taken snapshots
+        again (the pool keeps the newest ``RESTORE_POOL_SNAPSHOTS`` of those offered)."""
+        root = self.config.snapshots_dir
+        if not pool.restore_size or root is None:
+            return
+
+        def complete() -> list[tuple[float, PoolKey, Path]]:
+            found = []
+            for info_file in root.glob(f"*/{_SNAPSHOT_INFO}"):
+                try:
+                    info = json.loads(info_file.read_text())
+                    key = PoolKey(str(info["template"]), int(info["cpu"]),
+                                  int(info["memory_mb"]), str(info["isolation"]),
+                                  info_file.parent.name)  # fmt: skip
+                    found.append((float(info.get("created_at", 0.0)), key, info_file.parent))
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue  # a broken snapshot is reported when someone restores it
+            return sorted(found, key=lambda f: f[0])
+
+        for _, key, source in await asyncio.to_thread(complete):
+            pool.keep_snapshot(key, source)  # oldest first: the newest stay
 
     async def recover(self) -> None:
         """Reattach to sandboxes that were running before a restart; finish cut-off jobs."""

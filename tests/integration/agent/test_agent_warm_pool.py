@@ -282,8 +282,8 @@ async def test_a_create_that_needs_the_room_evicts_pool_members_and_misses(rig: 
 async def test_restores_of_a_snapshot_are_served_from_copies_restored_ahead(rig: Rig) -> None:
     """Restore pool (ADR 0029): after a snapshot the agent restores a copy in the
     background; a restore takes it and it becomes the new sandbox (files, a running
-    process, its own hostname, machine-id and env); the pool refills with another copy;
-    deleting the snapshot destroys the copies."""
+    process, its own hostname, machine-id and env); the pool refills with another copy,
+    also after an agent restart; deleting the snapshot destroys the copies."""
     agent = await rig.start({}, restore_pool=1, cpu_total=4)
     pool = agent.pool
     assert pool is not None
@@ -325,9 +325,15 @@ async def test_restores_of_a_snapshot_are_served_from_copies_restored_ahead(rig:
     await run(rig.runtime, second.handle, "echo from the second > /work/state")
     assert await rig.runtime.read_file(first.handle, "/work/state") == b"from the parent"
 
-    await eventually(refilled_again := lambda: len(pool.ready(key)) == 1,
-                     what="a third copy ready", within_s=90)  # fmt: skip
-    assert refilled_again()
+    await eventually(lambda: len(pool.ready(key)) == 1, what="a third copy", within_s=90)
+
+    # a restart destroys the copies with the agent; the new agent restores one again
+    await rig.stop()
+    agent = await rig.start({}, restore_pool=1, cpu_total=4)
+    pool = agent.pool
+    assert pool is not None
+    await eventually(lambda: len(pool.ready(key)) == 1, what="a copy after the restart",
+                     within_s=90)  # fmt: skip
     third = pool.ready(key)[0]
     await rig.job({"kind": "delete_snapshot", "sandbox_id": parent.sandbox_id,
                    "snapshot_id": snapshot_id})  # fmt: skip
