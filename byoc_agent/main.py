@@ -121,7 +121,7 @@ async def run_agent(settings: AgentSettings) -> None:
         workers = HostdWorkers(
             port=hosts.worker_port, runtimes=hosts.worker_runtimes,
             tenant_id=ident.tenant_id, agent_id=ident.agent_id,
-            package_spec=hosts.worker_package,
+            package_spec=hosts.worker_package, warm_pool=hosts.worker_warm_pool,
         )  # fmt: skip
     fleet = build_fleet(hosts, state, ident, workers=workers) if hosts else None
     runtime: Runtime

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from byoc_agent.protocol.errors import InvalidArgumentError
 from byoc_agent.runtimes.base import parse_egress
+from byoc_agent.warm_pool import parse_pool_sizes
 
 # On-demand $/hour (AWS us-east-1 Linux list prices when written); the budget cap is only
 # as good as these, so set CORRAL_AGENT_HOST_PRICES to what your account pays.
@@ -69,6 +70,8 @@ class HostSettings:
     worker_runtimes: tuple[str, ...] = ("gvisor",)
     # What the hosts' cloud-init installs with pip (a version pin or a wheel URL in the VPC).
     worker_package: str = "corral"
+    # What each host's hostd keeps pre-started ("template:cpu:memory_mb:isolation=N,...").
+    worker_warm_pool: str = ""
     # How long a create waits for a host with room (a scale-out included).
     place_timeout_s: float = 600.0
 
@@ -192,6 +195,7 @@ class HostSettings:
             worker_port=port,
             worker_runtimes=words(p + "_WORKER_RUNTIMES") or ("gvisor",),
             worker_package=e.get(p + "_WORKER_PACKAGE") or "corral",
+            worker_warm_pool=_pool_setting(e, p + "_WORKER_WARM_POOL"),
             place_timeout_s=num(p + "S_PLACE_TIMEOUT_S", "600", float),
         )
 
@@ -314,6 +318,16 @@ class AgentSettings:
             warm_pool=e.get(p + "WARM_POOL", ""),
             restore_pool=_count(e, p + "RESTORE_POOL"),
         )
+
+
+def _pool_setting(env: Mapping[str, str], name: str) -> str:
+    """A warm-pool setting, checked now (ADR 0025's format)."""
+    text = env.get(name, "").strip()
+    try:
+        parse_pool_sizes(text)
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"{name}: {e.message}", field=name) from None
+    return text
 
 
 def _count(env: Mapping[str, str], name: str) -> int:

@@ -23,6 +23,7 @@ from byoc_agent.runtimes.multi import runtime_names
 from byoc_agent.runtimes.templates import list_templates
 
 from .config import HostdConfig, build_host_runtime, load_config, load_credentials
+from .pool import HostSandboxes, host_pool
 from .server import create_hostd_app
 from .wire import HealthReply
 
@@ -49,15 +50,24 @@ async def run_hostd(config: HostdConfig) -> None:
     def templates() -> list[str]:
         return ["base"] if names == ["memory"] else list_templates(config.templates_dir)
 
+    sandboxes = HostSandboxes(config.data_dir / "sandboxes.json")
+    facts = machine_health()
+    pool = host_pool(runtime, config.warm_pool, data_dir=config.data_dir,
+                     tenant_id=config.tenant_id, sandboxes=sandboxes,
+                     machine=lambda: (facts.cpu, facts.memory_mib))  # fmt: skip
     app = create_hostd_app(
         runtime,
         secret=credentials.secret,
         data_dir=config.data_dir,
         templates=templates,
         machine=machine_health,
+        pool=pool,
+        sandboxes=sandboxes,
     )
     log.info("hostd_started", listen=f"{config.listen_host}:{config.listen_port}",
-             runtimes=names, data_dir=str(config.data_dir))  # fmt: skip
+             runtimes=names, data_dir=str(config.data_dir),
+             warm_pool=config.warm_pool or None)  # fmt: skip
+    filler = None if pool is None else asyncio.create_task(pool.run(in_use=sandboxes.ids()))
     try:
         await serve(
             app,
@@ -68,6 +78,14 @@ async def run_hostd(config: HostdConfig) -> None:
         )
     finally:
         log.info("hostd_stopping", detail="sandboxes keep running")
+        if pool is not None and filler is not None:
+            filler.cancel()
+            await asyncio.wait({filler}, timeout=10)
+            # Members serve nobody while hostd is down: destroyed now (or, if this is cut
+            # short, from the ledger at the next start).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30):
+                    await asyncio.shield(pool.close())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,8 @@
       "templates_dir": "/var/lib/corral/templates",
       "runtimes": ["gvisor"],                         or ["gvisor", "qemu-microvm"]
       "agent_id": "...", "tenant_id": "...",          the manager's, for log lines only
-      "microvm_accel": "auto", "sandbox_disk_mb": null, "sandbox_pids_max": null
+      "microvm_accel": "auto", "sandbox_disk_mb": null, "sandbox_pids_max": null,
+      "warm_pool": "base:1:512:gvisor=2"             pre-started sandboxes (ADR 0025); "" off
     }
 
 Unknown keys are refused, so a typo is an error at start, not a silent default.
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from byoc_agent import runtimes
 from byoc_agent.protocol.errors import CorralError, InvalidArgumentError
 from byoc_agent.runtimes.base import Runtime
+from byoc_agent.warm_pool import parse_pool_sizes
 
 from .credentials import HostCredentials
 
@@ -51,6 +53,7 @@ class HostdConfig:
     microvm_accel: str = "auto"
     sandbox_disk_mb: int | None = None
     sandbox_pids_max: int | None = None
+    warm_pool: str = ""
 
     @property
     def runtime_dir(self) -> Path:
@@ -82,6 +85,7 @@ class _ConfigFile(BaseModel):
     microvm_accel: Annotated[str, Field(pattern="^(auto|kvm|tcg)$")] = "auto"
     sandbox_disk_mb: Annotated[int, Field(ge=0)] | None = None
     sandbox_pids_max: Annotated[int, Field(ge=0)] | None = None
+    warm_pool: Annotated[str, Field(max_length=1024)] = ""
 
 
 def parse_config(text: str) -> HostdConfig:
@@ -92,6 +96,10 @@ def parse_config(text: str) -> HostdConfig:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
         raise InvalidArgumentError(f"hostd config: {where}: {first['msg']}") from None
+    try:
+        parse_pool_sizes(raw.warm_pool)
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"hostd config: warm_pool: {e.message}") from None
     return HostdConfig(**raw.model_dump())
 
 

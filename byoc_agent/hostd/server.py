@@ -41,8 +41,10 @@ from byoc_agent.runtimes.base import (
 )
 from byoc_agent.runtimes.exec_stream import encode_error, encode_event
 from byoc_agent.runtimes.multi import runtime_names
+from byoc_agent.warm_pool import WarmPool
 
 from . import wire
+from .pool import HostSandboxes
 
 log = structlog.get_logger(__name__)
 
@@ -173,9 +175,13 @@ def create_hostd_app(
     data_dir: Path,
     templates: Callable[[], list[str]],
     machine: Callable[[], wire.HealthReply],
+    pool: WarmPool | None = None,
+    sandboxes: HostSandboxes | None = None,
 ) -> ASGIApp:
     """The app: ``runtime`` behind bearer auth. ``templates`` and ``machine`` are asked on
-    every health check (templates may be built after the start)."""
+    every health check (templates may be built after the start). ``pool``: creates are
+    served from it when a member matches (see :mod:`byoc_agent.hostd.pool`);
+    ``sandboxes``: where the sizes of the sandboxes started here are recorded."""
     app = FastAPI(title="Corral hostd", version="1", docs_url=None, redoc_url=None,
                   openapi_url=None)  # fmt: skip
     add_error_handlers(app, "hostd")
@@ -194,8 +200,21 @@ def create_hostd_app(
 
     @app.post(wire.CREATE)
     async def create(body: wire.SpecModel) -> wire.HandleModel:
-        handle = await runtime.create(body.spec())
-        log.info("sandbox_created", sandbox_id=handle.sandbox_id, runtime=handle.runtime)
+        spec = body.spec()
+        handle = None
+        if pool is not None:
+            # Members start without a network: a sandbox with egress starts cold.
+            handle = None if spec.egress else await pool.take(spec)
+            if handle is None:
+                pool.make_room(spec.cpu, spec.memory_mb)
+        if handle is None:
+            handle = await runtime.create(spec)
+        elif pool is not None:
+            pool.confirm(handle)
+        if sandboxes is not None:
+            await asyncio.to_thread(sandboxes.add, handle.sandbox_id, spec.cpu, spec.memory_mb)
+        log.info("sandbox_created", sandbox_id=handle.sandbox_id, runtime=handle.runtime,
+                 requested=spec.sandbox_id)  # fmt: skip
         return wire.HandleModel.of(handle)
 
     @app.post(wire.RECOVER)
@@ -214,6 +233,8 @@ def create_hostd_app(
     @app.post(wire.DESTROY, status_code=204)
     async def destroy(body: wire.HandleBody) -> None:
         await runtime.destroy(body.handle.handle())
+        if sandboxes is not None:
+            await asyncio.to_thread(sandboxes.remove, body.handle.sandbox_id)
         log.info("sandbox_destroyed", sandbox_id=body.handle.sandbox_id)
 
     @app.post(wire.STOP_REASON)
@@ -280,7 +301,12 @@ def create_hostd_app(
         source = snapshots_dir / body.snapshot_id
         if not await asyncio.to_thread(source.is_dir):
             raise NotFoundError(f"snapshot {body.snapshot_id} is not on this host")
-        handle = await runtime_.restore(body.spec.spec(), source)
+        spec = body.spec.spec()
+        if pool is not None:
+            pool.make_room(spec.cpu, spec.memory_mb)
+        handle = await runtime_.restore(spec, source)
+        if sandboxes is not None:
+            await asyncio.to_thread(sandboxes.add, handle.sandbox_id, spec.cpu, spec.memory_mb)
         log.info("sandbox_restored", sandbox_id=handle.sandbox_id, snapshot_id=body.snapshot_id)
         return wire.HandleModel.of(handle)
 

@@ -64,6 +64,7 @@ class HostdBootConfig:
     agent_id: str = ""
     tenant_id: str = ""
     package_spec: str = "corral"
+    warm_pool: str = ""
 
     def hostd_config(self) -> HostdConfig:
         """hostd.json as it lands on the host."""
@@ -77,6 +78,7 @@ class HostdBootConfig:
             runtimes=self.runtimes,
             agent_id=self.agent_id,
             tenant_id=self.tenant_id,
+            warm_pool=self.warm_pool,
         )
 
 
@@ -187,4 +189,5 @@ def parse_user_data(text: str) -> HostdBootConfig:
         agent_id=config.agent_id,
         tenant_id=config.tenant_id,
         package_spec=package_spec,
+        warm_pool=config.warm_pool,
     )

@@ -28,8 +28,11 @@ class HostdWorkers:
         tenant_id: str,
         agent_id: str,
         package_spec: str = "corral",
+        warm_pool: str = "",
     ) -> None:
+        """``warm_pool``: what each host's hostd keeps pre-started (ADR 0025's format)."""
         self.port = port
+        self.warm_pool = warm_pool
         self.runtimes = runtimes
         self.tenant_id = tenant_id
         self.agent_id = agent_id
@@ -68,6 +71,7 @@ class HostdWorkers:
                 tenant_id=self.tenant_id,
                 agent_id=self.agent_id,
                 package_spec=self.package_spec,
+                warm_pool=self.warm_pool,
             )
         )
 

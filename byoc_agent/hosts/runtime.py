@@ -55,6 +55,10 @@ from byoc_agent.state import HostRecord
 log = structlog.get_logger(__name__)
 
 HOST_KEY = "corral.host"
+# The sandbox id the fleet placed it under, when the host's runtime id differs (a host
+# serving the create from its warm pool answers with the member's id).
+PLACEMENT_KEY = "corral.placement"
+_OURS = (HOST_KEY, PLACEMENT_KEY)
 # In the agent's directory of a snapshot taken on a host: which host keeps it.
 ON_HOST = "host.json"
 
@@ -106,7 +110,7 @@ class FleetRuntime:
             sandbox_id=handle.sandbox_id,
             runtime=handle.runtime,
             created_at=handle.created_at,
-            data={k: v for k, v in handle.data.items() if k != HOST_KEY},
+            data={k: v for k, v in handle.data.items() if k not in _OURS},
         )
         return runtime, inner
 
@@ -138,12 +142,7 @@ class FleetRuntime:
             raise
         log.info("sandbox_on_host", sandbox_id=spec.sandbox_id, host_key=host_key,
                  waited_s=round(time.monotonic() - started, 3))
-        return SandboxHandle(
-            sandbox_id=inner.sandbox_id,
-            runtime=inner.runtime,
-            created_at=inner.created_at,
-            data={**inner.data, HOST_KEY: host_key},
-        )
+        return _on(host_key, spec.sandbox_id, inner)
 
     async def recover(self, handle: SandboxHandle) -> Liveness:
         try:
@@ -166,7 +165,7 @@ class FleetRuntime:
             pass  # its host is gone, and the sandbox with it
         else:
             await runtime.destroy(inner)
-        self.fleet.release(handle.sandbox_id)
+        self.fleet.release(str(handle.data.get(PLACEMENT_KEY, handle.sandbox_id)))
 
     # ------------------------------------------------------------ commands and files
     async def exec(self, handle: SandboxHandle, request: ExecRequest) -> AsyncIterator[ExecEvent]:
@@ -249,12 +248,7 @@ class FleetRuntime:
             raise
         log.info("sandbox_restored_on_host", sandbox_id=spec.sandbox_id, host_key=host_key,
                  snapshot_id=source.name)  # fmt: skip
-        return SandboxHandle(
-            sandbox_id=inner.sandbox_id,
-            runtime=inner.runtime,
-            created_at=inner.created_at,
-            data={**inner.data, HOST_KEY: host_key},
-        )
+        return _on(host_key, spec.sandbox_id, inner)
 
     async def remove_snapshot(self, source: Path) -> None:
         """Delete the snapshot from its host (if the host is still there) and let the host
@@ -268,6 +262,16 @@ class FleetRuntime:
             if remove is not None:  # a remote worker keeps it in its own data directory
                 await remove(source.name)
         self.fleet.unhold(host_key, source.name)
+
+
+def _on(host_key: str, placed_as: str, inner: SandboxHandle) -> SandboxHandle:
+    """The agent's handle of a sandbox on a host: the host's own, plus where it runs and
+    (if the host answered with another id) the id it was placed under."""
+    data = {**inner.data, HOST_KEY: host_key}
+    if inner.sandbox_id != placed_as:
+        data[PLACEMENT_KEY] = placed_as
+    return SandboxHandle(sandbox_id=inner.sandbox_id, runtime=inner.runtime,
+                         created_at=inner.created_at, data=data)  # fmt: skip
 
 
 def _on_host(snapshot_dir: Path) -> Path:

@@ -176,6 +176,7 @@ def fleet_stack(
             "CORRAL_AGENT_HOST_SECURITY_GROUP_IDS": network["group"],
             "CORRAL_AGENT_HOST_INSTANCE_TYPES": "c5.metal",
             "CORRAL_AGENT_HOST_WORKERS": "hostd",
+            "CORRAL_AGENT_HOST_WORKER_WARM_POOL": "base:1:512:gvisor=1",
             "CORRAL_AGENT_HOST_WORKER_PORT": str(free_port()),
             "CORRAL_AGENT_HOSTS_MAX": "1",
             "CORRAL_AGENT_HOSTS_IDLE_S": "2",
@@ -231,6 +232,18 @@ def test_a_sandbox_runs_on_a_host_the_agent_launches_for_it(
             assert copy.files.read("/tmp/note.txt") == "kept on the host"
             assert copy.commands.run("hostname").stdout.strip() == copy.id
             assert copy.id in hostd.tail(100_000)
+        # hostd keeps one sandbox pre-started (CORRAL_AGENT_HOST_WORKER_WARM_POOL): with the
+        # copy gone there is room for it again, and the next create is served by it
+        ready_before = hostd.tail(1_000_000).count("warm_pool_member_ready")
+        eventually_sync(
+            lambda: hostd.tail(1_000_000).count("warm_pool_member_ready") > ready_before,
+            within_s=60, what="hostd's warm pool to refill",
+        )
+        with Sandbox.create(api_url=info.api_url, api_key=info.api_key, timeout=300) as warm:
+            hits = [line for line in hostd.tail(1_000_000).splitlines()
+                    if "warm_pool_hit" in line and warm.id in line]  # fmt: skip
+            assert hits, "the create was not served from hostd's warm pool"
+            assert warm.commands.run("hostname").stdout.strip() == warm.id
 
     def state() -> str:
         resp = ec2.describe_instances(InstanceIds=[instance_id])

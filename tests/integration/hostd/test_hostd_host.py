@@ -4,6 +4,7 @@ hostd leaves its sandboxes running, and the next hostd finds them again."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from byoc_agent.runtimes.base import (
     Stdout,
 )
 from byoc_agent.runtimes.templates import ensure_template
+from byoc_agent.warm_pool import POOL_ID_PREFIX
+from corral.testing import eventually
 
 pytestmark = [pytest.mark.gvisor, pytest.mark.asyncio]
 
@@ -96,3 +99,45 @@ async def test_a_restarted_hostd_finds_its_sandboxes_running(booted: LocalHostd)
     finally:
         await after.aclose()
     assert '"manager_agent_id": "agent-boot"' in booted.tail()
+
+
+async def test_a_hostd_warm_pool_serves_a_create_and_its_members_go_with_hostd(
+    tmp_path: Path, templates_root: Path
+) -> None:
+    """``warm_pool`` from the user data: a create is answered with a pre-started member
+    that became the requested sandbox (hostname, env); when hostd stops, the members no
+    one took are destroyed and the taken one runs on."""
+    boot = HostdBootConfig(credentials=new_host_credentials("host-pool"),
+                           listen_port=free_port(), runtimes=("gvisor",),
+                           warm_pool="base:1:256:gvisor=1")  # fmt: skip
+    local = LocalHostd(tmp_path / "host", templates_dir=templates_root,
+                       boot=parse_user_data(render_user_data(boot)))  # fmt: skip
+    sandboxes = local.config.runtime_dir / "gvisor" / "sandboxes"
+    local.start()
+    try:
+        await eventually(lambda: "warm_pool_member_ready" in local.tail(100_000),
+                         within_s=60, what="a member ready in hostd")  # fmt: skip
+        remote = local.client()
+        try:
+            spec = SandboxSpec("sb_from_the_pool", "tenant-boot", "base", 1, 256, 300,
+                               env={"WHO": "pooled"})  # fmt: skip
+            handle = await remote.create(spec)
+            assert handle.sandbox_id.startswith(POOL_ID_PREFIX)
+            got = await stdout(remote, handle, 'hostname; echo "$WHO"')
+            assert got.split() == ["sb_from_the_pool", "pooled"]
+            await eventually(lambda: len(list(sandboxes.iterdir())) == 2, within_s=60,
+                             what="the pool to refill")  # fmt: skip
+        finally:
+            await remote.aclose()
+        local.stop()
+        assert [d.name for d in sandboxes.iterdir()] == [handle.sandbox_id]
+        local.start()
+        after = local.client()
+        try:
+            assert await after.recover(handle) is Liveness.RUNNING
+            await after.destroy(handle)
+        finally:
+            await after.aclose()
+    finally:
+        local.stop()
+        await asyncio.to_thread(local.destroy_leftovers)  # it runs its own event loop

@@ -3,6 +3,8 @@ every route, every Runtime call through RemoteRuntime, typed errors back as the 
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest_asyncio
 from byoc_agent.hostd import wire
 from byoc_agent.hostd.client import RemoteRuntime
 from byoc_agent.hostd.credentials import new_host_credentials
+from byoc_agent.hostd.pool import HostSandboxes, host_pool
 from byoc_agent.hostd.server import create_hostd_app
 from byoc_agent.protocol.errors import (
     CorralError,
@@ -34,6 +37,8 @@ from byoc_agent.runtimes.base import (
 )
 from byoc_agent.runtimes.memory import InMemoryRuntime
 from byoc_agent.runtimes.multi import RuntimeSet
+from byoc_agent.warm_pool import PoolKey
+from corral.testing import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -217,3 +222,46 @@ async def test_the_route_list_is_every_route_the_app_serves(tmp_path: Path) -> N
     assert hasattr(inner, "routes")
     served = {(m, r.path) for r in inner.routes if isinstance(r, APIRoute) for m in r.methods}
     assert served == set(wire.ROUTES)
+
+
+async def test_a_hostd_with_a_warm_pool_serves_creates_from_it_within_its_room(
+    tmp_path: Path,
+) -> None:
+    """A create of a pooled size gets the ready member adopted as the requested sandbox
+    (the handle names the member); other sizes start cold after the members give way;
+    every sandbox's size is recorded on disk, and removed when it is destroyed."""
+    local = InMemoryRuntime()
+    sandboxes = HostSandboxes(tmp_path / "sandboxes.json")
+    key = PoolKey("base", 1, 256, "gvisor")
+    pool = host_pool(local, "base:1:256:gvisor=1", data_dir=tmp_path, tenant_id="t-1",
+                     machine=lambda: (4, 2048), sandboxes=sandboxes)  # fmt: skip
+    assert pool is not None
+    assert host_pool(local, "", data_dir=tmp_path, tenant_id="t-1",
+                     machine=lambda: (4, 2048), sandboxes=sandboxes) is None  # fmt: skip
+    hostd = create_hostd_app(local, secret=SECRET, data_dir=tmp_path, templates=lambda: ["base"],
+                             machine=machine, pool=pool, sandboxes=sandboxes)  # fmt: skip
+    remote = RemoteRuntime("http://hostd", cert_pem=new_host_credentials("unit").cert_pem,
+                           secret=SECRET,
+                           transport=httpx.ASGITransport(app=hostd))  # type: ignore[arg-type]
+    filler = asyncio.create_task(pool.run(in_use=sandboxes.ids()))
+    try:
+        await eventually(lambda: len(pool.ready(key)) == 1, what="a member ready")
+        member = pool.ready(key)[0]
+        warm = await remote.create(spec("sb-warm"))
+        assert warm.sandbox_id == member.sandbox_id
+        assert local.adopted[member.sandbox_id].sandbox_id == "sb-warm"
+        big = await remote.create(SandboxSpec("sb-big", "t-1", "base", cpu=3, memory_mb=1024,
+                                              timeout_s=60))  # fmt: skip
+        assert big.sandbox_id == "sb-big"  # cold: no pool of that size
+        assert sandboxes.used() == (4, 1280)
+        assert json.loads((tmp_path / "sandboxes.json").read_text()) == {
+            member.sandbox_id: [1, 256], "sb-big": [3, 1024]}
+        assert pool.ready(key) == []  # no room left for a member: none refills
+        await remote.destroy(big)
+        assert sandboxes.ids() == {member.sandbox_id}
+        await eventually(lambda: len(pool.ready(key)) == 1, what="a refill after the room freed")
+        assert HostSandboxes(tmp_path / "sandboxes.json").ids() == {member.sandbox_id}
+    finally:
+        filler.cancel()
+        await pool.close()
+        await remote.aclose()

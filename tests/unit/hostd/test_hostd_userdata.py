@@ -58,8 +58,9 @@ def test_credentials_are_a_fresh_p256_key_and_a_ten_year_self_signed_non_ca_cert
 
 def test_user_data_round_trips_through_parse() -> None:
     """parse_user_data(render_user_data(cfg)) == cfg, credentials byte for byte."""
-    cfg = boot(package_spec="corral==0.1.0")
+    cfg = boot(package_spec="corral==0.1.0", warm_pool="base:1:512:gvisor=2")
     assert parse_user_data(render_user_data(cfg)) == cfg
+    assert cfg.hostd_config().warm_pool == "base:1:512:gvisor=2"
 
 
 def test_user_data_is_cloud_config_under_16_kib() -> None:
@@ -112,6 +113,8 @@ def test_a_config_with_an_unknown_key_is_refused() -> None:
     assert parse_config(json.dumps(good)) == boot().hostd_config()
     with pytest.raises(InvalidArgumentError, match="listen_prot"):
         parse_config(json.dumps({**good, "listen_prot": 1}))
+    with pytest.raises(InvalidArgumentError, match="warm_pool: warm pool entry 'base:1'"):
+        parse_config(json.dumps({**good, "warm_pool": "base:1"}))
 
 
 @pytest.mark.parametrize("which", ["key_file", "secret_file"])
