@@ -393,9 +393,19 @@ class WarmPool:
         self._dying.pop(handle.sandbox_id, None)
         self._save_ledger()
 
-    async def close(self) -> None:
-        """Destroy every member (the agent is stopping; members serve nobody meanwhile)."""
+    async def close(self, settle_s: float = 0.0) -> None:
+        """Destroy every member (the agent is stopping; members serve nobody meanwhile).
+
+        ``settle_s``: with the filler still running, wait up to that long for a member
+        being started to finish (it is then destroyed, not left half-made for the ledger
+        to clean up at the next start)."""
         self._closed = True
+        self._wake.set()
+        if settle_s > 0 and self._starting:
+            async with self._settled:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(settle_s):
+                        await self._settled.wait_for(lambda: not self._starting)
         for queue in self._ready.values():
             while queue:
                 self._destroy_later(queue.popleft())

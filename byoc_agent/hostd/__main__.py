@@ -79,13 +79,13 @@ async def run_hostd(config: HostdConfig) -> None:
     finally:
         log.info("hostd_stopping", detail="sandboxes keep running")
         if pool is not None and filler is not None:
-            filler.cancel()
-            await asyncio.wait({filler}, timeout=10)
-            # Members serve nobody while hostd is down: destroyed now (or, if this is cut
-            # short, from the ledger at the next start).
+            # Members serve nobody while hostd is down: destroyed now, one being started
+            # once its start ends (if this is cut short, from the ledger at the next start).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(30):
-                    await asyncio.shield(pool.close())
+                    await asyncio.shield(pool.close(settle_s=10))
+            filler.cancel()
+            await asyncio.wait({filler}, timeout=10)
 
 
 def main(argv: list[str] | None = None) -> None:
