@@ -212,3 +212,30 @@ async def test_dropping_a_snapshot_waits_for_a_copy_being_restored_from_it(
     finally:
         filler.cancel()
         await pool.close()
+
+
+@pytest.mark.asyncio
+async def test_close_with_settle_waits_for_a_member_being_started_and_destroys_it(
+    tmp_path: Path,
+) -> None:
+    """With the filler running, close(settle_s) lets a start in progress end and then
+    destroys that member too: nothing is left half-made (hostd's shutdown uses this)."""
+    runtime = SnapshottingMemoryRuntime()
+    pool = WarmPool(runtime, {}, tenant_id="t", free_capacity=lambda: (8, 8192),
+                    restore_size=1, ledger=tmp_path / "pool.json")  # fmt: skip
+    runtime.restores_may_finish.clear()
+    filler = asyncio.create_task(pool.run())
+    try:
+        pool.keep_snapshot(snap_key("snap-a"), await snapshot_of(runtime, tmp_path, "snap-a"))
+        await eventually(lambda: pool.used() == (1, 512), what="a copy being restored")
+        closing = asyncio.create_task(pool.close(settle_s=5))
+        await asyncio.sleep(0.05)  # deliberate: close must still be waiting for the start
+        assert not closing.done()
+        runtime.restores_may_finish.set()
+        async with asyncio.timeout(5):
+            await closing
+        assert runtime.restored[0] in runtime.destroyed
+        assert json.loads((tmp_path / "pool.json").read_text()) == {"members": []}
+    finally:
+        filler.cancel()
+        await asyncio.wait({filler}, timeout=5)
