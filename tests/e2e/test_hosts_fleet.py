@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import tempfile
 import threading
@@ -234,11 +235,8 @@ def test_a_sandbox_runs_on_a_host_the_agent_launches_for_it(
             assert copy.id in hostd.tail(100_000)
         # hostd keeps one sandbox pre-started (CORRAL_AGENT_HOST_WORKER_WARM_POOL): with the
         # copy gone there is room for it again, and the next create is served by it
-        ready_before = hostd.tail(1_000_000).count("warm_pool_member_ready")
-        eventually_sync(
-            lambda: hostd.tail(1_000_000).count("warm_pool_member_ready") > ready_before,
-            within_s=60, what="hostd's warm pool to refill",
-        )
+        eventually_sync(lambda: ready_members(hostd), within_s=60,
+                        what="a ready member in hostd's warm pool")  # fmt: skip
         with Sandbox.create(api_url=info.api_url, api_key=info.api_key, timeout=300) as warm:
             hits = [line for line in hostd.tail(1_000_000).splitlines()
                     if "warm_pool_hit" in line and warm.id in line]  # fmt: skip
@@ -262,6 +260,22 @@ def test_a_sandbox_runs_on_a_host_the_agent_launches_for_it(
     eventually_sync(lambda: hostd.pid is None or not _alive(hostd.pid), within_s=60,
                     what="its hostd to stop")
     assert booter.errors == []
+
+
+def ready_members(hostd: LocalHostd) -> set[str]:
+    """The warm-pool members hostd's log says are ready and not yet taken or evicted."""
+    ready: set[str] = set()
+    gone: set[str] = set()
+    for line in hostd.tail(10_000_000).splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a line from before logging was configured
+        if event.get("event") == "warm_pool_member_ready":
+            ready.add(str(event["pool_id"]))
+        elif event.get("event") in ("warm_pool_hit", "warm_pool_evicted"):
+            gone.add(str(event["pool_id"]))
+    return ready - gone
 
 
 def agent_capacity(info: StackInfo) -> dict[str, int]:
