@@ -153,22 +153,17 @@ def _assert_billed_exactly_once(
     """
     started_at, ended_at = _lifetime(info, sandbox_id)
     first, last = math.floor(started_at), math.floor(ended_at)
-    deadline = time.monotonic() + timeout
-    records: list[dict[str, object]] = []
-    covered: int | None = None
-    while time.monotonic() < deadline:
+
+    def tiled() -> bool:
+        """The records reach from the start to the end: the final one has arrived."""
         records = _usage(info, sandbox_id)
         starts = {_seconds(u, "start") for u in records}
         begin = min(starts, key=lambda s: abs(s - first)) if starts else first
         covered = _covered_until(records, begin) if abs(begin - first) <= 1 else None
-        if covered is not None and covered >= last - 1:
-            break  # the final record has arrived
-        time.sleep(0.3)
-    else:
-        raise AssertionError(
-            f"usage of {sandbox_id} does not tile [{first}, {last}) after {timeout} s: "
-            f"{[(_seconds(u, 'start'), _seconds(u, 'end')) for u in records]}"
-        )
+        return covered is not None and covered >= last - 1
+
+    eventually_sync(tiled, within_s=timeout, every_s=0.3,
+                    what=f"usage of {sandbox_id} to tile [{first}, {last})")  # fmt: skip
     # Anything still in flight (a late duplicate, an overlapping re-cut) would show once
     # the agent's outbox has nothing left to send.
     eventually_sync(lambda: _spooled_usage(stack) == 0, what="the agent's outbox to drain")

@@ -19,6 +19,13 @@ from corral.testing import eventually
 KEY = PoolKey("base", 1, 512, "gvisor")
 
 
+async def let_run() -> None:
+    """Let every other task run until it waits on something (the in-memory runtime and
+    the pool wait on no timer here), without a fixed sleep."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
 def spec(sandbox_id: str, *, cpu: int = 1, memory_mb: int = 512) -> SandboxSpec:
     return SandboxSpec(sandbox_id=sandbox_id, tenant_id="t", template="base", cpu=cpu,
                        memory_mb=memory_mb, timeout_s=60, env={"A": "1"})  # fmt: skip
@@ -84,13 +91,13 @@ async def test_the_pool_fills_only_spare_room_and_gives_it_up_for_a_create() -> 
     filler = asyncio.create_task(pool.run())
     try:
         await eventually(lambda: len(pool.ready(KEY)) == 2, what="two members (room for two)")
-        await asyncio.sleep(0.05)  # deliberate: give the filler a chance to overfill; it must not
+        await let_run()  # the filler gets every chance to overfill; it must not
         assert len(pool.ready(KEY)) == 2
         pool.make_room(2, 1024)
         assert pool.ready(KEY) == []
         assert pool.stats.evicted == 2
         free[0] = 0  # the sandbox now holds the room: nothing refills
-        await asyncio.sleep(0.05)  # deliberate: give the filler a chance to refill; it must not
+        await let_run()  # the filler gets every chance to refill; it must not
         assert pool.ready(KEY) == []
     finally:
         filler.cancel()
@@ -200,7 +207,7 @@ async def test_dropping_a_snapshot_waits_for_a_copy_being_restored_from_it(
         pool.keep_snapshot(snap_key("snap-a"), await snapshot_of(runtime, tmp_path, "snap-a"))
         await eventually(lambda: pool.used() == (1, 512), what="a copy being restored")
         dropping = asyncio.create_task(pool.drop_snapshot("snap-a"))
-        await asyncio.sleep(0.05)  # deliberate: drop_snapshot must still be waiting
+        await let_run()  # drop_snapshot must still be waiting (on the held restore)
         assert not dropping.done()
         runtime.restores_may_finish.set()
         async with asyncio.timeout(5):
@@ -229,7 +236,7 @@ async def test_close_with_settle_waits_for_a_member_being_started_and_destroys_i
         pool.keep_snapshot(snap_key("snap-a"), await snapshot_of(runtime, tmp_path, "snap-a"))
         await eventually(lambda: pool.used() == (1, 512), what="a copy being restored")
         closing = asyncio.create_task(pool.close(settle_s=5))
-        await asyncio.sleep(0.05)  # deliberate: close must still be waiting for the start
+        await let_run()  # close must still be waiting for the held start
         assert not closing.done()
         runtime.restores_may_finish.set()
         async with asyncio.timeout(5):
