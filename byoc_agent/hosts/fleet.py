@@ -292,15 +292,12 @@ class HostFleet:
             )
         self.scheduler.place_at(req, host_key)
         self.state.put_placement(_placement(req, host_key, self.clock()))
-        if rec.idle_since is not None:
-            self.state.put_host(dataclasses.replace(rec, idle_since=None))
+        self._mark_busy(host_key)
 
     def hold(self, host_key: str, snapshot_id: str) -> None:
         """A snapshot is kept on this host: it is not scaled in until :meth:`unhold`."""
         self._holds.setdefault(host_key, set()).add(snapshot_id)
-        rec = self.state.get_host(host_key)
-        if rec is not None and rec.idle_since is not None:
-            self.state.put_host(dataclasses.replace(rec, idle_since=None))
+        self._mark_busy(host_key)
 
     def unhold(self, host_key: str, snapshot_id: str) -> None:
         """The snapshot was deleted: the host may go idle again."""
@@ -327,9 +324,13 @@ class HostFleet:
             if host_key is None:
                 continue
             self.state.put_placement(dataclasses.replace(p, host_key=host_key))
-            rec = self.state.get_host(host_key)
-            if rec is not None and rec.idle_since is not None:
-                self.state.put_host(dataclasses.replace(rec, idle_since=None))
+            self._mark_busy(host_key)
+
+    def _mark_busy(self, host_key: str) -> None:
+        """Something runs or is kept on the host: its idle clock stops."""
+        rec = self.state.get_host(host_key)
+        if rec is not None and rec.idle_since is not None:
+            self.state.put_host(dataclasses.replace(rec, idle_since=None))
 
     # ------------------------------------------------------------ the loop
     async def run(self, interval_s: float = 5.0) -> None:
